@@ -1,0 +1,230 @@
+"""Wire frames, I/O-free: length-prefixed msgpack with out-of-band tensor buffers.
+
+A frame on the wire is::
+
+    u32 big-endian  total length of what follows (header + buffers)
+    u32 big-endian  header length
+    header          msgpack (strict size limits; no ext types, no pickle)
+    buffers         raw bytes of every tensor the header refers to, back to back
+
+Tensors (and raw ``bytes`` fields too large to inline) travel as buffers: the header holds a
+``{"__t": [dtype, shape, index]}`` placeholder and the bytes follow, so a 1 MB activation is
+neither msgpack-escaped nor copied more than once on each side. ``FrameDecoder`` is a small
+state machine in the style of h11: feed it bytes, take whole frames out; it raises
+``FrameError`` on anything malformed or over the limits, and never allocates more than the
+declared (and bounded) frame size.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from swarmlm.errors import SwarmError
+
+_LEN = struct.Struct(">II")
+PREFIX_BYTES = _LEN.size
+
+# dtype names on the wire -> (torch dtype name, itemsize)
+_DTYPES = {
+    "f32": ("float32", 4), "f16": ("float16", 2), "bf16": ("bfloat16", 2),
+    "i64": ("int64", 8), "i32": ("int32", 4), "u8": ("uint8", 1), "bool": ("bool", 1),
+}
+_TORCH_TO_WIRE = {v[0]: k for k, v in _DTYPES.items()}
+
+
+class FrameError(SwarmError):
+    """A frame that is malformed or breaks a limit; the peer gets an error frame or a reset."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 1024 * 1024
+    max_str_len: int = 1024 * 1024
+    max_bin_len: int = 1024 * 1024
+    max_array_len: int = 65536
+    max_map_len: int = 4096
+    max_buffers: int = 64
+    max_tensor_dims: int = 8
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _extract(obj: Any, buffers: list[Any], depth: int = 0) -> Any:
+    """Replace tensors by placeholders, appending their raw bytes to ``buffers``."""
+    if depth > 32:
+        raise FrameError("value nests deeper than 32 levels")
+    if isinstance(obj, dict):
+        return {k: _extract(v, buffers, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_extract(v, buffers, depth + 1) for v in obj]
+    if type(obj).__name__ == "Tensor" and type(obj).__module__.startswith("torch"):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        name = str(t.dtype).removeprefix("torch.")
+        if name not in _TORCH_TO_WIRE:
+            raise FrameError(f"tensor dtype {t.dtype} cannot travel on the wire")
+        idx = len(buffers)
+        if name == "bfloat16":  # numpy has no bfloat16: view the bits as int16
+            t = t.view(_torch().int16)
+        arr = t.numpy().reshape(-1)
+        buffers.append(memoryview(arr.view("uint8")) if arr.size else b"")
+        return {"__t": [_TORCH_TO_WIRE[name], list(t.shape), idx]}
+    return obj
+
+
+def encode_frame(obj: Any, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
+    """Encode a value (dicts, lists, scalars, str, bytes, tensors) as wire chunks to write in order."""
+    buffers: list[Any] = []
+    header_obj = _extract(obj, buffers)
+    header = msgpack.packb(header_obj, use_bin_type=True)
+    if len(header) > limits.max_header_bytes:
+        raise FrameError(f"frame header of {len(header)} bytes exceeds {limits.max_header_bytes}")
+    body = len(header) + sum(memoryview(b).nbytes for b in buffers)
+    if body > limits.max_frame_bytes:
+        raise FrameError(f"frame of {body} bytes exceeds the {limits.max_frame_bytes} byte limit")
+    return [_LEN.pack(body, len(header)), header, *buffers]
+
+
+def encode_frame_bytes(obj: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    return b"".join(encode_frame(obj, limits))
+
+
+def _restore(obj: Any, bufs: list[memoryview], limits: Limits, depth: int = 0) -> Any:
+    if depth > 32:
+        raise FrameError("frame nests deeper than 32 levels")
+    if isinstance(obj, dict):
+        if len(obj) == 1 and "__t" in obj:
+            return _tensor_from(obj["__t"], bufs, limits)
+        return {k: _restore(v, bufs, limits, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v, bufs, limits, depth + 1) for v in obj]
+    return obj
+
+
+def _tensor_from(spec: Any, bufs: list[memoryview], limits: Limits) -> Any:
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
+            and isinstance(spec[1], list) and isinstance(spec[2], int)):
+        raise FrameError("malformed tensor placeholder")
+    dtype, shape, idx = spec
+    if dtype not in _DTYPES:
+        raise FrameError(f"unknown tensor dtype {dtype!r}")
+    if len(shape) > limits.max_tensor_dims or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
+        raise FrameError("malformed tensor shape")
+    if not 0 <= idx < len(bufs):
+        raise FrameError("tensor refers to a missing buffer")
+    torch = _torch()
+    name, itemsize = _DTYPES[dtype]
+    numel = 1
+    for d in shape:
+        numel *= d
+    buf = bufs[idx]
+    if buf.nbytes != numel * itemsize:
+        raise FrameError(f"tensor buffer has {buf.nbytes} bytes, shape {shape} of {dtype} needs {numel * itemsize}")
+    if numel == 0:
+        return torch.empty(shape, dtype=getattr(torch, name))
+    if name == "bfloat16":
+        return torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16).reshape(shape)
+    return torch.frombuffer(buf, dtype=getattr(torch, name)).reshape(shape)
+
+
+def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one frame body (header + buffers), checking every limit."""
+    if header_len > len(body) or header_len > limits.max_header_bytes:
+        raise FrameError("frame header length out of range")
+    view = memoryview(body)
+    try:
+        header = msgpack.unpackb(
+            view[:header_len], raw=False, strict_map_key=True, use_list=True,
+            max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
+        raise FrameError(f"frame header does not decode: {type(exc).__name__}: {exc}") from None
+    # split buffers by walking placeholders in index order
+    specs: dict[int, int] = {}
+    _collect(header, specs, 0)
+    if len(specs) > limits.max_buffers:
+        raise FrameError("too many tensors in one frame")
+    bufs: list[memoryview] = []
+    off = header_len
+    for i in range(len(specs)):
+        if i not in specs:
+            raise FrameError("tensor buffer indices are not contiguous")
+        n = specs[i]
+        if n < 0 or off + n > len(body):
+            raise FrameError("tensor buffers overrun the frame")
+        bufs.append(view[off:off + n])
+        off += n
+    if off != len(body):
+        raise FrameError(f"{len(body) - off} stray bytes after the frame's buffers")
+    return _restore(header, bufs, limits)
+
+
+def _collect(obj: Any, specs: dict[int, int], depth: int) -> None:
+    if depth > 32:
+        raise FrameError("frame nests deeper than 32 levels")
+    if isinstance(obj, dict):
+        t = obj.get("__t") if len(obj) == 1 else None
+        if t is not None:
+            if not (isinstance(t, list) and len(t) == 3 and t[0] in _DTYPES and isinstance(t[1], list)
+                    and isinstance(t[2], int) and all(isinstance(d, int) and 0 <= d < 2**31 for d in t[1])):
+                raise FrameError("malformed tensor placeholder")
+            n = _DTYPES[t[0]][1]
+            for d in t[1][:8]:
+                n *= d
+            if t[2] in specs:
+                raise FrameError("two tensors share one buffer index")
+            specs[t[2]] = n
+            return
+        for v in obj.values():
+            _collect(v, specs, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect(v, specs, depth + 1)
+
+
+class FrameDecoder:
+    """Feed bytes in, take decoded frames out. Raises FrameError on bad input (then discard it)."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def needed(self) -> int:
+        """How many more bytes the next frame needs (at least 1 when nothing is known yet)."""
+        if len(self._buf) < PREFIX_BYTES:
+            return PREFIX_BYTES - len(self._buf)
+        total, _ = _LEN.unpack_from(self._buf)
+        return max(0, PREFIX_BYTES + total - len(self._buf))
+
+    def next_frame(self) -> tuple[bool, Any]:
+        """(True, value) when a whole frame is buffered, else (False, None)."""
+        if len(self._buf) < PREFIX_BYTES:
+            return False, None
+        total, header_len = _LEN.unpack_from(self._buf)
+        if total > self.limits.max_frame_bytes:
+            raise FrameError(f"frame of {total} bytes exceeds the {self.limits.max_frame_bytes} byte limit")
+        if header_len > total:
+            raise FrameError("frame header is longer than the frame")
+        if len(self._buf) < PREFIX_BYTES + total:
+            return False, None
+        body = self._buf[PREFIX_BYTES:PREFIX_BYTES + total]
+        del self._buf[:PREFIX_BYTES + total]
+        return True, decode_body(body, header_len, self.limits)

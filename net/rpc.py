@@ -1,0 +1,488 @@
+"""Typed request/response and bidirectional streaming RPC over any byte stream.
+
+One libp2p protocol id per service; a service has named methods. On a stream the client sends a
+request frame ``{"m": method, "a": args, "d": seconds_left}``; the server answers with
+``{"r": result}`` or ``{"e": [code, message]}``; streaming methods exchange ``{"s": item}`` frames
+in both directions and ``{"end": true}`` closes a direction. A stream carries one call at a time
+and is reused for the next (the client keeps a small pool per peer and protocol). Cancelling a
+call on the client resets its stream; the server's reader sees that and cancels the handler.
+
+Each server stream has exactly one reader task that keeps reading while the handler computes
+(yamux resets a stream whose receiver stops reading for 5 s); handlers that use the CPU must run
+it in ``trio.to_thread.run_sync``. Limits: frame sizes (``frames.Limits``), open streams per peer,
+concurrent calls per peer and in total; a peer that breaks them gets an error frame or a reset,
+and everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.net.frames import DEFAULT_LIMITS, PREFIX_BYTES, FrameError, Limits, _LEN, decode_body, encode_frame
+
+log = logging.getLogger("swarmlm.rpc")
+
+# error codes carried in error frames
+BAD_REQUEST = "bad_request"
+NOT_FOUND = "not_found"
+INTERNAL = "internal"
+BUSY = "busy"
+DEADLINE = "deadline"
+LIMIT = "limit"
+UNAVAILABLE = "unavailable"
+
+
+class RpcError(SwarmError):
+    """An error answered by the remote side (``code``) or a failure to reach it."""
+
+    def __init__(self, code: str, message: str, peer: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (peer {peer})" if peer else ""))
+        self.code = code
+        self.message = message
+        self.peer = peer
+
+
+class StreamClosedError(RpcError):
+    def __init__(self, message: str = "stream closed by the other side", peer: str | None = None) -> None:
+        super().__init__(UNAVAILABLE, message, peer)
+
+
+class ByteStream(Protocol):
+    async def read(self, n: int) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+    async def reset(self) -> None: ...
+
+
+class FrameStream:
+    """Frames over a byte stream: ``send(value)`` / ``recv() -> value``; EOF -> StreamClosedError."""
+
+    # py-libp2p streams raise their own EOF/reset types; map them without importing libp2p here
+    _CLOSED_NAMES = {"StreamEOF", "StreamReset", "StreamClosed", "StreamError", "MuxedStreamEOF",
+                     "MuxedStreamReset", "MuxedStreamError", "EndOfChannel", "ClosedResourceError",
+                     "BrokenResourceError", "RawConnError", "IOException", "ConnectionClosedError"}
+
+    def __init__(self, stream: ByteStream, limits: Limits = DEFAULT_LIMITS, peer: str | None = None) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.peer = peer
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _closed(self, exc: BaseException) -> bool:
+        return isinstance(exc, (EOFError, ConnectionError, trio.BrokenResourceError,
+                                trio.ClosedResourceError)) or type(exc).__name__ in self._CLOSED_NAMES
+
+    async def send(self, value: Any) -> None:
+        chunks = encode_frame(value, self.limits)
+        size = sum(memoryview(c).nbytes for c in chunks)
+        # small frames: one write (one muxer frame, one encrypted record); large: no join copy
+        data = b"".join(chunks) if size <= 256 * 1024 else None
+        try:
+            if data is not None:
+                await self.stream.write(data)
+            else:
+                for c in chunks:
+                    if memoryview(c).nbytes:
+                        await self.stream.write(bytes(c) if not isinstance(c, bytes) else c)
+        except Exception as exc:
+            if self._closed(exc):
+                raise StreamClosedError(f"send failed: {type(exc).__name__}", self.peer) from None
+            raise
+        self.bytes_out += size
+
+    async def _read_exact(self, n: int, into: bytearray) -> None:
+        while len(into) < n:
+            try:
+                chunk = await self.stream.read(n - len(into))
+            except Exception as exc:
+                if self._closed(exc):
+                    raise StreamClosedError(peer=self.peer) from None
+                raise
+            if not chunk:
+                raise StreamClosedError(peer=self.peer)
+            into += chunk
+
+    async def recv(self) -> Any:
+        prefix = bytearray()
+        await self._read_exact(PREFIX_BYTES, prefix)
+        total, header_len = _LEN.unpack(prefix)
+        if total > self.limits.max_frame_bytes:
+            raise FrameError(f"frame of {total} bytes exceeds the {self.limits.max_frame_bytes} byte limit")
+        if header_len > total:
+            raise FrameError("frame header is longer than the frame")
+        body = bytearray()
+        await self._read_exact(total, body)
+        self.bytes_in += PREFIX_BYTES + total
+        return decode_body(body, header_len, self.limits)
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about its call."""
+
+    peer: str
+    protocol: str
+    method: str
+    deadline: float  # trio clock
+
+
+class ServerCall:
+    """The server side of a streaming call: receive the client's items, send items back."""
+
+    def __init__(self, fs: FrameStream, inbox: trio.MemoryReceiveChannel, ctx: CallContext) -> None:
+        self._fs = fs
+        self._inbox = inbox
+        self.ctx = ctx
+
+    async def send(self, item: Any) -> None:
+        await self._fs.send({"s": item})
+
+    async def recv(self) -> Any:
+        """Next item from the client; raises StreamClosedError when the client ended its side."""
+        msg = await self._inbox.receive()
+        if msg is None:
+            raise StreamClosedError("client ended the stream", self.ctx.peer)
+        return msg
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Any]:
+        while True:
+            msg = await self._inbox.receive()
+            if msg is None:
+                return
+            yield msg
+
+
+UnaryHandler = Callable[[CallContext, Any], Awaitable[Any]]
+StreamHandler = Callable[[ServerCall, Any], Awaitable[Any]]
+
+
+@dataclass
+class ServerLimits:
+    max_streams_per_peer: int = 64
+    max_calls_per_peer: int = 32
+    max_calls_total: int = 256
+    max_deadline_s: float = 600.0
+    default_deadline_s: float = 60.0
+
+
+@dataclass
+class ServerStats:
+    calls: int = 0
+    errors: int = 0
+    rejected_frames: int = 0
+    rejected_streams: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class RpcServer:
+    """Dispatches incoming streams of registered protocols to handlers."""
+
+    def __init__(self, limits: ServerLimits | None = None, frame_limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits or ServerLimits()
+        self.frame_limits = frame_limits
+        self._unary: dict[tuple[str, str], UnaryHandler] = {}
+        self._stream: dict[tuple[str, str], StreamHandler] = {}
+        self._streams_per_peer: dict[str, int] = defaultdict(int)
+        self._calls_per_peer: dict[str, int] = defaultdict(int)
+        self._calls_total = 0
+        self.stats = ServerStats()
+
+    def protocols(self) -> set[str]:
+        return {p for p, _ in self._unary} | {p for p, _ in self._stream}
+
+    def add_unary(self, protocol: str, method: str, handler: UnaryHandler) -> None:
+        self._unary[(protocol, method)] = handler
+
+    def add_stream(self, protocol: str, method: str, handler: StreamHandler) -> None:
+        self._stream[(protocol, method)] = handler
+
+    async def serve_stream(self, stream: ByteStream, protocol: str, peer: str) -> None:
+        """Serve calls on one incoming stream until the client closes it. Never raises."""
+        if self._streams_per_peer[peer] >= self.limits.max_streams_per_peer:
+            self.stats.rejected_streams += 1
+            log.warning("peer %s opened more than %d streams; resetting", peer[-8:], self.limits.max_streams_per_peer)
+            await _reset_quietly(stream)
+            return
+        self._streams_per_peer[peer] += 1
+        fs = FrameStream(stream, self.frame_limits, peer)
+        try:
+            await self._serve(fs, protocol, peer)
+        except StreamClosedError:
+            pass
+        except FrameError as exc:
+            self.stats.rejected_frames += 1
+            log.info("bad frame from %s on %s: %s", peer[-8:], protocol, exc)
+            with trio.move_on_after(1):
+                try:
+                    await fs.send({"e": [BAD_REQUEST, str(exc)]})
+                except Exception:
+                    pass
+            await _reset_quietly(stream)
+        except Exception:
+            log.exception("RPC stream from %s on %s failed", peer[-8:], protocol)
+            await _reset_quietly(stream)
+        finally:
+            self._streams_per_peer[peer] -= 1
+            if not self._streams_per_peer[peer]:
+                del self._streams_per_peer[peer]
+            self.stats.bytes_in += fs.bytes_in
+            self.stats.bytes_out += fs.bytes_out
+        with trio.move_on_after(1):
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+    async def _serve(self, fs: FrameStream, protocol: str, peer: str) -> None:
+        # One reader per stream: frames go to `inbox`; it never waits for a handler to finish.
+        send_ch, recv_ch = trio.open_memory_channel[Any](16)
+        state: dict[str, Any] = {"scope": None, "items": None, "error": None}
+
+        async def reader() -> None:
+            try:
+                while True:
+                    msg = await fs.recv()
+                    items = state["items"]
+                    if isinstance(msg, dict) and items is not None and ("s" in msg or "end" in msg):
+                        await items.send(msg.get("s") if "s" in msg else None)
+                    elif isinstance(msg, dict) and msg.get("cancel") and state["scope"] is not None:
+                        state["scope"].cancel()
+                    else:
+                        await send_ch.send(msg)
+            except (StreamClosedError, FrameError) as exc:
+                if isinstance(exc, FrameError):
+                    state["error"] = exc
+                if state["scope"] is not None:  # the client went away or broke the protocol: stop its work
+                    state["scope"].cancel()
+            finally:
+                send_ch.close()
+
+        # errors are carried out of the nursery by hand: trio would wrap them in an ExceptionGroup
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            try:
+                async for msg in recv_ch:
+                    await self._dispatch(fs, protocol, peer, msg, state)
+            except (StreamClosedError, FrameError) as exc:
+                state["error"] = state["error"] or exc
+            nursery.cancel_scope.cancel()
+        if state.get("error") is not None:
+            raise state["error"]
+
+    async def _dispatch(self, fs: FrameStream, protocol: str, peer: str, msg: Any, state: dict) -> None:
+        if not (isinstance(msg, dict) and isinstance(msg.get("m"), str)):
+            self.stats.rejected_frames += 1
+            await fs.send({"e": [BAD_REQUEST, "expected a request frame {m, a, d}"]})
+            return
+        method = msg["m"]
+        key = (protocol, method)
+        unary, streaming = self._unary.get(key), self._stream.get(key)
+        if unary is None and streaming is None:
+            await self._error(fs, NOT_FOUND, f"no method {method!r} on {protocol}")
+            return
+        d = msg.get("d")
+        seconds = self.limits.default_deadline_s if not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0 \
+            else min(float(d), self.limits.max_deadline_s)
+        if self._calls_per_peer[peer] >= self.limits.max_calls_per_peer or self._calls_total >= self.limits.max_calls_total:
+            await self._error(fs, BUSY, "too many concurrent calls; retry later or use another peer")
+            return
+        ctx = CallContext(peer, protocol, method, trio.current_time() + seconds)
+        self._calls_per_peer[peer] += 1
+        self._calls_total += 1
+        self.stats.calls += 1
+        items_send, items_recv = trio.open_memory_channel[Any](64)
+        try:
+            with trio.CancelScope(deadline=ctx.deadline) as scope:
+                state["scope"] = scope
+                if streaming is not None:
+                    state["items"] = items_send
+                    result = await streaming(ServerCall(fs, items_recv, ctx), msg.get("a"))
+                else:
+                    result = await unary(ctx, msg.get("a"))
+            if scope.cancelled_caught:
+                await self._error(fs, DEADLINE, f"{method} did not finish within {seconds:.1f} s")
+            else:
+                await fs.send({"r": result})
+        except RpcError as exc:
+            await self._error(fs, exc.code, exc.message)
+        except (StreamClosedError, FrameError):
+            raise
+        except SwarmError as exc:
+            await self._error(fs, BAD_REQUEST, str(exc))
+        except Exception as exc:
+            log.exception("handler %s %s failed", protocol, method)
+            await self._error(fs, INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            state["scope"] = None
+            state["items"] = None
+            items_send.close()
+            self._calls_per_peer[peer] -= 1
+            if not self._calls_per_peer[peer]:
+                del self._calls_per_peer[peer]
+            self._calls_total -= 1
+
+    async def _error(self, fs: FrameStream, code: str, message: str) -> None:
+        self.stats.errors += 1
+        self.stats.by_code[code] += 1
+        await fs.send({"e": [code, message]})
+
+
+async def _reset_quietly(stream: ByteStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+def _raise_for(msg: Any, peer: str | None) -> Any:
+    if isinstance(msg, dict):
+        if "r" in msg:
+            return msg["r"]
+        e = msg.get("e")
+        if isinstance(e, list) and len(e) == 2:
+            raise RpcError(str(e[0]), str(e[1]), peer)
+    raise RpcError(BAD_REQUEST, "malformed response frame", peer)
+
+
+class ClientCall:
+    """The client side of a streaming call (see ``RpcClient.stream``)."""
+
+    def __init__(self, fs: FrameStream, peer: str) -> None:
+        self._fs = fs
+        self.peer = peer
+        self.result: Any = None
+        self.done = False
+
+    async def send(self, item: Any) -> None:
+        await self._fs.send({"s": item})
+
+    async def end(self) -> None:
+        """Tell the server the client has no more items."""
+        await self._fs.send({"end": True})
+
+    async def recv(self) -> Any:
+        """Next item from the server; raises ``StopAsyncIteration`` when it returned (see ``result``)."""
+        if self.done:
+            raise StopAsyncIteration
+        msg = await self._fs.recv()
+        if isinstance(msg, dict) and "s" in msg:
+            return msg["s"]
+        self.done = True
+        self.result = _raise_for(msg, self.peer)
+        raise StopAsyncIteration
+
+    def __aiter__(self) -> "ClientCall":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.recv()
+
+
+Opener = Callable[[str, str], Awaitable[ByteStream]]
+
+
+class RpcClient:
+    """Calls methods on peers. ``opener(peer, protocol)`` opens a new byte stream to a peer."""
+
+    def __init__(self, opener: Opener, frame_limits: Limits = DEFAULT_LIMITS, pool_size: int = 4) -> None:
+        self._open = opener
+        self.frame_limits = frame_limits
+        self.pool_size = pool_size
+        self._idle: dict[tuple[str, str], list[FrameStream]] = defaultdict(list)
+
+    async def _take(self, peer: str, protocol: str) -> tuple[FrameStream, bool]:
+        """A stream for one call: a pooled idle one (reused=True) or a new one."""
+        idle = self._idle.get((peer, protocol))
+        if idle:
+            return idle.pop(), True
+        try:
+            stream = await self._open(peer, protocol)
+        except RpcError:
+            raise
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise RpcError(UNAVAILABLE, f"cannot open {protocol}: {type(exc).__name__}: {exc}", peer) from None
+        return FrameStream(stream, self.frame_limits, peer), False
+
+    async def _give_back(self, peer: str, protocol: str, fs: FrameStream) -> None:
+        idle = self._idle[(peer, protocol)]
+        if len(idle) < self.pool_size:
+            idle.append(fs)
+        else:
+            with trio.move_on_after(1):
+                try:
+                    await fs.stream.close()
+                except Exception:
+                    pass
+
+    async def forget(self, peer: str) -> None:
+        """Drop pooled streams to ``peer`` (after it disconnected or misbehaved)."""
+        for key in [k for k in self._idle if k[0] == peer]:
+            for fs in self._idle.pop(key):
+                await _reset_quietly(fs.stream)
+
+    async def call(self, peer: str, protocol: str, method: str, args: Any = None, timeout: float = 30.0) -> Any:
+        """One request, one response. Raises RpcError (``code`` tells why) or trio.TooSlowError."""
+        request = {"m": method, "a": args, "d": timeout}
+        with trio.fail_after(timeout):
+            for attempt in (0, 1):
+                fs, reused = await self._take(peer, protocol)
+                try:
+                    await fs.send(request)
+                    msg = await fs.recv()
+                except StreamClosedError:
+                    await _reset_quietly(fs.stream)
+                    if reused and attempt == 0:  # a pooled stream the server had closed: once more, fresh
+                        continue
+                    raise
+                except BaseException:  # cancelled, timed out, bad frame: reset so the server stops too
+                    await _reset_quietly(fs.stream)
+                    raise
+                await self._give_back(peer, protocol, fs)
+                return _raise_for(msg, peer)
+        raise AssertionError("unreachable")
+
+    def stream(self, peer: str, protocol: str, method: str, args: Any = None, timeout: float = 600.0):
+        """``async with client.stream(...) as call:`` a bidirectional call; see ``ClientCall``."""
+        return _StreamCall(self, peer, protocol, method, args, timeout)
+
+
+class _StreamCall:
+    def __init__(self, client: RpcClient, peer: str, protocol: str, method: str, args: Any, timeout: float) -> None:
+        self.client, self.peer, self.protocol, self.method, self.args, self.timeout = (
+            client, peer, protocol, method, args, timeout)
+        self.fs: FrameStream | None = None
+        self.call: ClientCall | None = None
+
+    async def __aenter__(self) -> ClientCall:
+        self.fs, _ = await self.client._take(self.peer, self.protocol)
+        try:
+            await self.fs.send({"m": self.method, "a": self.args, "d": self.timeout})
+        except BaseException:
+            await _reset_quietly(self.fs.stream)
+            raise
+        self.call = ClientCall(self.fs, self.peer)
+        return self.call
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.fs is not None and self.call is not None
+        if exc_type is None and self.call.done:
+            await self.client._give_back(self.peer, self.protocol, self.fs)
+        else:
+            await _reset_quietly(self.fs.stream)
+

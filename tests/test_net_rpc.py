@@ -1,0 +1,171 @@
+"""RPC over in-memory streams: unary, streaming, errors, deadlines, cancellation, limits, bad frames."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+import trio
+import trio.testing
+
+from swarmlm.net.frames import FrameDecoder, FrameError, Limits, encode_frame_bytes
+from swarmlm.net.rawstream import TrioByteStream
+from swarmlm.net.rpc import RpcClient, RpcError, RpcServer, ServerLimits
+
+P = "/swarmlm/test/1"
+
+
+class Harness:
+    """Each opened stream is an in-memory pair whose server end is served by ``server``."""
+
+    def __init__(self, nursery: trio.Nursery, server: RpcServer, peer: str = "client-peer") -> None:
+        self.nursery, self.server, self.peer = nursery, server, peer
+        self.opened = 0
+
+    async def opener(self, peer: str, protocol: str) -> TrioByteStream:
+        a, b = trio.testing.memory_stream_pair()
+        self.opened += 1
+        self.nursery.start_soon(self.server.serve_stream, TrioByteStream(b), protocol, self.peer)
+        return TrioByteStream(a)
+
+
+def make_server(**limits) -> RpcServer:
+    srv = RpcServer(ServerLimits(**limits))
+
+    async def echo(ctx, args):
+        return args
+
+    async def fail(ctx, args):
+        raise RpcError("custom", "nope")
+
+    async def boom(ctx, args):
+        raise ValueError("internal bug")
+
+    async def slow(ctx, args):
+        await trio.sleep(args)
+        return "done"
+
+    async def count(call, args):
+        total = 0
+        async for item in call:
+            total += item
+            await call.send(total)
+        return {"total": total}
+
+    for name, fn in [("echo", echo), ("fail", fail), ("boom", boom), ("slow", slow)]:
+        srv.add_unary(P, name, fn)
+    srv.add_stream(P, "count", count)
+    return srv
+
+
+def test_frames_roundtrip_tensors_and_limits():
+    x = {"h": torch.randn(2, 3), "b": torch.randn(3).to(torch.bfloat16), "ids": torch.arange(4), "n": None}
+    dec = FrameDecoder()
+    dec.feed(encode_frame_bytes(x))
+    ok, y = dec.next_frame()
+    assert ok and torch.equal(y["h"], x["h"]) and torch.equal(y["b"], x["b"]) and torch.equal(y["ids"], x["ids"])
+    small = Limits(max_frame_bytes=100)
+    with pytest.raises(FrameError):
+        encode_frame_bytes({"h": torch.zeros(100)}, small)
+    dec = FrameDecoder(small)
+    dec.feed(struct.pack(">II", 10**9, 4))
+    with pytest.raises(FrameError, match="exceeds"):
+        dec.next_frame()
+
+
+@pytest.mark.parametrize("junk", [b"\xff" * 20, b"\x00\x00\x00\x08\x00\x00\x00\x08\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1",
+                                  struct.pack(">II", 12, 4) + b"\x81\xa3__t\x93" + b"\x00" * 7])
+def test_decoder_rejects_garbage(junk):
+    dec = FrameDecoder()
+    dec.feed(junk)
+    with pytest.raises(FrameError):
+        ok, _ = dec.next_frame()
+        assert ok  # incomplete garbage must not be accepted as a frame either
+        raise FrameError("unreachable")
+
+
+async def test_unary_streaming_and_errors():
+    srv = make_server()
+    async with trio.open_nursery() as n:
+        h = Harness(n, srv)
+        cli = RpcClient(h.opener)
+        t = torch.randn(3, 4)
+        out = await cli.call("srv", P, "echo", {"t": t, "s": "hi"})
+        assert torch.equal(out["t"], t) and out["s"] == "hi"
+        assert await cli.call("srv", P, "echo", 5) == 5
+        assert h.opened == 1, "the stream is reused between calls"
+        with pytest.raises(RpcError) as ei:
+            await cli.call("srv", P, "fail")
+        assert ei.value.code == "custom"
+        with pytest.raises(RpcError) as ei:
+            await cli.call("srv", P, "boom")
+        assert ei.value.code == "internal" and "internal bug" in ei.value.message
+        with pytest.raises(RpcError) as ei:
+            await cli.call("srv", P, "nosuch")
+        assert ei.value.code == "not_found"
+        async with cli.stream("srv", P, "count") as call:
+            got = []
+            for i in range(1, 4):
+                await call.send(i)
+                got.append(await call.recv())
+            await call.end()
+            with pytest.raises(StopAsyncIteration):
+                await call.recv()
+        assert got == [1, 3, 6] and call.result == {"total": 6}
+        assert await cli.call("srv", P, "echo", 7) == 7
+        n.cancel_scope.cancel()
+
+
+async def test_deadline_and_cancellation_reach_the_server():
+    srv = make_server()
+    async with trio.open_nursery() as n:
+        h = Harness(n, srv)
+        cli = RpcClient(h.opener)
+        with pytest.raises(trio.TooSlowError):
+            await cli.call("srv", P, "slow", 100, timeout=0.2)
+        # the client reset its stream: the server must have cancelled the handler
+        with trio.fail_after(5):
+            while srv._calls_total:
+                await trio.sleep(0.01)
+        # a server-side deadline shorter than the work gives a deadline error
+        srv.limits.max_deadline_s = 0.1
+        with pytest.raises(RpcError) as ei:
+            await cli.call("srv", P, "slow", 100, timeout=5)
+        assert ei.value.code == "deadline"
+        n.cancel_scope.cancel()
+
+
+async def test_busy_when_over_concurrency_limit():
+    srv = make_server(max_calls_per_peer=2)
+    async with trio.open_nursery() as n:
+        h = Harness(n, srv)
+        cli = RpcClient(h.opener)
+        results = []
+
+        async def one():
+            try:
+                results.append(await cli.call("srv", P, "slow", 0.3, timeout=5))
+            except RpcError as e:
+                results.append(e.code)
+
+        async with trio.open_nursery() as inner:
+            for _ in range(4):
+                inner.start_soon(one)
+        assert sorted(results) == ["busy", "busy", "done", "done"]
+        n.cancel_scope.cancel()
+
+
+async def test_garbage_frames_leave_server_serving():
+    srv = make_server()
+    async with trio.open_nursery() as n:
+        h = Harness(n, srv)
+        for junk in [b"\xff\xff\xff\xff\x00\x00\x00\x00", encode_frame_bytes([1, 2, 3]),
+                     struct.pack(">II", 3, 3) + b"\xc1\xc1\xc1", b"\x00\x00"]:
+            raw = await h.opener("srv", P)
+            await raw.write(junk)
+            await raw.close()
+        cli = RpcClient(h.opener)
+        assert await cli.call("srv", P, "echo", "still here") == "still here"
+        assert srv.stats.rejected_frames >= 2
+        n.cancel_scope.cancel()
