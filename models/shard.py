@@ -1,0 +1,280 @@
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2) as layer shards, in plain torch.
+
+A **shard** is the contiguous layer range ``[start, end)`` of a model; the first may also hold the
+token embedding, the last the final norm and LM head. The whole model is the shard ``[0, n)`` with
+both ends. Every layer is computed the way transformers does it (RMSNorm in fp32, RoPE tables in
+fp32 cast to the compute dtype, grouped-query attention, SwiGLU), so logits match it to ~1e-5 in fp32.
+
+API:
+- ``load_shard(model_dir, start, end, dtype="fp32", embedding=None, head=None) -> Shard`` reads only
+  this shard's tensors (``embedding`` defaults to ``start == 0``, ``head`` to ``end == n``; a head with
+  tied embeddings also reads ``model.embed_tokens.weight``).
+- ``Shard``: ``.start .end .num_layers_total .has_embedding .has_head .config .dtype .dtype_name
+  .num_params .nbytes``; ``cache_layout()``; ``new_session(max_length, batch_size=1)`` (a standalone
+  session; nodes use :class:`swarmlm.models.kvcache.KVCacheManager` with ``cache_layout()``).
+- ``Shard.forward(x, session, positions=None, last_only=False)``: ``x`` is LongTensor ids ``[B, T]``
+  when the shard has the embedding, else hidden ``[B, T, hidden]`` in any float dtype. ``positions``
+  is the first position (int) or a LongTensor of the contiguous positions (``[T]`` or ``[B, T]``);
+  ``None`` appends at ``session.length``. Returns fp32 logits ``[B, T, V]`` (``[B, 1, V]`` with
+  ``last_only``) when the shard has the head, else hidden ``[B, T, hidden]`` in the shard's dtype.
+- ``Shard.forward_batch([(session, x, positions), ...], last_only=False) -> list[Tensor]``: several
+  sessions' steps (same T each, typically 1) in one forward: the projections and MLP run batched,
+  attention per session. Results equal the unbatched ones.
+
+All calls run under ``torch.inference_mode`` with the caller's ``torch.get_num_threads()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from swarmlm.models.config import ModelConfig, rope_inv_freq
+from swarmlm.models.errors import CheckpointError, SessionError
+from swarmlm.models.kvcache import CacheLayout, Session
+from swarmlm.models.loading import DTYPE_NAMES, expected_shapes, layer_prefix, parse_dtype, read_tensors
+
+
+@dataclass(eq=False)
+class LayerWeights:
+    """One decoder layer; q/k/v and gate/up are fused into single matmuls."""
+
+    ln1: torch.Tensor
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    bo: torch.Tensor | None
+    ln2: torch.Tensor
+    w_gate_up: torch.Tensor
+    b_gate_up: torch.Tensor | None
+    w_down: torch.Tensor
+    b_down: torch.Tensor | None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dt = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dt)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _positions_start(positions: int | torch.Tensor | None, session: Session, T: int) -> int:
+    if positions is None:
+        return session.length
+    if isinstance(positions, int):
+        return positions
+    p = positions.reshape(-1, positions.shape[-1]) if positions.dim() > 1 else positions.view(1, -1)
+    start = int(p[0, 0])
+    want = torch.arange(start, start + T, dtype=p.dtype)
+    if p.shape[-1] != T or not bool((p == want).all()):
+        raise SessionError("positions must be one contiguous range start..start+T-1 for every row")
+    return start
+
+
+class Shard:
+    """Layers ``[start, end)`` of a Llama-family model (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, start: int, end: int, layers: list[LayerWeights],
+                 dtype: torch.dtype, embed: torch.Tensor | None = None, norm: torch.Tensor | None = None,
+                 lm_head: torch.Tensor | None = None, has_embedding: bool = False, has_head: bool = False,
+                 model_dir: Path | None = None) -> None:
+        self.config = config
+        self.start, self.end = start, end
+        self.num_layers_total = config.num_hidden_layers
+        self.layers = layers
+        self.dtype = dtype
+        self.embed, self.norm, self.lm_head = embed, norm, lm_head
+        self.has_embedding, self.has_head = has_embedding, has_head
+        self.model_dir = model_dir
+        inv_freq, self.attn_scaling = rope_inv_freq(config)
+        self.inv_freq = inv_freq.float()
+
+    # ------------------------------------------------------------------ info
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.dtype]
+
+    def _tensors(self) -> list[torch.Tensor]:
+        ts = [t for lw in self.layers for t in vars(lw).values() if t is not None]
+        seen = {id(t) for t in ts}
+        for t in (self.embed, self.norm, self.lm_head):
+            if t is not None and id(t) not in seen:
+                ts.append(t)
+                seen.add(id(t))
+        return ts
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self._tensors())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def cache_layout(self) -> CacheLayout:
+        c = self.config
+        return CacheLayout(self.end - self.start, c.num_key_value_heads, c.head_dim, self.dtype)
+
+    def new_session(self, max_length: int, batch_size: int = 1, session_id: str = "local") -> Session:
+        self._check_window(max_length)
+        return Session(session_id, self.cache_layout(), max_length, batch_size)
+
+    def _check_window(self, max_length: int) -> None:
+        sw = self.config.sliding_window
+        if sw is not None and max_length > sw:
+            raise SessionError(f"max_length {max_length} exceeds the model's sliding window {sw} (not supported)")
+
+    def __repr__(self) -> str:
+        return (f"Shard([{self.start}, {self.end}) of {self.num_layers_total}, {self.dtype_name}, "
+                f"embedding={self.has_embedding}, head={self.has_head})")
+
+    # --------------------------------------------------------------- compute
+    def forward(self, x: torch.Tensor, session: Session, positions: int | torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        return self.forward_batch([(session, x, positions)], last_only=last_only)[0]
+
+    @torch.inference_mode()
+    def forward_batch(self, entries: Sequence[tuple[Session, torch.Tensor, int | torch.Tensor | None]],
+                      last_only: bool = False) -> list[torch.Tensor]:
+        if not entries:
+            return []
+        cfg = self.config
+        T = entries[0][1].shape[1]
+        layout = self.cache_layout()
+        starts, sizes = [], []
+        for sess, x, pos in entries:
+            if x.shape[1] != T:
+                raise SessionError("forward_batch needs the same number of tokens per entry")
+            if sess.layout != layout:
+                raise SessionError(f"session {sess.session_id} was opened for another shard layout")
+            if x.shape[0] != sess.batch_size:
+                raise SessionError(f"session {sess.session_id} has batch size {sess.batch_size}, input {x.shape[0]}")
+            start = _positions_start(pos, sess, T)
+            sess.check_step(start, T)
+            starts.append(start)
+            sizes.append(x.shape[0])
+        xs = [e[1] for e in entries]
+        x = torch.cat(xs, 0) if len(xs) > 1 else xs[0]
+        if self.has_embedding:
+            if x.dtype not in (torch.int64, torch.int32):
+                raise SessionError("the first shard takes token ids (LongTensor [B, T])")
+            h = F.embedding(x, self.embed)
+        else:
+            if x.dim() != 3 or x.shape[-1] != cfg.hidden_size:
+                raise SessionError(f"this shard takes hidden states [B, T, {cfg.hidden_size}]")
+            h = x.to(self.dtype)
+        # RoPE tables per entry (fp32, then the compute dtype), and the attention masks
+        n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
+        cos_l, sin_l, masks = [], [], []
+        t_idx = torch.arange(T)
+        for start, b in zip(starts, sizes):
+            pos = (t_idx + start).float()
+            freqs = pos[:, None] * self.inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos_l.append((emb.cos() * self.attn_scaling).to(self.dtype))
+            sin_l.append((emb.sin() * self.attn_scaling).to(self.dtype))
+            if T == 1:
+                masks.append(None)
+            else:  # query t (global start+t) sees keys 0..start+t; rows are (group, t)
+                m = torch.arange(start + T)[None, :] <= (t_idx + start)[:, None]
+                masks.append(m.repeat(n_rep, 1))
+        offsets = [0]
+        for b in sizes:
+            offsets.append(offsets[-1] + b)
+        for li, lw in enumerate(self.layers):
+            h = self._layer(li, lw, h, entries, starts, offsets, cos_l, sin_l, masks, T)
+        for (sess, _, _), start in zip(entries, starts):
+            sess.length = start + T
+            sess.touch()
+        if self.has_head:
+            if last_only:
+                h = h[:, -1:]
+            h = rms_norm(h, self.norm, cfg.rms_norm_eps)
+            out = F.linear(h, self.lm_head).float()
+        else:
+            out = h
+        if len(entries) == 1:
+            return [out]
+        return [out[offsets[i]:offsets[i + 1]] for i in range(len(entries))]
+
+    def _layer(self, li: int, lw: LayerWeights, h: torch.Tensor, entries, starts, offsets, cos_l, sin_l,
+               masks, T: int) -> torch.Tensor:
+        cfg = self.config
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        g = nh // nkv
+        x = rms_norm(h, lw.ln1, cfg.rms_norm_eps)
+        qkv = F.linear(x, lw.wqkv, lw.bqkv)
+        outs = []
+        for i, (sess, _, _) in enumerate(entries):
+            part = qkv[offsets[i]:offsets[i + 1]] if len(entries) > 1 else qkv
+            B = part.shape[0]
+            q, k, v = part.split([cfg.q_dim, cfg.kv_dim, cfg.kv_dim], dim=-1)
+            q = q.view(B, T, nh, hd).transpose(1, 2)
+            k = k.view(B, T, nkv, hd).transpose(1, 2)
+            v = v.view(B, T, nkv, hd).transpose(1, 2)
+            cos, sin = cos_l[i], sin_l[i]
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            s = starts[i]
+            kc, vc = sess.k[li], sess.v[li]
+            kc[:, :, s:s + T] = k
+            vc[:, :, s:s + T] = v
+            keys, vals = kc[:, :, :s + T], vc[:, :, :s + T]
+            # grouped-query attention without copying the cache: query heads of one kv head side by side
+            qg = q.reshape(B, nkv, g * T, hd)
+            o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
+            outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd))
+        o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        h = h + F.linear(o, lw.wo, lw.bo)
+        x = rms_norm(h, lw.ln2, cfg.rms_norm_eps)
+        gu = F.linear(x, lw.w_gate_up, lw.b_gate_up)
+        gate, up = gu.chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, lw.w_down, lw.b_down)
+
+
+def load_shard(model_dir: str | Path, start: int = 0, end: int | None = None, dtype: str | torch.dtype = "fp32",
+               embedding: bool | None = None, head: bool | None = None) -> Shard:
+    """Load layers ``[start, end)`` of the checkpoint in ``model_dir`` (only those tensors)."""
+    model_dir = Path(model_dir)
+    cfg = ModelConfig.from_dir(model_dir)
+    n = cfg.num_hidden_layers
+    end = n if end is None else end
+    if not 0 <= start < end <= n:
+        raise CheckpointError(f"bad layer range [{start}, {end}) for a model with {n} layers")
+    embedding = start == 0 if embedding is None else embedding
+    head = end == n if head is None else head
+    if (embedding and start != 0) or (head and end != n):
+        raise CheckpointError("only the first shard can hold the embedding and only the last the head")
+    dt = parse_dtype(dtype)
+    t = read_tensors(model_dir, expected_shapes(cfg, start, end, embedding, head), dt)
+    layers = []
+    for i in range(start, end):
+        p = layer_prefix(i)
+        a, m = p + "self_attn.", p + "mlp."
+
+        def cat(*names: str) -> torch.Tensor:
+            return torch.cat([t.pop(nm) for nm in names], 0).contiguous()
+
+        bqkv = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if cfg.attention_bias else None
+        bgu = cat(m + "gate_proj.bias", m + "up_proj.bias") if cfg.mlp_bias else None
+        layers.append(LayerWeights(
+            ln1=t.pop(p + "input_layernorm.weight"),
+            wqkv=cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"), bqkv=bqkv,
+            wo=t.pop(a + "o_proj.weight"), bo=t.pop(a + "o_proj.bias") if cfg.o_bias else None,
+            ln2=t.pop(p + "post_attention_layernorm.weight"),
+            w_gate_up=cat(m + "gate_proj.weight", m + "up_proj.weight"), b_gate_up=bgu,
+            w_down=t.pop(m + "down_proj.weight"), b_down=t.pop(m + "down_proj.bias") if cfg.mlp_bias else None,
+        ))
+    emb = t.get("model.embed_tokens.weight")
+    lm_head = (emb if cfg.tie_word_embeddings else t.get("lm_head.weight")) if head else None
+    return Shard(cfg, start, end, layers, dt, embed=emb if embedding else None, norm=t.get("model.norm.weight"),
+                 lm_head=lm_head, has_embedding=embedding, has_head=head, model_dir=model_dir)
