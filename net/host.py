@@ -1,0 +1,304 @@
+"""Our libp2p host: py-libp2p 0.8.1 on trio with Noise only, Yamux, identify, ping, a Kademlia DHT
+(server mode, signed records), optional mDNS, a peer table with RTTs, and the RPC server/client.
+
+Security: the host is built with ``sec_opt`` naming Noise alone, so a peer offering only plaintext
+(or secio, or TLS) fails the handshake. Connection set-up: ``max_connections_per_peer=1`` skips
+py-libp2p's 250 ms happy-eyeballs wait. This is the only module that constructs libp2p objects;
+everything above it talks to ``SwarmHost``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import trio
+
+from swarmlm import AGENT_VERSION
+from swarmlm.crypto.identity import Identity
+from swarmlm.errors import SwarmError
+from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
+from swarmlm.net.peers import PeerTable
+from swarmlm.net.rpc import RpcClient, RpcServer
+
+log = logging.getLogger("swarmlm.host")
+
+ECHO_PROTOCOL = "/swarmlm/echo/1"
+
+
+class HostError(SwarmError):
+    """A peer that cannot be reached, an address that does not parse, a failed listen."""
+
+
+@dataclass
+class HostConfig:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    quic: bool = False
+    mdns: bool = False
+    ping_interval_s: float = 10.0  # keep-alive; well under conntrack's 120 s for TCP
+    discovery_interval_s: float = 15.0
+    dial_timeout_s: float = 10.0
+    announce: list[str] = field(default_factory=list)
+
+
+def _libp2p_key_pair(identity: Identity):
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    return create_new_key_pair(identity.seed)
+
+
+def build_libp2p_host(identity: Identity, config: HostConfig):
+    """A py-libp2p host with Noise as the only security transport and Yamux as the only muxer."""
+    import multiaddr
+    from libp2p import create_yamux_muxer_option, new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+    from libp2p.identity.identify import identify as identify_mod
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+
+    identify_mod.AGENT_VERSION = AGENT_VERSION  # what identify tells other peers
+    key_pair = _libp2p_key_pair(identity)
+    sec = {NOISE_ID: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
+    try:
+        listen = [multiaddr.Multiaddr(a) for a in config.listen]
+        announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
+    except Exception as exc:
+        raise HostError(f"bad listen/announce address: {exc}") from None
+    return new_host(
+        key_pair=key_pair,
+        sec_opt=sec,
+        muxer_opt=create_yamux_muxer_option(),
+        listen_addrs=listen,
+        enable_quic=config.quic,
+        enable_mDNS=config.mdns,
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=config.dial_timeout_s),
+        announce_addrs=announce,
+    ), listen
+
+
+def split_p2p_addr(maddr: str) -> tuple[str, str]:
+    """'/ip4/1.2.3.4/tcp/5/p2p/Qm..' -> (transport part, peer id)."""
+    if "/p2p/" not in maddr:
+        raise HostError(f"address {maddr!r} has no /p2p/<peer id> part")
+    base, _, pid = maddr.rpartition("/p2p/")
+    if not pid or "/" in pid:
+        raise HostError(f"address {maddr!r} has a malformed /p2p/ part")
+    return base, pid
+
+
+class SwarmHost:
+    """A running libp2p node: connect, open RPC streams, DHT records, peer table."""
+
+    def __init__(self, identity: Identity, config: HostConfig | None = None,
+                 rpc_server: RpcServer | None = None) -> None:
+        self.identity = identity
+        self.config = config or HostConfig()
+        self.rpc_server = rpc_server or RpcServer()
+        self.rpc = RpcClient(self.open_stream)
+        self.peers = PeerTable()
+        self.validator = SignedRecordValidator()
+        self._host: Any = None
+        self._dht: Any = None
+        self._seq = 0
+        self._handled: set[str] = set()
+        self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", self._echo)
+
+    @staticmethod
+    async def _echo(ctx: Any, args: Any) -> Any:
+        return args
+
+    # -- identity and addresses -------------------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        """Dialable addresses with the /p2p/ suffix."""
+        if self._host is None:
+            return []
+        out = []
+        for a in self._host.get_addrs():
+            s = str(a)
+            out.append(s if "/p2p/" in s else f"{s}/p2p/{self.peer_id}")
+        return out
+
+    @property
+    def libp2p(self) -> Any:
+        return self._host
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["SwarmHost"]:
+        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+        from libp2p.records.validator import NamespacedValidator
+        from libp2p.tools.anyio_service import background_trio_service
+
+        host, listen = build_libp2p_host(self.identity, self.config)
+        self._host = host
+        self._register_handlers()
+        validator = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
+        try:
+            async with host.run(listen_addrs=listen):
+                self._dht = KadDHT(host, DHTMode.SERVER, validator=validator, validator_changed=True,
+                                   strict_validation=True, max_peers_per_subnet=0)
+                async with background_trio_service(self._dht):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._ping_loop)
+                        nursery.start_soon(self._bootstrap_and_discover)
+                        log.info("host %s listening on %s", self.peer_id, ", ".join(self.addrs))
+                        try:
+                            yield self
+                        finally:
+                            nursery.cancel_scope.cancel()
+        finally:
+            self._host = None
+            self._dht = None
+
+    def _register_handlers(self) -> None:
+        for proto in sorted(self.rpc_server.protocols() - self._handled):
+            self._host.set_stream_handler(proto, self._make_handler(proto))
+            self._handled.add(proto)
+
+    def refresh_handlers(self) -> None:
+        """Call after adding RPC methods of a new protocol to ``rpc_server`` while running."""
+        if self._host is not None:
+            self._register_handlers()
+
+    def _make_handler(self, protocol: str):
+        async def handler(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            await self.rpc_server.serve_stream(stream, protocol, peer)
+
+        return handler
+
+    # -- connections -----------------------------------------------------------------------
+    async def connect(self, maddr: str) -> str:
+        """Dial a full multiaddr (with /p2p/); returns the peer id. Raises HostError."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        import multiaddr
+
+        split_p2p_addr(maddr)
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
+        except Exception as exc:
+            raise HostError(f"cannot parse {maddr!r}: {exc}") from None
+        pid = info.peer_id.to_base58()
+        if pid == self.peer_id:
+            return pid
+        try:
+            with trio.fail_after(self.config.dial_timeout_s):
+                await self._host.connect(info)
+        except Exception as exc:
+            self.peers.record_failure(pid)
+            raise HostError(f"cannot connect to {maddr}: {type(exc).__name__}: {exc}") from None
+        self.peers.connected(pid, [str(a) for a in info.addrs], trio.current_time())
+        if self._dht is not None:
+            try:
+                await self._dht.add_peer(info.peer_id)
+            except Exception as exc:  # a peer without DHT support is still a peer
+                log.debug("routing table refused %s: %s", pid[-8:], exc)
+        return pid
+
+    def _peer(self, peer: str) -> Any:
+        from libp2p.peer.id import ID
+
+        return ID.from_base58(peer)
+
+    def is_connected(self, peer: str) -> bool:
+        try:
+            return bool(self._host.get_network().get_connections(self._peer(peer)))
+        except Exception:
+            return False
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        """A new libp2p stream to ``peer`` for ``protocol`` (dialing known addresses if needed)."""
+        return await self._host.new_stream(self._peer(peer), [protocol])
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self._host.get_connected_peers()]
+
+    async def ping(self, peer: str) -> float:
+        """One round trip in ms over our echo RPC (py-libp2p's ping has 1 ms resolution)."""
+        start = trio.current_time()
+        await self.rpc.call(peer, ECHO_PROTOCOL, "echo", None, timeout=5)
+        ms = (trio.current_time() - start) * 1000.0
+        self.peers.record_rtt(peer, ms, trio.current_time())
+        return ms
+
+    async def _ping_loop(self) -> None:
+        while True:
+            for peer in self.connected_peers():
+                try:
+                    with trio.fail_after(5):
+                        await self.ping(peer)
+                except Exception:
+                    self.peers.record_failure(peer)
+            for info in self.peers.all():
+                if info.connected and not self.is_connected(info.peer_id):
+                    self.peers.disconnected(info.peer_id)
+                    await self.rpc.forget(info.peer_id)
+            await trio.sleep(self.config.ping_interval_s)
+
+    # -- discovery -------------------------------------------------------------------------
+    async def _bootstrap_and_discover(self) -> None:
+        for addr in self.config.bootstrap:
+            try:
+                await self.connect(addr)
+                log.info("connected to bootstrap %s", addr)
+            except HostError as exc:
+                log.warning("bootstrap %s unreachable: %s", addr, exc)
+        while True:
+            try:
+                await self.discover()
+            except Exception as exc:
+                log.debug("discovery round failed: %s", exc)
+            await trio.sleep(self.config.discovery_interval_s * random.uniform(0.8, 1.2))
+
+    async def discover(self) -> list[str]:
+        """One Kademlia lookup of our own id: connect to every peer it finds; returns new peers."""
+        from libp2p.peer.id import ID
+
+        found = await self._dht.peer_routing.find_closest_peers_network(ID.from_base58(self.peer_id).to_bytes())
+        new = []
+        known = set(self.connected_peers())
+        for pid in found:
+            b58 = pid.to_base58()
+            if b58 == self.peer_id or b58 in known:
+                continue
+            addrs = self._host.get_peerstore().addrs(pid)
+            for a in addrs:
+                try:
+                    await self.connect(f"{a}/p2p/{b58}")
+                    new.append(b58)
+                    break
+                except HostError:
+                    continue
+        return new
+
+    # -- DHT records -----------------------------------------------------------------------
+    async def put_record(self, name: str, value: bytes) -> None:
+        """Publish a record we own: /swarmlm/<our id>/<name>, signed, newest wins."""
+        self._seq = max(self._seq + 1, int(trio.current_time() * 1000))
+        raw = SignedRecord.make(self.identity, name, value, self._seq)
+        await self._dht.put_value(record_key(self.peer_id, name), raw)
+
+    async def get_record(self, owner: str, name: str) -> bytes | None:
+        raw = await self._dht.get_value(record_key(owner, name))
+        if raw is None:
+            return None
+        try:
+            return SignedRecord.verify(record_key(owner, name), raw).value
+        except RecordError:
+            return None
+
+    async def provide(self, key: str) -> bool:
+        return await self._dht.provide(key)
+
+    async def find_providers(self, key: str, count: int = 20) -> list[str]:
+        return [p.peer_id.to_base58() for p in await self._dht.find_providers(key, count)]
