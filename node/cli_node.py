@@ -1,0 +1,147 @@
+"""`swarmlm id`, `swarmlm node run`, `swarmlm peers`, `swarmlm status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def _add_node_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (keys as in docs/CONFIG.md)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the identity key and state live")
+    p.add_argument("--listen", metavar="MADDR", action="append", help="listen multiaddr (repeatable)")
+    p.add_argument("--announce", metavar="MADDR", action="append", help="address to advertise (repeatable)")
+    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="bootstrap peer multiaddr with /p2p/ (repeatable)")
+    p.add_argument("--ready-file", metavar="FILE", help="write {peer_id, addrs, http} here once serving")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API (OpenAI-compatible) and health page here")
+    p.add_argument("--http-token", metavar="TOKEN", help="require this bearer token on the HTTP API")
+    p.add_argument("--model", metavar="SPEC", help="model to serve, e.g. builtin:smollm2-135m or builtin:tiny")
+    p.add_argument("--layers", metavar="START:END|auto", help="layer range to host (default: auto)")
+    p.add_argument("--max-layers", type=int, metavar="N", help="host at most N layers")
+    p.add_argument("--max-cache-tokens", type=int, metavar="N", help="KV-cache budget in tokens")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute dtype")
+    p.add_argument("--mdns", action="store_const", const=True, help="discover peers on the LAN with mDNS")
+    p.add_argument("--quic", action="store_const", const=True, help="also listen on QUIC (experimental)")
+    p.add_argument("--no-relay", dest="relay", action="store_const", const=False, help="neither serve nor use circuit relays")
+    p.add_argument("--no-hole-punch", dest="hole_punch", action="store_const", const=False, help="do not try DCUtR hole punching")
+    p.add_argument("--no-reachability", dest="reachability", action="store_const", const=False, help="skip the dial-back reachability check")
+    p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
+
+
+_FLAG_KEYS = ("data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
+              "max_layers", "max_cache_tokens", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
+              "log_format", "log_level", "fault")
+
+
+def load_config(ns: argparse.Namespace):
+    from swarmlm.node import config
+
+    return config.load(getattr(ns, "config", None), overrides={k: getattr(ns, k, None) for k in _FLAG_KEYS})
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    import trio
+
+    from swarmlm.node import logs
+    from swarmlm.node.assemble import build_node
+
+    cfg = load_config(ns)
+    logs.setup(cfg.log_level, cfg.log_format)
+    node = build_node(cfg)
+    trio.run(node.run)
+    return 0
+
+
+def cmd_id(ns: argparse.Namespace) -> int:
+    from swarmlm.crypto.identity import load_or_create
+
+    cfg = load_config(ns)
+    ident, created = load_or_create(cfg.data_path)
+    if created:
+        print(f"created a new identity in {cfg.data_path}", file=sys.stderr)
+    print(ident.peer_id)
+    return 0
+
+
+async def _with_client_host(bootstrap: list[str], fn, settle_s: float = 2.0):
+    """Run ``fn(host)`` on a throwaway host (fresh identity) joined through ``bootstrap``."""
+    import trio
+
+    from swarmlm.crypto.identity import Identity
+    from swarmlm.net.host import HostConfig, SwarmHost
+
+    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[]))
+    async with host.running():
+        for addr in bootstrap:
+            await host.connect(addr)
+        with trio.move_on_after(settle_s * 4):
+            await host.discover()
+        return await fn(host)
+
+
+def cmd_peers(ns: argparse.Namespace) -> int:
+    import trio
+
+    from swarmlm.node.cli import CliError
+
+    if not ns.bootstrap:
+        raise CliError("peers: give at least one --bootstrap MADDR")
+
+    async def listing(host) -> list[dict[str, Any]]:
+        out = []
+        store = host.libp2p.get_peerstore()
+        for pid in sorted(host.connected_peers()):
+            try:
+                rtt = await host.ping(pid)
+            except Exception:
+                rtt = None
+            from libp2p.peer.id import ID
+
+            addrs = [str(a) for a in store.addrs(ID.from_base58(pid))]
+            out.append({"peer_id": pid, "addrs": addrs, "rtt_ms": None if rtt is None else round(rtt, 2)})
+        return out
+
+    peers = trio.run(_with_client_host, ns.bootstrap, listing)
+    if ns.json:
+        print(json.dumps({"peers": peers}))
+    else:
+        for p in peers:
+            rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
+            print(f"{p['peer_id']}  {rtt:>9}  {' '.join(p['addrs'][:2])}")
+        print(f"{len(peers)} peers", file=sys.stderr)
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from swarmlm.node.status import status_command
+
+    return status_command(ns)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("id", help="print this node's peer id (creates the identity key on first use)")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.set_defaults(func=cmd_id)
+
+    node = sub.add_parser("node", help="run a node daemon")
+    nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    run = nsub.add_parser("run", help="run the node in the foreground until SIGINT/SIGTERM")
+    _add_node_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("peers", help="list peers found through the DHT from a bootstrap peer")
+    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="bootstrap multiaddr with /p2p/ (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("status", help="show the swarm state: peers, what they host, heartbeat age")
+    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="join through this peer to read the state")
+    p.add_argument("--http", metavar="URL", help="ask a node's HTTP API instead (e.g. http://127.0.0.1:8080)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_status)

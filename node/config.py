@@ -1,0 +1,167 @@
+"""Node configuration: defaults < TOML file < environment (``SWARMLM_<KEY>``) < command-line flags.
+
+Every key is a field of ``NodeConfig``. An unknown key or a value of the wrong type is a
+``ConfigError`` naming the key and where it came from, so the operator knows what to fix.
+Lists come from TOML arrays, or from comma-separated environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from swarmlm.errors import ConfigError
+
+ENV_PREFIX = "SWARMLM_"
+LOG_FORMATS = ("text", "json")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class NodeConfig:
+    data_dir: str = "~/.local/share/swarmlm"
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    announce: list[str] = field(default_factory=list)
+    bootstrap: list[str] = field(default_factory=list)
+    quic: bool = False
+    mdns: bool = False
+    http: str = ""  # e.g. 127.0.0.1:8080; empty: no HTTP API
+    http_token: str = ""  # optional bearer token for the HTTP API
+    ready_file: str = ""
+    log_format: str = "text"
+    log_level: str = "info"
+    # serving
+    model: str = ""  # e.g. builtin:smollm2-135m; empty: a relay/bootstrap-only node
+    layers: str = "auto"  # "auto" or "START:END"
+    max_layers: int = 0  # 0: no cap beyond memory
+    max_cache_tokens: int = 8192
+    dtype: str = "fp32"
+    max_sessions: int = 64
+    # NAT traversal (on by default)
+    relay: bool = True  # serve circuit relay when public / use relays when private
+    hole_punch: bool = True
+    reachability: bool = True
+    # state sync
+    heartbeat_s: float = 10.0
+    fault: str = ""  # test-only misbehaviour, see docs/RELIABILITY.md
+
+    def validate(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format: must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.layers != "auto":
+            parse_layers(self.layers)
+        for key in ("max_layers", "max_cache_tokens", "max_sessions"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.heartbeat_s <= 0:
+            raise ConfigError(f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        for key in ("listen", "announce", "bootstrap"):
+            for addr in getattr(self, key):
+                if not addr.startswith("/"):
+                    raise ConfigError(f"{key}: {addr!r} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001)")
+        for addr in self.bootstrap:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"bootstrap: {addr!r} needs a /p2p/<peer id> part")
+        if self.http:
+            parse_hostport(self.http, "http")
+        if self.fault and self.fault not in ("wrong-activations", "slow", "drop"):
+            raise ConfigError(f"fault: must be wrong-activations, slow or drop, got {self.fault!r}")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+
+def parse_layers(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.split(":")
+        start, end = int(a), int(b)
+    except ValueError:
+        raise ConfigError(f"layers: expected 'auto' or START:END (e.g. 0:10), got {text!r}") from None
+    if start < 0 or end <= start:
+        raise ConfigError(f"layers: need 0 <= START < END, got {text!r}")
+    return start, end
+
+
+def parse_hostport(text: str, key: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+    return host, int(port)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    default = getattr(NodeConfig(), key)
+    where = f"{key} (from {source})"
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(default, list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+def apply(cfg: NodeConfig, values: Mapping[str, Any], source: str) -> None:
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            close = [k for k in _FIELDS if k.startswith(name[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+        setattr(cfg, name, _coerce(name, value, source))
+
+
+def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    """Build and validate the config. ``overrides`` are flags (None values are ignored)."""
+    cfg = NodeConfig()
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        apply(cfg, data, str(p))
+    env = os.environ if env is None else env
+    from_env = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in _FIELDS}
+    apply(cfg, from_env, "environment")
+    if overrides:
+        apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    cfg.validate()
+    return cfg

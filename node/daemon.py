@@ -1,0 +1,116 @@
+"""The node daemon: wires identity, the libp2p host, services and the HTTP API, and runs them
+under one trio nursery until SIGINT/SIGTERM, then shuts down cleanly (state flushed, ready file
+removed, connections closed).
+
+Services are small objects with ``register(node)`` (add RPC methods) and ``async run(node)``;
+each runs as a task in the node's nursery. This file only wires; the services hold the logic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from swarmlm import AGENT_VERSION
+from swarmlm.crypto.identity import Identity, load_or_create
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.node.config import NodeConfig
+
+log = logging.getLogger("swarmlm.node")
+
+
+class Service(Protocol):
+    name: str
+
+    def register(self, node: "Node") -> None: ...
+    async def run(self, node: "Node") -> None: ...
+    async def close(self, node: "Node") -> None: ...
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity | None = None) -> None:
+        self.config = config
+        self.data_dir = config.data_path
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if identity is None:
+            identity, created = load_or_create(self.data_dir)
+            if created:
+                log.info("created identity %s in %s", identity.peer_id, self.data_dir)
+        self.identity = identity
+        self.host = SwarmHost(identity, HostConfig(
+            listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
+            announce=config.announce))
+        self.services: list[Any] = []
+        self.http_addr: str | None = None
+        self.started = trio.Event()
+        self._stop = trio.Event()
+        self.started_at = 0.0
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def add_service(self, service: Any) -> None:
+        self.services.append(service)
+        service.register(self)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready_info(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "addrs": self.host.addrs, "http": self.http_addr,
+                "agent": AGENT_VERSION, "pid": os.getpid()}
+
+    def _write_ready(self) -> None:
+        if not self.config.ready_file:
+            return
+        path = Path(self.config.ready_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.ready_info()))
+        os.replace(tmp, path)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at = trio.current_time()
+        async with self.host.running():
+            self.host.refresh_handlers()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                for svc in self.services:
+                    if hasattr(svc, "start"):
+                        await nursery.start(svc.start, self)
+                    else:
+                        nursery.start_soon(svc.run, self)
+                self._write_ready()
+                log.info("node %s ready: %s%s", self.peer_id, ", ".join(self.host.addrs),
+                         f", http://{self.http_addr}" if self.http_addr else "")
+                self.started.set()
+                task_status.started(self)
+                await self._stop.wait()
+                log.info("shutting down")
+                with trio.move_on_after(5) as cleanup, trio.CancelScope(shield=True):
+                    for svc in reversed(self.services):
+                        if hasattr(svc, "close"):
+                            await svc.close(self)
+                if cleanup.cancelled_caught:
+                    log.warning("services did not close within 5 s")
+                nursery.cancel_scope.cancel()
+        if self.config.ready_file:
+            Path(self.config.ready_file).unlink(missing_ok=True)
+        log.info("node %s stopped", self.peer_id)
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for sig in signals:
+                    log.info("received %s", signal.Signals(sig).name)
+                    self.stop()
+                    return
+        except RuntimeError:  # not the main thread (tests run nodes in-process): no signals
+            await trio.sleep_forever()

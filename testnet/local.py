@@ -1,0 +1,187 @@
+"""A local testnet: N node processes on 127.0.0.1, the first one the bootstrap.
+
+``LocalTestnet`` starts ``swarmlm node run`` processes (each in its own process group, logs in
+``<base>/nodeK/node.log``), waits for their ready files, and records exactly what it started in
+``<base>/testnet.json`` so ``down`` stops those processes and nothing else. The docker compose
+file and the netns testnet start nodes with the same command line (``node_command``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swarmlm.errors import SwarmError
+
+STATE_FILE = "testnet.json"
+
+
+class TestnetError(SwarmError):
+    pass
+
+
+def node_command(data_dir: str, ready_file: str, listen: str = "/ip4/127.0.0.1/tcp/0",
+                 bootstrap: list[str] | None = None, extra: list[str] | None = None,
+                 python: str | None = None) -> list[str]:
+    """The one command line every launcher (local, netns, docker) uses to start a node."""
+    cmd = [python or sys.executable, "-m", "swarmlm.node.cli", "node", "run", "--data-dir", data_dir,
+           "--listen", listen, "--ready-file", ready_file]
+    for b in bootstrap or []:
+        cmd += ["--bootstrap", b]
+    return cmd + list(extra or [])
+
+
+@dataclass
+class NodeProc:
+    index: int
+    data_dir: Path
+    proc: subprocess.Popen | None = None
+    pid: int = 0
+    ready: dict = field(default_factory=dict)
+
+    @property
+    def ready_file(self) -> Path:
+        return self.data_dir / "ready.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "node.log"
+
+    @property
+    def addr(self) -> str:
+        return self.ready["addrs"][0]
+
+
+def _wait_ready(node: NodeProc, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.proc is not None and node.proc.poll() is not None:
+            tail = node.log_file.read_text()[-2000:] if node.log_file.exists() else ""
+            raise TestnetError(f"node {node.index} exited with status {node.proc.returncode}:\n{tail}")
+        if node.ready_file.exists():
+            try:
+                return json.loads(node.ready_file.read_text())
+            except json.JSONDecodeError:
+                pass
+        time.sleep(0.05)
+    raise TestnetError(f"node {node.index} not ready after {timeout:.0f} s (log: {node.log_file})")
+
+
+class LocalTestnet:
+    def __init__(self, n: int, base_dir: str | os.PathLike, extra_args: list[str] | None = None,
+                 per_node_args: dict[int, list[str]] | None = None, env: dict[str, str] | None = None,
+                 http: bool = False) -> None:
+        if n < 1:
+            raise TestnetError("a testnet needs at least one node")
+        self.n = n
+        self.base = Path(base_dir).resolve()
+        self.extra = list(extra_args or [])
+        self.per_node = per_node_args or {}
+        self.env = env
+        self.http = http
+        self.nodes: list[NodeProc] = []
+
+    def _start(self, i: int, bootstrap: list[str]) -> NodeProc:
+        d = self.base / f"node{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        node = NodeProc(i, d)
+        node.ready_file.unlink(missing_ok=True)
+        extra = self.extra + self.per_node.get(i, [])
+        if self.http:
+            extra += ["--http", "127.0.0.1:0"]
+        cmd = node_command(str(d), str(node.ready_file), bootstrap=bootstrap, extra=extra)
+        env = dict(os.environ, **(self.env or {}), PYTHONUNBUFFERED="1")
+        with open(node.log_file, "ab") as log:
+            node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=env)
+        node.pid = node.proc.pid
+        return node
+
+    def up(self, timeout: float = 120.0) -> "LocalTestnet":
+        self.base.mkdir(parents=True, exist_ok=True)
+        if (self.base / STATE_FILE).exists():
+            down(self.base)
+        try:
+            first = self._start(0, [])
+            self.nodes = [first]
+            self._save()
+            first.ready = _wait_ready(first, timeout)
+            for i in range(1, self.n):
+                self.nodes.append(self._start(i, [first.addr]))
+                self._save()
+            for node in self.nodes[1:]:
+                node.ready = _wait_ready(node, timeout)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _save(self) -> None:
+        state = {"nodes": [{"index": n.index, "pid": n.pid, "data_dir": str(n.data_dir)} for n in self.nodes]}
+        (self.base / STATE_FILE).write_text(json.dumps(state))
+
+    def start_node(self, i: int, timeout: float = 120.0) -> NodeProc:
+        """(Re)start node ``i`` (after a kill) with the same data dir: it rejoins via node 0."""
+        node = self._start(i, [self.nodes[0].addr] if i else [])
+        self.nodes[i] = node
+        self._save()
+        node.ready = _wait_ready(node, timeout)
+        return node
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[i]
+        if node.proc and node.proc.poll() is None:
+            os.killpg(node.proc.pid, sig)
+            node.proc.wait(10)
+
+    def down(self) -> None:
+        down(self.base)
+
+    def __enter__(self) -> "LocalTestnet":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def _is_ours(pid: int, data_dir: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return data_dir.encode() in cmdline and b"swarmlm.node.cli" in cmdline
+
+
+def down(base_dir: str | os.PathLike, timeout: float = 10.0) -> int:
+    """Stop exactly the processes a testnet in ``base_dir`` started; returns how many were running."""
+    state_path = Path(base_dir) / STATE_FILE
+    if not state_path.exists():
+        return 0
+    nodes = json.loads(state_path.read_text()).get("nodes", [])
+    alive = [n for n in nodes if _is_ours(n["pid"], n["data_dir"])]
+    for n in alive:
+        try:
+            os.killpg(n["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for n in alive:
+        while _is_ours(n["pid"], n["data_dir"]) and time.monotonic() < deadline:
+            try:
+                os.waitpid(n["pid"], os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        if _is_ours(n["pid"], n["data_dir"]):
+            try:
+                os.killpg(n["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    state_path.unlink(missing_ok=True)
+    return len(alive)
