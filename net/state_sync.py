@@ -1,0 +1,581 @@
+"""Swarm-state sync: an I/O-free protocol engine over owner-signed envelopes (h11 style).
+
+Every change a node makes to its own sub-document (see ``swarmlm.net.swarm_state``) is a Yjs
+update sealed in ``Envelope.seal(identity, "swarmlm/state/v1", payload)``; the payload (msgpack)
+is ``{"o": owner, "e": epoch, "s": seq, "k": 0 incremental | 1 snapshot, "u": yjs update}``.
+Relays forward envelopes verbatim, so nobody but the owner can produce content for its document.
+Per owner a node keeps a log: the owner's latest signed full-state snapshot plus the signed
+incrementals after it (owners emit a snapshot every ``snapshot_every`` updates). The sync "state
+vector" is ``{owner: [epoch, seq]}`` (Yjs deletes do not advance clocks; sequence numbers do), and
+the "missing updates" answer is the part of those logs the other side lacks -- never a diff
+computed by a relay. A new epoch (restart, lost file) starts with a snapshot at seq 0 and a
+fresh Yjs client id, so clocks never collide.
+
+Messages (msgpack arrays, at most ``Limits.max_message_bytes``):
+  ["sv", {owner: [e, s]}, reply]  -- my vector; send what I lack; reply=1: also send yours if I
+                                    have what you lack (full sync on connect, anti-entropy)
+  ["dig", hex]                    -- digest of my vector (cheap anti-entropy probe)
+  ["want", {owner: [e, s] | nil}] -- I saw a gap for these owners: send me their logs after that
+  ["env", [envelope bytes, ...]]  -- envelopes: pushes, forwards, sync answers
+
+What the libp2p service (protocol ``/swarmlm/state/1``) must do -- nothing else is needed:
+  * create one ``StateSync(identity, now=time.time(), rng=random.Random(), restore=store.load())``;
+  * when a stream with a peer opens (either side): send every (peer, bytes) of ``on_connect(peer)``;
+    when it closes: ``on_disconnect(peer)``;
+  * for every frame received from ``peer``: send every (dst, bytes) of
+    ``on_message(peer, data, time.time())``;  if ``banned(peer)``: close the stream;
+  * every ``TICK_S`` seconds: send ``tick(time.time())`` (anti-entropy, compaction);
+  * every ``HEARTBEAT_S`` seconds and when what it hosts changes: send
+    ``publish_local(time.time(), addrs=..., hosted=..., throughput=..., ...)``; records via
+    ``add_record(kind, body, now)``; models via ``publish_local(now, models=[ModelInfo...])``;
+  * every ``SAVE_S`` seconds when ``dirty`` and at shutdown: ``store.save(export())``.
+Frames carry the bytes as-is (one msgpack bin per frame, max ``Limits.max_message_bytes``).
+Sends are best-effort: a full or failed send may be dropped; anti-entropy repairs it. All calls
+happen on one trio task (or under one lock): the engine is not thread-safe and never blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import msgpack
+
+from swarmlm.crypto.envelope import Envelope, EnvelopeError, canonical_packb
+from swarmlm.crypto.identity import Identity
+from swarmlm.net.swarm_state import InvalidUpdate, ModelInfo, OwnerDoc, Record, SwarmState, make_record
+
+PROTOCOL_ID = "/swarmlm/state/1"
+DOMAIN = "swarmlm/state/v1"
+TICK_S, HEARTBEAT_S, SAVE_S = 5.0, 10.0, 30.0
+Out = list[tuple[str, bytes]]
+NO_PENALTY = {"too_many_owners", "log_full"}
+
+
+@dataclass
+class Limits:
+    max_message_bytes: int = 1 << 20
+    max_update_bytes: int = 256 << 10
+    max_doc_bytes: int = 1 << 20  # snapshot + incrementals kept, per owner
+    max_log: int = 128  # envelopes kept per owner
+    max_owners: int = 4096
+    max_pending: int = 32  # out-of-order envelopes held per owner
+    snapshot_every: int = 32
+    ttl: float = 60.0  # heartbeat older than this: offline
+    compact_after: float = 24 * 3600.0  # heartbeat older than this: forgotten
+    pending_ttl: float = 60.0
+    penalty: float = 10.0
+    reward: float = 0.1
+    ban_score: float = -100.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A decoded state envelope (signature checked separately)."""
+
+    raw: bytes
+    owner: str
+    epoch: int
+    seq: int
+    snap: bool
+    update: bytes
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.epoch, self.seq)
+
+
+@dataclass
+class Replica:
+    doc: OwnerDoc
+    log: list[Entry] = field(default_factory=list)  # log[0] is a snapshot
+    seq: int = 0
+    since: float = 0.0  # local time it was installed (compaction of entry-less owners)
+
+    @property
+    def epoch(self) -> int:
+        return self.doc.epoch
+
+    @property
+    def size(self) -> int:
+        return sum(len(e.update) for e in self.log)
+
+    def rebuild(self) -> None:
+        self.doc.reset()
+        for e in self.log:
+            self.doc.apply(e.update)
+
+
+class StateSync:
+    def __init__(self, identity: Identity, *, now: float, rng: random.Random,
+                 limits: Limits | None = None, restore: bytes | None = None) -> None:
+        self.identity, self.peer_id = identity, identity.peer_id
+        self.rng, self.limits = rng, limits or Limits()
+        self.state = SwarmState(ttl=self.limits.ttl)
+        self.replicas: dict[str, Replica] = {}
+        self.neighbours: set[str] = set()
+        self.pending: dict[str, dict[tuple, tuple[Entry, float]]] = {}
+        self.tombstones: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.rejected: Counter[str] = Counter()  # reason -> count
+        self.author_faults: Counter[str] = Counter()  # owner who signed an invalid update
+        self.scores: dict[str, float] = {}  # neighbour -> score
+        self.stats: Counter[str] = Counter()
+        self.dirty = False
+        self._wants: dict[str, dict[str, Any]] = {}
+        self._digest: str | None = None
+        self._own_restarted = False
+        self._own_merge: list[bytes] = []
+        self._ghost: Replica | None = None
+        self._fresh = True  # until the first tick: our sv omits ourselves, so peers send our old log
+        epoch = int(now * 1000)
+        if restore is not None:
+            epoch = self._restore(restore, now, epoch)
+        else:
+            self._start_epoch(epoch, None)
+
+    # ------------------------------------------------------------ public API
+    @property
+    def own(self) -> Replica:
+        return self.replicas[self.peer_id]
+
+    def on_connect(self, peer: str) -> Out:
+        self.neighbours.add(peer)
+        return [(peer, self._sv_msg(reply=True))]
+
+    def on_disconnect(self, peer: str) -> None:
+        self.neighbours.discard(peer)
+
+    def banned(self, peer: str) -> bool:
+        return self.scores.get(peer, 0.0) <= self.limits.ban_score
+
+    def publish_local(self, now: float, *, models: Iterable[ModelInfo] = (), **fields: Any) -> Out:
+        """Write our own entry (heartbeat = ``now``) and models; push the signed update."""
+        doc = self.own.doc
+        updates = [doc.write_peer(heartbeat=float(now), **fields)]
+        updates += [doc.write_model(m) for m in models]
+        return self._push_local([u for u in updates if u], now)
+
+    def add_record(self, kind: str, body: Any, now: float) -> tuple[Record, Out]:
+        """Sign a record, add it to our document and push it; ``state.records(kind=...)`` finds it."""
+        rec = make_record(self.identity, kind, body, now)
+        up = self.own.doc.add_record(rec)
+        return rec, self._push_local([up] if up else [], now)
+
+    def tick(self, now: float) -> Out:
+        """Anti-entropy with one random neighbour; compaction of long-gone peers."""
+        self._compact(now)
+        if self.neighbours:
+            self._fresh, self._ghost = False, None
+        if not self.neighbours:
+            return []
+        peer = self.rng.choice(sorted(self.neighbours))
+        return [(peer, msgpack.packb(["dig", self.digest()], use_bin_type=True))]
+
+    def on_message(self, peer: str, data: bytes, now: float) -> Out:
+        if self.banned(peer):
+            self.rejected["banned"] += 1
+            return []
+        if len(data) > self.limits.max_message_bytes:
+            self._reject(peer, "too_large")
+            return []
+        try:
+            msg = msgpack.unpackb(data, raw=False, max_bin_len=self.limits.max_message_bytes,
+                                  max_str_len=1024, max_array_len=self.limits.max_message_bytes // 64,
+                                  max_map_len=self.limits.max_owners + 64)
+            kind = msg[0]
+        except Exception:
+            self._reject(peer, "decode")
+            return []
+        self.stats[f"rx_{kind}" if kind in ("sv", "dig", "want", "env") else "rx_other"] += 1
+        try:
+            if kind == "env" and isinstance(msg[1], list):
+                return self._on_envelopes(peer, msg[1], now)
+            if kind == "dig":
+                return [] if msg[1] == self.digest() else [(peer, self._sv_msg(reply=True))]
+            if kind in ("sv", "want"):
+                vec = self._parse_vector(msg[1])
+                out = self._answer(peer, vec, full=(kind == "sv"))
+                if kind == "sv" and msg[2] and self._we_lack(vec):
+                    out.append((peer, self._sv_msg(reply=False)))
+                return out
+        except (IndexError, TypeError, ValueError):
+            pass
+        self._reject(peer, "decode")
+        return []
+
+    def vector(self) -> dict[str, tuple[int, int]]:
+        return {o: (r.epoch, r.seq) for o, r in self.replicas.items()}
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = hashlib.sha256(canonical_packb(sorted(
+                [o, e, s] for o, (e, s) in self.vector().items()))).hexdigest()
+        return self._digest
+
+    def export(self) -> bytes:
+        """Everything needed to restart: every owner's signed log (re-verified on load)."""
+        self.dirty = False
+        return msgpack.packb({"v": 1, "owners": {o: [e.raw for e in r.log] for o, r in self.replicas.items()},
+                              "tombstones": {o: list(k) for o, k in self.tombstones.items()}},
+                             use_bin_type=True)
+
+    # ------------------------------------------------------------ local writes
+    def _start_epoch(self, epoch: int, content: OwnerDoc | None) -> None:
+        doc = OwnerDoc(self.peer_id, epoch, local=True)
+        if content is not None:
+            raw = content.to_py()["peer"]
+            if raw:
+                doc.write_peer(**raw)
+            for m in content.models.values():
+                doc.write_model(m)
+            for r in sorted(content.records.values(), key=lambda r: (r.created, r.key)):
+                doc.add_record(r)
+        self.replicas[self.peer_id] = Replica(doc)
+        self.own.log = [self._seal(0, True, doc.full_update())]
+        self._changed()
+
+    def _adopt_own(self, ent: Entry, sender: str | None, now: float) -> None:
+        """An envelope of our own from another epoch (we restarted without, or with older, state).
+
+        Rebuild that epoch's document on the side (a "ghost"), take back the records it has that
+        we lack, and when the swarm holds a newer epoch of ours than we do, start one above it.
+        """
+        self.stats["own_imported"] += 1
+        g = self._ghost
+        try:
+            if g is None or ent.epoch > g.epoch:
+                if not ent.snap:
+                    if ent.epoch >= self.own.epoch:  # same epoch number reused: just move above it
+                        self._start_epoch(max(ent.epoch + 1, self.own.epoch + 1, int(now * 1000)), self.own.doc)
+                        self._own_restarted = True
+                    elif sender is not None:
+                        self._wants.setdefault(sender, {})[self.peer_id] = None
+                    return
+                g = self._ghost = Replica(OwnerDoc(self.peer_id, ent.epoch), [ent], ent.seq)
+                g.doc.apply(ent.update)
+            elif ent.epoch == g.epoch and (ent.snap and ent.seq > g.log[0].seq or ent.seq == g.seq + 1):
+                g.doc.apply(ent.update)
+                g.seq = max(g.seq, ent.seq)
+            elif ent.epoch == g.epoch and ent.seq > g.seq + 1 and sender is not None:
+                self._wants.setdefault(sender, {})[self.peer_id] = None
+                return
+            else:
+                return
+        except InvalidUpdate:
+            self._ghost = None
+            return
+        mine = self.own.doc
+        lost = [r for r in g.doc.records.values() if r.key not in mine.records]
+        if (ent.epoch, ent.seq) >= (self.own.epoch, self.own.seq):
+            for rec in lost:
+                mine.add_record(rec)
+            self.stats["own_newer"] += 1
+            self._start_epoch(max(ent.epoch + 1, self.own.epoch + 1, int(now * 1000)), mine)
+            self._own_restarted = True
+        elif lost:
+            self._own_merge += [mine.add_record(rec) for rec in lost]
+
+    def _seal(self, seq: int, snap: bool, update: bytes) -> Entry:
+        doc = self.own.doc
+        payload = msgpack.packb({"o": self.peer_id, "e": doc.epoch, "s": seq, "k": int(snap), "u": update},
+                                use_bin_type=True)
+        raw = Envelope.seal(self.identity, DOMAIN, payload).encode()
+        return Entry(raw, self.peer_id, doc.epoch, seq, snap, update)
+
+    def _push_local(self, updates: list[bytes], now: float) -> Out:
+        if not updates:
+            return []
+        own = self.own
+        entries = []
+        for up in updates:
+            own.seq += 1
+            ent = self._seal(own.seq, False, up)
+            own.log.append(ent)
+            entries.append(ent)
+        if own.seq - own.log[0].seq >= self.limits.snapshot_every or own.size > self.limits.max_doc_bytes // 2:
+            snap = self._seal(own.seq, True, own.doc.full_update())
+            own.log = [snap]
+            entries.append(snap)
+            self.stats["snapshots"] += 1
+        self._changed()
+        return self._send_all([e.raw for e in entries], exclude=None)
+
+    # ------------------------------------------------------------ receiving envelopes
+    def _on_envelopes(self, peer: str | None, raws: list, now: float) -> Out:
+        accepted: list[Entry] = []
+        for raw in raws:
+            if isinstance(raw, bytes):
+                accepted += self._ingest(peer, raw, now)
+            else:
+                self._reject(peer, "decode")
+        out = self._send_all([e.raw for e in accepted], exclude=peer) if accepted else []
+        self.stats["forwarded"] += len(accepted) * max(0, len(self.neighbours) - (peer in self.neighbours))
+        if self._own_restarted:
+            self._own_restarted = False
+            out += self._send_all([self.own.log[0].raw], exclude=None)
+        if self._own_merge:
+            out += self._push_local([u for u in self._own_merge if u], now)
+            self._own_merge = []
+        for dst, want in self._wants.items():
+            out.append((dst, msgpack.packb(["want", want], use_bin_type=True)))
+        self._wants.clear()
+        return out
+
+    def _decode_entry(self, raw: bytes) -> tuple[Entry, Envelope]:
+        env = Envelope.decode(raw)
+        if env.domain != DOMAIN:
+            raise InvalidUpdate("signature", "wrong envelope domain")
+        p = msgpack.unpackb(env.payload, raw=False, max_bin_len=self.limits.max_doc_bytes, max_str_len=256,
+                            max_map_len=8, max_array_len=0)
+        if (not isinstance(p, dict) or not isinstance(p.get("o"), str) or not isinstance(p.get("u"), bytes)
+                or type(p.get("e")) is not int or type(p.get("s")) is not int or p.get("k") not in (0, 1)
+                or not 0 <= p["e"] < 2**63 or not 0 <= p["s"] < 2**63):
+            raise InvalidUpdate("decode", "state payload has the wrong shape")
+        return Entry(raw, p["o"], p["e"], p["s"], bool(p["k"]), p["u"]), env
+
+    def _ingest(self, sender: str | None, raw: bytes, now: float) -> list[Entry]:
+        try:
+            ent, env = self._decode_entry(raw)
+        except EnvelopeError:
+            return self._reject(sender, "decode")
+        except InvalidUpdate as exc:
+            return self._reject(sender, exc.reason)
+        except Exception:
+            return self._reject(sender, "decode")
+        if self._is_stale(ent):
+            self.stats["duplicates"] += 1
+            return []
+        if not env.verify():
+            return self._reject(sender, "signature")
+        if env.author != ent.owner:
+            return self._reject(sender, "not_owner")  # signed by A, writes B's document
+        if ent.owner == self.peer_id:
+            self._adopt_own(ent, sender, now)
+            return []
+        if len(ent.update) > self.limits.max_update_bytes and not ent.snap:
+            return self._reject(sender, "too_large")
+        return self._offer(sender, ent, now)
+
+    def _is_stale(self, ent: Entry) -> bool:
+        tomb = self.tombstones.get(ent.owner)
+        if tomb is not None and ent.key <= tomb:
+            return True
+        if ent.owner in self.pending and (ent.epoch, ent.seq, ent.snap) in self.pending[ent.owner]:
+            return True
+        rep = self.replicas.get(ent.owner)
+        if rep is None:
+            return False
+        if ent.owner == self.peer_id:  # echoes of ours; other epochs only matter right after a start
+            g = self._ghost
+            if ent.key <= (rep.epoch, rep.seq) and not (self._fresh and ent.epoch < rep.epoch):
+                return True
+            return g is not None and (ent.epoch < g.epoch or ent.epoch == g.epoch and ent.seq <= g.seq
+                                      and not (ent.snap and ent.seq > g.log[0].seq))
+        if ent.epoch != rep.epoch:
+            return ent.epoch < rep.epoch
+        if ent.snap:
+            return ent.seq <= rep.log[0].seq
+        if ent.seq <= rep.seq:
+            twin = next((e for e in rep.log if e.seq == ent.seq and not e.snap), None)
+            if twin is not None and twin.raw != ent.raw:
+                self.author_faults[ent.owner] += 1
+                self.rejected["equivocation"] += 1
+            return True
+        return False
+
+    def _offer(self, sender: str | None, ent: Entry, now: float) -> list[Entry]:
+        rep = self.replicas.get(ent.owner)
+        fresh = rep is None or ent.epoch > rep.epoch
+        if fresh and not ent.snap or (not fresh and not ent.snap and ent.seq > rep.seq + 1):
+            self._defer(sender, ent, now)
+            return []
+        if fresh:
+            if rep is None and len(self.replicas) >= self.limits.max_owners:
+                return self._reject(sender, "too_many_owners")
+            new = Replica(OwnerDoc(ent.owner, ent.epoch), since=now)
+            try:
+                self._check_size(ent, 0)
+                new.doc.apply(ent.update, now)
+            except InvalidUpdate as exc:
+                return self._reject(sender, exc.reason, ent.owner)
+            new.log, new.seq = [ent], ent.seq
+            self.replicas[ent.owner] = new
+            self.tombstones.pop(ent.owner, None)
+            self.state.docs[ent.owner] = new.doc
+        else:
+            if not ent.snap and len(rep.log) >= self.limits.max_log:
+                return self._reject(sender, "log_full", ent.owner)
+            try:
+                self._check_size(ent, 0 if ent.snap else rep.size)
+                rep.doc.apply(ent.update, now)
+            except InvalidUpdate as exc:
+                rep.rebuild()
+                return self._reject(sender, exc.reason, ent.owner)
+            if ent.snap:
+                rep.log = [ent] + [e for e in rep.log[1:] if e.seq > ent.seq]
+                rep.seq = max(rep.seq, ent.seq)
+            else:
+                rep.log.append(ent)
+                rep.seq = ent.seq
+        if sender is not None:
+            self.scores[sender] = min(100.0, self.scores.get(sender, 0.0) + self.limits.reward)
+        self.stats["accepted"] += 1
+        self._changed()
+        return [ent] + self._drain(ent.owner, now)
+
+    def _check_size(self, ent: Entry, base: int) -> None:
+        if base + len(ent.update) > self.limits.max_doc_bytes:
+            raise InvalidUpdate("too_large", "owner document exceeds the size limit")
+
+    def _defer(self, sender: str | None, ent: Entry, now: float) -> None:
+        slot = self.pending.setdefault(ent.owner, {})
+        if len(slot) < self.limits.max_pending and len(self.pending) <= self.limits.max_owners:
+            slot[(ent.epoch, ent.seq, ent.snap)] = (ent, now)
+            self.stats["deferred"] += 1
+        if sender is not None:
+            rep = self.replicas.get(ent.owner)
+            self._wants.setdefault(sender, {})[ent.owner] = [rep.epoch, rep.seq] if rep else None
+
+    def _drain(self, owner: str, now: float) -> list[Entry]:
+        out: list[Entry] = []
+        while self.pending.get(owner):
+            slot = self.pending[owner]
+            for k in [k for k, (e, _) in slot.items() if self._is_stale(e)]:
+                del slot[k]
+            rep = self.replicas[owner]
+            nxt = next((e for e, _ in slot.values() if e.epoch == rep.epoch and not e.snap
+                        and e.seq == rep.seq + 1), None)
+            if nxt is None:
+                break
+            del slot[(nxt.epoch, nxt.seq, nxt.snap)]
+            out += self._offer(None, nxt, now)
+        if not self.pending.get(owner):
+            self.pending.pop(owner, None)
+        return out
+
+    def _reject(self, sender: str | None, reason: str, author: str | None = None) -> list:
+        self.rejected[reason] += 1
+        if author is not None:
+            self.author_faults[author] += 1
+        if sender is not None and reason not in NO_PENALTY:
+            self.scores[sender] = self.scores.get(sender, 0.0) - self.limits.penalty
+        return []
+
+    # ------------------------------------------------------------ sync answers
+    def _sv_msg(self, reply: bool) -> bytes:
+        vec = {o: list(k) for o, k in self.vector().items() if not (self._fresh and o == self.peer_id)}
+        return msgpack.packb(["sv", vec, int(reply)], use_bin_type=True)
+
+    def _parse_vector(self, raw: Any) -> dict[str, tuple[int, int] | None]:
+        if not isinstance(raw, dict):
+            raise ValueError("vector must be a map")
+        out: dict[str, tuple[int, int] | None] = {}
+        for o, k in raw.items():
+            if not isinstance(o, str):
+                raise ValueError("vector keys are peer ids")
+            if k is None:
+                out[o] = None
+            elif isinstance(k, list) and len(k) == 2 and all(type(x) is int for x in k):
+                out[o] = (k[0], k[1])
+            else:
+                raise ValueError("vector values are [epoch, seq]")
+        return out
+
+    def _answer(self, peer: str, vec: dict[str, tuple[int, int] | None], full: bool) -> Out:
+        """The envelopes ``peer`` lacks: for ``sv`` every owner, for ``want`` the listed ones."""
+        raws: list[bytes] = []
+        owners = self.replicas if full else [o for o in vec if o in self.replicas]
+        for o in owners:
+            rep, theirs = self.replicas[o], vec.get(o)
+            if theirs is None or theirs[0] < rep.epoch:
+                raws += [e.raw for e in rep.log]
+            elif theirs[0] == rep.epoch and theirs[1] < rep.seq:
+                after = theirs[1] if theirs[1] >= rep.log[0].seq else -1
+                raws += [e.raw for e in rep.log if e.seq > after]
+        self.stats["answered"] += len(raws)
+        return self._batch(peer, raws)
+
+    def _we_lack(self, vec: dict[str, tuple[int, int] | None]) -> bool:
+        for o, k in vec.items():
+            if k is None:
+                continue
+            if k <= self.tombstones.get(o, (-1, -1)):
+                continue
+            rep = self.replicas.get(o)
+            if rep is None or k > (rep.epoch, rep.seq):
+                return True
+        return False
+
+    def _batch(self, peer: str, raws: list[bytes]) -> Out:
+        out: Out = []
+        cur: list[bytes] = []
+        size, cap = 16, self.limits.max_message_bytes - 64
+        for raw in raws:
+            if cur and size + len(raw) + 8 > cap:
+                out.append((peer, msgpack.packb(["env", cur], use_bin_type=True)))
+                cur, size = [], 16
+            cur.append(raw)
+            size += len(raw) + 8
+        if cur:
+            out.append((peer, msgpack.packb(["env", cur], use_bin_type=True)))
+        return out
+
+    def _send_all(self, raws: list[bytes], exclude: str | None) -> Out:
+        return [m for p in sorted(self.neighbours) if p != exclude for m in self._batch(p, raws)]
+
+    # ------------------------------------------------------------ housekeeping
+    def _changed(self) -> None:
+        self._digest = None
+        self.dirty = True
+        if self.peer_id in self.replicas:
+            self.state.docs[self.peer_id] = self.own.doc
+
+    def _compact(self, now: float) -> None:
+        for o, rep in list(self.replicas.items()):
+            seen = rep.doc.entry.heartbeat if rep.doc.entry else rep.since
+            if o != self.peer_id and now - seen > self.limits.compact_after:
+                del self.replicas[o]
+                self.state.docs.pop(o, None)
+                self.tombstones[o] = (rep.epoch, rep.seq)
+                while len(self.tombstones) > 4 * self.limits.max_owners:
+                    self.tombstones.popitem(last=False)
+                self.stats["compacted"] += 1
+                self._changed()
+        for o in list(self.pending):
+            slot = self.pending[o]
+            for k in [k for k, (_, t) in slot.items() if now - t > self.limits.pending_ttl]:
+                del slot[k]
+            if not slot:
+                del self.pending[o]
+
+    def _restore(self, data: bytes, now: float, epoch: int) -> int:
+        obj = msgpack.unpackb(data, raw=False, max_bin_len=self.limits.max_doc_bytes,
+                              max_map_len=4 * self.limits.max_owners + 16,
+                              max_array_len=max(self.limits.max_log, 1024) + 16)
+        if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("owners"), dict):
+            raise ValueError("not a swarm-state file")
+        for o, k in (obj.get("tombstones") or {}).items():
+            self.tombstones[o] = (int(k[0]), int(k[1]))
+        own_log = obj["owners"].pop(self.peer_id, None)
+        for o, raws in obj["owners"].items():
+            for raw in raws:
+                self._ingest(None, raw, now)
+        self.pending.clear()
+        old = OwnerDoc(self.peer_id, 0, local=False)
+        if own_log:
+            first, _ = self._decode_entry(own_log[0])
+            old = OwnerDoc(self.peer_id, first.epoch)
+            try:
+                for raw in own_log:
+                    ent, env = self._decode_entry(raw)
+                    if env.verify() and env.author == self.peer_id and ent.epoch == old.epoch:
+                        old.apply(ent.update)
+            except (InvalidUpdate, EnvelopeError):
+                self.rejected["restore_own"] += 1
+            epoch = max(epoch, old.epoch + 1)
+        self._start_epoch(epoch, old)
+        self.stats["restored_owners"] = len(self.replicas)
+        return epoch
