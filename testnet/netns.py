@@ -139,12 +139,18 @@ def cleanup_stale(prefix: str = PREFIX, *, detached: bool = False, everything: b
     return stale
 
 
-def _cone_rules(random_fully: bool) -> str:
-    """iptables-restore input for a home router: NAT out of wan0, drop unsolicited WAN input/forward."""
+def _router_rules(random_fully: bool, filter_wan: bool = True) -> str:
+    """iptables-restore input for a home router: NAT out of wan0, drop unsolicited WAN input/forward.
+
+    ``filter_wan=False`` leaves INPUT open (a bare MASQUERADE box); only for showing the conntrack clash.
+    """
     masq = "-A POSTROUTING -o wan0 -j MASQUERADE" + (" --random-fully" if random_fully else "")
-    return "\n".join([
-        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-        ":POSTROUTING ACCEPT [0:0]", masq, "COMMIT",
+    nat = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+           ":POSTROUTING ACCEPT [0:0]", masq, "COMMIT"]
+    if not filter_wan:
+        return "\n".join(nat + ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]",
+                                ":OUTPUT ACCEPT [0:0]", "COMMIT", ""])
+    return "\n".join(nat + [
         "*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
         "-A INPUT -i lo -j ACCEPT",
         "-A INPUT -i lan0 -j ACCEPT",
@@ -162,7 +168,8 @@ class Topology:
     namespace; every process started that way is stopped on exit.
     """
 
-    def __init__(self, *, prefix: str = PREFIX, detached: bool = False, run_id: str | None = None) -> None:
+    def __init__(self, *, prefix: str = PREFIX, detached: bool = False, run_id: str | None = None,
+                 filter_wan: bool = True) -> None:
         owner = 0 if detached else os.getpid()
         self.run_id = run_id or f"{owner}-{secrets.token_hex(2)}"
         self.prefix = prefix
@@ -170,6 +177,7 @@ class Topology:
         self.sites: dict[str, Site] = {"pub": Site("pub", self._name("pub"), PUBLIC_IP, PUBLIC_IP, "none")}
         for name, nat, idx, wan in _HOMES:
             self.sites[name] = Site(name, self._name(name), f"10.{idx}.0.2", wan, nat, self._name("r" + name))
+        self.filter_wan = filter_wan  # False only to reproduce the conntrack clash (docs/NAT.md)
         self._procs: list[subprocess.Popen] = []
         self._up = False
 
@@ -224,7 +232,7 @@ class Topology:
             self._ip(site.ns, "addr", "add", f"{site.host_ip}/24", "dev", "eth0")
             self._ip(site.ns, "route", "add", "default", "via", f"{lan}.1")
             self._sysctl(r, "net.ipv4.ip_forward", "1")
-            _run(["ip", "netns", "exec", r, "iptables-restore"], stdin=_cone_rules(site.nat == "symmetric"))
+            _run(["ip", "netns", "exec", r, "iptables-restore"], stdin=_router_rules(site.nat == "symmetric", self.filter_wan))
 
     def _wire(self, ns_a: str, if_a: str, ns_b: str, if_b: str, *, bridge: bool = True) -> None:
         """A veth pair with one end ``if_a`` in ``ns_a`` (on br0 when bridge) and ``if_b`` in ``ns_b``."""

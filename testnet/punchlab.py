@@ -137,7 +137,8 @@ async def serve(port: int) -> None:
 
 
 # -- clients (home hosts) -----------------------------------------------------------------------------
-async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float) -> dict:
+async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
+                   delay: float = 0.0) -> dict:
     """One TCP trial: listen on ``port``, learn addresses from the rendezvous, punch, say hello."""
     out: dict[str, Any] = {"proto": "tcp", "session": session, "name": name, "ok": False}
     listener = await reuse_listener(port)
@@ -148,6 +149,7 @@ async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             await _send_json(signal_stream, {"session": session, "name": name, "peer": peer})
             info = json.loads(await _read_line(signal_stream, bytearray()))
         out.update(you=info["you"], peer_public=info["peer"])
+        await trio.sleep(delay)  # simulates the peer hearing "go" later (asymmetric latency)
         try:
             punch = await tcp_simultaneous_open(port, parse_addr(info["peer"]), listener=listener, timeout=timeout)
         except PunchError as exc:
@@ -166,7 +168,8 @@ async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             await signal_stream.aclose()
 
 
-async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float) -> dict:
+async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
+                   delay: float = 0.0) -> dict:
     """One UDP trial: register from ``port`` until the rendezvous answers, then punch."""
     out: dict[str, Any] = {"proto": "udp", "session": session, "name": name, "ok": False}
     sock = await bound_socket("udp", port)
@@ -184,6 +187,7 @@ async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             out["error"] = "rendezvous did not answer"
             return out
         out.update(you=info["you"], peer_public=info["peer"])
+        await trio.sleep(delay)
         tok, peer_tok = f"punch:{session}:{name}".encode(), f"punch:{session}:{peer}".encode()
         try:
             punch = await udp_punch(sock, parse_addr(info["peer"]), token=tok, peer_token=peer_tok, timeout=timeout)
@@ -194,7 +198,8 @@ async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
         return out
 
 
-async def relay_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float) -> dict:
+async def relay_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
+                     delay: float = 0.0) -> dict:
     """One relayed exchange through the public host: the fallback when punching is impossible."""
     out: dict[str, Any] = {"proto": "relay", "session": session, "name": name, "ok": False}
     t0 = time.monotonic()
@@ -215,10 +220,10 @@ TRIALS = {"tcp": tcp_trial, "udp": udp_trial, "relay": relay_trial}
 
 
 async def run_client(proto: str, rv: tuple[str, int], session: str, name: str, peer: str, port: int,
-                     trials: int, timeout: float) -> None:
+                     trials: int, timeout: float, delay: float = 0.0) -> None:
     for i in range(trials):
         try:
-            res = await TRIALS[proto](rv, f"{session}-{i}", name, peer, port + i, timeout)
+            res = await TRIALS[proto](rv, f"{session}-{i}", name, peer, port + i, timeout, delay)
         except (OSError, ValueError, KeyError, EOFError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             res = {"proto": proto, "session": f"{session}-{i}", "name": name, "ok": False, "error": repr(exc)}
         res["trial"] = i
@@ -226,8 +231,11 @@ async def run_client(proto: str, rv: tuple[str, int], session: str, name: str, p
 
 
 def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: float = 5.0,
-               base_port: int = 40000, rendezvous: str | None = None) -> list[tuple[dict, dict]]:
+               base_port: int = 40000, rendezvous: str | None = None,
+               delay_y: float = 0.0) -> list[tuple[dict, dict]]:
     """Run ``n`` trials of ``proto`` between sites ``x`` and ``y`` of ``topo``; returns (x's, y's) results.
+
+    ``delay_y`` makes ``y`` start punching that many seconds after ``x`` (so x's first packets are dropped).
 
     A rendezvous must already serve on the public host (``start_rendezvous``).
     """
@@ -238,7 +246,8 @@ def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: f
     procs = []
     for me, other in ((x, y), (y, x)):
         args = [proto, "--rendezvous", rv, "--session", session, "--name", me, "--peer", other,
-                "--port", str(base_port), "--trials", str(n), "--timeout", str(timeout)]
+                "--port", str(base_port), "--trials", str(n), "--timeout", str(timeout),
+                "--delay", str(delay_y if me == y else 0.0)]
         procs.append(topo.python_in(me, "swarmlm.testnet.punchlab", *args, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True))
     outs = []
@@ -275,13 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         c.add_argument("--port", type=int, required=True, help="local port of trial 0 (trial i uses port+i)")
         c.add_argument("--trials", type=int, default=1)
         c.add_argument("--timeout", type=float, default=5.0, help="seconds per punch")
+        c.add_argument("--delay", type=float, default=0.0, help="wait this long after the rendezvous answers")
     ns = ap.parse_args(argv)
     try:
         if ns.cmd == "serve":
             trio.run(serve, ns.port)
         else:
             trio.run(run_client, ns.cmd, parse_addr(ns.rendezvous), ns.session, ns.name, ns.peer, ns.port,
-                     ns.trials, ns.timeout)
+                     ns.trials, ns.timeout, ns.delay)
     except KeyboardInterrupt:
         pass
     return 0
