@@ -135,8 +135,11 @@ class KVCacheManager:
         with self._lock:
             return list(self._sessions)
 
-    def open(self, session_id: str, max_length: int, batch_size: int = 1) -> Session:
-        """Reserve and preallocate a session; raises CacheBudgetExceeded when it does not fit."""
+    def open(self, session_id: str, max_length: int, batch_size: int = 1,
+             layout: CacheLayout | None = None) -> Session:
+        """Reserve and preallocate a session; raises CacheBudgetExceeded when it does not fit.
+
+        ``layout`` overrides the manager's (a session on a sub-range of the hosted layers)."""
         need = int(max_length) * int(batch_size)
         with self._lock:
             if session_id in self._sessions:
@@ -147,7 +150,8 @@ class KVCacheManager:
                 raise CacheBudgetExceeded(
                     f"KV cache budget exceeded: session {session_id} needs {need} tokens, "
                     f"{free} of {self.budget_tokens} free; route to another node", requested=need, free=free)
-            sess = Session(session_id, self.layout, int(max_length), int(batch_size), last_used=self._clock())
+            sess = Session(session_id, layout or self.layout, int(max_length), int(batch_size),
+                           last_used=self._clock())
             self._sessions[session_id] = sess
             return sess
 
