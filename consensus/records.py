@@ -75,6 +75,12 @@ def _blobs(v: Any) -> tuple[bytes, ...]:
     return tuple(v)
 
 
+def _ints(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ConsensusError("expected a list of integers")
+    return tuple(_int(x) for x in v)
+
+
 def _nums(v: Any) -> dict[str, float]:
     if not isinstance(v, dict):
         raise ConsensusError("expected a map of numbers")
@@ -101,7 +107,7 @@ def _pairs(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple((_str(a), _str(b)) for a, b in v)
 
 
-_CHECKS = {"str": _str, "float": _num, "int": _int, "tuple[str, ...]": _strs, "tuple[bytes, ...]": _blobs,
+_CHECKS = {"str": _str, "float": _num, "int": _int, "tuple[str, ...]": _strs, "tuple[bytes, ...]": _blobs, "tuple[int, ...]": _ints,
            "dict[str, float]": _nums, "tuple[Vote, ...]": _votes, "tuple[tuple[str, str], ...]": _pairs}
 
 

@@ -1,0 +1,218 @@
+"""Reputation, weights and stake: a pure, deterministic function of signed round records.
+
+Every node that holds the same set of records computes bit-identical numbers: records are verified,
+de-duplicated by round id, sorted by (start time, round id) and folded in that order; judges and
+nodes are always visited in sorted order. The fold does not trust the coordinator's numbers: it
+recomputes each round's consensus from the signed reveals with the weights *it* derived from the
+earlier rounds.
+
+Per node a score in [0, 1] (fresh identities start at 0):
+
+* decay: between events a score halves every ``half_life`` seconds of round time;
+* judging: a judge's agreement ``g`` is the mean, over its votes, of ``1 - |vote - consensus|``
+  (vote and consensus verdicts as 1 / 0.5 / 0); its score moves by an EMA step toward
+  ``max(0, 2 g - 1)`` (a coin-flipping judge earns nothing);
+* stake and slashing: entering a round stakes ``stake_fraction`` of the score; a judge whose
+  agreement is below ``outlier_below`` (more against the consensus than with it) loses the stake
+  before the EMA step, otherwise the stake is returned;
+* winning: the author of the winning candidate moves by a smaller EMA step toward 1.
+
+A judge's weight is 0 until it has a passed calibration record, then ``newcomer_weight + score``.
+In one round the newcomers' (score below ``established``) combined weight is capped at
+``newcomer_cap`` times the established judges' weight, so no number of fresh identities can
+outvote established ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from swarmlm.consensus import bt
+from swarmlm.consensus.audit import VerifiedRound, verify_record
+from swarmlm.consensus.records import ConsensusError, RoundRecord, Vote
+
+_SCORE = {"A": 1.0, "B": 0.0, "tie": 0.5}
+
+
+@dataclass(frozen=True)
+class ReputationParams:
+    judge_rate: float = 0.1
+    win_rate: float = 0.05
+    half_life: float = 14 * 86400.0
+    newcomer_weight: float = 0.01
+    established: float = 0.25
+    established_rounds: int = 20
+    newcomer_cap: float = 0.25
+    stake_fraction: float = 0.1
+    outlier_below: float = 0.5
+    max_clock_skew: float = 300.0
+    require_calibration: bool = True
+
+
+@dataclass
+class NodeReputation:
+    score: float = 0.0
+    updated_at: float = float("-inf")
+    judged: int = 0
+    won: int = 0
+    slashed: int = 0
+    stake_lost: float = 0.0
+
+
+@dataclass
+class ReputationState:
+    """The fold's running state; ``apply_round`` is the whole update rule (the bench uses it directly)."""
+
+    params: ReputationParams = field(default_factory=ReputationParams)
+    calibrated: dict[str, float] = field(default_factory=dict)  # node -> time of its first passed calibration
+    nodes: dict[str, NodeReputation] = field(default_factory=dict)
+    rounds: list[str] = field(default_factory=list)
+
+    def _node(self, node: str) -> NodeReputation:
+        rep = self.nodes.get(node)
+        if rep is None:
+            rep = self.nodes[node] = NodeReputation()
+        return rep
+
+    def _decay(self, rep: NodeReputation, t: float) -> None:
+        if rep.updated_at != float("-inf") and t > rep.updated_at:
+            rep.score *= 0.5 ** ((t - rep.updated_at) / self.params.half_life)
+        rep.updated_at = max(rep.updated_at, t)
+
+    def score(self, node: str, at: float | None = None) -> float:
+        rep = self.nodes.get(node)
+        if rep is None:
+            return 0.0
+        if at is None or rep.updated_at == float("-inf") or at <= rep.updated_at:
+            return rep.score
+        return rep.score * 0.5 ** ((at - rep.updated_at) / self.params.half_life)
+
+    def is_calibrated(self, node: str, at: float | None = None) -> bool:
+        if not self.params.require_calibration:
+            return True
+        t = self.calibrated.get(node)
+        return t is not None and (at is None or t <= at)
+
+    def weight(self, node: str, at: float | None = None) -> float:
+        """A judge's weight on its own: 0 before calibration, then newcomer weight + score."""
+        if not self.is_calibrated(node, at):
+            return 0.0
+        return self.params.newcomer_weight + self.score(node, at)
+
+    def is_established(self, node: str, at: float | None = None) -> bool:
+        """Judged at least ``established_rounds`` rounds and scores at least ``established``."""
+        rep = self.nodes.get(node)
+        return (rep is not None and rep.judged >= self.params.established_rounds
+                and self.score(node, at) >= self.params.established)
+
+    def stake(self, node: str, at: float | None = None) -> float:
+        """The reputation a node puts at risk by judging in a round started at ``at``."""
+        return self.params.stake_fraction * self.score(node, at)
+
+    def round_weights(self, judges: Iterable[str], at: float | None = None) -> dict[str, float]:
+        """Weights of one round's judges, with the newcomers' combined weight capped."""
+        p = self.params
+        raw = {j: self.weight(j, at) for j in sorted(set(judges))}
+        new = [j for j in raw if not self.is_established(j, at)]
+        est_total = sum(raw[j] for j in raw if j not in new)
+        new_total = sum(raw[j] for j in new)
+        if est_total > 0 and new_total > p.newcomer_cap * est_total:
+            scale = p.newcomer_cap * est_total / new_total
+            for j in new:
+                raw[j] *= scale
+        return raw
+
+    def apply_round(self, t: float, candidates: Sequence[str], authors: Sequence[str],
+                    votes: Mapping[str, Sequence[Vote]], round_id: str = "",
+                    answer_keys: Sequence[str] | None = None) -> bt.BTResult | None:
+        """Fold one round (at round time ``t``); returns the consensus fit, None if no judge had weight.
+
+        ``answer_keys`` (the candidates' answer hashes) mark identical answers; votes on a pair of
+        identical answers do not count toward a judge's agreement.
+        """
+        p = self.params
+        for n in sorted(set(authors) | set(votes)):
+            self._decay(self._node(n), t)
+        weights = self.round_weights(votes, t)
+        if sum(weights.values()) <= 0.0:
+            return None
+        fit = bt.aggregate(candidates, votes, weights)
+        index = {c: i for i, c in enumerate(candidates)}
+        keys = list(answer_keys) if answer_keys is not None else list(candidates)
+
+        for judge in sorted(votes):
+            # pairs of identical answers carry no information: neither reward nor penalty
+            scored = [(index[a], index[b], o) for a, b, o in votes[judge] if keys[index[a]] != keys[index[b]]]
+            if weights[judge] <= 0.0 or not scored:
+                continue
+            agree = sum(1.0 - abs(_SCORE[o] - bt.preference(fit.strengths, ia, ib))
+                        for ia, ib, o in scored) / len(scored)
+            rep = self.nodes[judge]
+            rep.judged += 1
+            evidence = max(0.0, 2.0 * agree - 1.0)
+            if agree < p.outlier_below:
+                lost = p.stake_fraction * rep.score
+                rep.score -= lost
+                rep.stake_lost += lost
+                rep.slashed += 1
+                evidence = 0.0
+            rep.score = (1.0 - p.judge_rate) * rep.score + p.judge_rate * evidence
+        win = self.nodes[authors[fit.winner]]
+        win.won += 1
+        win.score = (1.0 - p.win_rate) * win.score + p.win_rate
+        if round_id:
+            self.rounds.append(round_id)
+        return fit
+
+    def decay_to(self, now: float) -> None:
+        for n in sorted(self.nodes):
+            self._decay(self.nodes[n], now)
+
+    def scores(self) -> dict[str, float]:
+        return {n: self.nodes[n].score for n in sorted(self.nodes)}
+
+
+def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: float) -> list[VerifiedRound]:
+    """Canonical order: one record per round id (lowest record id wins an equivocation), by time."""
+    best: dict[str, VerifiedRound] = {}
+    for v in rounds:
+        if v.time > now + max_clock_skew:
+            continue
+        cur = best.get(v.round_id)
+        if cur is None or v.record.id < cur.record.id:
+            best[v.round_id] = v
+    return sorted(best.values(), key=lambda v: (v.time, v.round_id))
+
+
+def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
+                       calibrations: Iterable[object] = (),
+                       params: ReputationParams | None = None) -> ReputationState:
+    """Reputation of every node from round records (and calibration records), as of ``now``.
+
+    Records that fail verification are ignored, so the result depends only on the set of valid
+    records, never on their order or on duplicates.
+    """
+    from swarmlm.consensus.calibration import CalibrationError, verify_calibration
+
+    params = params or ReputationParams()
+    state = ReputationState(params)
+    for c in calibrations:
+        try:
+            cal = verify_calibration(c)  # type: ignore[arg-type]
+        except (CalibrationError, ConsensusError):
+            continue
+        if cal.passed and cal.graded_at <= now + params.max_clock_skew:
+            prev = state.calibrated.get(cal.subject)
+            state.calibrated[cal.subject] = cal.graded_at if prev is None else min(prev, cal.graded_at)
+    verified = []
+    for r in records:
+        try:
+            verified.append(verify_record(r))
+        except ConsensusError:
+            continue
+    for v in order_rounds(verified, now, params.max_clock_skew):
+        state.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
+                          [h.answer_hash for h in v.candidates])
+    state.decay_to(now)
+    return state
