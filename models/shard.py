@@ -56,10 +56,8 @@ class LayerWeights:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dt = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dt)
+    """transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale (fused kernel)."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +95,7 @@ class Shard:
         self.model_dir = model_dir
         inv_freq, self.attn_scaling = rope_inv_freq(config)
         self.inv_freq = inv_freq.float()
+        self.attn_scale = config.head_dim ** -0.5
 
     # ------------------------------------------------------------------ info
     @property
@@ -180,8 +179,8 @@ class Shard:
             pos = (t_idx + start).float()
             freqs = pos[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
-            cos_l.append((emb.cos() * self.attn_scaling).to(self.dtype))
-            sin_l.append((emb.sin() * self.attn_scaling).to(self.dtype))
+            cos_l.append((emb.cos() * self.attn_scaling).to(self.dtype)[:, None, :])  # [T, 1, hd]
+            sin_l.append((emb.sin() * self.attn_scaling).to(self.dtype)[:, None, :])
             if T == 1:
                 masks.append(None)
             else:  # query t (global start+t) sees keys 0..start+t; rows are (group, t)
@@ -214,16 +213,17 @@ class Shard:
         x = rms_norm(h, lw.ln1, cfg.rms_norm_eps)
         qkv = F.linear(x, lw.wqkv, lw.bqkv)
         outs = []
+        qk_dim = cfg.q_dim + cfg.kv_dim
         for i, (sess, _, _) in enumerate(entries):
             part = qkv[offsets[i]:offsets[i + 1]] if len(entries) > 1 else qkv
             B = part.shape[0]
-            q, k, v = part.split([cfg.q_dim, cfg.kv_dim, cfg.kv_dim], dim=-1)
-            q = q.view(B, T, nh, hd).transpose(1, 2)
-            k = k.view(B, T, nkv, hd).transpose(1, 2)
-            v = v.view(B, T, nkv, hd).transpose(1, 2)
+            # RoPE on q and k heads at once: [B, T, nh + nkv, hd]
+            qk = part[..., :qk_dim].reshape(B, T, nh + nkv, hd)
             cos, sin = cos_l[i], sin_l[i]
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            qk = qk * cos + rotate_half(qk) * sin
+            q = qk[:, :, :nh].transpose(1, 2)
+            k = qk[:, :, nh:].transpose(1, 2)
+            v = part[..., qk_dim:].view(B, T, nkv, hd).transpose(1, 2)
             s = starts[i]
             kc, vc = sess.k[li], sess.v[li]
             kc[:, :, s:s + T] = k
@@ -231,7 +231,12 @@ class Shard:
             keys, vals = kc[:, :, :s + T], vc[:, :, :s + T]
             # grouped-query attention without copying the cache: query heads of one kv head side by side
             qg = q.reshape(B, nkv, g * T, hd)
-            o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
+            if T == 1:  # decode: plain matmuls beat the fused kernel for one query row
+                att = torch.matmul(qg, keys.transpose(-1, -2)) * self.attn_scale
+                att = torch.softmax(att, dim=-1, dtype=torch.float32).to(qg.dtype)
+                o = torch.matmul(att, vals)
+            else:
+                o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
             outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd))
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         h = h + F.linear(o, lw.wo, lw.bo)
