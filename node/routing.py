@@ -1,0 +1,257 @@
+"""Route planning for pipeline inference: a pure shortest-path planner over layer positions.
+
+A model has ``n`` decoder layers ``[0, n)``. Each server hosts a contiguous range ``[start, end)`` and
+can serve any sub-range of it. ``plan_route`` picks a chain of hops ``[0, a1) [a1, a2) ... [ak, n)``
+that minimises an estimated per-token cost (see ``docs/ROUTING.md``):
+
+    edge cost = hop overhead (rtt, or ``default_rtt_ms`` when unknown, + ``relay_penalty_ms`` if relayed)
+              + layers * ms_per_layer                       (* (1 + load_weight * load) in throughput mode)
+
+In throughput mode every server's edge cost is also multiplied by one random factor in
+``[1 - jitter, 1 + jitter]`` drawn from the caller's ``random.Random``, so independent requests spread
+over near-equal replicas. Peers in ``prefer`` get their edge cost discounted by ``prefer_discount``
+(after a failover this keeps the healthy part of the old chain, whose KV caches are warm).
+
+Edges go from a position ``a`` to ``b`` for every eligible server with ``start <= a < end`` and every
+breakpoint ``b`` (a server's start or end, or ``n``) with ``a < b <= min(end, n)``. Because a chain's
+cost is linear in each switch point between two hops, some optimal chain switches servers only at
+breakpoints, so the search over breakpoints is exact; it includes the plain "serve to the end of
+your range" edges and also "stop where a faster server starts". The graph is a DAG (positions only
+grow), solved by one forward pass. Ties go to fewer hops, then to lexicographically smaller peer ids.
+
+Nothing here does I/O; all inputs are plain records (``ServerView``), the output is a ``Route``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Collection, Iterable, Sequence
+
+from swarmlm.node.generation import NoRouteError
+
+MODES = ("latency", "throughput")
+
+__all__ = ["MODES", "CostModel", "Hop", "NoRouteError", "Route", "ServerView", "coverage_gaps", "format_layers",
+           "plan_route", "replan_after_failure", "route_is_valid"]
+
+
+@dataclass
+class ServerView:
+    """What the client knows about one server of one model (from the swarm state and its own pings)."""
+
+    peer_id: str
+    model: str
+    start: int
+    end: int
+    ms_per_layer: float  # measured compute per layer per token; <= 0 or NaN means "not measured yet"
+    free_cache_tokens: int
+    load: float = 0.0  # 0..1 utilisation, or a count of active sessions
+    rtt_ms: float | None = None  # the client's measured round trip to it; None if unknown
+    alive: bool = True
+    relayed: bool = False  # reachable only through a relay
+
+
+@dataclass(frozen=True)
+class Hop:
+    peer_id: str
+    start: int
+    end: int
+
+    @property
+    def layers(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Route:
+    hops: list[Hop]
+    est_ms_per_token: float  # sum of hop overheads and compute; no load penalty, jitter or preference
+    mode: str = "latency"
+
+    def peer_ids(self) -> list[str]:
+        return [h.peer_id for h in self.hops]
+
+    def hop_of(self, peer_id: str) -> Hop | None:
+        return next((h for h in self.hops if h.peer_id == peer_id), None)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The constants of the cost model (milliseconds per token unless said otherwise)."""
+
+    default_rtt_ms: float = 50.0  # hop overhead for a server whose RTT the client has not measured
+    relay_penalty_ms: float = 30.0  # added to the hop overhead of a relayed server
+    default_ms_per_layer: float = 5.0  # compute estimate when no eligible server has a measurement
+    load_weight: float = 1.0  # throughput mode: compute * (1 + load_weight * load)
+    jitter: float = 0.1  # throughput mode: per-server random factor in [1 - jitter, 1 + jitter]
+    prefer_discount: float = 0.2  # edges of preferred peers cost (1 - prefer_discount) times as much
+
+
+DEFAULT_COST = CostModel()
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """Layers as inclusive ranges: ``[10, 11, 12, 13, 14, 20] -> "10-14, 20"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for layer in sorted(set(layers)):
+        if run and layer == run[-1] + 1:
+            run.append(layer)
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [layer]
+    if run:
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ", ".join(parts)
+
+
+def coverage_gaps(servers: Iterable[ServerView], n_layers: int) -> list[int]:
+    """The layers of ``[0, n_layers)`` that no server in ``servers`` hosts (liveness is not checked)."""
+    covered = [False] * n_layers
+    for s in servers:
+        for layer in range(max(s.start, 0), min(s.end, n_layers)):
+            covered[layer] = True
+    return [layer for layer, c in enumerate(covered) if not c]
+
+
+def _measured(ms: float) -> bool:
+    return isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0
+
+
+def _skip_reason(s: ServerView, n_layers: int, need_cache_tokens: int, banned: Collection[str],
+                 model: str | None, have_cache: Collection[str]) -> str | None:
+    """Why ``s`` cannot be used (a short phrase), or None if it is eligible."""
+    if model is not None and s.model != model:
+        return "other model"
+    if max(s.start, 0) >= min(s.end, n_layers):
+        return "no layers"
+    if not s.alive:
+        return "offline"
+    if s.peer_id in banned:
+        return "banned"
+    if s.peer_id not in have_cache and s.free_cache_tokens < need_cache_tokens:
+        return "cache full"
+    return None
+
+
+def _no_route_message(all_servers: Sequence[ServerView], uncovered: list[int], n_layers: int,
+                      model_name: str, reasons: dict[int, str], need_cache_tokens: int) -> str:
+    msg = f"no live server with free cache covers layers {format_layers(uncovered)} of {model_name}"
+    missing = set(uncovered)
+    counts: dict[str, int] = {}
+    for i, s in enumerate(all_servers):
+        why = reasons.get(i)
+        if why in (None, "other model", "no layers"):
+            continue
+        if missing.intersection(range(max(s.start, 0), min(s.end, n_layers))):
+            counts[why] = counts.get(why, 0) + 1
+    if counts:
+        labels = {"offline": "offline", "banned": "excluded after failures",
+                  "cache full": f"without {need_cache_tokens} free cache tokens"}
+        detail = ", ".join(f"{counts[k]} {labels[k]}" for k in ("offline", "banned", "cache full") if k in counts)
+        msg += f" (servers there: {detail})"
+    return msg
+
+
+def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_tokens: int,
+               banned: Collection[str] = frozenset(), mode: str = "latency", rng: random.Random | None = None,
+               prefer: Iterable[str] = (), model: str | None = None, have_cache: Collection[str] = (),
+               cost: CostModel = DEFAULT_COST) -> Route:
+    """The cheapest chain of hops covering ``[0, n_layers)``.
+
+    Servers that are not ``alive``, are in ``banned``, have fewer than ``need_cache_tokens`` free cache
+    tokens (unless listed in ``have_cache``: they already hold this session's cache), or belong to
+    another ``model`` (when given) are skipped. ``mode="throughput"`` adds the load penalty and, with an
+    ``rng``, the per-server jitter. Raises ``NoRouteError`` naming the uncovered layers, ``ValueError``
+    on a bad ``n_layers`` or ``mode``.
+    """
+    if n_layers <= 0:
+        raise ValueError(f"n_layers must be positive, got {n_layers}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    banned, have_cache, prefer = frozenset(banned), frozenset(have_cache), frozenset(prefer)
+    reasons: dict[int, str] = {}
+    eligible: list[ServerView] = []
+    for i, s in enumerate(servers):
+        why = _skip_reason(s, n_layers, need_cache_tokens, banned, model, have_cache)
+        if why is None:
+            eligible.append(s)
+        else:
+            reasons[i] = why
+    uncovered = coverage_gaps(eligible, n_layers)
+    if uncovered:
+        names = {s.model for s in servers if model is None or s.model == model}
+        model_name = model if model is not None else (names.pop() if len(names) == 1 else "the model")
+        raise NoRouteError(_no_route_message(servers, uncovered, n_layers, model_name, reasons, need_cache_tokens))
+
+    known = [s.ms_per_layer for s in eligible if _measured(s.ms_per_layer)]
+    fallback_ms = statistics.median(known) if known else cost.default_ms_per_layer
+    throughput = mode == "throughput"
+    jitter: dict[int, float] = {}
+    if throughput and rng is not None and cost.jitter > 0:
+        # one draw per server, in a fixed order, so a seed gives the same plan whatever the input order
+        for idx in sorted(range(len(eligible)), key=lambda k: (eligible[k].peer_id, eligible[k].start, eligible[k].end)):
+            jitter[idx] = rng.uniform(1.0 - cost.jitter, 1.0 + cost.jitter)
+
+    def edge(idx: int, layers: int) -> tuple[float, float]:
+        """(planning cost, estimated real cost) of server ``idx`` serving ``layers`` layers."""
+        s = eligible[idx]
+        ms = s.ms_per_layer if _measured(s.ms_per_layer) else fallback_ms
+        rtt = s.rtt_ms if s.rtt_ms is not None and math.isfinite(s.rtt_ms) and s.rtt_ms >= 0 else cost.default_rtt_ms
+        overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
+        real = overhead + layers * ms
+        plan = overhead + layers * ms * ((1.0 + cost.load_weight * max(s.load, 0.0)) if throughput else 1.0)
+        plan *= jitter.get(idx, 1.0)
+        if s.peer_id in prefer:
+            plan *= 1.0 - cost.prefer_discount
+        return plan, real
+
+    points = sorted({0, n_layers} | {min(max(p, 0), n_layers) for s in eligible for p in (s.start, s.end)})
+    # best[p] = (key, real cost, hops) where key = (planning cost, hop count, peer ids) for ties
+    best: dict[int, tuple[tuple[float, int, tuple[str, ...]], float, tuple[Hop, ...]]] = {0: ((0.0, 0, ()), 0.0, ())}
+    for a in points:
+        if a == n_layers or a not in best:
+            continue
+        (pcost, nhops, ids), real_so_far, hops = best[a]
+        for idx, s in enumerate(eligible):
+            if not (s.start <= a < s.end):
+                continue
+            stop = min(s.end, n_layers)
+            for b in points:
+                if b <= a or b > stop:
+                    continue
+                plan_c, real_c = edge(idx, b - a)
+                key = (round(pcost + plan_c, 9), nhops + 1, ids + (s.peer_id,))
+                cur = best.get(b)
+                if cur is None or key < cur[0]:
+                    best[b] = (key, real_so_far + real_c, hops + (Hop(s.peer_id, a, b),))
+    _, real_total, hops = best[n_layers]  # present: every layer is covered, so every point is reachable
+    return Route(hops=list(hops), est_ms_per_token=real_total, mode=mode)
+
+
+def replan_after_failure(old_route: Route, failed_peer: str, servers: Sequence[ServerView], n_layers: int, *,
+                         need_cache_tokens: int, banned: Collection[str] = frozenset(), mode: str | None = None,
+                         rng: random.Random | None = None, model: str | None = None,
+                         cost: CostModel = DEFAULT_COST) -> Route:
+    """A new route after ``failed_peer`` broke: the failed peer is banned, the old route's other peers are
+    preferred (their edges are discounted) and exempt from the free-cache check (they already hold this
+    session's cache). ``mode`` defaults to the old route's. Raises ``NoRouteError`` like ``plan_route``."""
+    keep = [h.peer_id for h in old_route.hops if h.peer_id != failed_peer]
+    return plan_route(servers, n_layers, need_cache_tokens=need_cache_tokens,
+                      banned=frozenset(banned) | {failed_peer}, mode=mode or old_route.mode, rng=rng,
+                      prefer=keep, model=model, have_cache=keep, cost=cost)
+
+
+def route_is_valid(route: Route, n_layers: int) -> bool:
+    """True if the hops cover ``[0, n_layers)`` contiguously, each non-empty (a check for callers/tests)."""
+    pos = 0
+    for h in route.hops:
+        if h.start != pos or h.end <= h.start:
+            return False
+        pos = h.end
+    return pos == n_layers and bool(route.hops)
+
