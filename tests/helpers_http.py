@@ -23,8 +23,9 @@ class FakeGeneration:
     """Streams the words of ``answer`` (one chunk each) up to ``max_new_tokens``."""
 
     def __init__(self, request: GenerationRequest, answer: str, fail_at: int | None, exc: BaseException | None,
-                 hold: trio.Event | None) -> None:
+                 hold: trio.Event | None, waiting: trio.Event) -> None:
         self.request, self.answer, self.fail_at, self.exc, self.hold = request, answer, fail_at, exc, hold
+        self.waiting = waiting  # set when the first chunk has been consumed and the fake waits on ``hold``
         self.summary = GenerationSummary(model=request.model)
 
     def __aiter__(self) -> AsyncIterator[GenerationChunk]:
@@ -39,6 +40,7 @@ class FakeGeneration:
                 raise self.exc
             yield GenerationChunk(text=(" " if i else "") + word, token_ids=[i])
             if self.hold is not None:
+                self.waiting.set()
                 await self.hold.wait()
             await trio.sleep(0)
         s = self.summary
@@ -62,6 +64,7 @@ class FakeGenerator:
         self.requests: list[GenerationRequest] = []
         self.entered = 0
         self.exited = trio.Event()
+        self.waiting = trio.Event()
 
     async def list_models(self) -> list[ModelCard]:
         if self.models_exc is not None:
@@ -77,7 +80,7 @@ class FakeGenerator:
             raise self.exc
         self.entered += 1
         try:
-            yield FakeGeneration(request, self.answer, self.fail_at, self.exc, self.hold)
+            yield FakeGeneration(request, self.answer, self.fail_at, self.exc, self.hold, self.waiting)
         finally:
             self.exited.set()
 
