@@ -32,7 +32,9 @@ PREFIX_BYTES = _LEN.size
 _DTYPES = {
     "f32": ("float32", 4), "f16": ("float16", 2), "bf16": ("bfloat16", 2),
     "i64": ("int64", 8), "i32": ("int32", 4), "u8": ("uint8", 1), "bool": ("bool", 1),
+    "raw": ("bytes", 1),  # a large ``bytes`` value, carried out of band and decoded as bytes
 }
+INLINE_BYTES_MAX = 64 * 1024
 _TORCH_TO_WIRE = {v[0]: k for k, v in _DTYPES.items()}
 
 
@@ -69,6 +71,9 @@ def _extract(obj: Any, buffers: list[Any], depth: int = 0) -> Any:
         return {k: _extract(v, buffers, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_extract(v, buffers, depth + 1) for v in obj]
+    if isinstance(obj, (bytes, bytearray, memoryview)) and memoryview(obj).nbytes > INLINE_BYTES_MAX:
+        buffers.append(obj)
+        return {"__t": ["raw", [memoryview(obj).nbytes], len(buffers) - 1]}
     if type(obj).__name__ == "Tensor" and type(obj).__module__.startswith("torch"):
         t = obj.detach()
         if t.device.type != "cpu":
@@ -126,8 +131,12 @@ def _tensor_from(spec: Any, bufs: list[memoryview], limits: Limits) -> Any:
         raise FrameError("malformed tensor shape")
     if not 0 <= idx < len(bufs):
         raise FrameError("tensor refers to a missing buffer")
-    torch = _torch()
     name, itemsize = _DTYPES[dtype]
+    if dtype == "raw":
+        if len(shape) != 1 or bufs[idx].nbytes != shape[0]:
+            raise FrameError("raw buffer length mismatch")
+        return bytes(bufs[idx])
+    torch = _torch()
     numel = 1
     for d in shape:
         numel *= d

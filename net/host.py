@@ -43,6 +43,7 @@ class HostConfig:
     discovery_interval_s: float = 15.0
     dial_timeout_s: float = 10.0
     announce: list[str] = field(default_factory=list)
+    fastpath: bool = True  # net.fastpath Noise/Yamux subclasses (same wire protocols); False = stock
 
 
 def _libp2p_key_pair(identity: Identity):
@@ -63,22 +64,41 @@ def build_libp2p_host(identity: Identity, config: HostConfig):
 
     identify_mod.AGENT_VERSION = AGENT_VERSION  # what identify tells other peers
     key_pair = _libp2p_key_pair(identity)
-    sec = {NOISE_ID: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
+    noise_cls, muxer_opt = NoiseTransport, create_yamux_muxer_option()
+    if config.fastpath:  # same /noise and /yamux/1.0.0 on the wire, several times faster
+        from swarmlm.net.fastpath import FastNoiseTransport, fast_muxer_option
+
+        noise_cls, muxer_opt = FastNoiseTransport, fast_muxer_option()
+    sec = {NOISE_ID: noise_cls(key_pair, noise_privkey=new_x25519().private_key)}
     try:
         listen = [multiaddr.Multiaddr(a) for a in config.listen]
         announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
     except Exception as exc:
         raise HostError(f"bad listen/announce address: {exc}") from None
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt=sec,
-        muxer_opt=create_yamux_muxer_option(),
+        muxer_opt=muxer_opt,
         listen_addrs=listen,
         enable_quic=config.quic,
         enable_mDNS=config.mdns,
         connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=config.dial_timeout_s),
         announce_addrs=announce,
-    ), listen
+    )
+    if config.fastpath:
+        from swarmlm.net.fastpath import install_fast_muxer
+
+        install_fast_muxer(host)
+    # py-libp2p's auto-connector redials every address in the peerstore (stale ones of departed
+    # peers included) to reach a connection target of ~150; our discovery loop decides whom to
+    # connect to, so it is switched off.
+    network = host.get_network()
+    if hasattr(network, "auto_connector"):
+        async def _no_auto_connect() -> None:
+            return None
+
+        network.auto_connector.maybe_connect = _no_auto_connect
+    return host, listen
 
 
 def split_p2p_addr(maddr: str) -> tuple[str, str]:

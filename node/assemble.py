@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from swarmlm import AGENT_VERSION
+from swarmlm.net.state_service import StateService
 from swarmlm.node.config import NodeConfig
 from swarmlm.node.daemon import Node
 
 
 def build_node(config: NodeConfig) -> Node:
     node = Node(config)
+
+    def local_fields() -> dict:
+        fields = {"addrs": node.host.addrs[:8], "agent": AGENT_VERSION, "reach": node.reachability}
+        for svc in node.services:
+            if hasattr(svc, "hosted_fields"):
+                fields.update(svc.hosted_fields())
+        return fields
+
+    node.state = StateService(node.host, node.data_dir, heartbeat_s=config.heartbeat_s, local_fields=local_fields)
+    node.add_service(node.state)
+    if config.model:
+        from swarmlm.node.shard_service import ShardService
+
+        node.add_service(ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
+                                      dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
+                                      max_sessions=config.max_sessions, fault=config.fault))
+    if config.http:
+        from swarmlm.node.http_service import HttpService
+
+        node.add_service(HttpService(config.http, config.http_token or None))
     return node

@@ -47,6 +47,8 @@ class Node:
             listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
             announce=config.announce))
         self.services: list[Any] = []
+        self.state: Any = None  # the StateService (swarm state), set by assemble.build_node
+        self.reachability = "unknown"
         self.http_addr: str | None = None
         self.started = trio.Event()
         self._stop = trio.Event()
@@ -59,6 +61,14 @@ class Node:
     def add_service(self, service: Any) -> None:
         self.services.append(service)
         service.register(self)
+
+    def on_hosting_changed(self) -> None:
+        """A service started or stopped hosting something: tell the swarm now."""
+        if self.state is not None:
+            self.state.publish_now()
+
+    def service(self, name: str) -> Any:
+        return next((s for s in self.services if getattr(s, "name", None) == name), None)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,188 @@
+"""The swarm state over libp2p: carries ``StateSync`` messages between connected peers.
+
+One long-lived ``sync`` stream per neighbour on ``/swarmlm/state/1`` (RPC streaming call; the
+peer with the smaller id opens it, the other opens one itself if none appeared after a grace
+period, so light clients that only the node can see still sync). Each link has a bounded
+outgoing queue drained by its own writer task; a full queue drops the message (anti-entropy
+repairs it). All engine calls happen on the trio thread. The engine is persisted in the data dir
+(periodically when dirty, and at shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import trio
+
+from swarmlm.net.rpc import RpcError, ServerCall
+from swarmlm.net.state_store import StateStore
+from swarmlm.net.state_sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
+from swarmlm.net.state_wire import PROTOCOL_ID
+
+log = logging.getLogger("swarmlm.state")
+
+QUEUE = 256
+
+
+class _Link:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.send, self.recv = trio.open_memory_channel[bytes](QUEUE)
+        self.dropped = 0
+
+
+class StateService:
+    """Runs a ``StateSync`` engine for a ``SwarmHost``; ``local_fields()`` feeds our heartbeat."""
+
+    name = "state"
+
+    def __init__(self, host: Any, data_dir: Any | None, *, heartbeat_s: float = HEARTBEAT_S,
+                 local_fields: Callable[[], dict[str, Any]] | None = None, publish: bool = True,
+                 rng: random.Random | None = None) -> None:
+        self.host = host
+        self.store = StateStore(data_dir) if data_dir is not None else None
+        self.heartbeat_s = heartbeat_s
+        self.local_fields = local_fields or (lambda: {})
+        self.publish = publish  # light clients read the state but have no entry of their own
+        rng = rng or random.Random()
+        now = time.time()
+        self.sync = (self.store.open_engine(host.identity, now=now, rng=rng) if self.store
+                     else StateSync(host.identity, now=now, rng=rng))
+        self.links: dict[str, _Link] = {}
+        self._opening: set[str] = set()
+        self._first_seen: dict[str, float] = {}
+        self._wake = trio.Event()
+        self.bytes_out = 0
+        self.bytes_in = 0
+        host.rpc_server.add_stream(PROTOCOL_ID, "sync", self._serve)
+
+    @property
+    def state(self):
+        return self.sync.state
+
+    # -- node service interface ----------------------------------------------------------------
+    def register(self, node: Any) -> None:  # the RPC method is added in __init__
+        pass
+
+    async def run(self, node: Any = None) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._connect_loop)
+            nursery.start_soon(self._tick_loop)
+            if self.publish:
+                nursery.start_soon(self._heartbeat_loop)
+            if self.store is not None:
+                nursery.start_soon(self._save_loop)
+
+    async def close(self, node: Any = None) -> None:
+        self.save()
+
+    def save(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.save(self.sync.export())
+            except OSError as exc:
+                log.warning("could not save the swarm state: %s", exc)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def publish_now(self, **extra: Any) -> None:
+        """Write our entry now (after what we host changed)."""
+        fields = dict(self.local_fields())
+        fields.update(extra)
+        self._dispatch(self.sync.publish_local(time.time(), **fields))
+
+    def add_record(self, kind: str, body: Any) -> Any:
+        rec, out = self.sync.add_record(kind, body, time.time())
+        self._dispatch(out)
+        return rec
+
+    def _dispatch(self, out: list[tuple[str, bytes]]) -> None:
+        for peer, data in out:
+            link = self.links.get(peer)
+            if link is None:
+                continue
+            try:
+                link.send.send_nowait(data)
+            except trio.WouldBlock:
+                link.dropped += 1
+
+    # -- links ------------------------------------------------------------------------------------
+    async def _run_link(self, peer: str, call: Any) -> None:
+        if peer in self.links:  # a second link to the same peer (both opened at once): keep the first
+            return
+        link = _Link(peer)
+        self.links[peer] = link
+        self._dispatch(self.sync.on_connect(peer))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, link, call)
+                async for data in call:
+                    if not isinstance(data, bytes):
+                        self.sync.rejected["not_bytes"] += 1
+                        continue
+                    self.bytes_in += len(data)
+                    self._dispatch(self.sync.on_message(peer, data, time.time()))
+                    if self.sync.banned(peer):
+                        log.warning("closing state link to %s: too many invalid updates", peer[-8:])
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.links.get(peer) is link:
+                del self.links[peer]
+            self.sync.on_disconnect(peer)
+
+    async def _writer(self, link: _Link, call: Any) -> None:
+        async for data in link.recv:
+            await call.send(data)
+            self.bytes_out += len(data)
+
+    async def _serve(self, call: ServerCall, args: Any) -> Any:
+        await self._run_link(call.ctx.peer, call)
+        return None
+
+    async def _open(self, peer: str) -> None:
+        try:
+            async with self.host.rpc.stream(peer, PROTOCOL_ID, "sync", None, timeout=24 * 3600) as call:
+                await self._run_link(peer, call)
+        except (RpcError, OSError) as exc:
+            log.debug("state link to %s: %s", peer[-8:], exc)
+        except Exception as exc:  # the peer speaks no state protocol, or the stream broke
+            log.debug("state link to %s failed: %s: %s", peer[-8:], type(exc).__name__, exc)
+        finally:
+            self._opening.discard(peer)
+
+    async def _connect_loop(self) -> None:
+        me = self.host.peer_id
+        while True:
+            now = time.monotonic()
+            for peer in self.host.connected_peers():
+                if peer in self.links or peer in self._opening:
+                    continue
+                first = self._first_seen.setdefault(peer, now)
+                if peer > me or now - first > 2.0:
+                    self._opening.add(peer)
+                    self._first_seen[peer] = now + 5.0  # back off before trying again
+                    self._nursery.start_soon(self._open, peer)
+            await trio.sleep(0.5)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(TICK_S * random.uniform(0.8, 1.2))
+            self._dispatch(self.sync.tick(time.time()))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self.publish_now()
+            except Exception:
+                log.exception("publishing our swarm-state entry failed")
+            await trio.sleep(self.heartbeat_s)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await trio.sleep(SAVE_S)
+            if self.sync.dirty:
+                self.save()

@@ -1,0 +1,103 @@
+"""Deciding what a node hosts and loading it: model resolution, auto placement, shard loading,
+the per-layer speed measurement, and rebalancing later on (with hysteresis, see placement.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import trio
+
+from swarmlm.node.config import parse_layers
+
+log = logging.getLogger("swarmlm.hosting")
+
+# How long a node with bootstrap peers waits to learn the swarm before choosing layers.
+PLACEMENT_WAIT_S = 3.0
+REBALANCE_EVERY_S = 30.0
+
+
+def memory_cap_layers(bytes_per_layer: int, fixed_bytes: int, cache_bytes: int, share: float = 0.6) -> int:
+    """How many layers fit in ``share`` of the memory available now (psutil), beside cache and ends."""
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:
+        return 1 << 30
+    room = avail * share - fixed_bytes - cache_bytes
+    return max(1, int(room // max(1, bytes_per_layer)))
+
+
+def config_hash(model_dir: Any) -> str:
+    data = json.loads((model_dir / "config.json").read_text())
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def measure_ms_per_layer(shard: Any, repeats: int = 5) -> float:
+    """Median decode time of one token through the shard, per layer (ms)."""
+    import torch
+
+    sess = shard.new_session(repeats + 2)
+    x = torch.zeros((1, 1), dtype=torch.long) if shard.has_embedding else \
+        torch.zeros((1, 1, shard.config.hidden_size), dtype=shard.dtype)
+    times = []
+    try:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            shard.forward(x, sess, i, last_only=True)
+            times.append(time.perf_counter() - t0)
+    finally:
+        sess.free()
+    times = sorted(times[1:])  # the first run warms up
+    return times[len(times) // 2] * 1000.0 / max(1, shard.end - shard.start)
+
+
+async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> tuple[int, int]:
+    from swarmlm.node.directory import servers_for
+    from swarmlm.node.placement import choose_range
+
+    if svc.layers_spec != "auto":
+        start, end = parse_layers(svc.layers_spec)
+        if end > n_layers:
+            from swarmlm.errors import ConfigError
+
+            raise ConfigError(f"layers: {svc.layers_spec} is beyond the model's {n_layers} layers")
+        return start, end
+    if node.config.bootstrap:
+        await trio.sleep(PLACEMENT_WAIT_S)  # let the state sync tell us who hosts what
+    servers = servers_for(node.state.state, svc.model_id, time.time(), exclude=node.peer_id)
+    start, end = choose_range(n_layers, servers, max_layers)
+    log.info("auto placement: layers [%d, %d) of %d (%d other servers known)", start, end, n_layers, len(servers))
+    return start, end
+
+
+async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
+    from swarmlm.models.config import ModelConfig
+    from swarmlm.models.kvcache import KVCacheManager
+    from swarmlm.models.registry import resolve, shard_bytes
+    from swarmlm.models.shard import load_shard
+    from swarmlm.net.swarm_state import ModelInfo
+
+    t0 = time.monotonic()
+    log.info("resolving %s", svc.model_id)
+    model_dir = await trio.to_thread.run_sync(resolve, svc.model_id)
+    cfg = ModelConfig.from_dir(model_dir)
+    n = cfg.num_hidden_layers
+    per_layer = max(1, shard_bytes(cfg, 0, 1, svc.dtype, embedding=False, head=False)[1])
+    ends = shard_bytes(cfg, 0, 1, svc.dtype, embedding=True, head=True)[1] - per_layer
+    cap = memory_cap_layers(per_layer, ends, 0)
+    max_layers = min(n, svc.max_layers or n, cap)
+    start, end = await choose_layers(svc, node, n, max_layers)
+    log.info("loading layers [%d, %d) of %s (%s)", start, end, svc.model_id, svc.dtype)
+    shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
+    ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
+    cache = KVCacheManager(shard.cache_layout(), svc.max_cache_tokens)
+    node.state.publish_now(models=[ModelInfo(svc.model_id, config_hash(model_dir), n, svc.dtype)])
+    log.info("serving layers [%d, %d) of %s: %.2f ms/layer/token, %d cache tokens (ready in %.1f s)",
+             start, end, svc.model_id, ms, svc.max_cache_tokens, time.monotonic() - t0)
+    return shard, cache, ms

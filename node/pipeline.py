@@ -1,0 +1,233 @@
+"""The client side of a pipeline inference session, with failover.
+
+``PipelineSession`` opens one ``session`` stream per hop of a route (each server learns its
+``prev`` and ``next``), then ``step(ids, pos)`` sends the input to the first hop only: activations
+flow server to server and only the hop holding the LM head answers (a token, or logits). If a
+server reports that it could not reach the next one, the client relays that link itself.
+
+Failure handling lives in ``run_with_failover``: any hop error, stream loss or step timeout
+raises ``HopFailed(peer)``; the caller bans that peer for a while, plans a new route (keeping the
+healthy hops), opens a new session and replays the history exactly as it was first computed
+(the prompt as one prefill, then each generated token as one decode step), so greedy output —
+and seeded sampling, whose seed is derived per position — is identical to an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.net.rpc import RpcError, StreamClosedError
+from swarmlm.node.shard_service import SHARD_PROTOCOL
+
+log = logging.getLogger("swarmlm.pipeline")
+
+
+class HopFailed(SwarmError):
+    """A server of the route failed, timed out or refused; ``peer`` names it."""
+
+    def __init__(self, peer: str, reason: str, busy: bool = False) -> None:
+        super().__init__(f"server {peer} failed: {reason}")
+        self.peer = peer
+        self.reason = reason
+        self.busy = busy
+
+
+@dataclass
+class HopPlan:
+    peer_id: str
+    start: int
+    end: int
+
+
+@dataclass
+class StepResult:
+    token: int | None
+    logits: torch.Tensor | None
+    timings: list[list[Any]]
+
+
+class PipelineSession:
+    """One inference session over a route. Use as ``async with PipelineSession(...) as s``."""
+
+    def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
+                 sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
+                 want_logits: bool = False) -> None:
+        if not hops:
+            raise SwarmError("a route needs at least one hop")
+        self.rpc = rpc
+        self.model = model
+        self.hops = list(hops)
+        self.max_length = max_length
+        self.sampling = sampling
+        self.want_logits = want_logits
+        self.step_timeout_s = step_timeout_s
+        self.open_timeout_s = open_timeout_s
+        self.session_ids = [secrets.token_hex(16) for _ in self.hops]
+        self._calls: list[Any] = []
+        self._results_send, self._results_recv = trio.open_memory_channel[Any](256)
+        self._step = 0
+        self._sent_steps = 0
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._stack: Any = None
+
+    async def __aenter__(self) -> "PipelineSession":
+        from contextlib import AsyncExitStack
+
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+            # open all hops concurrently: each server's relay waits for the next one's session
+            self._calls = [None] * len(self.hops)
+            with trio.fail_after(self.open_timeout_s):
+                async with trio.open_nursery() as opener:
+                    for i in range(len(self.hops)):
+                        opener.start_soon(self._open_hop, i)
+            for i in range(len(self.hops)):
+                self._nursery.start_soon(self._read_hop, i)
+        except BaseException as exc:
+            await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, trio.TooSlowError):
+                raise HopFailed(self.hops[-1].peer_id, "opening the session timed out") from None
+            raise
+        return self
+
+    async def _open_hop(self, i: int) -> None:
+        hop = self.hops[i]
+        last = i == len(self.hops) - 1
+        args = {"session_id": self.session_ids[i], "model": self.model, "start": hop.start, "end": hop.end,
+                "max_length": self.max_length,
+                "prev": self.hops[i - 1].peer_id if i else None,
+                "next": None if last else self.hops[i + 1].peer_id,
+                "next_session": None if last else self.session_ids[i + 1],
+                "sampling": self.sampling if last else None, "logits": self.want_logits and last}
+        try:
+            cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
+            self._calls[i] = await self._stack.enter_async_context(cm)
+        except (RpcError, OSError) as exc:
+            raise HopFailed(hop.peer_id, f"cannot open session: {exc}", busy=getattr(exc, "code", "") == "busy") from None
+
+    async def _read_hop(self, i: int) -> None:
+        call = self._calls[i]
+        try:
+            async for msg in call:
+                await self._results_send.send((i, msg, None))
+            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, "session ended early")))
+        except (RpcError, StreamClosedError) as exc:
+            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, str(exc),
+                                                             busy=getattr(exc, "code", "") == "busy")))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}")))
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._nursery is not None:
+            # end our side of every stream (servers close their sessions), then stop the readers
+            with trio.move_on_after(2), trio.CancelScope(shield=True):
+                for call in self._calls:
+                    if call is not None and not call.done:
+                        try:
+                            await call.end()
+                        except Exception:
+                            pass
+            self._nursery.cancel_scope.cancel()
+        try:
+            await self._stack.__aexit__(*exc)
+        except BaseExceptionGroup as group:  # trio wraps the body's error: hand the caller the error itself
+            leaf = single_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
+
+    async def step(self, x: torch.Tensor, pos: int, want: bool = True) -> StepResult | None:
+        """Feed ``x`` ([1, T] ids) at ``pos``; with ``want`` wait for and return the head's answer."""
+        step = self._step
+        self._step += 1
+        try:
+            await self._calls[0].send({"step": step, "pos": pos, "x": x, "want": want})
+            self._sent_steps += 1
+        except (RpcError, StreamClosedError) as exc:
+            raise HopFailed(self.hops[0].peer_id, str(exc)) from None
+        if not want:
+            return None
+        with trio.move_on_after(self.step_timeout_s) as scope:
+            while True:
+                i, msg, err = await self._results_recv.receive()
+                if err is not None:
+                    raise err
+                if not isinstance(msg, dict) or msg.get("step") != step:
+                    if isinstance(msg, dict) and isinstance(msg.get("step"), int) and msg["step"] < step:
+                        continue  # a late answer to an earlier step
+                    raise HopFailed(self.hops[i].peer_id, "answered out of order")
+                if "token" in msg or "logits" in msg:
+                    return StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
+                if "x" in msg and i + 1 < len(self.hops):  # the server could not relay: we do it
+                    if msg.get("relay_failed"):
+                        log.info("relaying %s -> %s through the client", self.hops[i].peer_id[-8:],
+                                 self.hops[i + 1].peer_id[-8:])
+                    try:
+                        await self._calls[i + 1].send({"step": step, "pos": msg["pos"], "x": msg["x"],
+                                                       "want": msg.get("want", True),
+                                                       "timings": msg.get("timings", [])})
+                    except (RpcError, StreamClosedError) as exc:
+                        raise HopFailed(self.hops[i + 1].peer_id, str(exc)) from None
+                    continue
+                raise HopFailed(self.hops[i].peer_id, "sent a malformed answer")
+        assert scope.cancelled_caught
+        raise HopFailed(await self._suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
+
+    async def _suspect(self, step: int) -> str:
+        """Which hop stalled: the first that does not answer, or the first that is behind."""
+        progress: list[int | None] = [None] * len(self.hops)
+
+        async def ask(i: int) -> None:
+            try:
+                with trio.fail_after(3):
+                    r = await self.rpc.call(self.hops[i].peer_id, SHARD_PROTOCOL, "progress",
+                                            {"session_id": self.session_ids[i]}, timeout=3)
+                progress[i] = int(r.get("steps", -1))
+            except Exception:
+                progress[i] = None
+
+        async with trio.open_nursery() as n:
+            for i in range(len(self.hops)):
+                n.start_soon(ask, i)
+        for i, p in enumerate(progress):
+            if p is None or p < self._processed_needed(step):
+                return self.hops[i].peer_id
+        return self.hops[-1].peer_id
+
+    def _processed_needed(self, step: int) -> int:
+        return self._sent_steps
+
+
+def single_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    excs = list(group.exceptions)
+    while len(excs) == 1 and isinstance(excs[0], BaseExceptionGroup):
+        excs = list(excs[0].exceptions)
+    return excs[0] if len(excs) == 1 else None
+
+
+@dataclass
+class Bans:
+    """Peers the client avoids for a while after they failed."""
+
+    duration_s: float = 60.0
+    until: dict[str, float] = field(default_factory=dict)
+
+    def ban(self, peer: str, now: float | None = None) -> None:
+        self.until[peer] = (time.monotonic() if now is None else now) + self.duration_s
+
+    def active(self, now: float | None = None) -> frozenset[str]:
+        now = time.monotonic() if now is None else now
+        return frozenset(p for p, t in self.until.items() if t > now)
