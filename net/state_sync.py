@@ -5,7 +5,8 @@ update sealed in ``Envelope.seal(identity, "swarmlm/state/v1", payload)``; the p
 is ``{"o": owner, "e": epoch, "s": seq, "k": 0 incremental | 1 snapshot, "u": yjs update}``.
 Relays forward envelopes verbatim, so nobody but the owner can produce content for its document.
 Per owner a node keeps a log: the owner's latest signed full-state snapshot plus the signed
-incrementals after it (owners emit a snapshot every ``snapshot_every`` updates). The sync "state
+incrementals after it (owners emit a snapshot after at least ``snapshot_every`` updates, once the
+incrementals outweigh the previous snapshot, so logs stay short). The sync "state
 vector" is ``{owner: [epoch, seq]}`` (Yjs deletes do not advance clocks; sequence numbers do), and
 the "missing updates" answer is the part of those logs the other side lacks -- never a diff
 computed by a relay. A new epoch (restart, lost file) starts with a snapshot at seq 0 and a
@@ -39,74 +40,19 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import msgpack
 
 from swarmlm.crypto.envelope import Envelope, EnvelopeError, canonical_packb
 from swarmlm.crypto.identity import Identity
+from swarmlm.net.state_wire import (DOMAIN, PROTOCOL_ID, Entry, Limits, Out, Replica, batch, decode_entry,
+                                    parse_vector)
 from swarmlm.net.swarm_state import InvalidUpdate, ModelInfo, OwnerDoc, Record, SwarmState, make_record
 
-PROTOCOL_ID = "/swarmlm/state/1"
-DOMAIN = "swarmlm/state/v1"
+__all__ = ["DOMAIN", "PROTOCOL_ID", "Limits", "Out", "StateSync", "TICK_S", "HEARTBEAT_S", "SAVE_S"]
 TICK_S, HEARTBEAT_S, SAVE_S = 5.0, 10.0, 30.0
-Out = list[tuple[str, bytes]]
 NO_PENALTY = {"too_many_owners", "log_full"}
-
-
-@dataclass
-class Limits:
-    max_message_bytes: int = 1 << 20
-    max_update_bytes: int = 256 << 10
-    max_doc_bytes: int = 1 << 20  # snapshot + incrementals kept, per owner
-    max_log: int = 128  # envelopes kept per owner
-    max_owners: int = 4096
-    max_pending: int = 32  # out-of-order envelopes held per owner
-    snapshot_every: int = 32
-    ttl: float = 60.0  # heartbeat older than this: offline
-    compact_after: float = 24 * 3600.0  # heartbeat older than this: forgotten
-    pending_ttl: float = 60.0
-    penalty: float = 10.0
-    reward: float = 0.1
-    ban_score: float = -100.0
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A decoded state envelope (signature checked separately)."""
-
-    raw: bytes
-    owner: str
-    epoch: int
-    seq: int
-    snap: bool
-    update: bytes
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.epoch, self.seq)
-
-
-@dataclass
-class Replica:
-    doc: OwnerDoc
-    log: list[Entry] = field(default_factory=list)  # log[0] is a snapshot
-    seq: int = 0
-    since: float = 0.0  # local time it was installed (compaction of entry-less owners)
-
-    @property
-    def epoch(self) -> int:
-        return self.doc.epoch
-
-    @property
-    def size(self) -> int:
-        return sum(len(e.update) for e in self.log)
-
-    def rebuild(self) -> None:
-        self.doc.reset()
-        for e in self.log:
-            self.doc.apply(e.update)
 
 
 class StateSync:
@@ -196,7 +142,7 @@ class StateSync:
             if kind == "dig":
                 return [] if msg[1] == self.digest() else [(peer, self._sv_msg(reply=True))]
             if kind in ("sv", "want"):
-                vec = self._parse_vector(msg[1])
+                vec = parse_vector(msg[1])
                 out = self._answer(peer, vec, full=(kind == "sv"))
                 if kind == "sv" and msg[2] and self._we_lack(vec):
                     out.append((peer, self._sv_msg(reply=False)))
@@ -295,7 +241,11 @@ class StateSync:
             ent = self._seal(own.seq, False, up)
             own.log.append(ent)
             entries.append(ent)
-        if own.seq - own.log[0].seq >= self.limits.snapshot_every or own.size > self.limits.max_doc_bytes // 2:
+        incs, base = own.seq - own.log[0].seq, len(own.log[0].update)
+        # a snapshot once the incrementals outweigh the last one (so snapshots cost at most as much
+        # traffic as the updates themselves) and at least every snapshot_every updates
+        if (incs >= self.limits.snapshot_every and own.size - base >= base or incs >= self.limits.max_log // 2
+                or own.size > self.limits.max_doc_bytes // 2):
             snap = self._seal(own.seq, True, own.doc.full_update())
             own.log = [snap]
             entries.append(snap)
@@ -324,21 +274,9 @@ class StateSync:
         self._wants.clear()
         return out
 
-    def _decode_entry(self, raw: bytes) -> tuple[Entry, Envelope]:
-        env = Envelope.decode(raw)
-        if env.domain != DOMAIN:
-            raise InvalidUpdate("signature", "wrong envelope domain")
-        p = msgpack.unpackb(env.payload, raw=False, max_bin_len=self.limits.max_doc_bytes, max_str_len=256,
-                            max_map_len=8, max_array_len=0)
-        if (not isinstance(p, dict) or not isinstance(p.get("o"), str) or not isinstance(p.get("u"), bytes)
-                or type(p.get("e")) is not int or type(p.get("s")) is not int or p.get("k") not in (0, 1)
-                or not 0 <= p["e"] < 2**63 or not 0 <= p["s"] < 2**63):
-            raise InvalidUpdate("decode", "state payload has the wrong shape")
-        return Entry(raw, p["o"], p["e"], p["s"], bool(p["k"]), p["u"]), env
-
     def _ingest(self, sender: str | None, raw: bytes, now: float) -> list[Entry]:
         try:
-            ent, env = self._decode_entry(raw)
+            ent, env = decode_entry(raw, self.limits)
         except EnvelopeError:
             return self._reject(sender, "decode")
         except InvalidUpdate as exc:
@@ -469,21 +407,6 @@ class StateSync:
         vec = {o: list(k) for o, k in self.vector().items() if not (self._fresh and o == self.peer_id)}
         return msgpack.packb(["sv", vec, int(reply)], use_bin_type=True)
 
-    def _parse_vector(self, raw: Any) -> dict[str, tuple[int, int] | None]:
-        if not isinstance(raw, dict):
-            raise ValueError("vector must be a map")
-        out: dict[str, tuple[int, int] | None] = {}
-        for o, k in raw.items():
-            if not isinstance(o, str):
-                raise ValueError("vector keys are peer ids")
-            if k is None:
-                out[o] = None
-            elif isinstance(k, list) and len(k) == 2 and all(type(x) is int for x in k):
-                out[o] = (k[0], k[1])
-            else:
-                raise ValueError("vector values are [epoch, seq]")
-        return out
-
     def _answer(self, peer: str, vec: dict[str, tuple[int, int] | None], full: bool) -> Out:
         """The envelopes ``peer`` lacks: for ``sv`` every owner, for ``want`` the listed ones."""
         raws: list[bytes] = []
@@ -496,7 +419,7 @@ class StateSync:
                 after = theirs[1] if theirs[1] >= rep.log[0].seq else -1
                 raws += [e.raw for e in rep.log if e.seq > after]
         self.stats["answered"] += len(raws)
-        return self._batch(peer, raws)
+        return batch(peer, raws, self.limits.max_message_bytes)
 
     def _we_lack(self, vec: dict[str, tuple[int, int] | None]) -> bool:
         for o, k in vec.items():
@@ -509,22 +432,9 @@ class StateSync:
                 return True
         return False
 
-    def _batch(self, peer: str, raws: list[bytes]) -> Out:
-        out: Out = []
-        cur: list[bytes] = []
-        size, cap = 16, self.limits.max_message_bytes - 64
-        for raw in raws:
-            if cur and size + len(raw) + 8 > cap:
-                out.append((peer, msgpack.packb(["env", cur], use_bin_type=True)))
-                cur, size = [], 16
-            cur.append(raw)
-            size += len(raw) + 8
-        if cur:
-            out.append((peer, msgpack.packb(["env", cur], use_bin_type=True)))
-        return out
-
     def _send_all(self, raws: list[bytes], exclude: str | None) -> Out:
-        return [m for p in sorted(self.neighbours) if p != exclude for m in self._batch(p, raws)]
+        cap = self.limits.max_message_bytes
+        return [m for p in sorted(self.neighbours) if p != exclude for m in batch(p, raws, cap)]
 
     # ------------------------------------------------------------ housekeeping
     def _changed(self) -> None:
@@ -566,11 +476,11 @@ class StateSync:
         self.pending.clear()
         old = OwnerDoc(self.peer_id, 0, local=False)
         if own_log:
-            first, _ = self._decode_entry(own_log[0])
+            first, _ = decode_entry(own_log[0], self.limits)
             old = OwnerDoc(self.peer_id, first.epoch)
             try:
                 for raw in own_log:
-                    ent, env = self._decode_entry(raw)
+                    ent, env = decode_entry(raw, self.limits)
                     if env.verify() and env.author == self.peer_id and ent.epoch == old.epoch:
                         old.apply(ent.update)
             except (InvalidUpdate, EnvelopeError):

@@ -18,6 +18,7 @@ Nothing here signs sync messages or does I/O; see ``swarmlm.net.state_sync`` for
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -256,6 +257,12 @@ class OwnerDoc:
         self.records: dict[str, Record] = {}
         self.entry: PeerEntry | None = None
         self.models: dict[str, ModelInfo] = {}
+        self._raw_peer: dict[str, Any] = {}
+        self._changes: list[dict] = []  # record-map changes of the transaction being applied
+        self._dirty: set[str] = set()  # "peer" / "models" changed since the last refresh
+        self._records.observe(lambda ev: self._changes.append(ev.keys))
+        self._peer.observe(lambda ev: self._dirty.add("peer"))
+        self._models.observe(lambda ev: self._dirty.add("models"))
 
     # -- receiving
     def apply(self, update: bytes, now: float | None = None) -> None:
@@ -269,14 +276,12 @@ class OwnerDoc:
             raise InvalidUpdate("decode", "Yjs update does not decode") from None
         if any(c != self.client_id for c in clients):
             raise InvalidUpdate("foreign_client", "update carries structs of another client id")
-        changes: list[dict] = []
-        sub = self._records.observe(lambda ev: changes.append(ev.keys))
+        self._changes.clear()
         try:
             self.doc.apply_update(update)
         except Exception:
             raise InvalidUpdate("decode", "Yjs update does not apply") from None
-        finally:
-            self._records.unobserve(sub)
+        changes, self._changes = self._changes, []
         for keys in changes:
             for key, change in keys.items():
                 if change.get("action") != "add":
@@ -288,12 +293,15 @@ class OwnerDoc:
         self._refresh(now)
 
     def _refresh(self, now: float | None) -> None:
-        raw_peer = self._peer.to_py() or {}
-        self.entry = parse_peer(self.owner, raw_peer, now) if raw_peer else None
-        raw_models = self._models.to_py() or {}
-        if len(raw_models) > MAX_MODELS_PER_OWNER:
-            raise InvalidUpdate("bad_entry", "too many models")
-        self.models = {k: parse_model(k, v) for k, v in raw_models.items()}
+        dirty, self._dirty = self._dirty, set()
+        if "peer" in dirty:
+            self._raw_peer = _read_map(self._peer)
+            self.entry = parse_peer(self.owner, self._raw_peer, now) if self._raw_peer else None
+        if "models" in dirty:
+            raw_models = _read_map(self._models)
+            if len(raw_models) > MAX_MODELS_PER_OWNER:
+                raise InvalidUpdate("bad_entry", "too many models")
+            self.models = {k: parse_model(k, v) for k, v in raw_models.items()}
 
     # -- writing (owner only); each returns the Yjs update produced (b"" when nothing changed)
     def _write(self, fn) -> bytes:
@@ -306,6 +314,7 @@ class OwnerDoc:
                 fn()
         finally:
             self.doc.unobserve(sub)
+        self._changes.clear()
         self._refresh(None)
         return updates[0] if updates else b""
 
@@ -314,7 +323,7 @@ class OwnerDoc:
         if unknown:
             raise StateError(f"unknown peer entry fields: {sorted(unknown)}")
         norm = {k: _to_raw(v) for k, v in fields.items()}
-        current = self._peer.to_py() or {}
+        current = self._raw_peer
         try:
             parse_peer(self.owner, {**current, **norm})
         except InvalidUpdate as exc:
@@ -361,8 +370,19 @@ class OwnerDoc:
         return self.doc.get_update()
 
     def to_py(self) -> dict[str, Any]:
-        return {"peer": self._peer.to_py() or {}, "models": self._models.to_py() or {},
+        return {"peer": dict(self._raw_peer), "models": _read_map(self._models),
                 "records": sorted(self.records)}
+
+
+def _read_map(m: Map) -> dict[str, Any]:
+    """A map of plain values as Python; the Rust JSON encoder is ~3x faster than ``Map.to_py``."""
+    try:
+        with m.doc.transaction() as txn:
+            return json.loads(m._integrated.to_json(txn._txn)) or {}
+    except (AttributeError, TypeError):  # pycrdt internals moved: the public (slower) way
+        return m.to_py() or {}
+    except ValueError:
+        raise InvalidUpdate("bad_entry", "entry does not read as plain values") from None
 
 
 def _to_raw(v: Any) -> Any:
