@@ -15,7 +15,7 @@ __all__ = ["__version__", "AGENT_VERSION", "Client"]
 
 def __getattr__(name: str):  # lazy: importing swarmlm must not import torch or libp2p
     if name == "Client":
-        from swarmlm.node.client import Client
+        from swarmlm.node.sdk import Client
 
         return Client
     raise AttributeError(f"module 'swarmlm' has no attribute {name!r}")

@@ -126,6 +126,7 @@ class SwarmHost:
         self._dht: Any = None
         self._seq = 0
         self._handled: set[str] = set()
+        self._nursery: Any = None
         self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", self._echo)
 
     @staticmethod
@@ -169,6 +170,7 @@ class SwarmHost:
                                    strict_validation=True, max_peers_per_subnet=0)
                 async with background_trio_service(self._dht):
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         nursery.start_soon(self._ping_loop)
                         nursery.start_soon(self._bootstrap_and_discover)
                         log.info("host %s listening on %s", self.peer_id, ", ".join(self.addrs))
@@ -179,6 +181,7 @@ class SwarmHost:
         finally:
             self._host = None
             self._dht = None
+            self._nursery = None
 
     def _register_handlers(self) -> None:
         for proto in sorted(self.rpc_server.protocols() - self._handled):
@@ -237,8 +240,24 @@ class SwarmHost:
             return False
 
     async def open_stream(self, peer: str, protocol: str) -> Any:
-        """A new libp2p stream to ``peer`` for ``protocol`` (dialing known addresses if needed)."""
+        """A new libp2p stream to ``peer`` for ``protocol`` (dialing known addresses if needed).
+
+        A stream to ourselves (a node that is also the client of its own route) is an in-memory
+        pair served by our RPC server, so callers need no special case."""
+        if peer == self.peer_id:
+            return await self._loopback(protocol)
         return await self._host.new_stream(self._peer(peer), [protocol])
+
+    async def _loopback(self, protocol: str) -> Any:
+        import trio.testing
+
+        from swarmlm.net.rawstream import TrioByteStream
+
+        if protocol not in self.rpc_server.protocols() or self._nursery is None:
+            raise HostError(f"no local handler for {protocol}")
+        ours, theirs = trio.testing.memory_stream_pair()
+        self._nursery.start_soon(self.rpc_server.serve_stream, TrioByteStream(theirs), protocol, self.peer_id)
+        return TrioByteStream(ours)
 
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self._host.get_connected_peers()]

@@ -1,0 +1,171 @@
+"""``swarmlm.Client``: the Python SDK, for plain (non-async) code.
+
+    from swarmlm import Client
+    with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3..."]) as c:
+        for text in c.generate("What is the capital of France?", max_new_tokens=32):
+            print(text, end="", flush=True)
+        print(c.last_summary.route)
+
+The client is a light libp2p peer: it joins through the bootstrap addresses, reads the replicated
+swarm state (it publishes nothing) and runs generations through the swarm with ``SwarmClient``,
+on a trio event loop in a background thread. Errors are ``SwarmError`` subclasses with a clear
+message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.node.generation import GenerationRequest, GenerationSummary, ModelCard
+
+_DONE = object()
+
+
+class ClientError(SwarmError):
+    pass
+
+
+class Client:
+    def __init__(self, bootstrap: list[str] | str, *, ee_key: str | None = None, join_timeout_s: float = 30.0,
+                 listen: str = "/ip4/0.0.0.0/tcp/0") -> None:
+        self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+        if not self.bootstrap:
+            raise ClientError("Client needs at least one bootstrap address (/ip4/.../tcp/.../p2p/...)")
+        self.ee_key = ee_key
+        self.listen = listen
+        self.last_summary: GenerationSummary | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: Any = None
+        self._stop: Any = None
+        self._engine: Any = None
+        self._thread = threading.Thread(target=self._thread_main, name="swarmlm-client", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(join_timeout_s + 10):
+            raise ClientError("the client's network thread did not start")
+        if self._error is not None:
+            raise self._error
+        self._wait_joined(join_timeout_s)
+
+    # -- the trio side -----------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported to the caller thread
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        from swarmlm.crypto.identity import Identity
+        from swarmlm.net.host import HostConfig, SwarmHost
+        from swarmlm.net.state_service import StateService
+        from swarmlm.node.client import SwarmClient
+
+        host = SwarmHost(Identity.generate(), HostConfig(listen=[self.listen], bootstrap=self.bootstrap))
+        state = StateService(host, None, publish=False)
+        self._stop = trio.Event()
+        async with host.running():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(state.run)
+                self._engine = SwarmClient(host, state)
+                if self.ee_key:
+                    from swarmlm.node.ee_client import wrap_ee
+
+                    self._engine = wrap_ee(self._engine, self.ee_key)
+                self._nursery = nursery
+                self._token = trio.lowlevel.current_trio_token()
+                self._ready.set()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+    def _run(self, afn: Any, *args: Any) -> Any:
+        return trio.from_thread.run(afn, *args, trio_token=self._token)
+
+    def _wait_joined(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._run(self._engine.list_models):
+                return
+            time.sleep(0.2)
+        raise ClientError(f"joined {self.bootstrap[0]} but saw no model served within {timeout:.0f} s")
+
+    # -- public API ---------------------------------------------------------------------------------
+    def models(self) -> list[ModelCard]:
+        return self._run(self._engine.list_models)
+
+    def _default_model(self, model: str | None) -> str:
+        if model:
+            return model
+        cards = [c for c in self.models() if c.coverage >= 1.0]
+        if not cards:
+            raise ClientError("no model is fully served by the swarm yet")
+        return cards[0].id
+
+    def route(self, model: str | None = None, max_length: int = 512) -> Any:
+        """The chain of servers a generation of ``model`` would use now."""
+        model = self._default_model(model)
+
+        async def plan() -> Any:
+            return self._engine.plan(model, max_length)
+
+        return self._run(plan)
+
+    def generate(self, prompt: str, model: str | None = None, **sampling: Any) -> Iterator[str]:
+        """Stream the completion of ``prompt``: yields text pieces as they are generated."""
+        return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt,
+                                              params=SamplingParams.from_dict(sampling).validate()))
+
+    def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False,
+             **sampling: Any) -> Any:
+        """Chat with the model's template; returns the answer text (or an iterator with ``stream``)."""
+        it = self._stream(GenerationRequest(model=self._default_model(model), messages=list(messages),
+                                            params=SamplingParams.from_dict(sampling).validate()))
+        return it if stream else "".join(it)
+
+    def _stream(self, request: GenerationRequest) -> Iterator[str]:
+        q: queue.Queue = queue.Queue()
+
+        async def produce() -> None:
+            try:
+                async with self._engine.generate(request) as gen:
+                    async for chunk in gen:
+                        q.put(chunk.text)
+                self.last_summary = gen.summary
+                q.put(_DONE)
+            except BaseException as exc:
+                q.put(exc)
+                if isinstance(exc, trio.Cancelled):
+                    raise
+
+        def start() -> None:
+            self._nursery.start_soon(produce)
+
+        trio.from_thread.run_sync(start, trio_token=self._token)
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        if self._token is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+            self._thread.join(10)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
