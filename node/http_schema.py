@@ -29,9 +29,6 @@ MAX_STOP = 4  # as OpenAI
 MAX_CONSENSUS_K = 16
 MAX_SEED = (1 << 63) - 1
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Accepted and ignored (documented in docs/HTTP_API.md).
-IGNORED = ("user", "presence_penalty", "frequency_penalty", "metadata", "store", "service_tier",
-           "parallel_tool_calls", "reasoning_effort", "modalities", "prediction")
 
 
 class ApiError(Exception):

@@ -20,14 +20,23 @@ def chat(**kw):
     return {"model": MODEL, "messages": OK_MSGS, **kw}
 
 
+_CLIENT = None
+
+
+def client() -> httpx.Client:
+    """One keep-alive client for the module (building one costs ~0.1 s; servers differ by port)."""
+    global _CLIENT
+    if _CLIENT is None:
+        _CLIENT = httpx.Client(trust_env=False, timeout=60)
+    return _CLIENT
+
+
 def post(url: str, path: str, *, json=None, content=None, headers=None) -> httpx.Response:
-    with httpx.Client(trust_env=False, timeout=60) as c:
-        return c.post(url + path, json=json, content=content, headers=headers)
+    return client().post(url + path, json=json, content=content, headers=headers)
 
 
 def get(url: str, path: str, headers=None) -> httpx.Response:
-    with httpx.Client(trust_env=False, timeout=60) as c:
-        return c.get(url + path, headers=headers)
+    return client().get(url + path, headers=headers)
 
 
 def assert_error(r: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
