@@ -19,7 +19,13 @@ def cmd_up(ns: argparse.Namespace) -> int:
     extra = []
     if ns.model:
         extra += ["--model", ns.model]
-    net = LocalTestnet(ns.nodes, ns.base_dir, extra_args=extra, http=ns.http).up(timeout=ns.timeout)
+        from swarmlm.models.registry import resolve
+
+        resolve(ns.model)  # convert a builtin once, before N nodes would all try
+    if ns.max_layers:
+        extra += ["--max-layers", str(ns.max_layers)]
+    net = LocalTestnet(ns.nodes, ns.base_dir, extra_args=extra, http=ns.http,
+                       sequential=bool(ns.model)).up(timeout=ns.timeout)
     out = [{"index": n.index, "pid": n.pid, **n.ready} for n in net.nodes]
     if ns.json:
         print(json.dumps({"base_dir": str(net.base), "nodes": out}))
@@ -47,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=3, metavar="N")
     up.add_argument("--base-dir", default=DEFAULT_BASE, metavar="DIR", help=f"data dirs and logs (default {DEFAULT_BASE})")
     up.add_argument("--model", metavar="SPEC", help="model every node serves (auto layers)")
+    up.add_argument("--max-layers", type=int, metavar="N", help="each node hosts at most N layers (auto placement)")
     up.add_argument("--http", action="store_true", help="each node serves its HTTP API on a free loopback port")
     up.add_argument("--netns", action="store_true", help="start the nodes inside the simulated internet (root)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each node")

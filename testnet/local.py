@@ -76,7 +76,7 @@ def _wait_ready(node: NodeProc, timeout: float) -> dict:
 class LocalTestnet:
     def __init__(self, n: int, base_dir: str | os.PathLike, extra_args: list[str] | None = None,
                  per_node_args: dict[int, list[str]] | None = None, env: dict[str, str] | None = None,
-                 http: bool = False) -> None:
+                 http: bool = False, sequential: bool = False) -> None:
         if n < 1:
             raise TestnetError("a testnet needs at least one node")
         self.n = n
@@ -85,6 +85,7 @@ class LocalTestnet:
         self.per_node = per_node_args or {}
         self.env = env
         self.http = http
+        self.sequential = sequential
         self.nodes: list[NodeProc] = []
 
     def _start(self, i: int, bootstrap: list[str]) -> NodeProc:
@@ -115,8 +116,11 @@ class LocalTestnet:
             for i in range(1, self.n):
                 self.nodes.append(self._start(i, [first.addr]))
                 self._save()
+                if self.sequential:  # auto placement: each node sees what the earlier ones host
+                    self.nodes[-1].ready = _wait_ready(self.nodes[-1], timeout)
             for node in self.nodes[1:]:
-                node.ready = _wait_ready(node, timeout)
+                if not node.ready:
+                    node.ready = _wait_ready(node, timeout)
         except BaseException:
             self.down()
             raise
