@@ -83,6 +83,8 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                if chunk.get("error"):
+                    raise CliError(f"the answer broke off: {chunk['error'].get('message', chunk['error'])}")
                 for choice in chunk.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content") or ""
                     if text:

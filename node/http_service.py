@@ -35,6 +35,6 @@ class HttpService:
         app = create_app(generator, token=self.token, extra_routes=self.extra_routes)
         async with trio.open_nursery() as nursery:
             addr = await nursery.start(serve_http, app, self.host, self.port)
-            node.http_addr = f"{addr.host}:{addr.port}"
+            node.http_addr = str(addr)
             log.info("HTTP API on http://%s/v1", node.http_addr)
             task_status.started()
