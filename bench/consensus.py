@@ -33,7 +33,7 @@ def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int) -> 
                       "bt_rep_acc": round(cold.bt_rep_acc, 4),
                       "bt_rep_acc_established": round(est.bt_rep_acc, 4),
                       "majority_acc_established": round(est.majority_acc, 4)})
-    weak = simulate(replace(base, judge_acc=(0.45, 0.65)))
+    weak = simulate(replace(base, malicious_share=0.0, judge_acc=(0.45, 0.65)))
     log(f"weak judges: majority {weak.majority_acc:.3f} bt {weak.bt_acc:.3f} bt_rep {weak.bt_rep_acc:.3f}")
     times, core = fit_time_ms(50, 50, repeats=fit_repeats, seed=seed)
     return {
@@ -47,6 +47,8 @@ def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int) -> 
         "bt_rep_acc_late": round(main.bt_rep_acc_late, 4),
         "best_node_acc": round(main.best_node_acc, 4),
         "mean_node_acc": round(main.mean_node_acc, 4),
+        "rep_honest": round(main.rep_honest, 4),
+        "rep_malicious": round(main.rep_malicious, 4),
         "weak_judges": {"judge_acc": [0.45, 0.65], "majority_acc": round(weak.majority_acc, 4),
                         "bt_acc": round(weak.bt_acc, 4), "bt_rep_acc": round(weak.bt_rep_acc, 4)},
         "config": {"rounds": rounds, "pool": base.pool, "k": base.k, "options": base.options,
@@ -69,7 +71,8 @@ def summary(r: dict[str, Any]) -> str:
         f"  majority vote        {pct(r['majority_acc'])}",
         f"  Bradley-Terry        {pct(r['bt_acc'])}",
         f"  reputation-weighted  {pct(r['bt_rep_acc'])}   (second half: {pct(r['bt_rep_acc_late'])})",
-        f"  best single node     {pct(r['best_node_acc'])}   mean node {pct(r['mean_node_acc'])}",
+        f"  best single node     {pct(r['best_node_acc'])}   mean honest node {pct(r['mean_node_acc'])}",
+        f"  final reputation: honest nodes {r['rep_honest']:.3f}, malicious nodes {r['rep_malicious']:.3f} (mean)",
         "",
         "malicious share | majority |    BT    | BT+rep (cold) | BT+rep (established swarm)",
     ]

@@ -1,1 +1,18 @@
-"""swarmlm.consensus"""
+"""swarmlm.consensus: pure logic of consensus rounds (no sockets, no clock, no torch).
+
+Modules, bottom up:
+
+* ``bt``          weighted Bradley-Terry fit (MM + Newton), ``aggregate`` over candidate ids
+* ``pairs``       seeded assignment of ~3N ordered pairs per judge, never its own answer
+* ``records``     signed records (spec, candidate, commit, reveal, round record), ``Packet``, commit hash
+* ``audit``       checks of candidates, reveals and whole round records (``verify_record``)
+* ``round``       the coordinator's I/O-free state machine: packets and times in, actions out
+* ``participant`` the answering node's and the judge's side (``answer_packet``, ``JudgeSession``)
+* ``judging``     the ``Judge`` protocol, ``LogLikelihoodJudge``, ``PromptJudge``
+* ``reputation``  reputation, weights, stake and slashing as a pure fold over round records
+* ``calibration`` generated puzzles, grading, signed calibration records
+* ``local``       an in-memory driver of a whole round; ``scenario`` scripted histories for tests
+* ``sim``         the seeded simulation behind ``swarmlm bench consensus``
+
+See docs/CONSENSUS.md for the mechanism and its limits.
+"""

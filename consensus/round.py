@@ -13,6 +13,10 @@ deadline (absolute timestamps fixed in the signed spec); whoever missed it is dr
 goes on if at least ``min_candidates`` / ``min_judges`` remain. A judge is asked to reveal only
 after every commit is in, so nobody can copy votes. A reveal that does not open its commit, or
 votes on pairs it was not assigned, is refused and its judge dropped.
+
+The coordinator may itself answer and judge: the driver then hands the ``Send`` packets addressed
+to its own peer id to its participant side (``participant.py``) like any other. ``local.py`` is a
+complete in-memory driver to copy from.
 """
 
 from __future__ import annotations
@@ -83,6 +87,21 @@ class Finished:
     winner_answer: str
     answers: dict[str, str]  # candidate id -> answer text
     nodes: dict[str, str]  # candidate id -> peer id of its author
+
+    @property
+    def round_id(self) -> str:
+        return self.record.round_id
+
+    def scores(self) -> list[dict[str, object]]:
+        """The score table for the client: one row per candidate, strongest first."""
+        rows = []
+        for blob in self.record.candidates:
+            head = open_as(CandidateHeader, blob)
+            rows.append({"candidate": head.id, "node": head.node, "model": head.model, "sampling": head.sampling,
+                         "strength": self.record.strengths[head.id], "winner": head.id == self.record.winner,
+                         "answer": self.answers[head.id]})
+        rows.sort(key=lambda r: (-float(r["strength"]), str(r["candidate"])))  # type: ignore[arg-type]
+        return rows
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def simulate(cfg: SimConfig) -> SimResult:
     mal = [scores.get(names[i], 0.0) for i in range(cfg.pool) if bad[i]]
     honest_acc = ans_acc[~bad] if (~bad).any() else np.zeros(1)
     return SimResult(cfg, float(arr[:, 0].mean()), float(arr[:, 1].mean()), float(arr[:, 2].mean()),
-                     float(late[:, 2].mean()), float(honest_acc.max()), float(ans_acc.mean()),
+                     float(late[:, 2].mean()), float(honest_acc.max()), float(honest_acc.mean()),
                      float(np.mean(honest)) if honest else float("nan"),
                      float(np.mean(mal)) if mal else float("nan"), time.perf_counter() - t0, per_round)
 
