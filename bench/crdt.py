@@ -19,11 +19,12 @@ from typing import Any
 from swarmlm.bench.common import emit, log, parser
 
 
-def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float) -> dict[str, Any]:
+def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float, lazy: bool = True) -> dict[str, Any]:
     from swarmlm.net.state_memnet import make_swarm, random_write
+    from swarmlm.net.state_wire import Limits
 
     t0 = time.perf_counter()
-    net = make_swarm(n, seed=seed, degree=degree)
+    net = make_swarm(n, seed=seed, degree=degree, limits=Limits(lazy_forward=lazy))
     for pid in sorted(net.nodes):  # everyone announces itself once, as at start-up
         net.send(pid, net.nodes[pid].publish_local(net.now, reach="public"))
     net.settle()
@@ -31,20 +32,21 @@ def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float) -> d
     net.bytes_sent = net.messages_sent = 0
     net.drop_rate = drop
     rng = random.Random(seed + 1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for k in range(updates):
         net.now += 0.001
         random_write(net, rng, k)
     net.run()
     net.drop_rate = 0.0
     rounds = net.settle(max_rounds=200)
-    ms = (time.perf_counter() - t0) * 1000.0
+    ms, cpu_ms = (time.perf_counter() - t0) * 1000.0, (time.process_time() - c0) * 1000.0
     if not net.converged():
         raise RuntimeError(f"{n} replicas did not converge")
     eng = next(iter(net.nodes.values()))
     sv = len(eng._sv_msg(reply=True))
     rejected = sum(sum(e.rejected.values()) for e in net.nodes.values())
-    return {"converge_ms": round(ms, 1), "bytes_sent": net.bytes_sent, "messages": net.messages_sent,
+    return {"converge_ms": round(ms, 1), "bytes_sent": net.bytes_sent, "cpu_ms": round(cpu_ms, 1),
+            "messages": net.messages_sent,
             "anti_entropy_rounds": rounds, "join_ms": round(join_ms, 1), "links": len(net.links),
             "bytes_per_update": round(net.bytes_sent / max(updates, 1), 1), "state_vector_bytes": sv,
             "rejected": rejected, "records": len(eng.state.records())}
@@ -68,17 +70,85 @@ def entry_size() -> dict[str, int]:
     return {"yjs": len(update), "envelope": len(snap.raw)}
 
 
-def bench_libp2p(n: int, updates: int, seed: int) -> dict[str, Any] | None:
-    """### LIBP2P PART: n nodes over real libp2p on loopback, protocol /swarmlm/state/1.
+def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = True) -> dict[str, Any] | None:
+    """### LIBP2P PART: ``n`` nodes over real libp2p on loopback, protocol /swarmlm/state/1.
 
-    Filled in once the state service (carrying ``StateSync`` messages as frames between connected
-    peers) exists in ``swarmlm.net``; until then None, reported as ``null`` with a note.
+    ``SwarmHost`` + ``StateService`` per node in this process (trio), linked as a ring plus random
+    chords; the same random writes as the in-memory part, each followed by a yield so the link
+    writers run; converged when every engine's vector digest is equal. ``bytes_sent`` counts the
+    state messages handed to the streams (as in memory; Noise/Yamux/framing overhead excluded).
+    None when libp2p or the state service is not available.
     """
     try:
-        from swarmlm.net import state_service  # noqa: F401  (the libp2p carrier of StateSync)
-    except ImportError:
+        import trio
+
+        from swarmlm.crypto.identity import Identity
+        from swarmlm.net.host import HostConfig, SwarmHost
+        from swarmlm.net.state_memnet import random_local_write
+        from swarmlm.net.state_service import StateService
+    except ImportError as exc:
+        log(f"libp2p part skipped: {exc}")
         return None
-    return state_service.bench(n=n, updates=updates, seed=seed)  # type: ignore[attr-defined]
+
+    def converged(svcs: list[Any]) -> bool:
+        d = svcs[0].sync.digest()
+        return all(s.sync.digest() == d for s in svcs) and len(svcs[0].sync.replicas) == len(svcs)
+
+    async def wait(svcs: list[Any], timeout: float) -> None:
+        with trio.fail_after(timeout):
+            while not converged(svcs):
+                await trio.sleep(0.005)
+
+    async def run() -> dict[str, Any]:
+        rng = random.Random(seed)
+        hosts = [SwarmHost(Identity.from_seed(rng.randbytes(32)),
+                           HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], discovery_interval_s=3600.0))
+                 for _ in range(n)]
+        svcs = [StateService(h, None, heartbeat_s=3600.0, rng=random.Random(i)) for i, h in enumerate(hosts)]
+        for s in svcs:
+            s.sync.limits.lazy_forward = lazy
+        async with trio.open_nursery() as nursery:
+            async def run_host(h: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                async with h.running():
+                    task_status.started()
+                    await trio.sleep_forever()
+
+            for h in hosts:
+                await nursery.start(run_host, h)
+            for s in svcs:
+                nursery.start_soon(s.run)
+            links = set()
+            for i in range(n):
+                links.add((i, (i + 1) % n))
+                while sum(1 for link in links if i in link) < min(degree, n - 1):
+                    j = rng.randrange(n)
+                    if j != i:
+                        links.add((min(i, j), max(i, j)))
+            t0 = time.perf_counter()
+            for i, j in sorted(links):
+                await hosts[i].connect(hosts[j].addrs[0])
+            await wait(svcs, 60.0)
+            join_ms = (time.perf_counter() - t0) * 1000.0
+            base = sum(s.bytes_out for s in svcs)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for k in range(updates):
+                s = svcs[rng.randrange(n)]
+                s._dispatch(random_local_write(s.sync, rng, time.time(), k))
+                await trio.sleep(0)
+            await wait(svcs, 300.0)
+            ms = (time.perf_counter() - t0) * 1000.0
+            out = {"converge_ms": round(ms, 1), "bytes_sent": sum(s.bytes_out for s in svcs) - base,
+                   "cpu_ms": round((time.process_time() - c0) * 1000.0, 1),
+                   "join_ms": round(join_ms, 1), "links": len(links),
+                   "dropped_on_full_queues": sum(link.dropped for s in svcs for link in s.links.values()),
+                   "rejected": sum(sum(s.sync.rejected.values()) for s in svcs)}
+            nursery.cancel_scope.cancel()
+        return out
+
+    import logging
+
+    logging.getLogger("swarmlm").setLevel(logging.WARNING)
+    return trio.run(run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,22 +157,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--updates", type=int, default=1000, help="random writes per run")
     p.add_argument("--degree", type=int, default=6, help="links per node in the in-memory graph")
     p.add_argument("--drop", type=float, default=0.0, help="fraction of messages lost (anti-entropy repairs)")
+    p.add_argument("--forward", choices=["lazy", "eager"], default="lazy",
+                   help="relays forward incrementals as have/want announcements (lazy, default) or in full")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-libp2p", action="store_true", help="skip the 10 nodes over libp2p")
     ns = p.parse_args(argv)
     result: dict[str, Any] = {"replicas": {}}
     for n in (int(x) for x in ns.sizes.split(",") if x):
         log(f"{n} replicas, {ns.updates} updates, degree {ns.degree}, drop {ns.drop}")
-        result["replicas"][str(n)] = r = bench_memory(n, ns.updates, ns.seed, ns.degree, ns.drop)
+        result["replicas"][str(n)] = r = bench_memory(n, ns.updates, ns.seed, ns.degree, ns.drop,
+                                                      lazy=ns.forward == "lazy")
         log(f"  converged in {r['converge_ms']:.0f} ms, {r['bytes_sent']} bytes, {r['messages']} messages")
-    lp = None if ns.no_libp2p else bench_libp2p(10, ns.updates, ns.seed)
+    lp = None if ns.no_libp2p else bench_libp2p(10, ns.updates, ns.seed, lazy=ns.forward == "lazy")
+    if lp is not None:
+        log(f"  libp2p 10 nodes: {lp['converge_ms']:.0f} ms, {lp['bytes_sent']} bytes")
     result["libp2p_10"] = lp
     if lp is None:
-        result["libp2p_note"] = "skipped" if ns.no_libp2p else "state service over libp2p not available yet"
+        result["libp2p_note"] = "skipped" if ns.no_libp2p else "libp2p or the state service not available"
     sizes = entry_size()
     result["bytes_per_peer_entry"] = sizes["yjs"]
     result["bytes_per_peer_entry_envelope"] = sizes["envelope"]
-    result["params"] = {"updates": ns.updates, "degree": ns.degree, "drop": ns.drop, "seed": ns.seed}
+    result["params"] = {"updates": ns.updates, "degree": ns.degree, "drop": ns.drop, "seed": ns.seed,
+                        "forward": ns.forward}
 
     def summary(r: dict[str, Any]) -> str:
         lines = [f"{'replicas':>8} {'converge_ms':>12} {'bytes_sent':>12} {'bytes/update':>13} {'sv bytes':>9}"]

@@ -71,6 +71,7 @@ class StateSync:
         self.stats: Counter[str] = Counter()
         self.dirty = False
         self._wants: dict[str, dict[str, Any]] = {}
+        self._asked: dict[str, tuple[int, int, float]] = {}  # owner -> (epoch, pulled up to, when)
         self._digest: str | None = None
         self._own_restarted = False
         self._own_merge: list[bytes] = []
@@ -135,10 +136,12 @@ class StateSync:
         except Exception:
             self._reject(peer, "decode")
             return []
-        self.stats[f"rx_{kind}" if kind in ("sv", "dig", "want", "env") else "rx_other"] += 1
+        self.stats[f"rx_{kind}" if kind in ("sv", "dig", "want", "env", "have") else "rx_other"] += 1
         try:
             if kind == "env" and isinstance(msg[1], list):
                 return self._on_envelopes(peer, msg[1], now)
+            if kind == "have":
+                return self._on_have(peer, msg[1], now)
             if kind == "dig":
                 return [] if msg[1] == self.digest() else [(peer, self._sv_msg(reply=True))]
             if kind in ("sv", "want"):
@@ -261,8 +264,7 @@ class StateSync:
                 accepted += self._ingest(peer, raw, now)
             else:
                 self._reject(peer, "decode")
-        out = self._send_all([e.raw for e in accepted], exclude=peer) if accepted else []
-        self.stats["forwarded"] += len(accepted) * max(0, len(self.neighbours) - (peer in self.neighbours))
+        out = self._forward(accepted, exclude=peer) if accepted else []
         if self._own_restarted:
             self._own_restarted = False
             out += self._send_all([self.own.log[0].raw], exclude=None)
@@ -273,6 +275,59 @@ class StateSync:
             out.append((dst, msgpack.packb(["want", want], use_bin_type=True)))
         self._wants.clear()
         return out
+
+    def _forward(self, accepted: list[Entry], exclude: str | None) -> Out:
+        """Forward newly accepted envelopes once to every other neighbour: in full, or (lazy mode)
+        incrementals as ``have`` announcements the neighbours pull with ``want``."""
+        self.stats["forwarded"] += len(accepted) * max(0, len(self.neighbours) - (exclude in self.neighbours))
+        if not self.limits.lazy_forward:
+            return self._send_all([e.raw for e in accepted], exclude)
+        out = self._send_all([e.raw for e in accepted if e.snap], exclude)
+        items = [[e.owner, e.epoch, e.seq] for e in accepted if not e.snap]
+        if items:
+            msg = msgpack.packb(["have", items], use_bin_type=True)
+            out += [(p, msg) for p in sorted(self.neighbours) if p != exclude]
+        return out
+
+    def _on_have(self, peer: str, items: Any, now: float) -> Out:
+        if not isinstance(items, list):
+            raise ValueError("have carries a list")
+        want: dict[str, Any] = {}
+        for it in items:
+            if not (isinstance(it, list) and len(it) == 3 and isinstance(it[0], str)
+                    and type(it[1]) is int and type(it[2]) is int):
+                raise ValueError("have items are [owner, epoch, seq]")
+            owner, epoch, seq = it
+            if owner == self.peer_id or self._knows(owner, epoch, seq, False):
+                continue
+            rep = self.replicas.get(owner)
+            if rep is None or rep.epoch != epoch:  # we lack this epoch: its whole log
+                lo = -1
+            else:
+                lo = rep.seq
+            asked = self._asked.get(owner)  # (epoch, requested up to, when)
+            if asked is not None and asked[0] == epoch and now - asked[2] < self.limits.want_retry_s:
+                if asked[1] >= seq:
+                    continue  # already asked someone for it
+                lo = max(lo, asked[1]) if lo >= 0 else lo
+            prev = want.get(owner)
+            self._asked[owner] = (epoch, max(seq, prev[2] if prev else seq), now)
+            want[owner] = None if lo < 0 else [epoch, prev[1] if prev else lo, self._asked[owner][1]]
+        self.stats["wants_sent"] += bool(want)
+        return [(peer, msgpack.packb(["want", want], use_bin_type=True))] if want else []
+
+    def _knows(self, owner: str, epoch: int, seq: int, snap: bool) -> bool:
+        tomb = self.tombstones.get(owner)
+        if tomb is not None and (epoch, seq) <= tomb:
+            return True
+        if owner in self.pending and (epoch, seq, snap) in self.pending[owner]:
+            return True
+        rep = self.replicas.get(owner)
+        if rep is None:
+            return False
+        if epoch != rep.epoch:
+            return epoch < rep.epoch
+        return seq <= (rep.log[0].seq if snap else rep.seq)
 
     def _ingest(self, sender: str | None, raw: bytes, now: float) -> list[Entry]:
         try:
@@ -298,31 +353,23 @@ class StateSync:
         return self._offer(sender, ent, now)
 
     def _is_stale(self, ent: Entry) -> bool:
-        tomb = self.tombstones.get(ent.owner)
-        if tomb is not None and ent.key <= tomb:
-            return True
-        if ent.owner in self.pending and (ent.epoch, ent.seq, ent.snap) in self.pending[ent.owner]:
-            return True
         rep = self.replicas.get(ent.owner)
-        if rep is None:
+        if ent.owner != self.peer_id and not self._knows(ent.owner, ent.epoch, ent.seq, ent.snap):
             return False
+        if rep is None or ent.owner in self.pending and (ent.epoch, ent.seq, ent.snap) in self.pending[ent.owner]:
+            return True
         if ent.owner == self.peer_id:  # echoes of ours; other epochs only matter right after a start
             g = self._ghost
             if ent.key <= (rep.epoch, rep.seq) and not (self._fresh and ent.epoch < rep.epoch):
                 return True
             return g is not None and (ent.epoch < g.epoch or ent.epoch == g.epoch and ent.seq <= g.seq
                                       and not (ent.snap and ent.seq > g.log[0].seq))
-        if ent.epoch != rep.epoch:
-            return ent.epoch < rep.epoch
-        if ent.snap:
-            return ent.seq <= rep.log[0].seq
-        if ent.seq <= rep.seq:
+        if ent.epoch == rep.epoch and not ent.snap:  # known: look for a different twin (equivocation)
             twin = next((e for e in rep.log if e.seq == ent.seq and not e.snap), None)
             if twin is not None and twin.raw != ent.raw:
                 self.author_faults[ent.owner] += 1
                 self.rejected["equivocation"] += 1
-            return True
-        return False
+        return True
 
     def _offer(self, sender: str | None, ent: Entry, now: float) -> list[Entry]:
         rep = self.replicas.get(ent.owner)
@@ -417,7 +464,8 @@ class StateSync:
                 raws += [e.raw for e in rep.log]
             elif theirs[0] == rep.epoch and theirs[1] < rep.seq:
                 after = theirs[1] if theirs[1] >= rep.log[0].seq else -1
-                raws += [e.raw for e in rep.log if e.seq > after]
+                upto = theirs[2] if len(theirs) == 3 else rep.seq
+                raws += [e.raw for i, e in enumerate(rep.log) if e.seq > after and (e.seq <= upto or i == 0)]
         self.stats["answered"] += len(raws)
         return batch(peer, raws, self.limits.max_message_bytes)
 
@@ -454,6 +502,10 @@ class StateSync:
                     self.tombstones.popitem(last=False)
                 self.stats["compacted"] += 1
                 self._changed()
+        if len(self._asked) > 65536:
+            self._asked.clear()
+        for o in [o for o, (_, _, at) in self._asked.items() if now - at > self.limits.want_retry_s]:
+            del self._asked[o]
         for o in list(self.pending):
             slot = self.pending[o]
             for k in [k for k, (_, t) in slot.items() if now - t > self.limits.pending_ttl]:

@@ -32,6 +32,8 @@ class Limits:
     ttl: float = 60.0  # heartbeat older than this: offline
     compact_after: float = 24 * 3600.0  # heartbeat older than this: forgotten
     pending_ttl: float = 60.0
+    lazy_forward: bool = True  # forward incrementals as ["have"] announcements, pulled with ["want"]
+    want_retry_s: float = 2.0  # ask another announcer after this long
     penalty: float = 10.0
     reward: float = 0.1
     ban_score: float = -100.0
@@ -87,17 +89,18 @@ def decode_entry(raw: bytes, limits: Limits) -> tuple[Entry, Envelope]:
     return Entry(raw, p["o"], p["e"], p["s"], bool(p["k"]), p["u"]), env
 
 
-def parse_vector(raw: Any) -> dict[str, tuple[int, int] | None]:
+def parse_vector(raw: Any) -> dict[str, tuple[int, ...] | None]:
+    """``{owner: [epoch, seq]}`` (a ``want`` may add a third item: only up to that seq)."""
     if not isinstance(raw, dict):
         raise ValueError("vector must be a map")
-    out: dict[str, tuple[int, int] | None] = {}
+    out: dict[str, tuple[int, ...] | None] = {}
     for o, k in raw.items():
         if not isinstance(o, str):
             raise ValueError("vector keys are peer ids")
         if k is None:
             out[o] = None
-        elif isinstance(k, list) and len(k) == 2 and all(type(x) is int for x in k):
-            out[o] = (k[0], k[1])
+        elif isinstance(k, list) and len(k) in (2, 3) and all(type(x) is int for x in k):
+            out[o] = tuple(k)
         else:
             raise ValueError("vector values are [epoch, seq]")
     return out

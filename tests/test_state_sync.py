@@ -179,3 +179,21 @@ def test_identities_are_distinct_in_make_swarm():
     net = make_swarm(5, seed=14)
     assert len({e.identity.peer_id for e in net.nodes.values()}) == 5
     assert isinstance(next(iter(net.nodes.values())).identity, Identity)
+
+
+def test_lazy_forwarding_converges_with_fewer_bytes():
+    sent = {}
+    for lazy in (False, True):
+        net = make_swarm(10, seed=16, degree=5, limits=Limits(lazy_forward=lazy))
+        net.bytes_sent = 0
+        _writes(net, 100, seed=17)
+        assert net.settle() == 0 and net.converged()  # no anti-entropy round needed without loss
+        sent[lazy] = net.bytes_sent
+    assert sent[True] < 0.7 * sent[False]
+
+
+def test_lazy_forwarding_repairs_loss():
+    net = make_swarm(10, seed=18, drop_rate=0.2, reorder=True, limits=Limits(lazy_forward=True, snapshot_every=8))
+    _writes(net, 100, seed=19)
+    net.drop_rate = 0.0
+    assert net.settle(max_rounds=60) < 60 and net.converged()
