@@ -75,6 +75,11 @@ class FrameStream:
         self.peer = peer
         self.bytes_in = 0
         self.bytes_out = 0
+        # fewer copies where the stream offers them (net.fastpath's yamux streams, also under a
+        # py-libp2p NetStream): scatter writes, and reads that append to our buffer
+        inner = getattr(stream, "muxed_stream", stream)
+        self._write_parts = getattr(inner, "write_parts", None)
+        self._read_into = getattr(inner, "read_into", None)
 
     def _closed(self, exc: BaseException) -> bool:
         return isinstance(exc, (EOFError, ConnectionError, trio.BrokenResourceError,
@@ -84,14 +89,16 @@ class FrameStream:
         chunks = encode_frame(value, self.limits)
         size = sum(memoryview(c).nbytes for c in chunks)
         # small frames: one write (one muxer frame, one encrypted record); large: no join copy
-        data = b"".join(chunks) if size <= 256 * 1024 else None
+        data = b"".join(chunks) if size <= 256 * 1024 and self._write_parts is None else None
         try:
             if data is not None:
                 await self.stream.write(data)
+            elif self._write_parts is not None:
+                await self._write_parts(chunks)
             else:
                 for c in chunks:
                     if memoryview(c).nbytes:
-                        await self.stream.write(bytes(c) if not isinstance(c, bytes) else c)
+                        await self.stream.write(c)
         except Exception as exc:
             if self._closed(exc):
                 raise StreamClosedError(f"send failed: {type(exc).__name__}", self.peer) from None
@@ -101,6 +108,9 @@ class FrameStream:
     async def _read_exact(self, n: int, into: bytearray) -> None:
         while len(into) < n:
             try:
+                if self._read_into is not None:
+                    await self._read_into(into, n - len(into))
+                    continue
                 chunk = await self.stream.read(n - len(into))
             except Exception as exc:
                 if self._closed(exc):
