@@ -215,3 +215,12 @@ async def udp_punch(sock: trio.socket.SocketType, remote: Addr, *, token: bytes,
         sent += 1
         await trio.sleep(interval)
     return UdpPunch(seen[0], sent, elapsed)
+
+
+async def udp_keepalive(sock: trio.socket.SocketType, remote: Addr, token: bytes,
+                        interval: float = UDP_KEEPALIVE_S) -> None:
+    """Send ``token`` to ``remote`` every ``interval`` seconds until cancelled, so both NATs keep the
+    mapping of a quiet punched UDP path (conntrack forgets UDP after 30 s unreplied, 120 s assured)."""
+    while True:
+        await sock.sendto(token, remote)
+        await trio.sleep(interval)

@@ -169,7 +169,7 @@ class Topology:
     """
 
     def __init__(self, *, prefix: str = PREFIX, detached: bool = False, run_id: str | None = None,
-                 filter_wan: bool = True) -> None:
+                 filter_wan: bool = True, udp_timeouts: tuple[int, int] | None = None) -> None:
         owner = 0 if detached else os.getpid()
         self.run_id = run_id or f"{owner}-{secrets.token_hex(2)}"
         self.prefix = prefix
@@ -178,6 +178,7 @@ class Topology:
         for name, nat, idx, wan in _HOMES:
             self.sites[name] = Site(name, self._name(name), f"10.{idx}.0.2", wan, nat, self._name("r" + name))
         self.filter_wan = filter_wan  # False only to reproduce the conntrack clash (docs/NAT.md)
+        self.udp_timeouts = udp_timeouts  # routers' (unreplied, assured) UDP conntrack timeouts; kernel: (30, 120)
         self._procs: list[subprocess.Popen] = []
         self._up = False
 
@@ -232,6 +233,9 @@ class Topology:
             self._ip(site.ns, "addr", "add", f"{site.host_ip}/24", "dev", "eth0")
             self._ip(site.ns, "route", "add", "default", "via", f"{lan}.1")
             self._sysctl(r, "net.ipv4.ip_forward", "1")
+            if self.udp_timeouts:  # shortened only to test keep-alives quickly
+                self._sysctl(r, "net.netfilter.nf_conntrack_udp_timeout", str(self.udp_timeouts[0]))
+                self._sysctl(r, "net.netfilter.nf_conntrack_udp_timeout_stream", str(self.udp_timeouts[1]))
             _run(["ip", "netns", "exec", r, "iptables-restore"], stdin=_router_rules(site.nat == "symmetric", self.filter_wan))
 
     def _wire(self, ns_a: str, if_a: str, ns_b: str, if_b: str, *, bridge: bool = True) -> None:

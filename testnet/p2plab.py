@@ -144,6 +144,8 @@ def run_pair(topo: Any, relay_addr: str, x: str, y: str, port: int, punch_timeou
         rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         if not rows:
             return {"relayed": False, "error": err[-1500:]}
+        if not rows[-1].get("direct"):
+            rows[-1]["stderr_tail"] = err[-1500:]
         return rows[-1]
     finally:
         listener.terminate()

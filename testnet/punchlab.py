@@ -17,15 +17,25 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import trio
 
 from swarmlm.net.holepunch import (PunchError, bound_socket, dial_from, fmt_addr, parse_addr, reuse_listener,
-                                   tcp_simultaneous_open, udp_punch)
+                                   tcp_simultaneous_open, udp_keepalive, udp_punch)
 
 MAX_LINE = 1024
 RENDEZVOUS_PORT = 7000
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    timeout: float = 5.0  # seconds per punch
+    delay: float = 0.0  # wait this long after the rendezvous answers (simulates hearing "go" late)
+    idle: float = 0.0  # udp: after the punch stay quiet this long, then test the path
+    keepalive: float = 0.0  # udp: during idle send a keep-alive every this many seconds (0: none)
+    probe: bool = False  # udp idle test: this side sends the probe (the other side listens for it)
 
 
 async def _read_line(stream: trio.SocketStream, buf: bytearray) -> bytes:
@@ -137,8 +147,8 @@ async def serve(port: int) -> None:
 
 
 # -- clients (home hosts) -----------------------------------------------------------------------------
-async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
-                   delay: float = 0.0) -> dict:
+async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int,
+                   opts: TrialOptions) -> dict:
     """One TCP trial: listen on ``port``, learn addresses from the rendezvous, punch, say hello."""
     out: dict[str, Any] = {"proto": "tcp", "session": session, "name": name, "ok": False}
     listener = await reuse_listener(port)
@@ -149,9 +159,10 @@ async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             await _send_json(signal_stream, {"session": session, "name": name, "peer": peer})
             info = json.loads(await _read_line(signal_stream, bytearray()))
         out.update(you=info["you"], peer_public=info["peer"])
-        await trio.sleep(delay)  # simulates the peer hearing "go" later (asymmetric latency)
+        await trio.sleep(opts.delay)  # simulates the peer hearing "go" later (asymmetric latency)
         try:
-            punch = await tcp_simultaneous_open(port, parse_addr(info["peer"]), listener=listener, timeout=timeout)
+            punch = await tcp_simultaneous_open(port, parse_addr(info["peer"]), listener=listener,
+                                                timeout=opts.timeout)
         except PunchError as exc:
             out["error"] = str(exc)
             return out
@@ -168,8 +179,8 @@ async def tcp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             await signal_stream.aclose()
 
 
-async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
-                   delay: float = 0.0) -> dict:
+async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int,
+                   opts: TrialOptions) -> dict:
     """One UDP trial: register from ``port`` until the rendezvous answers, then punch."""
     out: dict[str, Any] = {"proto": "udp", "session": session, "name": name, "ok": False}
     sock = await bound_socket("udp", port)
@@ -187,23 +198,47 @@ async def udp_trial(rv: tuple[str, int], session: str, name: str, peer: str, por
             out["error"] = "rendezvous did not answer"
             return out
         out.update(you=info["you"], peer_public=info["peer"])
-        await trio.sleep(delay)
+        await trio.sleep(opts.delay)
         tok, peer_tok = f"punch:{session}:{name}".encode(), f"punch:{session}:{peer}".encode()
         try:
-            punch = await udp_punch(sock, parse_addr(info["peer"]), token=tok, peer_token=peer_tok, timeout=timeout)
+            punch = await udp_punch(sock, parse_addr(info["peer"]), token=tok, peer_token=peer_tok,
+                                    timeout=opts.timeout)
         except PunchError as exc:
             out["error"] = str(exc)
             return out
         out.update(ok=True, remote=fmt_addr(punch.remote), sent=punch.sent, elapsed_s=round(punch.elapsed_s, 4))
+        if opts.idle > 0:
+            out["alive"] = await _idle_then_probe(sock, punch.remote, f"{session}:{name}", f"{session}:{peer}", opts)
         return out
 
 
-async def relay_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int, timeout: float,
-                     delay: float = 0.0) -> dict:
+async def _idle_then_probe(sock: Any, remote: tuple[str, int], me: str, peer: str, opts: TrialOptions) -> bool | None:
+    """Stay quiet (but for keep-alives) for ``opts.idle`` s, then the prober sends 3 probes and the other
+    side reports whether one arrived: did the NAT mappings survive the idle time?"""
+    async with trio.open_nursery() as nursery:
+        if opts.keepalive > 0:
+            nursery.start_soon(udp_keepalive, sock, remote, f"ka:{me}".encode(), opts.keepalive)
+        await trio.sleep(opts.idle)
+        nursery.cancel_scope.cancel()
+    if opts.probe:
+        for _ in range(3):
+            await sock.sendto(f"probe:{me}".encode(), remote)
+            await trio.sleep(0.1)
+        return None
+    with trio.move_on_after(2.0):
+        while True:
+            data, _addr = await sock.recvfrom(MAX_LINE)
+            if data == f"probe:{peer}".encode():
+                return True
+    return False
+
+
+async def relay_trial(rv: tuple[str, int], session: str, name: str, peer: str, port: int,
+                     opts: TrialOptions) -> dict:
     """One relayed exchange through the public host: the fallback when punching is impossible."""
     out: dict[str, Any] = {"proto": "relay", "session": session, "name": name, "ok": False}
     t0 = time.monotonic()
-    with trio.move_on_after(timeout + 10):
+    with trio.move_on_after(opts.timeout + 10):
         stream = await dial_from(port, rv)
         async with stream:
             buf = bytearray()
@@ -220,10 +255,10 @@ TRIALS = {"tcp": tcp_trial, "udp": udp_trial, "relay": relay_trial}
 
 
 async def run_client(proto: str, rv: tuple[str, int], session: str, name: str, peer: str, port: int,
-                     trials: int, timeout: float, delay: float = 0.0) -> None:
+                     trials: int, opts: TrialOptions) -> None:
     for i in range(trials):
         try:
-            res = await TRIALS[proto](rv, f"{session}-{i}", name, peer, port + i, timeout, delay)
+            res = await TRIALS[proto](rv, f"{session}-{i}", name, peer, port + i, opts)
         except (OSError, ValueError, KeyError, EOFError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             res = {"proto": proto, "session": f"{session}-{i}", "name": name, "ok": False, "error": repr(exc)}
         res["trial"] = i
@@ -231,11 +266,13 @@ async def run_client(proto: str, rv: tuple[str, int], session: str, name: str, p
 
 
 def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: float = 5.0,
-               base_port: int = 40000, rendezvous: str | None = None,
-               delay_y: float = 0.0) -> list[tuple[dict, dict]]:
+               base_port: int = 40000, rendezvous: str | None = None, delay_y: float = 0.0,
+               idle: float = 0.0, keepalive: float = 0.0) -> list[tuple[dict, dict]]:
     """Run ``n`` trials of ``proto`` between sites ``x`` and ``y`` of ``topo``; returns (x's, y's) results.
 
     ``delay_y`` makes ``y`` start punching that many seconds after ``x`` (so x's first packets are dropped).
+    ``idle``/``keepalive`` (udp): after the punch both stay quiet, sending keep-alives every ``keepalive``
+    s if > 0; then ``y`` probes and x's result says whether the probe got through (``"alive"``).
 
     A rendezvous must already serve on the public host (``start_rendezvous``).
     """
@@ -247,12 +284,14 @@ def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: f
     for me, other in ((x, y), (y, x)):
         args = [proto, "--rendezvous", rv, "--session", session, "--name", me, "--peer", other,
                 "--port", str(base_port), "--trials", str(n), "--timeout", str(timeout),
-                "--delay", str(delay_y if me == y else 0.0)]
+                "--delay", str(delay_y if me == y else 0.0), "--idle", str(idle), "--keepalive", str(keepalive)]
+        if me == y:
+            args.append("--probe")
         procs.append(topo.python_in(me, "swarmlm.testnet.punchlab", *args, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True))
     outs = []
     for proc in procs:
-        stdout, stderr = proc.communicate(timeout=n * (timeout + 25) + 30)
+        stdout, stderr = proc.communicate(timeout=n * (timeout + idle + 25) + 30)
         rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         if len(rows) != n:
             raise RuntimeError(f"punchlab client gave {len(rows)}/{n} results; stderr: {stderr[-2000:]}")
@@ -285,13 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         c.add_argument("--trials", type=int, default=1)
         c.add_argument("--timeout", type=float, default=5.0, help="seconds per punch")
         c.add_argument("--delay", type=float, default=0.0, help="wait this long after the rendezvous answers")
+        c.add_argument("--idle", type=float, default=0.0, help="udp: stay quiet this long after the punch")
+        c.add_argument("--keepalive", type=float, default=0.0, help="udp: keep-alive period while idle")
+        c.add_argument("--probe", action="store_true", help="udp idle test: send the probe (else listen)")
     ns = ap.parse_args(argv)
     try:
         if ns.cmd == "serve":
             trio.run(serve, ns.port)
         else:
+            opts = TrialOptions(ns.timeout, ns.delay, ns.idle, ns.keepalive, ns.probe)
             trio.run(run_client, ns.cmd, parse_addr(ns.rendezvous), ns.session, ns.name, ns.peer, ns.port,
-                     ns.trials, ns.timeout, ns.delay)
+                     ns.trials, opts)
     except KeyboardInterrupt:
         pass
     return 0

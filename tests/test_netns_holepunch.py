@@ -106,3 +106,16 @@ def test_router_without_wan_filter_breaks_udp_punching(record_property) -> None:
         rows = run_trials(bare, "udp", "a", "b", 3, timeout=1.5, base_port=40600)
     _report(record_property, "udp_cone_cone_no_wan_filter", rows)
     assert _successes(rows) <= 1, rows
+
+
+def test_udp_keepalives_keep_the_path_open(record_property) -> None:
+    """Routers forget quiet UDP flows (conntrack: 30 s unreplied, 120 s assured; shortened here to 2/3 s):
+    a punched path survives 5 s of idling with 1 s keep-alives and dies without them."""
+    _require_netns()
+    with Topology(udp_timeouts=(2, 3)) as short:
+        start_rendezvous(short)
+        kept = run_trials(short, "udp", "a", "b", 1, timeout=3, base_port=40700, idle=5, keepalive=1)
+        quiet = run_trials(short, "udp", "a", "b", 1, timeout=3, base_port=40800, idle=5, keepalive=0)
+    assert kept[0][0]["ok"] and quiet[0][0]["ok"], (kept, quiet)
+    assert kept[0][0]["alive"] is True, kept
+    assert quiet[0][0]["alive"] is False, quiet
