@@ -125,8 +125,9 @@ def fit(wins: np.ndarray, prior: float = DEFAULT_PRIOR, tol: float = 1e-10, mm_i
 def fit_votes(n: int, first: Sequence[int], second: Sequence[int], score: Sequence[float],
               weight: Sequence[float], prior: float = DEFAULT_PRIOR) -> BTResult:
     """Fit from vote arrays (see ``win_matrix``); the winner is the strongest, lowest index on a tie."""
-    p, iters = fit(win_matrix(n, np.asarray(first), np.asarray(second), np.asarray(score),
-                              np.asarray(weight)), prior=prior)
+    p, iters = fit(win_matrix(n, np.fromiter(first, np.int64, len(first)), np.fromiter(second, np.int64, len(second)),
+                              np.fromiter(score, np.float64, len(score)), np.fromiter(weight, np.float64, len(weight))),
+                   prior=prior)
     winner = int(np.argmax(p)) if n else -1
     return BTResult(tuple(float(x) for x in p), winner, iters)
 
@@ -148,9 +149,12 @@ def aggregate(candidates: Sequence[str], votes: Mapping[str, Iterable[tuple[str,
         if w <= 0.0:
             continue
         vs = list(votes[judge])
-        first += [index[a] for a, _, _ in vs]
-        second += [index[b] for _, b, _ in vs]
-        score += [_OUTCOME_SCORE[o] for _, _, o in vs]
+        if not vs:
+            continue
+        a_ids, b_ids, outcomes = zip(*vs)
+        first += map(index.__getitem__, a_ids)
+        second += map(index.__getitem__, b_ids)
+        score += map(_OUTCOME_SCORE.__getitem__, outcomes)
         weight += [w] * len(vs)
     return fit_votes(len(candidates), first, second, score, weight, prior=prior)
 
