@@ -48,7 +48,8 @@ from swarmlm.crypto.envelope import Envelope, EnvelopeError, canonical_packb
 from swarmlm.crypto.identity import Identity
 from swarmlm.net.state_wire import (DOMAIN, PROTOCOL_ID, Entry, Limits, Out, Replica, batch, decode_entry,
                                     parse_vector)
-from swarmlm.net.swarm_state import InvalidUpdate, ModelInfo, OwnerDoc, Record, SwarmState, make_record
+from swarmlm.net.swarm_state import (MAX_RECORDS_PER_OWNER, InvalidUpdate, ModelInfo, OwnerDoc, Record, StateError, SwarmState, doc_owner,
+                                     make_record, records_key)
 
 __all__ = ["DOMAIN", "PROTOCOL_ID", "Limits", "Out", "StateSync", "TICK_S", "HEARTBEAT_S", "SAVE_S"]
 TICK_S, HEARTBEAT_S, SAVE_S = 5.0, 10.0, 30.0
@@ -59,6 +60,7 @@ class StateSync:
     def __init__(self, identity: Identity, *, now: float, rng: random.Random,
                  limits: Limits | None = None, restore: bytes | None = None) -> None:
         self.identity, self.peer_id = identity, identity.peer_id
+        self._rkey = records_key(self.peer_id)
         self.rng, self.limits = rng, limits or Limits()
         self.state = SwarmState(ttl=self.limits.ttl)
         self.replicas: dict[str, Replica] = {}
@@ -81,12 +83,17 @@ class StateSync:
         if restore is not None:
             epoch = self._restore(restore, now, epoch)
         else:
-            self._start_epoch(epoch, None)
+            self._start_epoch(epoch, None, None)
 
     # ------------------------------------------------------------ public API
     @property
     def own(self) -> Replica:
+        """Our entry document's replica."""
         return self.replicas[self.peer_id]
+
+    @property
+    def own_records(self) -> Replica:
+        return self.replicas[self._rkey]
 
     def on_connect(self, peer: str) -> Out:
         self.neighbours.add(peer)
@@ -103,13 +110,15 @@ class StateSync:
         doc = self.own.doc
         updates = [doc.write_peer(heartbeat=float(now), **fields)]
         updates += [doc.write_model(m) for m in models]
-        return self._push_local([u for u in updates if u], now)
+        return self._push_local(self.peer_id, [u for u in updates if u])
 
     def add_record(self, kind: str, body: Any, now: float) -> tuple[Record, Out]:
         """Sign a record, add it to our document and push it; ``state.records(kind=...)`` finds it."""
         rec = make_record(self.identity, kind, body, now)
-        up = self.own.doc.add_record(rec)
-        return rec, self._push_local([up] if up else [], now)
+        if self.own_records.size + len(rec.envelope) + 256 > self.limits.max_doc_bytes:
+            raise StateError("our records document is full for this epoch")
+        up = self.own_records.doc.add_record(rec)
+        return rec, self._push_local(self._rkey, [up] if up else [])
 
     def tick(self, now: float) -> Out:
         """Anti-entropy with one random neighbour; compaction of long-gone peers."""
@@ -172,84 +181,94 @@ class StateSync:
                              use_bin_type=True)
 
     # ------------------------------------------------------------ local writes
-    def _start_epoch(self, epoch: int, content: OwnerDoc | None) -> None:
-        doc = OwnerDoc(self.peer_id, epoch, local=True)
-        if content is not None:
-            raw = content.to_py()["peer"]
+    def _start_epoch(self, epoch: int, entry: OwnerDoc | None, records: OwnerDoc | None) -> None:
+        """Both our documents in a new epoch (fresh Yjs client ids), content carried over."""
+        doc, rdoc = OwnerDoc(self.peer_id, epoch, local=True), OwnerDoc(self._rkey, epoch, local=True)
+        if entry is not None:
+            raw = entry.to_py()["peer"]
             if raw:
                 doc.write_peer(**raw)
-            for m in content.models.values():
+            for m in entry.models.values():
                 doc.write_model(m)
-            for r in sorted(content.records.values(), key=lambda r: (r.created, r.key)):
-                doc.add_record(r)
-        self.replicas[self.peer_id] = Replica(doc)
-        self.own.log = [self._seal(0, True, doc.full_update())]
+        if records is not None:
+            for r in sorted(records.records.values(), key=lambda r: (r.created, r.key)):
+                rdoc.add_record(r)
+        for d in (doc, rdoc):
+            self.replicas[d.key] = Replica(d)
+            self.replicas[d.key].log = [self._seal(d.key, 0, True, d.full_update())]
+            self.state.docs[d.key] = d
         self._changed()
 
-    def _adopt_own(self, ent: Entry, sender: str | None, now: float) -> None:
-        """An envelope of our own from another epoch (we restarted without, or with older, state).
+    def _new_epoch(self, above: int, now: float) -> None:
+        self._start_epoch(max(above + 1, self.own.epoch + 1, int(now * 1000)), self.own.doc, self.own_records.doc)
+        self._own_restarted = True
 
-        Rebuild that epoch's document on the side (a "ghost"), take back the records it has that
-        we lack, and when the swarm holds a newer epoch of ours than we do, start one above it.
+    def _adopt_own(self, ent: Entry, sender: str | None, now: float) -> None:
+        """An envelope of ours from another epoch (we restarted without, or with older, state).
+
+        Rebuild that epoch's records document on the side (a "ghost"), take back the records it
+        has that we lack, and when the swarm holds a newer epoch of ours, start one above it.
         """
         self.stats["own_imported"] += 1
+        mine = self.replicas[ent.owner]
+        if ent.owner == self.peer_id:  # our entry: nothing to take back, only the epoch matters
+            if ent.key > (mine.epoch, mine.seq):
+                self._new_epoch(ent.epoch, now)
+            return
         g = self._ghost
         try:
             if g is None or ent.epoch > g.epoch:
                 if not ent.snap:
-                    if ent.epoch >= self.own.epoch:  # same epoch number reused: just move above it
-                        self._start_epoch(max(ent.epoch + 1, self.own.epoch + 1, int(now * 1000)), self.own.doc)
-                        self._own_restarted = True
+                    if ent.epoch >= mine.epoch:  # same epoch number reused: just move above it
+                        self._new_epoch(ent.epoch, now)
                     elif sender is not None:
-                        self._wants.setdefault(sender, {})[self.peer_id] = None
+                        self._wants.setdefault(sender, {})[ent.owner] = None
                     return
-                g = self._ghost = Replica(OwnerDoc(self.peer_id, ent.epoch), [ent], ent.seq)
+                g = self._ghost = Replica(OwnerDoc(ent.owner, ent.epoch), [ent], ent.seq)
                 g.doc.apply(ent.update)
             elif ent.epoch == g.epoch and (ent.snap and ent.seq > g.log[0].seq or ent.seq == g.seq + 1):
                 g.doc.apply(ent.update)
                 g.seq = max(g.seq, ent.seq)
             elif ent.epoch == g.epoch and ent.seq > g.seq + 1 and sender is not None:
-                self._wants.setdefault(sender, {})[self.peer_id] = None
+                self._wants.setdefault(sender, {})[ent.owner] = None
                 return
             else:
                 return
         except InvalidUpdate:
             self._ghost = None
             return
-        mine = self.own.doc
-        lost = [r for r in g.doc.records.values() if r.key not in mine.records]
-        if (ent.epoch, ent.seq) >= (self.own.epoch, self.own.seq):
+        lost = [r for r in g.doc.records.values() if r.key not in mine.doc.records]
+        if ent.key >= (mine.epoch, mine.seq):
             for rec in lost:
-                mine.add_record(rec)
+                mine.doc.add_record(rec)
             self.stats["own_newer"] += 1
-            self._start_epoch(max(ent.epoch + 1, self.own.epoch + 1, int(now * 1000)), mine)
-            self._own_restarted = True
+            self._new_epoch(ent.epoch, now)
         elif lost:
-            self._own_merge += [mine.add_record(rec) for rec in lost]
+            self._own_merge += [mine.doc.add_record(rec) for rec in lost]
 
-    def _seal(self, seq: int, snap: bool, update: bytes) -> Entry:
-        doc = self.own.doc
-        payload = msgpack.packb({"o": self.peer_id, "e": doc.epoch, "s": seq, "k": int(snap), "u": update},
-                                use_bin_type=True)
+    def _seal(self, key: str, seq: int, snap: bool, update: bytes) -> Entry:
+        epoch = self.replicas[key].epoch
+        payload = msgpack.packb({"o": key, "e": epoch, "s": seq, "k": int(snap), "u": update}, use_bin_type=True)
         raw = Envelope.seal(self.identity, DOMAIN, payload).encode()
-        return Entry(raw, self.peer_id, doc.epoch, seq, snap, update)
+        return Entry(raw, key, epoch, seq, snap, update)
 
-    def _push_local(self, updates: list[bytes], now: float) -> Out:
+    def _push_local(self, key: str, updates: list[bytes]) -> Out:
         if not updates:
             return []
-        own = self.own
+        own = self.replicas[key]
         entries = []
         for up in updates:
             own.seq += 1
-            ent = self._seal(own.seq, False, up)
+            ent = self._seal(key, own.seq, False, up)
             own.log.append(ent)
             entries.append(ent)
         incs, base = own.seq - own.log[0].seq, len(own.log[0].update)
-        # a snapshot once the incrementals outweigh the last one (so snapshots cost at most as much
-        # traffic as the updates themselves) and at least every snapshot_every updates
-        if (incs >= self.limits.snapshot_every and own.size - base >= base or incs >= self.limits.max_log // 2
-                or own.size > self.limits.max_doc_bytes // 2):
-            snap = self._seal(own.seq, True, own.doc.full_update())
+        # entry document: a snapshot once the incrementals outweigh the last one (so snapshots cost
+        # at most as much traffic as the updates) and at least every snapshot_every updates. The
+        # records document only grows: its log is as compact as a snapshot, so it never needs one.
+        if key == self.peer_id and (incs >= self.limits.snapshot_every and own.size - base >= base
+                                    or incs >= self.limits.max_log // 2 or own.size > self.limits.max_doc_bytes // 2):
+            snap = self._seal(key, own.seq, True, own.doc.full_update())
             own.log = [snap]
             entries.append(snap)
             self.stats["snapshots"] += 1
@@ -267,9 +286,9 @@ class StateSync:
         out = self._forward(accepted, exclude=peer) if accepted else []
         if self._own_restarted:
             self._own_restarted = False
-            out += self._send_all([self.own.log[0].raw], exclude=None)
+            out += self._send_all([self.own.log[0].raw, self.own_records.log[0].raw], exclude=None)
         if self._own_merge:
-            out += self._push_local([u for u in self._own_merge if u], now)
+            out += self._push_local(self._rkey, [u for u in self._own_merge if u])
             self._own_merge = []
         for dst, want in self._wants.items():
             out.append((dst, msgpack.packb(["want", want], use_bin_type=True)))
@@ -298,7 +317,7 @@ class StateSync:
                     and type(it[1]) is int and type(it[2]) is int):
                 raise ValueError("have items are [owner, epoch, seq]")
             owner, epoch, seq = it
-            if owner == self.peer_id or self._knows(owner, epoch, seq, False):
+            if doc_owner(owner) == self.peer_id or self._knows(owner, epoch, seq, False):
                 continue
             rep = self.replicas.get(owner)
             if rep is None or rep.epoch != epoch:  # we lack this epoch: its whole log
@@ -343,9 +362,9 @@ class StateSync:
             return []
         if not env.verify():
             return self._reject(sender, "signature")
-        if env.author != ent.owner:
+        if env.author != doc_owner(ent.owner):
             return self._reject(sender, "not_owner")  # signed by A, writes B's document
-        if ent.owner == self.peer_id:
+        if ent.owner in (self.peer_id, self._rkey):
             self._adopt_own(ent, sender, now)
             return []
         if len(ent.update) > self.limits.max_update_bytes and not ent.snap:
@@ -354,12 +373,13 @@ class StateSync:
 
     def _is_stale(self, ent: Entry) -> bool:
         rep = self.replicas.get(ent.owner)
-        if ent.owner != self.peer_id and not self._knows(ent.owner, ent.epoch, ent.seq, ent.snap):
+        mine = ent.owner in (self.peer_id, self._rkey)
+        if not mine and not self._knows(ent.owner, ent.epoch, ent.seq, ent.snap):
             return False
         if rep is None or ent.owner in self.pending and (ent.epoch, ent.seq, ent.snap) in self.pending[ent.owner]:
             return True
-        if ent.owner == self.peer_id:  # echoes of ours; other epochs only matter right after a start
-            g = self._ghost
+        if mine:  # echoes of ours; other epochs only matter right after a start
+            g = self._ghost if ent.owner == self._rkey else None
             if ent.key <= (rep.epoch, rep.seq) and not (self._fresh and ent.epoch < rep.epoch):
                 return True
             return g is not None and (ent.epoch < g.epoch or ent.epoch == g.epoch and ent.seq <= g.seq
@@ -367,7 +387,7 @@ class StateSync:
         if ent.epoch == rep.epoch and not ent.snap:  # known: look for a different twin (equivocation)
             twin = next((e for e in rep.log if e.seq == ent.seq and not e.snap), None)
             if twin is not None and twin.raw != ent.raw:
-                self.author_faults[ent.owner] += 1
+                self.author_faults[doc_owner(ent.owner)] += 1
                 self.rejected["equivocation"] += 1
         return True
 
@@ -391,7 +411,8 @@ class StateSync:
             self.tombstones.pop(ent.owner, None)
             self.state.docs[ent.owner] = new.doc
         else:
-            if not ent.snap and len(rep.log) >= self.limits.max_log:
+            cap = MAX_RECORDS_PER_OWNER + 1 if rep.doc.is_records else self.limits.max_log
+            if not ent.snap and len(rep.log) >= cap:
                 return self._reject(sender, "log_full", ent.owner)
             try:
                 self._check_size(ent, 0 if ent.snap else rep.size)
@@ -444,14 +465,14 @@ class StateSync:
     def _reject(self, sender: str | None, reason: str, author: str | None = None) -> list:
         self.rejected[reason] += 1
         if author is not None:
-            self.author_faults[author] += 1
+            self.author_faults[doc_owner(author)] += 1
         if sender is not None and reason not in NO_PENALTY:
             self.scores[sender] = self.scores.get(sender, 0.0) - self.limits.penalty
         return []
 
     # ------------------------------------------------------------ sync answers
     def _sv_msg(self, reply: bool) -> bytes:
-        vec = {o: list(k) for o, k in self.vector().items() if not (self._fresh and o == self.peer_id)}
+        vec = {o: list(k) for o, k in self.vector().items() if not (self._fresh and doc_owner(o) == self.peer_id)}
         return msgpack.packb(["sv", vec, int(reply)], use_bin_type=True)
 
     def _answer(self, peer: str, vec: dict[str, tuple[int, int] | None], full: bool) -> Out:
@@ -488,13 +509,13 @@ class StateSync:
     def _changed(self) -> None:
         self._digest = None
         self.dirty = True
-        if self.peer_id in self.replicas:
-            self.state.docs[self.peer_id] = self.own.doc
 
     def _compact(self, now: float) -> None:
+        """Forget owners (both documents) whose heartbeat is older than ``compact_after``."""
         for o, rep in list(self.replicas.items()):
-            seen = rep.doc.entry.heartbeat if rep.doc.entry else rep.since
-            if o != self.peer_id and now - seen > self.limits.compact_after:
+            entry = self.state.peer(doc_owner(o))
+            seen = entry.heartbeat if entry is not None else rep.since
+            if doc_owner(o) != self.peer_id and now - seen > self.limits.compact_after:
                 del self.replicas[o]
                 self.state.docs.pop(o, None)
                 self.tombstones[o] = (rep.epoch, rep.seq)
@@ -516,28 +537,30 @@ class StateSync:
     def _restore(self, data: bytes, now: float, epoch: int) -> int:
         obj = msgpack.unpackb(data, raw=False, max_bin_len=self.limits.max_doc_bytes,
                               max_map_len=4 * self.limits.max_owners + 16,
-                              max_array_len=max(self.limits.max_log, 1024) + 16)
+                              max_array_len=max(self.limits.max_log, MAX_RECORDS_PER_OWNER) + 16)
         if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("owners"), dict):
             raise ValueError("not a swarm-state file")
         for o, k in (obj.get("tombstones") or {}).items():
             self.tombstones[o] = (int(k[0]), int(k[1]))
-        own_log = obj["owners"].pop(self.peer_id, None)
+        own_logs = [obj["owners"].pop(k, None) for k in (self.peer_id, self._rkey)]
         for o, raws in obj["owners"].items():
             for raw in raws:
                 self._ingest(None, raw, now)
         self.pending.clear()
-        old = OwnerDoc(self.peer_id, 0, local=False)
-        if own_log:
-            first, _ = decode_entry(own_log[0], self.limits)
-            old = OwnerDoc(self.peer_id, first.epoch)
+        olds = []
+        for key, log in zip((self.peer_id, self._rkey), own_logs):
+            old = None
             try:
-                for raw in own_log:
+                for raw in log or []:
                     ent, env = decode_entry(raw, self.limits)
-                    if env.verify() and env.author == self.peer_id and ent.epoch == old.epoch:
+                    old = old or OwnerDoc(key, ent.epoch)
+                    if env.verify() and env.author == self.peer_id and ent.owner == key and ent.epoch == old.epoch:
                         old.apply(ent.update)
             except (InvalidUpdate, EnvelopeError):
                 self.rejected["restore_own"] += 1
-            epoch = max(epoch, old.epoch + 1)
-        self._start_epoch(epoch, old)
+            if old is not None:
+                epoch = max(epoch, old.epoch + 1)
+            olds.append(old)
+        self._start_epoch(epoch, olds[0], olds[1])
         self.stats["restored_owners"] = len(self.replicas)
         return epoch

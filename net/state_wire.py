@@ -25,8 +25,8 @@ class Limits:
     max_message_bytes: int = 1 << 20
     max_update_bytes: int = 256 << 10
     max_doc_bytes: int = 1 << 20  # snapshot + incrementals kept, per owner
-    max_log: int = 128  # envelopes kept per owner
-    max_owners: int = 4096
+    max_log: int = 128  # envelopes kept per entry document (records documents: their records + 1)
+    max_owners: int = 8192  # documents: two per peer (entry, records)
     max_pending: int = 32  # out-of-order envelopes held per owner
     snapshot_every: int = 32
     ttl: float = 60.0  # heartbeat older than this: offline

@@ -1,15 +1,16 @@
-"""The swarm state document: one pycrdt sub-document per peer, typed views, and write-rights checks.
+"""The swarm state document: pycrdt sub-documents per peer, typed views, and write-rights checks.
 
-Each peer ("owner") has its own Yjs document, written only by that owner, with three root maps:
+Each peer ("owner") has two Yjs documents, written only by that owner:
 
-* ``peer``    -- its entry: addresses, agent, hosted layer ranges, throughput, free KV tokens,
-                 load, heartbeat time, reachability (``PeerEntry``);
-* ``models``  -- model id -> config hash, layer count, dtype, EE variant ids (``ModelInfo``);
-* ``records`` -- an append-only map content-hash -> signed record envelope (``Record``).
+* its entry document (key: the peer id), root maps ``peer`` -- addresses, agent, hosted layer
+  ranges, throughput, free KV tokens, load, heartbeat time, reachability (``PeerEntry``) -- and
+  ``models`` -- model id -> config hash, layer count, dtype, EE variant ids (``ModelInfo``);
+* its records document (key: ``records_key(peer id)`` = peer id + "#r"), root map ``records``:
+  an append-only map content-hash -> signed record envelope (``Record``). Kept apart because it
+  only grows (its log needs no snapshots) while the entry is overwritten at every heartbeat.
 
-The Yjs client id of an owner's document is derived from the owner's peer id and its epoch
-(``client_id_for``), so authorship is checkable: an update that carries structs of any other
-client id is rejected. Callers never touch Y types: ``SwarmState`` gives dataclasses, and
+The Yjs client id of a document is derived from its key and the owner's epoch (``client_id_for``),
+so authorship is checkable: an update that carries structs of any other client id is rejected. Callers never touch Y types: ``SwarmState`` gives dataclasses, and
 ``OwnerDoc`` offers the owner's write methods (each returns the Yjs update it produced).
 Liveness is derived by readers: an entry whose heartbeat is older than the TTL is offline.
 Nothing here signs sync messages or does I/O; see ``swarmlm.net.state_sync`` for the protocol.
@@ -38,6 +39,17 @@ MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
 MAX_MODELS_PER_OWNER = 64
 MAX_HEARTBEAT_SKEW_S = 300.0  # a heartbeat further in the future than this is rejected
+RECORDS_SUFFIX = "#r"  # never in a base58 peer id
+
+
+def records_key(peer_id: str) -> str:
+    """Key of a peer's records document."""
+    return peer_id + RECORDS_SUFFIX
+
+
+def doc_owner(key: str) -> str:
+    """The peer id that owns the document ``key`` (entry or records document)."""
+    return key[: -len(RECORDS_SUFFIX)] if key.endswith(RECORDS_SUFFIX) else key
 
 
 class StateError(SwarmError):
@@ -52,9 +64,9 @@ class InvalidUpdate(Exception):
         self.reason = reason
 
 
-def client_id_for(owner: str, epoch: int) -> int:
-    """The Yjs client id of ``owner``'s document in ``epoch``: 32 bits of SHA-256, deterministic."""
-    return int.from_bytes(hashlib.sha256(f"swarmlm-yclient/{owner}/{epoch}".encode()).digest()[:4], "big")
+def client_id_for(key: str, epoch: int) -> int:
+    """The Yjs client id of document ``key`` in ``epoch``: 32 bits of SHA-256, deterministic."""
+    return int.from_bytes(hashlib.sha256(f"swarmlm-yclient/{key}/{epoch}".encode()).digest()[:4], "big")
 
 
 def decode_state_vector(sv: bytes) -> dict[int, int]:
@@ -238,15 +250,17 @@ def make_record(identity: Identity, kind: str, body: Any, now: float) -> Record:
 # ---------------------------------------------------------------- one owner's document
 
 class OwnerDoc:
-    """The Yjs document of one owner in one epoch, plus the verified views derived from it.
+    """One owner's entry or records document in one epoch, plus the verified views derived from it.
 
-    ``local=True`` on the owner's own node: the document writes with the owner's client id.
-    Replicas use a different client id and never write.
+    ``key`` is the owner's peer id (entry document) or ``records_key(peer id)``. ``local=True`` on
+    the owner's own node: the document writes with the owner's client id. Replicas use another
+    client id and never write.
     """
 
-    def __init__(self, owner: str, epoch: int, *, local: bool = False) -> None:
-        self.owner, self.epoch, self.local = owner, epoch, local
-        self.client_id = client_id_for(owner, epoch)
+    def __init__(self, key: str, epoch: int, *, local: bool = False) -> None:
+        self.key, self.owner, self.epoch, self.local = key, doc_owner(key), epoch, local
+        self.is_records = key != self.owner
+        self.client_id = client_id_for(key, epoch)
         self.reset()
 
     def reset(self) -> None:
@@ -282,6 +296,10 @@ class OwnerDoc:
         except Exception:
             raise InvalidUpdate("decode", "Yjs update does not apply") from None
         changes, self._changes = self._changes, []
+        if changes and not self.is_records:
+            raise InvalidUpdate("bad_entry", "records belong in the records document")
+        if self._dirty and self.is_records:
+            raise InvalidUpdate("bad_record", "the records document holds records only")
         for keys in changes:
             for key, change in keys.items():
                 if change.get("action") != "add":
@@ -319,6 +337,8 @@ class OwnerDoc:
         return updates[0] if updates else b""
 
     def write_peer(self, **fields: Any) -> bytes:
+        if self.is_records:
+            raise StateError("the entry is written in the entry document")
         unknown = set(fields) - set(PEER_FIELDS)
         if unknown:
             raise StateError(f"unknown peer entry fields: {sorted(unknown)}")
@@ -337,6 +357,8 @@ class OwnerDoc:
         return self._write(fn)
 
     def write_model(self, info: ModelInfo) -> bytes:
+        if self.is_records:
+            raise StateError("models are written in the entry document")
         raw = {"config_hash": info.config_hash, "layers": info.layers, "dtype": info.dtype,
                "ee_variants": list(info.ee_variants)}
         try:
@@ -353,8 +375,8 @@ class OwnerDoc:
         return self._write(fn)
 
     def add_record(self, record: Record) -> bytes:
-        if record.author != self.owner:
-            raise StateError("a peer only adds records it signed")
+        if record.author != self.owner or not self.is_records:
+            raise StateError("a peer only adds records it signed, to its records document")
         if record.key in self.records:
             return b""
         if len(self.records) >= MAX_RECORDS_PER_OWNER:
@@ -413,7 +435,7 @@ class SwarmState:
 
     def peers(self, now: float, include_offline: bool = False) -> list[PeerEntry]:
         """Entries sorted by peer id; offline ones (heartbeat older than the TTL) only on request."""
-        out = [d.entry for _, d in sorted(self.docs.items()) if d.entry is not None]
+        out = [d.entry for _, d in sorted(self.docs.items()) if d.entry is not None and not d.is_records]
         return out if include_offline else [e for e in out if e.online(now, self.ttl)]
 
     def is_online(self, peer_id: str, now: float) -> bool:
@@ -430,7 +452,7 @@ class SwarmState:
         """
         votes: dict[str, dict[ModelInfo, int]] = {}
         for owner, d in self.docs.items():
-            if now is not None and not self.is_online(owner, now):
+            if d.is_records or now is not None and not self.is_online(owner, now):
                 continue
             for mid, info in d.models.items():
                 votes.setdefault(mid, {}).setdefault(info, 0)
@@ -440,7 +462,7 @@ class SwarmState:
 
     def records(self, kind: str | None = None, author: str | None = None) -> list[Record]:
         """Verified records, oldest first (ties by key), optionally of one kind / author."""
-        out = [r for o, d in self.docs.items() if author is None or o == author
+        out = [r for d in self.docs.values() if d.is_records and (author is None or d.owner == author)
                for r in d.records.values() if kind is None or r.kind == kind]
         return sorted(out, key=lambda r: (r.created, r.key))
 

@@ -39,11 +39,12 @@ def seal_as(signer: Identity, owner: str, epoch: int, seq: int, update: bytes, s
     return Envelope.seal(signer, DOMAIN, payload).encode()
 
 
-def mallory_write(mal: StateSync, fn) -> bytes:
-    """A raw Yjs change to mallory's own document, sealed with her next sequence number."""
-    update = mal.own.doc._write(lambda: fn(mal.own.doc))
-    mal.own.seq += 1
-    return mal._seal(mal.own.seq, False, update).raw
+def mallory_write(mal: StateSync, fn, records: bool = False) -> bytes:
+    """A raw Yjs change to one of mallory's own documents, sealed with its next sequence number."""
+    rep = mal.own_records if records else mal.own
+    update = rep.doc._write(lambda: fn(rep.doc))
+    rep.seq += 1
+    return mal._seal(rep.doc.key, rep.seq, False, update).raw
 
 
 def deliver(net: MemNet, victim: StateSync, sender: str, data: bytes) -> None:
@@ -94,16 +95,16 @@ def test_forged_signature_is_rejected(swarm):
 
 def test_deleting_or_changing_a_record_is_rejected(swarm):
     net, victim, alice, mal = swarm
-    key = next(iter(mal.own.doc.records))
-    deleted = mallory_write(mal, lambda d: d._records.pop(key))
+    key = next(iter(mal.own_records.doc.records))
+    deleted = mallory_write(mal, lambda d: d._records.pop(key), records=True)
     deliver(net, victim, mal.peer_id, env_msg(deleted))
     check(victim, mal.peer_id, "record_removed")
     assert victim.state.record(key) is not None  # rolled back: the record is still there
     assert victim.author_faults[mal.peer_id] >= 1
     mal2 = net.nodes[sorted(net.nodes)[4]]
-    key2 = next(iter(mal2.own.doc.records))
+    key2 = next(iter(mal2.own_records.doc.records))
     other = make_record(mal2.identity, "round", {"other": 1}, 0.0)
-    changed = mallory_write(mal2, lambda d: d._records.__setitem__(key2, other.envelope))
+    changed = mallory_write(mal2, lambda d: d._records.__setitem__(key2, other.envelope), records=True)
     deliver(net, victim, mal2.peer_id, env_msg(changed))
     assert victim.rejected["record_removed"] >= 2 and victim.scores[mal2.peer_id] < 0
 
@@ -111,12 +112,12 @@ def test_deleting_or_changing_a_record_is_rejected(swarm):
 def test_records_must_be_signed_by_the_owner_and_keyed_by_content(swarm):
     net, victim, alice, mal = swarm
     foreign = make_record(alice.identity, "round", {"x": 1}, 0.0)
-    raw = mallory_write(mal, lambda d: d._records.__setitem__(foreign.key, foreign.envelope))
+    raw = mallory_write(mal, lambda d: d._records.__setitem__(foreign.key, foreign.envelope), records=True)
     deliver(net, victim, mal.peer_id, env_msg(raw))
     check(victim, mal.peer_id, "bad_record")
     own = make_record(mal.identity, "round", {"x": 2}, 0.0)
-    mal.own.seq -= 1  # retry the same sequence number with another bad record
-    raw = mallory_write(mal, lambda d: d._records.__setitem__("0" * 64, own.envelope))
+    mal.own_records.seq -= 1  # retry the same sequence number with another bad record
+    raw = mallory_write(mal, lambda d: d._records.__setitem__("0" * 64, own.envelope), records=True)
     deliver(net, victim, mal.peer_id, env_msg(raw))
     assert victim.rejected["bad_record"] >= 2
     assert victim.state.record(foreign.key) is None

@@ -7,7 +7,7 @@ import pytest
 
 from swarmlm.crypto.identity import Identity
 from swarmlm.net.swarm_state import (HostedRange, InvalidUpdate, ModelInfo, OwnerDoc, StateError, SwarmState,
-                                     client_id_for, decode_state_vector, make_record)
+                                     client_id_for, decode_state_vector, doc_owner, make_record, records_key)
 
 A = Identity.from_seed(b"a" * 32)
 B = Identity.from_seed(b"b" * 32)
@@ -17,6 +17,8 @@ def test_client_id_is_bound_to_peer_and_epoch():
     assert client_id_for(A.peer_id, 5) == client_id_for(A.peer_id, 5)
     assert client_id_for(A.peer_id, 5) != client_id_for(A.peer_id, 6)
     assert client_id_for(A.peer_id, 5) != client_id_for(B.peer_id, 5)
+    assert client_id_for(A.peer_id, 5) != client_id_for(records_key(A.peer_id), 5)
+    assert doc_owner(records_key(A.peer_id)) == doc_owner(A.peer_id) == A.peer_id
     d = OwnerDoc(A.peer_id, 5, local=True)
     up = d.write_peer(agent="x", heartbeat=1.0)
     assert set(decode_state_vector(pycrdt.get_state(up))) == {client_id_for(A.peer_id, 5)}
@@ -35,15 +37,18 @@ def test_entry_roundtrip_through_a_replica():
                           throughput=42.5, free_kv=4096, load=1.0, heartbeat=100.0, reach="public"),
            own.write_model(ModelInfo("m", "h1", 30, "bf16", ("v1",)))]
     rec = make_record(A, "round", {"winner": "x"}, 100.0)
-    ups.append(own.add_record(rec))
-    rep = OwnerDoc(A.peer_id, 1)
+    own_r = OwnerDoc(records_key(A.peer_id), 1, local=True)
+    rec_up = own_r.add_record(rec)
+    rep, rep_r = OwnerDoc(A.peer_id, 1), OwnerDoc(records_key(A.peer_id), 1)
     for u in ups:
         rep.apply(u, now=100.0)
+    rep_r.apply(rec_up)
     e = rep.entry
     assert e.addrs == ("/ip4/1.2.3.4/tcp/4001",) and e.hosted == (HostedRange("m", 0, 12),)
     assert e.free_kv == 4096 and isinstance(e.free_kv, int) and e.throughput == 42.5 and e.reach == "public"
     assert rep.models["m"] == ModelInfo("m", "h1", 30, "bf16", ("v1",))
-    assert rep.records[rec.key].body == {"winner": "x"} and rep.records[rec.key].kind == "round"
+    assert rep_r.records[rec.key].body == {"winner": "x"} and rep_r.records[rec.key].kind == "round"
+    assert rep_r.records[rec.key].author == A.peer_id
     # unchanged fields produce no update
     assert own.write_peer(agent="swarmlm/0.1") == b""
 
@@ -57,7 +62,11 @@ def test_writes_are_checked_and_owner_only():
     with pytest.raises(StateError):
         own.write_peer(colour="red")
     with pytest.raises(StateError):
-        own.add_record(make_record(B, "round", {}, 1.0))
+        own.add_record(make_record(A, "round", {}, 1.0))  # records go to the records document
+    with pytest.raises(StateError):
+        OwnerDoc(records_key(A.peer_id), 1, local=True).add_record(make_record(B, "round", {}, 1.0))
+    with pytest.raises(StateError):
+        OwnerDoc(records_key(A.peer_id), 1, local=True).write_peer(agent="x")
     with pytest.raises(StateError):
         OwnerDoc(A.peer_id, 1).write_peer(agent="x")
 
@@ -80,11 +89,11 @@ def test_replica_rejects_foreign_client_and_future_heartbeat():
 def test_swarm_views_ttl_models_records():
     st = SwarmState(ttl=30.0)
     for ident, hb, cfg in ((A, 100.0, "h1"), (B, 50.0, "h2")):
-        d = OwnerDoc(ident.peer_id, 1, local=True)
+        d, r = OwnerDoc(ident.peer_id, 1, local=True), OwnerDoc(records_key(ident.peer_id), 1, local=True)
         d.write_peer(heartbeat=hb, hosted=[HostedRange("m", 0, 6)])
         d.write_model(ModelInfo("m", cfg, 30, "bf16"))
-        d.add_record(make_record(ident, "verdict" if ident is A else "round", {"hb": hb}, hb))
-        st.docs[ident.peer_id] = d
+        r.add_record(make_record(ident, "verdict" if ident is A else "round", {"hb": hb}, hb))
+        st.docs[d.key], st.docs[r.key] = d, r
     assert [e.peer_id for e in st.peers(now=110.0)] == [A.peer_id]  # B's heartbeat is 60 s old
     assert len(st.peers(now=110.0, include_offline=True)) == 2
     assert st.is_online(A.peer_id, 110.0) and not st.is_online(B.peer_id, 110.0)
@@ -95,3 +104,16 @@ def test_swarm_views_ttl_models_records():
     rows = st.status_rows(110.0)
     assert rows[0]["hosted"] == ["m[0:6]"] and {r["online"] for r in rows} == {True, False}
     assert len(st.hosts_of("m", 110.0)) == 1
+
+
+def test_entry_and_records_documents_hold_only_their_own_maps():
+    rogue = OwnerDoc(A.peer_id, 1, local=True)
+    rogue._records["k"] = b"x"  # raw Y write, bypassing the checks
+    with pytest.raises(InvalidUpdate) as exc:
+        OwnerDoc(A.peer_id, 1).apply(rogue.full_update())
+    assert exc.value.reason == "bad_entry"
+    rogue_r = OwnerDoc(records_key(A.peer_id), 1, local=True)
+    rogue_r._peer["agent"] = "x"
+    with pytest.raises(InvalidUpdate) as exc:
+        OwnerDoc(records_key(A.peer_id), 1).apply(rogue_r.full_update())
+    assert exc.value.reason == "bad_record"

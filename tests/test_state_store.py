@@ -8,7 +8,7 @@ import random
 from swarmlm.crypto.identity import Identity
 from swarmlm.net.state_memnet import make_swarm
 from swarmlm.net.state_store import FILE_NAME, MAGIC, StateStore
-from swarmlm.net.swarm_state import HostedRange
+from swarmlm.net.swarm_state import HostedRange, doc_owner, records_key
 
 
 def _engine_with_state(tmp_path):
@@ -42,7 +42,7 @@ def test_corrupt_file_is_moved_aside_with_a_warning(tmp_path, caplog):
         fresh = store.open_engine(eng.identity, now=10.0, rng=random.Random(0))
     assert "corrupt" in caplog.text
     assert not store.path.exists() and (tmp_path / f"{FILE_NAME}.corrupt-1").exists()
-    assert list(fresh.replicas) == [eng.peer_id]  # empty: it resyncs from peers
+    assert {doc_owner(k) for k in fresh.replicas} == {eng.peer_id}  # empty: it resyncs from peers
     store.save(fresh.export())
     store.path.write_bytes(b"short")
     assert store.read() is None and (tmp_path / f"{FILE_NAME}.corrupt-2").exists()
@@ -65,13 +65,14 @@ def test_tampered_entries_in_the_file_are_dropped_on_load(tmp_path):
     import msgpack
 
     obj = msgpack.unpackb(eng.export(), raw=False)
-    victim = next(o for o in obj["owners"] if o != eng.peer_id)
-    obj["owners"][victim] = [raw[:-1] + bytes([raw[-1] ^ 1]) for raw in obj["owners"][victim]]
+    victim = next(o for o in obj["owners"] if doc_owner(o) != eng.peer_id and doc_owner(o) == o)
+    for key in (victim, records_key(victim)):
+        obj["owners"][key] = [raw[:-1] + bytes([raw[-1] ^ 1]) for raw in obj["owners"][key]]
     store = StateStore(tmp_path)
     store.save(msgpack.packb(obj, use_bin_type=True))
     back = store.open_engine(eng.identity, now=10.0, rng=random.Random(0))
-    assert victim not in back.replicas and back.rejected["signature"] >= 1
-    assert len(back.replicas) == 2
+    assert victim not in back.replicas and back.rejected["signature"] >= 2
+    assert len({doc_owner(k) for k in back.replicas}) == 2
 
 
 def test_missing_file_gives_a_fresh_engine(tmp_path):
