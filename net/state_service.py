@@ -20,7 +20,7 @@ import trio
 from swarmlm.net.rpc import RpcError, ServerCall
 from swarmlm.net.state_store import StateStore
 from swarmlm.net.state_sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
-from swarmlm.net.state_wire import PROTOCOL_ID
+from swarmlm.net.state_wire import PROTOCOL_ID, Limits
 
 log = logging.getLogger("swarmlm.state")
 
@@ -41,7 +41,7 @@ class StateService:
 
     def __init__(self, host: Any, data_dir: Any | None, *, heartbeat_s: float = HEARTBEAT_S,
                  local_fields: Callable[[], dict[str, Any]] | None = None, publish: bool = True,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, ttl_s: float | None = None) -> None:
         self.host = host
         self.store = StateStore(data_dir) if data_dir is not None else None
         self.heartbeat_s = heartbeat_s
@@ -49,8 +49,9 @@ class StateService:
         self.publish = publish  # light clients read the state but have no entry of their own
         rng = rng or random.Random()
         now = time.time()
-        self.sync = (self.store.open_engine(host.identity, now=now, rng=rng) if self.store
-                     else StateSync(host.identity, now=now, rng=rng))
+        limits = Limits(ttl=ttl_s) if ttl_s else None
+        self.sync = (self.store.open_engine(host.identity, now=now, rng=rng, limits=limits) if self.store
+                     else StateSync(host.identity, now=now, rng=rng, limits=limits))
         self.links: dict[str, _Link] = {}
         self._opening: set[str] = set()
         self._first_seen: dict[str, float] = {}

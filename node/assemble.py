@@ -18,14 +18,16 @@ def build_node(config: NodeConfig) -> Node:
                 fields.update(svc.hosted_fields())
         return fields
 
-    node.state = StateService(node.host, node.data_dir, heartbeat_s=config.heartbeat_s, local_fields=local_fields)
+    node.state = StateService(node.host, node.data_dir, heartbeat_s=config.heartbeat_s, local_fields=local_fields,
+                              ttl_s=config.state_ttl_s)
     node.add_service(node.state)
     if config.model:
         from swarmlm.node.shard_service import ShardService
 
         node.add_service(ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
                                       dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
-                                      max_sessions=config.max_sessions, fault=config.fault))
+                                      max_sessions=config.max_sessions, fault=config.fault,
+                                      rebalance_s=config.rebalance_s))
     if config.http:
         from swarmlm.node.http_service import HttpService
 

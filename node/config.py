@@ -47,6 +47,8 @@ class NodeConfig:
     reachability: bool = True
     # state sync
     heartbeat_s: float = 10.0
+    state_ttl_s: float = 60.0  # a peer whose heartbeat is older is offline for every reader
+    rebalance_s: float = 30.0  # how often an auto-placed node reconsiders its layer range
     fault: str = ""  # test-only misbehaviour, see docs/RELIABILITY.md
 
     def validate(self) -> None:
@@ -61,8 +63,11 @@ class NodeConfig:
         for key in ("max_layers", "max_cache_tokens", "max_sessions"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if self.heartbeat_s <= 0:
-            raise ConfigError(f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        for key in ("heartbeat_s", "state_ttl_s", "rebalance_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.state_ttl_s <= self.heartbeat_s:
+            raise ConfigError(f"state_ttl_s ({self.state_ttl_s}) must exceed heartbeat_s ({self.heartbeat_s})")
         for key in ("listen", "announce", "bootstrap"):
             for addr in getattr(self, key):
                 if not addr.startswith("/"):

@@ -68,8 +68,11 @@ async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> 
 
             raise ConfigError(f"layers: {svc.layers_spec} is beyond the model's {n_layers} layers")
         return start, end
-    if node.config.bootstrap:
-        await trio.sleep(PLACEMENT_WAIT_S)  # let the state sync tell us who hosts what
+    if node.config.bootstrap:  # let the state sync tell us who hosts what
+        with trio.move_on_after(PLACEMENT_WAIT_S):
+            while not any(p.peer_id != node.peer_id for p in node.state.state.peers(time.time())):
+                await trio.sleep(0.1)
+            await trio.sleep(0.5)  # the rest of the swarm arrives right behind the first entry
     servers = servers_for(node.state.state, svc.model_id, time.time(), exclude=node.peer_id)
     start, end = choose_range(n_layers, servers, max_layers)
     log.info("auto placement: layers [%d, %d) of %d (%d other servers known)", start, end, n_layers, len(servers))
@@ -92,6 +95,7 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     ends = shard_bytes(cfg, 0, 1, svc.dtype, embedding=True, head=True)[1] - per_layer
     cap = memory_cap_layers(per_layer, ends, 0)
     max_layers = min(n, svc.max_layers or n, cap)
+    svc.max_layers_effective = max_layers
     start, end = await choose_layers(svc, node, n, max_layers)
     log.info("loading layers [%d, %d) of %s (%s)", start, end, svc.model_id, svc.dtype)
     shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
@@ -101,3 +105,56 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     log.info("serving layers [%d, %d) of %s: %.2f ms/layer/token, %d cache tokens (ready in %.1f s)",
              start, end, svc.model_id, ms, svc.max_cache_tokens, time.monotonic() - t0)
     return shard, cache, ms
+
+
+def provider_key(model_id: str) -> str:
+    """The DHT provider key under which servers of ``model_id`` announce themselves."""
+    return hashlib.sha256(f"swarmlm/model/{model_id}".encode()).hexdigest()
+
+
+async def announce(svc: Any, node: Any) -> None:
+    """DHT: a provider record for the model and a signed record of the hosted range."""
+    import msgpack
+
+    sh = svc.shard
+    try:
+        with trio.move_on_after(10):
+            await node.host.provide(provider_key(svc.model_id))
+        with trio.move_on_after(10):
+            await node.host.put_record("hosting", msgpack.packb(
+                {"model": svc.model_id, "start": sh.start, "end": sh.end}))
+    except Exception as exc:  # a lone node has nobody to store records with
+        log.debug("DHT announcement failed: %s", exc)
+
+
+async def maybe_rebalance(svc: Any, node: Any, waited: int) -> tuple[bool, int]:
+    """Move to another layer range when placement says so (hysteresis and stagger included).
+
+    Returns (moved, waited rounds). Sessions already open keep computing on the old weights until
+    they close; new sessions get the new range."""
+    from swarmlm.models.kvcache import KVCacheManager
+    from swarmlm.models.shard import load_shard
+    from swarmlm.node.directory import servers_for
+    from swarmlm.node.placement import rebalance_candidates, should_rebalance
+
+    sh = svc.shard
+    n = sh.num_layers_total
+    servers = servers_for(node.state.state, svc.model_id, time.time())
+    cap = svc.max_layers_effective or (sh.end - sh.start)
+    new = should_rebalance(n, servers, node.peer_id, (sh.start, sh.end), cap,
+                           my_ms_per_layer=svc.ms_per_layer, waited_rounds=waited)
+    if new is None:
+        listed = any(m.peer_id == node.peer_id for m in rebalance_candidates(n, servers, max_layers={
+            s.peer_id: s.end - s.start for s in servers} | {node.peer_id: cap}))
+        return False, waited + 1 if listed else 0
+    start, end = new
+    log.info("rebalancing: layers [%d, %d) -> [%d, %d) of %s", sh.start, sh.end, start, end, svc.model_id)
+    model_dir = sh.model_dir
+    shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
+    ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
+    svc.shard, svc.ms_per_layer = shard, ms
+    svc.cache = KVCacheManager(shard.cache_layout(), svc.max_cache_tokens)
+    svc._views.clear()
+    svc.moves += 1
+    node.on_hosting_changed()
+    return True, 0

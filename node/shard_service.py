@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 import trio
 
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, CallContext, RpcError, ServerCall
+from swarmlm.node.metrics import observe_step
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -92,7 +94,8 @@ class ShardService:
     name = "shard"
 
     def __init__(self, model_spec: str, *, layers: str = "auto", max_layers: int = 0, dtype: str = "fp32",
-                 max_cache_tokens: int = 8192, max_sessions: int = 64, fault: str = "") -> None:
+                 max_cache_tokens: int = 8192, max_sessions: int = 64, fault: str = "",
+                 rebalance_s: float = 30.0) -> None:
         self.model_id = model_spec
         self.layers_spec = layers
         self.max_layers = max_layers
@@ -100,6 +103,9 @@ class ShardService:
         self.max_cache_tokens = max_cache_tokens
         self.max_sessions = max_sessions
         self.fault = fault
+        self.rebalance_s = rebalance_s
+        self.max_layers_effective = 0
+        self.moves = 0
         self.shard: Any = None
         self.cache: Any = None
         self.ms_per_layer = 0.0
@@ -138,10 +144,22 @@ class ShardService:
         rpc.add_unary(SHARD_PROTOCOL, "files", self._files)
 
     async def run(self, node: Any) -> None:
-        while True:  # expire idle sessions (clients that vanished without closing)
-            await trio.sleep(30)
+        """Housekeeping: expire idle sessions, re-announce, and (auto placement) rebalance."""
+        from swarmlm.node.hosting import announce, maybe_rebalance
+
+        last_announce = -1e9
+        waited = 0
+        while True:
+            if trio.current_time() - last_announce > 600:
+                await announce(self, node)
+                last_announce = trio.current_time()
+            await trio.sleep(self.rebalance_s * random.uniform(0.8, 1.2))
             for sid in self.cache.expire_idle():
                 log.info("session %s expired (idle)", sid[:8])
+            if self.layers_spec == "auto":
+                moved, waited = await maybe_rebalance(self, node, waited)
+                if moved:
+                    last_announce = -1e9
 
     async def close(self, node: Any) -> None:
         self.cache.close_all()
@@ -330,6 +348,7 @@ class ShardService:
                     raise RpcError(BAD_REQUEST, str(exc)) from None
                 raise
             ms = (time.perf_counter() - t0) * 1000.0
+            observe_step(self.node, sess.view, ms / 1000.0, want)  # metrics: per-hop latency, tokens
             sess.steps += 1
             self.steps_served += 1
             self.tokens_computed += x.shape[1]
