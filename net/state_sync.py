@@ -1,26 +1,28 @@
 """Swarm-state sync: an I/O-free protocol engine over owner-signed envelopes (h11 style).
 
-Every change a node makes to its own sub-document (see ``swarmlm.net.swarm_state``) is a Yjs
-update sealed in ``Envelope.seal(identity, "swarmlm/state/v1", payload)``; the payload (msgpack)
-is ``{"o": owner, "e": epoch, "s": seq, "k": 0 incremental | 1 snapshot, "u": yjs update}``.
-Relays forward envelopes verbatim, so nobody but the owner can produce content for its document.
-Per owner a node keeps a log: the owner's latest signed full-state snapshot plus the signed
-incrementals after it (owners emit a snapshot after at least ``snapshot_every`` updates, once the
-incrementals outweigh the previous snapshot, so logs stay short). The sync "state
-vector" is ``{owner: [epoch, seq]}`` (Yjs deletes do not advance clocks; sequence numbers do), and
-the "missing updates" answer is the part of those logs the other side lacks -- never a diff
-computed by a relay. A new epoch (restart, lost file) starts with a snapshot at seq 0 and a
-fresh Yjs client id, so clocks never collide.
+Every change a node makes to one of its own documents (entry ``<peer id>``, records
+``<peer id>#r``; see ``swarmlm.net.swarm_state``) is a Yjs update sealed in
+``Envelope.seal(identity, "swarmlm/state/v1", payload)``; the payload (msgpack) is
+``{"o": document key, "e": epoch, "s": seq, "k": 0 incremental | 1 snapshot, "u": yjs update}``.
+Relays forward envelopes verbatim, so nobody but the owner can produce content for its documents.
+Per document a node keeps a log: the owner's latest signed full-state snapshot plus the signed
+incrementals after it (the entry's owner emits a snapshot after at least ``snapshot_every`` updates
+once the incrementals outweigh the previous snapshot; the append-only records log never needs
+one). The sync "state vector" is ``{document: [epoch, seq]}`` (Yjs deletes do not advance clocks;
+sequence numbers do), and the "missing updates" answer is the part of those logs the other side
+lacks -- never a diff computed by a relay. A new epoch (restart, lost file) starts with snapshots
+at seq 0 and fresh Yjs client ids, so clocks never collide.
 
 Messages (msgpack arrays, at most ``Limits.max_message_bytes``):
-  ["sv", {owner: [e, s]}, reply]  -- my vector; send what I lack; reply=1: also send yours if I
+  ["sv", {doc: [e, s]}, reply]    -- my vector; send what I lack; reply=1: also send yours if I
                                     have what you lack (full sync on connect, anti-entropy)
   ["dig", hex]                    -- digest of my vector (cheap anti-entropy probe)
-  ["want", {owner: [e, s] | nil}] -- I saw a gap for these owners: send me their logs after that
-  ["env", [envelope bytes, ...]]  -- envelopes: pushes, forwards, sync answers
+  ["env", [envelope bytes, ...]]  -- envelopes: pushes of our own updates, snapshots, answers
+  ["have", [[doc, e, s], ...]]    -- a relay accepted these incrementals (lazy forwarding)
+  ["want", {doc: [e, s(, upto)] | nil}] -- send me that document's log after s (up to upto)
 
 What the libp2p service (protocol ``/swarmlm/state/1``) must do -- nothing else is needed:
-  * create one ``StateSync(identity, now=time.time(), rng=random.Random(), restore=store.load())``;
+  * create one engine: ``StateStore(data_dir).open_engine(identity, now=time.time(), rng=...)``;
   * when a stream with a peer opens (either side): send every (peer, bytes) of ``on_connect(peer)``;
     when it closes: ``on_disconnect(peer)``;
   * for every frame received from ``peer``: send every (dst, bytes) of
@@ -46,6 +48,7 @@ import msgpack
 
 from swarmlm.crypto.envelope import Envelope, EnvelopeError, canonical_packb
 from swarmlm.crypto.identity import Identity
+from swarmlm.net.state_own import OwnEpochs
 from swarmlm.net.state_wire import (DOMAIN, PROTOCOL_ID, Entry, Limits, Out, Replica, batch, decode_entry,
                                     parse_vector)
 from swarmlm.net.swarm_state import (MAX_RECORDS_PER_OWNER, InvalidUpdate, ModelInfo, OwnerDoc, Record, StateError, SwarmState, doc_owner,
@@ -56,7 +59,7 @@ TICK_S, HEARTBEAT_S, SAVE_S = 5.0, 10.0, 30.0
 NO_PENALTY = {"too_many_owners", "log_full"}
 
 
-class StateSync:
+class StateSync(OwnEpochs):
     def __init__(self, identity: Identity, *, now: float, rng: random.Random,
                  limits: Limits | None = None, restore: bytes | None = None) -> None:
         self.identity, self.peer_id = identity, identity.peer_id
@@ -181,71 +184,6 @@ class StateSync:
                              use_bin_type=True)
 
     # ------------------------------------------------------------ local writes
-    def _start_epoch(self, epoch: int, entry: OwnerDoc | None, records: OwnerDoc | None) -> None:
-        """Both our documents in a new epoch (fresh Yjs client ids), content carried over."""
-        doc, rdoc = OwnerDoc(self.peer_id, epoch, local=True), OwnerDoc(self._rkey, epoch, local=True)
-        if entry is not None:
-            raw = entry.to_py()["peer"]
-            if raw:
-                doc.write_peer(**raw)
-            for m in entry.models.values():
-                doc.write_model(m)
-        if records is not None:
-            for r in sorted(records.records.values(), key=lambda r: (r.created, r.key)):
-                rdoc.add_record(r)
-        for d in (doc, rdoc):
-            self.replicas[d.key] = Replica(d)
-            self.replicas[d.key].log = [self._seal(d.key, 0, True, d.full_update())]
-            self.state.docs[d.key] = d
-        self._changed()
-
-    def _new_epoch(self, above: int, now: float) -> None:
-        self._start_epoch(max(above + 1, self.own.epoch + 1, int(now * 1000)), self.own.doc, self.own_records.doc)
-        self._own_restarted = True
-
-    def _adopt_own(self, ent: Entry, sender: str | None, now: float) -> None:
-        """An envelope of ours from another epoch (we restarted without, or with older, state).
-
-        Rebuild that epoch's records document on the side (a "ghost"), take back the records it
-        has that we lack, and when the swarm holds a newer epoch of ours, start one above it.
-        """
-        self.stats["own_imported"] += 1
-        mine = self.replicas[ent.owner]
-        if ent.owner == self.peer_id:  # our entry: nothing to take back, only the epoch matters
-            if ent.key > (mine.epoch, mine.seq):
-                self._new_epoch(ent.epoch, now)
-            return
-        g = self._ghost
-        try:
-            if g is None or ent.epoch > g.epoch:
-                if not ent.snap:
-                    if ent.epoch >= mine.epoch:  # same epoch number reused: just move above it
-                        self._new_epoch(ent.epoch, now)
-                    elif sender is not None:
-                        self._wants.setdefault(sender, {})[ent.owner] = None
-                    return
-                g = self._ghost = Replica(OwnerDoc(ent.owner, ent.epoch), [ent], ent.seq)
-                g.doc.apply(ent.update)
-            elif ent.epoch == g.epoch and (ent.snap and ent.seq > g.log[0].seq or ent.seq == g.seq + 1):
-                g.doc.apply(ent.update)
-                g.seq = max(g.seq, ent.seq)
-            elif ent.epoch == g.epoch and ent.seq > g.seq + 1 and sender is not None:
-                self._wants.setdefault(sender, {})[ent.owner] = None
-                return
-            else:
-                return
-        except InvalidUpdate:
-            self._ghost = None
-            return
-        lost = [r for r in g.doc.records.values() if r.key not in mine.doc.records]
-        if ent.key >= (mine.epoch, mine.seq):
-            for rec in lost:
-                mine.doc.add_record(rec)
-            self.stats["own_newer"] += 1
-            self._new_epoch(ent.epoch, now)
-        elif lost:
-            self._own_merge += [mine.doc.add_record(rec) for rec in lost]
-
     def _seal(self, key: str, seq: int, snap: bool, update: bytes) -> Entry:
         epoch = self.replicas[key].epoch
         payload = msgpack.packb({"o": key, "e": epoch, "s": seq, "k": int(snap), "u": update}, use_bin_type=True)
@@ -533,34 +471,3 @@ class StateSync:
                 del slot[k]
             if not slot:
                 del self.pending[o]
-
-    def _restore(self, data: bytes, now: float, epoch: int) -> int:
-        obj = msgpack.unpackb(data, raw=False, max_bin_len=self.limits.max_doc_bytes,
-                              max_map_len=4 * self.limits.max_owners + 16,
-                              max_array_len=max(self.limits.max_log, MAX_RECORDS_PER_OWNER) + 16)
-        if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("owners"), dict):
-            raise ValueError("not a swarm-state file")
-        for o, k in (obj.get("tombstones") or {}).items():
-            self.tombstones[o] = (int(k[0]), int(k[1]))
-        own_logs = [obj["owners"].pop(k, None) for k in (self.peer_id, self._rkey)]
-        for o, raws in obj["owners"].items():
-            for raw in raws:
-                self._ingest(None, raw, now)
-        self.pending.clear()
-        olds = []
-        for key, log in zip((self.peer_id, self._rkey), own_logs):
-            old = None
-            try:
-                for raw in log or []:
-                    ent, env = decode_entry(raw, self.limits)
-                    old = old or OwnerDoc(key, ent.epoch)
-                    if env.verify() and env.author == self.peer_id and ent.owner == key and ent.epoch == old.epoch:
-                        old.apply(ent.update)
-            except (InvalidUpdate, EnvelopeError):
-                self.rejected["restore_own"] += 1
-            if old is not None:
-                epoch = max(epoch, old.epoch + 1)
-            olds.append(old)
-        self._start_epoch(epoch, olds[0], olds[1])
-        self.stats["restored_owners"] = len(self.replicas)
-        return epoch
