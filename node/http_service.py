@@ -32,7 +32,12 @@ class HttpService:
         self.client = SwarmClient(node.host, node.state)
         node.client = self.client
         generator = getattr(node, "generator", None) or self.client
-        app = create_app(generator, token=self.token, extra_routes=self.extra_routes)
+        from swarmlm.node.health import OPEN_PATHS, health_routes
+        from swarmlm.node.metrics import instrument
+
+        app = create_app(generator, token=self.token, extra_routes=self.extra_routes + health_routes(node),
+                         open_paths=OPEN_PATHS)
+        app = instrument(app, node)  # the health page, /api/swarm and /metrics; requests counted
         async with trio.open_nursery() as nursery:
             addr = await nursery.start(serve_http, app, self.host, self.port)
             node.http_addr = str(addr)

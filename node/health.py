@@ -1,0 +1,251 @@
+"""The swarm health page, its JSON API and the Prometheus endpoint, as routes of the node's HTTP API.
+
+- ``GET /``                 the health page: server-rendered HTML (``health_page.render_page``) that
+                            re-fetches ``/api/swarm/fragment`` every 2 s (``static/health.js``);
+- ``GET /api/swarm``        the same data as JSON (``swarm_snapshot``; schema in docs/OPERATIONS.md);
+- ``GET /api/swarm/fragment`` the page body alone (what the script swaps in);
+- ``GET /metrics``          Prometheus text format (``swarmlm.node.metrics``);
+- ``GET /static/{name}``    the page's CSS and JS, served from ``node/static`` (no CDN, no build step).
+
+Everything is read from this node's view at request time: the swarm state (who hosts which layers,
+heartbeats), the host's peer table and live connections (RTT, whether a peer just left), the signed
+records in the state (consensus rounds, verification verdicts, reputation), and the routes its own
+client used. A peer whose heartbeat is fresh but whose connection to this node dropped is shown as
+``disconnected`` and no longer counts toward coverage: the page reacts to a node leaving at once
+instead of after the state TTL (60 s), when it becomes ``offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from swarmlm import AGENT_VERSION
+
+log = logging.getLogger("swarmlm.health")
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {"health.css": "text/css; charset=utf-8", "health.js": "text/javascript; charset=utf-8"}
+OPEN_PATHS = ("/", "/api/swarm", "/api/swarm/fragment", "/metrics",
+              *(f"/static/{name}" for name in STATIC_FILES))
+SHOW_OFFLINE_S = 600.0  # offline peers stay listed (greyed) this long after their last heartbeat
+MAX_ROUNDS = 10
+MAX_VERDICTS = 5
+SCHEMA_VERSION = 1
+
+
+class HealthTracker:
+    """What this node has observed over time: since when each peer is up, whom it was connected to."""
+
+    def __init__(self) -> None:
+        self.up_since: dict[str, float] = {}
+        self.was_connected: set[str] = set()
+
+    def observe(self, peer: str, live: bool, connected: bool, now: float) -> float | None:
+        """Record one observation; returns how long ``peer`` has been up as seen from here."""
+        if connected:
+            self.was_connected.add(peer)
+        if not live:
+            self.up_since.pop(peer, None)
+            return None
+        return now - self.up_since.setdefault(peer, now)
+
+
+# -- reading the node ----------------------------------------------------------------------------
+
+def _connection(node: Any, peer: str) -> str:
+    """'direct' / 'relayed' for a live connection from this node, 'none' without one."""
+    host = node.host
+    try:
+        if not host.is_connected(peer):
+            return "none"
+        conns = host.libp2p.get_network().get_connections(host._peer(peer))
+        kinds = {str(getattr(c.get_connection_type(), "name", "")).lower() for c in conns}
+        return "relayed" if kinds and all("relay" in k for k in kinds) else "direct"
+    except Exception:  # libp2p internals moved: a live connection of unknown kind
+        return "direct" if host.is_connected(peer) else "none"
+
+
+def _reach(entry_reach: str, connection: str) -> str:
+    """A relayed peer we reach over a direct connection got there by hole punching."""
+    if entry_reach == "relayed" and connection == "direct":
+        return "punched"
+    return entry_reach
+
+
+def _verdicts(state: Any) -> dict[str, list[dict[str, Any]]]:
+    """Verification verdict records by the peer they judge (newest first)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in reversed(state.records(kind="verdict")):
+        body = rec.body if isinstance(rec.body, dict) else {}
+        subject = next((body[k] for k in ("subject", "peer_id", "peer", "target") if isinstance(body.get(k), str)), None)
+        if subject is None:
+            continue
+        verdict = body.get("verdict", body.get("ok", body.get("passed", "?")))
+        if isinstance(verdict, bool):
+            verdict = "pass" if verdict else "fail"
+        rows = out.setdefault(subject, [])
+        if len(rows) < MAX_VERDICTS:
+            rows.append({"by": rec.author, "verdict": str(verdict)[:32], "at": rec.created,
+                         "detail": str(body.get("reason", body.get("detail", "")))[:120]})
+    return out
+
+
+def _rounds(state: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Recent consensus rounds (newest first) and the reputation the signed rounds imply."""
+    from swarmlm.consensus.audit import verify_record
+    from swarmlm.consensus.reputation import compute_reputation
+
+    rounds = []
+    for rec in list(reversed(state.records(kind="round")))[:MAX_ROUNDS]:
+        body = rec.body
+        row: dict[str, Any] = {"round_id": rec.key[:16], "coordinator": rec.author, "at": rec.created,
+                               "winner": None, "scores": []}
+        if isinstance(body, (bytes, bytearray)):  # a signed consensus RoundRecord
+            try:
+                v = verify_record(bytes(body))
+                strengths = v.record.strengths
+                row.update(round_id=v.round_id[:16], at=v.time, winner=v.node_of(v.record.winner),
+                           scores=sorted(({"peer_id": v.node_of(c), "score": round(strengths.get(c, 0.0), 4)}
+                                          for c in v.candidate_ids), key=lambda s: -s["score"]))
+                row["verified"] = True
+            except Exception as exc:  # noqa: BLE001 - shown, not trusted
+                row["verified"], row["error"] = False, str(exc)[:120]
+        elif isinstance(body, dict):  # a plain summary {"round_id", "winner", "scores": {peer: score}}
+            scores = body.get("scores") or {}
+            if isinstance(scores, dict):
+                scores = [{"peer_id": str(k), "score": v} for k, v in scores.items()]
+            row.update(round_id=str(body.get("round_id", row["round_id"]))[:16], winner=body.get("winner"),
+                       scores=[s for s in scores if isinstance(s, dict)][:16])
+        rounds.append(row)
+    reputation: dict[str, float] = {}
+    all_blobs = [bytes(r.body) for r in state.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
+    if all_blobs:
+        cals = [bytes(r.body) for r in state.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
+        try:
+            reputation = compute_reputation(all_blobs, time.time(), calibrations=cals).scores()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("reputation fold failed: %s", exc)
+    return rounds, reputation
+
+
+def _coverage(model: Any, hosts: list[dict[str, Any]]) -> dict[str, Any]:
+    n = model.layers
+    layer_hosts: list[list[str]] = [[] for _ in range(n)]
+    for h in hosts:
+        if not h["live"]:
+            continue
+        for layer in range(max(0, h["start"]), min(n, h["end"])):
+            layer_hosts[layer].append(h["peer_id"])
+    gaps, start = [], None
+    for layer in range(n + 1):
+        empty = layer < n and not layer_hosts[layer]
+        if empty and start is None:
+            start = layer
+        elif not empty and start is not None:
+            gaps.append([start, layer])
+            start = None
+    covered = sum(1 for x in layer_hosts if x)
+    return {"model_id": model.model_id, "layers": n, "dtype": model.dtype, "config_hash": model.config_hash,
+            "coverage": round(covered / n, 4) if n else 0.0, "complete": covered == n, "gaps": gaps,
+            "hosts": sorted(hosts, key=lambda h: (h["start"], h["end"], h["peer_id"])), "layer_hosts": layer_hosts}
+
+
+def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float | None = None) -> dict[str, Any]:
+    """Everything the health page shows, as plain JSON-ready values (see docs/OPERATIONS.md)."""
+    tracker = tracker if tracker is not None else HealthTracker()
+    now = time.time() if now is None else now
+    state = node.state.state
+    me = node.peer_id
+    verdicts = _verdicts(state)
+    rounds, reputation = _rounds(state)
+    peers, status = [], {}
+    for e in state.peers(now, include_offline=True):
+        age = e.age(now)
+        if age > SHOW_OFFLINE_S and e.peer_id != me:
+            continue
+        is_self = e.peer_id == me
+        conn = "self" if is_self else _connection(node, e.peer_id)
+        online = is_self or e.online(now, state.ttl)
+        if is_self or (online and (conn != "none" or e.peer_id not in tracker.was_connected)):
+            st = "online"
+        else:
+            st = "disconnected" if online else "offline"
+        status[e.peer_id] = st
+        uptime = tracker.observe(e.peer_id, st == "online", conn not in ("none", "self"), now)
+        epoch = getattr(state.docs.get(e.peer_id), "epoch", 0) / 1000.0  # its state epoch began at its start
+        if uptime is not None and 0 < now - epoch < 10 * 365 * 86400:
+            uptime = now - epoch
+        if is_self:
+            import trio
+
+            try:
+                uptime = trio.current_time() - node.started_at if node.started_at else uptime
+            except RuntimeError:  # not inside trio (tests calling directly)
+                pass
+        info = node.host.peers.get(e.peer_id)
+        peers.append({
+            "peer_id": e.peer_id, "self": is_self, "agent": e.agent, "status": st,
+            "reach": node.reachability if is_self else _reach(e.reach, conn), "connection": conn,
+            "rtt_ms": None if is_self or info is None or info.rtt_ms is None else round(info.rtt_ms, 2),
+            "uptime_s": None if uptime is None else round(uptime, 1), "heartbeat_age_s": round(max(0.0, age), 1),
+            "hosted": [{"model": h.model, "start": h.start, "end": h.end} for h in e.hosted],
+            "throughput": round(e.throughput, 2), "free_kv": e.free_kv, "load": round(e.load, 3),
+            "reputation": None if e.peer_id not in reputation else round(reputation[e.peer_id], 4),
+            "verdicts": verdicts.get(e.peer_id, []),
+        })
+    models = []
+    for model in state.models(now).values():
+        hosts = [{"peer_id": p["peer_id"], "start": h["start"], "end": h["end"], "throughput": p["throughput"],
+                  "free_kv": p["free_kv"], "status": p["status"], "live": p["status"] == "online"}
+                 for p in peers for h in p["hosted"] if h["model"] == model.model_id]
+        models.append(_coverage(model, hosts))
+    client = getattr(node, "client", None)
+    routes = [dict(r) for r in reversed(getattr(client, "recent_routes", None) or [])][:10]
+    return {
+        "version": SCHEMA_VERSION, "generated_at": round(now, 3),
+        "node": {"peer_id": me, "agent": AGENT_VERSION, "reach": node.reachability, "http": node.http_addr,
+                 "addrs": list(node.host.addrs[:4]), "state_ttl_s": state.ttl},
+        "summary": {"peers": len(peers), "online": sum(1 for p in peers if p["status"] == "online"),
+                    "models": len(models), "complete": all(m["complete"] for m in models) if models else False},
+        "models": models, "peers": peers, "rounds": rounds, "routes": routes,
+    }
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+def health_routes(node: Any) -> list[Any]:
+    """The routes above for ``node`` (added to the HTTP app by ``HttpService``)."""
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from swarmlm.node.health_page import render_fragment, render_page
+    from swarmlm.node.metrics import CONTENT_TYPE, node_metrics
+
+    tracker = HealthTracker()
+    metrics = node_metrics(node)
+    no_cache = {"cache-control": "no-store"}
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(render_page(swarm_snapshot(node, tracker)), headers=no_cache)
+
+    async def fragment(request: Request) -> Response:
+        return HTMLResponse(render_fragment(swarm_snapshot(node, tracker)), headers=no_cache)
+
+    async def api(request: Request) -> Response:
+        return JSONResponse(swarm_snapshot(node, tracker), headers=no_cache)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES:
+            return PlainTextResponse("not found", status_code=404)
+        return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
+
+    return [Route("/", page), Route("/api/swarm", api), Route("/api/swarm/fragment", fragment),
+            Route("/metrics", prometheus), Route("/static/{name}", static)]
