@@ -197,3 +197,24 @@ def test_lazy_forwarding_repairs_loss():
     _writes(net, 100, seed=19)
     net.drop_rate = 0.0
     assert net.settle(max_rounds=60) < 60 and net.converged()
+
+
+def test_node_restored_from_a_stale_file_takes_back_later_records(tmp_path):
+    net = make_swarm(4, seed=20)
+    victim = sorted(net.nodes)[2]
+    eng = net.nodes[victim]
+    store = StateStore(tmp_path)
+    store.save(eng.export())  # saved before the record below
+    _, out = eng.add_record("verdict", {"late": 1}, net.now)
+    net.send(victim, out)
+    net.settle()
+    net.remove(victim)
+    net.now += 1.0
+    back = store.open_engine(eng.identity, now=net.now, rng=random.Random(4))
+    assert not back.state.records(author=victim)
+    net.add(back)
+    for other in sorted(net.nodes):
+        net.connect(victim, other)
+    net.settle()
+    assert [r.body for r in back.state.records(author=victim)] == [{"late": 1}]
+    assert net.converged()
