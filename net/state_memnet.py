@@ -126,7 +126,7 @@ class MemNet:
             self.now += tick_every
             self.tick_all()
             self.run()
-        return max_rounds if not self.converged() else max_rounds
+        return max_rounds
 
 
 def make_swarm(n: int, seed: int = 0, *, degree: int = 4, limits=None, drop_rate: float = 0.0,

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import msgpack
 import pycrdt
@@ -483,7 +483,3 @@ class SwarmState:
                  "throughput": e.throughput, "free_kv": e.free_kv, "load": e.load,
                  "heartbeat_age_s": round(e.age(now), 1), "online": e.online(now, self.ttl)}
                 for e in self.peers(now, include_offline=include_offline)]
-
-
-def iter_owners(state: SwarmState) -> Iterable[str]:
-    return sorted(state.docs)
