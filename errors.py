@@ -13,3 +13,7 @@ class SwarmError(Exception):
 
 class ConfigError(SwarmError):
     """A bad config file, environment variable or flag; the message names the key."""
+
+
+class UsageError(SwarmError):
+    """A command line used wrongly (missing or conflicting arguments); the CLI exits with status 2."""

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from swarmlm import __version__
-from swarmlm.errors import SwarmError
+from swarmlm.errors import SwarmError, UsageError
 
 # Each module registers one or more top-level commands.
 COMMAND_MODULES = [
@@ -35,8 +35,7 @@ BENCHES = {
 }
 
 
-class CliError(SwarmError):
-    """A user error on the command line: printed as one line, exit status 2."""
+CliError = UsageError  # kept in swarmlm.errors so `python -m swarmlm.node.cli` sees the same class
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

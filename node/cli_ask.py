@@ -33,7 +33,7 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout) as client:
         if ns.mode == "consensus":
-            from swarmlm.node.cli import CliError
+            from swarmlm.errors import UsageError as CliError
 
             raise CliError("consensus mode needs a node: use --http URL of a node running the consensus service")
         pieces = []
@@ -49,7 +49,7 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
 def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
-    from swarmlm.node.cli import CliError
+    from swarmlm.errors import UsageError as CliError
 
     url = ns.http.rstrip("/")
     headers = {"authorization": f"Bearer {ns.token}"} if ns.token else {}
@@ -102,7 +102,7 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ask(ns: argparse.Namespace) -> int:
-    from swarmlm.node.cli import CliError
+    from swarmlm.errors import UsageError as CliError
 
     if bool(ns.bootstrap) == bool(ns.http):
         raise CliError("ask: give --bootstrap MADDR (join the swarm) or --http URL (a node's API), not both")

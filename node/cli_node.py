@@ -87,7 +87,7 @@ async def _with_client_host(bootstrap: list[str], fn, settle_s: float = 2.0):
 def cmd_peers(ns: argparse.Namespace) -> int:
     import trio
 
-    from swarmlm.node.cli import CliError
+    from swarmlm.errors import UsageError as CliError
 
     if not ns.bootstrap:
         raise CliError("peers: give at least one --bootstrap MADDR")

@@ -51,7 +51,7 @@ def _rows_http(url: str) -> list[dict[str, Any]]:
 def status_command(ns: argparse.Namespace) -> int:
     import trio
 
-    from swarmlm.node.cli import CliError
+    from swarmlm.errors import UsageError as CliError
 
     if bool(ns.bootstrap) == bool(ns.http):
         raise CliError("status: give --bootstrap MADDR or --http URL")
