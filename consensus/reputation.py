@@ -15,7 +15,10 @@ Per node a score in [0, 1] (fresh identities start at 0):
 * stake and slashing: entering a round stakes ``stake_fraction`` of the score; a judge whose
   agreement is below ``outlier_below`` (more against the consensus than with it) loses the stake
   before the EMA step, otherwise the stake is returned;
-* winning: the author of the winning candidate moves by a smaller EMA step toward 1.
+* winning: the author of the winning candidate moves by a smaller EMA step toward 1;
+* support: the steps are scaled by the share of the round's weight held by established judges.
+  Once any node is established (or from the start, given ``anchors``), a round judged by
+  newcomers only changes nothing, so identities cannot farm reputation among themselves.
 
 A judge's weight is 0 until it has a passed calibration record, then ``newcomer_weight + score``.
 In one round the newcomers' (score below ``established``) combined weight is capped at
@@ -43,6 +46,7 @@ class ReputationParams:
     newcomer_weight: float = 0.01
     established: float = 0.25
     established_rounds: int = 20
+    anchor_score: float = 0.5
     newcomer_cap: float = 0.25
     stake_fraction: float = 0.1
     outlier_below: float = 0.5
@@ -68,6 +72,13 @@ class ReputationState:
     calibrated: dict[str, float] = field(default_factory=dict)  # node -> time of its first passed calibration
     nodes: dict[str, NodeReputation] = field(default_factory=dict)
     rounds: list[str] = field(default_factory=list)
+    anchors: frozenset[str] = frozenset()  # trusted founders: established from the start
+    bootstrapped: bool = False  # some node is established: newcomer-only rounds stop counting
+
+    def __post_init__(self) -> None:
+        for a in sorted(self.anchors):
+            self._node(a).score = max(self._node(a).score, self.params.anchor_score)
+        self.bootstrapped = self.bootstrapped or bool(self.anchors)
 
     def _node(self, node: str) -> NodeReputation:
         rep = self.nodes.get(node)
@@ -102,6 +113,8 @@ class ReputationState:
 
     def is_established(self, node: str, at: float | None = None) -> bool:
         """Judged at least ``established_rounds`` rounds and scores at least ``established``."""
+        if node in self.anchors:
+            return True
         rep = self.nodes.get(node)
         return (rep is not None and rep.judged >= self.params.established_rounds
                 and self.score(node, at) >= self.params.established)
@@ -138,6 +151,13 @@ class ReputationState:
         if sum(weights.values()) <= 0.0:
             return None
         fit = bt.aggregate(candidates, votes, weights)
+        established = sum(w for j, w in weights.items() if self.is_established(j, t))
+        if established > 0.0:
+            support = established / sum(weights.values())
+        elif self.bootstrapped:
+            return fit  # only newcomers judged: such a round (a Sybil farm?) earns and costs nothing
+        else:
+            support = 1.0  # bootstrap: nobody is established anywhere yet
         index = {c: i for i, c in enumerate(candidates)}
         keys = list(answer_keys) if answer_keys is not None else list(candidates)
 
@@ -157,10 +177,13 @@ class ReputationState:
                 rep.stake_lost += lost
                 rep.slashed += 1
                 evidence = 0.0
-            rep.score = (1.0 - p.judge_rate) * rep.score + p.judge_rate * evidence
+            rate = p.judge_rate * support
+            rep.score = (1.0 - rate) * rep.score + rate * evidence
         win = self.nodes[authors[fit.winner]]
         win.won += 1
-        win.score = (1.0 - p.win_rate) * win.score + p.win_rate
+        win.score = (1.0 - p.win_rate * support) * win.score + p.win_rate * support
+        if not self.bootstrapped:
+            self.bootstrapped = any(self.is_established(j, t) for j in sorted(votes))
         if round_id:
             self.rounds.append(round_id)
         return fit
@@ -186,9 +209,12 @@ def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: fl
 
 
 def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
-                       calibrations: Iterable[object] = (),
+                       calibrations: Iterable[object] = (), anchors: Iterable[str] = (),
                        params: ReputationParams | None = None) -> ReputationState:
     """Reputation of every node from round records (and calibration records), as of ``now``.
+
+    ``anchors`` are peer ids every node of the swarm agrees to trust from the start (e.g. its
+    founders): they count as established, which ends the bootstrap phase at once.
 
     Records that fail verification are ignored, so the result depends only on the set of valid
     records, never on their order or on duplicates.
@@ -196,7 +222,7 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
     from swarmlm.consensus.calibration import CalibrationError, verify_calibration
 
     params = params or ReputationParams()
-    state = ReputationState(params)
+    state = ReputationState(params, anchors=frozenset(anchors))
     for c in calibrations:
         try:
             cal = verify_calibration(c)  # type: ignore[arg-type]

@@ -49,19 +49,25 @@ class Contrarian:
 
 
 def history(nodes: list[Identity], rounds: int, t0: float = 10_000.0, bad: Identity | None = None,
-            state: ReputationState | None = None) -> list[bytes]:
-    """Signed records of ``rounds`` rounds among ``nodes`` (plus an optional contrarian judge)."""
+            state: ReputationState | None = None, coordinator: Identity = COORD,
+            answering: int = 5, step: float = 100.0) -> list[bytes]:
+    """Signed records of ``rounds`` rounds among ``nodes`` (plus an optional contrarian judge).
+
+    The first ``answering`` nodes (rotating) answer, every node judges; round ``r`` starts at
+    ``t0 + step * r``.
+    """
     answers = ["Paris", "Lyon", "Paris, France", "Marseille", "Berlin"]
     out = []
     for r in range(rounds):
-        t = t0 + 100.0 * r
+        t = t0 + step * r
         judges = {n: honest() for n in nodes}
         if bad is not None:
             judges[bad] = Contrarian()
         weights = {j.peer_id: 1.0 for j in judges} if state is None else state.round_weights(
             [j.peer_id for j in judges], t)
         shift = r % len(nodes)
-        cand = {n: answers[(i + shift) % len(answers)] for i, n in enumerate(nodes)}
-        _, log = run_local_round(COORD, f"question {r}", cand, judges, weights, now=t, seed=f"h{r}")
+        rotated = nodes[shift:] + nodes[:shift]
+        cand = {n: answers[i % len(answers)] for i, n in enumerate(rotated[:answering])}
+        _, log = run_local_round(coordinator, f"question {r}", cand, judges, weights, now=t, seed=f"h{r}-{t0}")
         out.append(next(a for a in log if isinstance(a, Finished)).packet.envelope.encode())
     return out

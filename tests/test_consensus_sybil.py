@@ -52,3 +52,25 @@ def test_without_reputation_the_same_sybils_do_flip_it(setup):
     _, _, t = setup
     fin = attack_round({n.peer_id: 1.0 for n in HONEST + SYBILS}, t)
     assert fin.winner_answer == "Berlin"
+
+
+def test_sybils_cannot_farm_reputation_among_themselves(setup):
+    """Rounds a Sybil coordinator runs with only Sybil judges earn them nothing once the swarm has
+    established nodes (or from the start, when the swarm names its founders as anchors)."""
+    records, _, t = setup
+    farmers = SYBILS[:8]
+    cals = [calibrate(n, T0 - 10.0) for n in HONEST + SYBILS]  # worst case: calibrated from the start
+    late_farm = history(farmers, 12, t + 1.0, coordinator=farmers[0], step=1.0)  # after bootstrap
+    early_farm = history(farmers, 12, T0 + 50.0, coordinator=farmers[0])  # interleaved from the start
+    end = t + 100.0
+    late = compute_reputation(records + late_farm, end, calibrations=cals)
+    assert all(late.nodes[s.peer_id].judged == 0 and late.score(s.peer_id) == 0.0 for s in farmers)
+    anchored = compute_reputation(records + early_farm, end, calibrations=cals,
+                                  anchors=[n.peer_id for n in HONEST])
+    assert all(anchored.score(s.peer_id) == 0.0 for s in farmers)
+    weights = anchored.round_weights([n.peer_id for n in HONEST + SYBILS], end)
+    assert attack_round(weights, end).winner_answer == "Paris"
+    # without anchors a farm running while nobody is established yet does gain ground: this
+    # bootstrap window is why a public swarm should name its founders as anchors
+    unanchored = compute_reputation(records + early_farm, end, calibrations=cals)
+    assert max(unanchored.score(s.peer_id) for s in farmers) > 0.1
