@@ -17,13 +17,14 @@ breakpoint ``b`` (a server's start or end, or ``n``) with ``a < b <= min(end, n)
 cost is linear in each switch point between two hops, some optimal chain switches servers only at
 breakpoints, so the search over breakpoints is exact; it includes the plain "serve to the end of
 your range" edges and also "stop where a faster server starts". The graph is a DAG (positions only
-grow), solved by one forward pass. Ties go to fewer hops, then to lexicographically smaller peer ids.
+grow), solved by one forward pass. Ties go to fewer hops, then to the smaller peer id of the last hop.
 
 Nothing here does I/O; all inputs are plain records (``ServerView``), the output is a ``Route``.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import statistics
@@ -182,6 +183,7 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
             eligible.append(s)
         else:
             reasons[i] = why
+    eligible.sort(key=lambda s: (s.peer_id, s.start, s.end))  # the plan must not depend on the input order
     uncovered = coverage_gaps(eligible, n_layers)
     if uncovered:
         names = {s.model for s in servers if model is None or s.model == model}
@@ -193,44 +195,46 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
     throughput = mode == "throughput"
     jitter: dict[int, float] = {}
     if throughput and rng is not None and cost.jitter > 0:
-        # one draw per server, in a fixed order, so a seed gives the same plan whatever the input order
-        for idx in sorted(range(len(eligible)), key=lambda k: (eligible[k].peer_id, eligible[k].start, eligible[k].end)):
+        for idx in range(len(eligible)):  # one draw per server, in the sorted order
             jitter[idx] = rng.uniform(1.0 - cost.jitter, 1.0 + cost.jitter)
 
-    def edge(idx: int, layers: int) -> tuple[float, float]:
-        """(planning cost, estimated real cost) of server ``idx`` serving ``layers`` layers."""
-        s = eligible[idx]
+    # each server's edge costs are linear in the number of layers: plan = p0 + p1 * k, real = r0 + r1 * k
+    lines: list[tuple[float, float, float, float]] = []
+    for idx, s in enumerate(eligible):
         ms = s.ms_per_layer if _measured(s.ms_per_layer) else fallback_ms
         rtt = s.rtt_ms if s.rtt_ms is not None and math.isfinite(s.rtt_ms) and s.rtt_ms >= 0 else cost.default_rtt_ms
         overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
-        real = overhead + layers * ms
-        plan = overhead + layers * ms * ((1.0 + cost.load_weight * max(s.load, 0.0)) if throughput else 1.0)
-        plan *= jitter.get(idx, 1.0)
-        if s.peer_id in prefer:
-            plan *= 1.0 - cost.prefer_discount
-        return plan, real
+        load_factor = (1.0 + cost.load_weight * max(s.load, 0.0)) if throughput else 1.0
+        scale = jitter.get(idx, 1.0) * ((1.0 - cost.prefer_discount) if s.peer_id in prefer else 1.0)
+        lines.append((overhead * scale, ms * load_factor * scale, overhead, ms))
 
     points = sorted({0, n_layers} | {min(max(p, 0), n_layers) for s in eligible for p in (s.start, s.end)})
-    # best[p] = (key, real cost, hops) where key = (planning cost, hop count, peer ids) for ties
-    best: dict[int, tuple[tuple[float, int, tuple[str, ...]], float, tuple[Hop, ...]]] = {0: ((0.0, 0, ()), 0.0, ())}
-    for a in points:
+    # best[b] = (planning cost, hop count, last peer id): costs within 1e-9 are equal and then fewer hops,
+    # then the smaller peer id win; full ties keep the first found (servers are sorted, points ascend)
+    best: dict[int, tuple[float, int, str]] = {0: (0.0, 0, "")}
+    real: dict[int, float] = {0: 0.0}
+    back: dict[int, tuple[int, int]] = {}  # b -> (a, server index) of the best hop ending at b
+    for i, a in enumerate(points):
         if a == n_layers or a not in best:
             continue
-        (pcost, nhops, ids), real_so_far, hops = best[a]
+        pcost, nhops, _ = best[a]
         for idx, s in enumerate(eligible):
             if not (s.start <= a < s.end):
                 continue
-            stop = min(s.end, n_layers)
-            for b in points:
-                if b <= a or b > stop:
-                    continue
-                plan_c, real_c = edge(idx, b - a)
-                key = (round(pcost + plan_c, 9), nhops + 1, ids + (s.peer_id,))
+            p0, p1, r0, r1 = lines[idx]
+            base = pcost + p0
+            for b in points[i + 1:bisect.bisect_right(points, min(s.end, n_layers))]:
+                c = base + p1 * (b - a)
                 cur = best.get(b)
-                if cur is None or key < cur[0]:
-                    best[b] = (key, real_so_far + real_c, hops + (Hop(s.peer_id, a, b),))
-    _, real_total, hops = best[n_layers]  # present: every layer is covered, so every point is reachable
-    return Route(hops=list(hops), est_ms_per_token=real_total, mode=mode)
+                if cur is None or c < cur[0] - 1e-9 or (c <= cur[0] + 1e-9 and (nhops + 1, s.peer_id) < cur[1:]):
+                    best[b], real[b], back[b] = (c, nhops + 1, s.peer_id), real[a] + r0 + r1 * (b - a), (a, idx)
+    hops: list[Hop] = []
+    b = n_layers  # reachable: every layer is covered, so from every point some server goes further
+    while b > 0:
+        a, idx = back[b]
+        hops.append(Hop(eligible[idx].peer_id, a, b))
+        b = a
+    return Route(hops=hops[::-1], est_ms_per_token=real[n_layers], mode=mode)
 
 
 def replan_after_failure(old_route: Route, failed_peer: str, servers: Sequence[ServerView], n_layers: int, *,

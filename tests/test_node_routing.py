@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from swarmlm.errors import SwarmError
@@ -228,3 +228,33 @@ def test_property_routes_are_contiguous_and_exist_iff_covered(case):
         s = eligible[h.peer_id]
         assert s.start <= h.start < h.end <= min(s.end, n)
     assert r.est_ms_per_token > 0
+    # the plan does not depend on the order of the input
+    shuffled = servers[::-1]
+    r2 = plan_route(shuffled, n, need_cache_tokens=need, banned=banned, mode=mode, rng=random.Random(seed))
+    assert spans(r2) == spans(r)
+
+
+def _brute_force_cost(servers: list[ServerView], n: int, cost: CostModel) -> float:
+    """Cheapest latency-mode chain over every (a, b) sub-range edge of every server: no breakpoint trick."""
+    known = sorted(s.ms_per_layer for s in servers if s.ms_per_layer > 0)
+    fallback = (known[(len(known) - 1) // 2] + known[len(known) // 2]) / 2 if known else cost.default_ms_per_layer
+    dist = [0.0] + [float("inf")] * n
+    for a in range(n):
+        for s in servers:
+            if not s.start <= a < s.end:
+                continue
+            ms = s.ms_per_layer if s.ms_per_layer > 0 else fallback
+            hop = (cost.default_rtt_ms if s.rtt_ms is None else s.rtt_ms) + (cost.relay_penalty_ms if s.relayed else 0)
+            for b in range(a + 1, min(s.end, n) + 1):
+                dist[b] = min(dist[b], dist[a] + hop + (b - a) * ms)
+    return dist[n]
+
+
+@settings(max_examples=200, deadline=None)
+@given(swarms())
+def test_property_latency_plans_are_optimal_over_all_sub_ranges(case):
+    n, servers, _, _, _, _ = case
+    live = [s for s in servers if s.alive]
+    assume(not coverage_gaps(live, n))
+    r = plan_route(live, n, need_cache_tokens=0)
+    assert r.est_ms_per_token == pytest.approx(_brute_force_cost(live, n, CostModel()), rel=1e-9, abs=1e-9)
