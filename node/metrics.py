@@ -95,18 +95,20 @@ def instrument(app: Any, node: Any) -> Any:
         if scope.get("type") != "http":
             await app(scope, receive, send)
             return
-        code = {"v": 500}
+        path, method = _path_label(scope.get("path", "")), scope.get("method", "GET")
+        counted = []
 
         async def send_status(message: dict) -> None:
-            if message.get("type") == "http.response.start":
-                code["v"] = message.get("status", 500)
+            if message.get("type") == "http.response.start" and not counted:
+                counted.append(1)  # counted before the client can see the response
+                metrics.http_requests.labels(path, method, str(message.get("status", 500))).inc()
             await send(message)
 
         try:
             await app(scope, receive, send_status)
         finally:
-            metrics.http_requests.labels(_path_label(scope.get("path", "")), scope.get("method", "GET"),
-                                         str(code["v"])).inc()
+            if not counted:  # the app failed before answering
+                metrics.http_requests.labels(path, method, "500").inc()
 
     wrapped.state = getattr(app, "state", None)  # type: ignore[attr-defined]
     return wrapped
