@@ -242,3 +242,67 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
                           [h.answer_hash for h in v.candidates])
     state.decay_to(now)
     return state
+
+
+class ReputationBook:
+    """A node's running view: records are verified once, and folded incrementally when they arrive
+    in canonical order (otherwise the fold restarts). ``snapshot(now)`` always equals
+    ``compute_reputation`` over the same records, bit for bit.
+    """
+
+    def __init__(self, params: ReputationParams | None = None, anchors: Iterable[str] = ()) -> None:
+        self.params = params or ReputationParams()
+        self.anchors = frozenset(anchors)
+        self._rounds: dict[str, VerifiedRound] = {}
+        self._calibrated: dict[str, float] = {}
+        self._state: ReputationState | None = None
+        self._last: tuple[float, str] | None = None  # canonical key of the last folded round
+
+    def add_record(self, record: RoundRecord | bytes) -> bool:
+        """Verify and keep a round record; False if invalid or already known."""
+        try:
+            v = verify_record(record)
+        except ConsensusError:
+            return False
+        cur = self._rounds.get(v.round_id)
+        if cur is not None and cur.record.id <= v.record.id:
+            return False
+        self._rounds[v.round_id] = v
+        if cur is not None or (self._last is not None and (v.time, v.round_id) <= self._last):
+            self._state = None  # replaces or precedes a folded round: fold again from the start
+        return True
+
+    def add_calibration(self, record: object) -> bool:
+        """Verify and keep a calibration record; False if invalid, failed or not earlier than known."""
+        from swarmlm.consensus.calibration import CalibrationError, verify_calibration
+
+        try:
+            cal = verify_calibration(record)  # type: ignore[arg-type]
+        except (CalibrationError, ConsensusError):
+            return False
+        prev = self._calibrated.get(cal.subject)
+        if not cal.passed or (prev is not None and prev <= cal.graded_at):
+            return False
+        self._calibrated[cal.subject] = cal.graded_at
+        self._state = None
+        return True
+
+    def snapshot(self, now: float) -> ReputationState:
+        """The reputation as of ``now`` (a copy: the caller may keep or change it)."""
+        import copy
+
+        p = self.params
+        if self._state is None:
+            self._state, self._last = ReputationState(p, anchors=self.anchors), None
+        st = self._state
+        st.calibrated = {n: t for n, t in self._calibrated.items() if t <= now + p.max_clock_skew}
+        if len(st.calibrated) != len(self._calibrated):  # calibrations still in the future: no caching
+            self._state = None
+        for v in order_rounds(self._rounds.values(), now, p.max_clock_skew):
+            if self._last is None or (v.time, v.round_id) > self._last:
+                st.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
+                               [h.answer_hash for h in v.candidates])
+                self._last = (v.time, v.round_id)
+        out = copy.deepcopy(st)
+        out.decay_to(now)
+        return out

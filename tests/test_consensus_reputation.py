@@ -111,3 +111,23 @@ def test_newcomers_together_are_capped():
     est_total = sum(w[n] for n in est)
     assert sum(w[n] for n in newcomers) == pytest.approx(0.25 * est_total)
     assert state.is_established("e0") and not state.is_established("s0")
+
+
+def test_incremental_book_equals_the_pure_function(records, cals):
+    from swarmlm.consensus.reputation import ReputationBook
+
+    now = T0 + 5000.0
+    want = compute_reputation(records, now, calibrations=cals).scores()
+    book = ReputationBook()
+    assert all(book.add_calibration(c) for c in cals)
+    for r in records[:6]:  # in order: folded incrementally
+        assert book.add_record(r)
+    mid = book.snapshot(T0 + 550.0)
+    assert mid.scores() == compute_reputation(records[:6], T0 + 550.0, calibrations=cals).scores()
+    late = list(records[6:])
+    random.Random(1).shuffle(late)  # out of order: the book folds again where needed
+    for r in late:
+        assert book.add_record(r)
+    assert not book.add_record(records[0]) and not book.add_record(b"junk")
+    assert book.snapshot(now).scores() == want
+    assert book.snapshot(now).scores() == want  # snapshots do not disturb the running fold

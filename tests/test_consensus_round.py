@@ -10,7 +10,8 @@ from swarmlm.consensus.audit import verify_record
 from swarmlm.consensus.judging import LogLikelihoodJudge
 from swarmlm.consensus.local import run_local_round
 from swarmlm.consensus.participant import JudgeSession, answer_packet, open_result, open_spec_packet
-from swarmlm.consensus.records import (ConsensusError, Packet, Reveal, RoundRecord, commitment, open_as)
+from swarmlm.consensus.records import (ConsensusError, Packet, Reveal, RevealRequest, RoundRecord, commitment,
+                                       open_as)
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Phase, Rejected, Send, Timeouts
 from swarmlm.crypto.identity import Identity
 
@@ -153,3 +154,36 @@ def test_judges_without_weight_are_not_invited_and_records_resist_tampering():
     resigned = dataclasses.replace(rec, coordinator=NODES[0].peer_id).seal(NODES[0])  # valid signature...
     with pytest.raises(ConsensusError, match="another coordinator"):  # ...but the spec is not its own
         verify_record(open_as(RoundRecord, resigned))
+
+
+def test_participants_check_what_the_coordinator_sends():
+    peers = [n.peer_id for n in NODES[:3]]
+    rnd, acts = CoordinatorRound.start(COORD, "q", peers, peers, 0.0, weights={p: 1.0 for p in peers}, seed="y")
+    with pytest.raises(ConsensusError, match="prompt"):
+        open_spec_packet(Packet(acts[0].packet.envelope, ("another prompt",)))
+    spec, _ = open_spec_packet(acts[0].packet)
+    out = []
+    for n, a in zip(NODES[:3], ["x", "y", "z"]):
+        out += rnd.receive(answer_packet(n, spec, a), 1.0)
+    req = out[-1].packet
+    assert isinstance(out[-1], Send) and rnd.phase is Phase.COMMITS
+    swapped = Packet(req.envelope, (req.texts[0], req.texts[2], req.texts[1], req.texts[3]))
+    with pytest.raises(ConsensusError, match="does not match its hash"):
+        JudgeSession.open(NODES[0], swapped)
+    with pytest.raises(ConsensusError, match="not a judge"):
+        JudgeSession.open(NODES[3], req)
+    sess = JudgeSession.open(NODES[0], req)
+    with pytest.raises(ConsensusError):
+        sess.commit(["A"])  # one outcome per task
+    with pytest.raises(ConsensusError, match="no commit"):
+        sess.reveal(Packet(RevealRequest(COORD.peer_id, rnd.round_id, tuple(peers)).seal(COORD)))
+
+
+def test_score_table_for_the_client():
+    _, log = run()
+    fin = finished(log)
+    table = fin.scores()
+    assert [r["answer"] for r in table][:2] == ["Paris", "Paris."]
+    assert table[0]["winner"] is True and sum(r["winner"] for r in table) == 1
+    assert {r["node"] for r in table} == {n.peer_id for n in NODES}
+    assert fin.round_id == fin.record.round_id and table[0]["model"] == "local"
