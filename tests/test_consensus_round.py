@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swarmlm.consensus.audit import verify_record
 from swarmlm.consensus.judging import LogLikelihoodJudge
@@ -187,3 +189,19 @@ def test_score_table_for_the_client():
     assert table[0]["winner"] is True and sum(r["winner"] for r in table) == 1
     assert {r["node"] for r in table} == {n.peer_id for n in NODES}
     assert fin.round_id == fin.record.round_id and table[0]["model"] == "local"
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["candidates", "commits", "reveals", None]), min_size=5, max_size=5))
+def test_any_pattern_of_silent_nodes_ends_in_a_verified_record_or_a_clean_failure(phases):
+    silent: dict[str, list[str]] = {}
+    for node, phase in zip(NODES, phases):
+        if phase:
+            silent.setdefault(phase, []).append(node.peer_id)
+    rnd, log = run(silent=silent)
+    assert rnd.phase in (Phase.DONE, Phase.FAILED)
+    assert sum(isinstance(a, (Finished, Failed)) for a in log) == 1
+    if rnd.phase is Phase.DONE:
+        rec = verify_record(finished(log).record).record
+        assert len(rec.candidates) >= 2 and rec.reveals
+        assert {n for n, _ in rec.dropped} == {n for ids in silent.values() for n in ids}
