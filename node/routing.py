@@ -151,7 +151,7 @@ def _no_route_message(all_servers: Sequence[ServerView], uncovered: list[int], n
         if missing.intersection(range(max(s.start, 0), min(s.end, n_layers))):
             counts[why] = counts.get(why, 0) + 1
     if counts:
-        labels = {"offline": "offline", "banned": "excluded after failures",
+        labels = {"offline": "offline", "banned": "excluded",
                   "cache full": f"without {need_cache_tokens} free cache tokens"}
         detail = ", ".join(f"{counts[k]} {labels[k]}" for k in ("offline", "banned", "cache full") if k in counts)
         msg += f" (servers there: {detail})"
@@ -204,7 +204,8 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
         ms = s.ms_per_layer if _measured(s.ms_per_layer) else fallback_ms
         rtt = s.rtt_ms if s.rtt_ms is not None and math.isfinite(s.rtt_ms) and s.rtt_ms >= 0 else cost.default_rtt_ms
         overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
-        load_factor = (1.0 + cost.load_weight * max(s.load, 0.0)) if throughput else 1.0
+        load = s.load if math.isfinite(s.load) and s.load > 0 else 0.0
+        load_factor = (1.0 + cost.load_weight * load) if throughput else 1.0
         scale = jitter.get(idx, 1.0) * ((1.0 - cost.prefer_discount) if s.peer_id in prefer else 1.0)
         lines.append((overhead * scale, ms * load_factor * scale, overhead, ms))
 
