@@ -104,6 +104,10 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
 def cmd_ask(ns: argparse.Namespace) -> int:
     from swarmlm.errors import UsageError as CliError
 
+    if not ns.bootstrap and not ns.http:  # like the node's config: SWARMLM_BOOTSTRAP (comma-separated)
+        import os
+
+        ns.bootstrap = [a.strip() for a in os.environ.get("SWARMLM_BOOTSTRAP", "").split(",") if a.strip()]
     if bool(ns.bootstrap) == bool(ns.http):
         raise CliError("ask: give --bootstrap MADDR (join the swarm) or --http URL (a node's API), not both")
     t0 = time.perf_counter()
@@ -131,7 +135,7 @@ def cmd_ask(ns: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="ask the swarm: stream an answer, then print the route and timings")
     p.add_argument("prompt")
-    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="join the swarm through this peer")
+    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="join the swarm through this peer (default: $SWARMLM_BOOTSTRAP)")
     p.add_argument("--http", metavar="URL", help="use a node's HTTP API instead, e.g. http://127.0.0.1:8080")
     p.add_argument("--token", help="bearer token for --http")
     p.add_argument("--model", metavar="SPEC", help="model id (default: the first one the swarm serves fully)")
