@@ -66,7 +66,7 @@ def entry_size() -> dict[str, int]:
     for _ in range(10):  # ten heartbeats: updates overwrite values; the snapshot stays small
         eng.publish_local(1_764_000_010.0, load=1.0)
     update = eng.own.doc.full_update()
-    snap = eng._seal(eng.own.seq, True, update)
+    snap = eng._seal(eng.peer_id, eng.own.seq, True, update)
     return {"yjs": len(update), "envelope": len(snap.raw)}
 
 
@@ -86,13 +86,15 @@ def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = 
         from swarmlm.net.host import HostConfig, SwarmHost
         from swarmlm.net.state_memnet import random_local_write
         from swarmlm.net.state_service import StateService
+        from swarmlm.net.swarm_state import doc_owner
     except ImportError as exc:
         log(f"libp2p part skipped: {exc}")
         return None
 
     def converged(svcs: list[Any]) -> bool:
         d = svcs[0].sync.digest()
-        return all(s.sync.digest() == d for s in svcs) and len(svcs[0].sync.replicas) == len(svcs)
+        owners = {doc_owner(k) for k in svcs[0].sync.replicas}
+        return all(s.sync.digest() == d for s in svcs) and len(owners) == len(svcs)
 
     async def wait(svcs: list[Any], timeout: float) -> None:
         with trio.fail_after(timeout):
