@@ -73,6 +73,7 @@ async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> 
             while not any(p.peer_id != node.peer_id for p in node.state.state.peers(time.time())):
                 await trio.sleep(0.1)
             await trio.sleep(0.5)  # the rest of the swarm arrives right behind the first entry
+        log.info("[2/4] joined: %d peers known", len(node.state.state.peers(time.time())) - 1)
     servers = servers_for(node.state.state, svc.model_id, time.time(), exclude=node.peer_id)
     start, end = choose_range(n_layers, servers, max_layers)
     log.info("auto placement: layers [%d, %d) of %d (%d other servers known)", start, end, n_layers, len(servers))
@@ -87,7 +88,7 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     from swarmlm.net.swarm_state import ModelInfo
 
     t0 = time.monotonic()
-    log.info("resolving %s", svc.model_id)
+    log.info("[1/4] resolving %s", svc.model_id)
     model_dir = await trio.to_thread.run_sync(resolve, svc.model_id)
     cfg = ModelConfig.from_dir(model_dir)
     n = cfg.num_hidden_layers
@@ -97,12 +98,12 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     max_layers = min(n, svc.max_layers or n, cap)
     svc.max_layers_effective = max_layers
     start, end = await choose_layers(svc, node, n, max_layers)
-    log.info("loading layers [%d, %d) of %s (%s)", start, end, svc.model_id, svc.dtype)
+    log.info("[3/4] loading layers [%d, %d) of %s (%s)", start, end, svc.model_id, svc.dtype)
     shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
     ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
     cache = KVCacheManager(shard.cache_layout(), svc.max_cache_tokens)
     node.state.publish_now(models=[ModelInfo(svc.model_id, config_hash(model_dir), n, svc.dtype)])
-    log.info("serving layers [%d, %d) of %s: %.2f ms/layer/token, %d cache tokens (ready in %.1f s)",
+    log.info("[4/4] serving layers [%d, %d) of %s: %.2f ms/layer/token, %d cache tokens (ready in %.1f s)",
              start, end, svc.model_id, ms, svc.max_cache_tokens, time.monotonic() - t0)
     return shard, cache, ms
 
