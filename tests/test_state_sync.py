@@ -218,3 +218,12 @@ def test_node_restored_from_a_stale_file_takes_back_later_records(tmp_path):
     net.settle()
     assert [r.body for r in back.state.records(author=victim)] == [{"late": 1}]
     assert net.converged()
+
+
+def test_bench_crdt_in_memory_part_reports_its_fields():
+    from swarmlm.bench.crdt import bench_memory, entry_size
+
+    r = bench_memory(4, 20, seed=1, degree=2, drop=0.1)
+    assert r["bytes_sent"] > 0 and r["converge_ms"] > 0 and r["rejected"] == 0
+    sizes = entry_size()
+    assert 0 < sizes["yjs"] < sizes["envelope"] < 2000
