@@ -81,7 +81,8 @@ class StateSync(OwnEpochs):
         self._own_restarted = False
         self._own_merge: list[bytes] = []
         self._ghost: Replica | None = None
-        self._fresh = True  # until the first tick: our sv omits ourselves, so peers send our old log
+        self._fresh = True  # for 2 ticks with neighbours: our sv omits ourselves, so peers send our old log
+        self._fresh_ticks = 2
         epoch = int(now * 1000)
         if restore is not None:
             epoch = self._restore(restore, now, epoch)
@@ -126,8 +127,10 @@ class StateSync(OwnEpochs):
     def tick(self, now: float) -> Out:
         """Anti-entropy with one random neighbour; compaction of long-gone peers."""
         self._compact(now)
-        if self.neighbours:
-            self._fresh, self._ghost = False, None
+        if self.neighbours:  # the answers to our first vectors have had a tick period to arrive
+            self._fresh_ticks -= 1
+            if self._fresh_ticks <= 0:
+                self._fresh, self._ghost = False, None
         if not self.neighbours:
             return []
         peer = self.rng.choice(sorted(self.neighbours))
