@@ -127,62 +127,65 @@ async def _bulk(client: Any, peer: str, mb: int) -> float:
     return mb / dt
 
 
-async def _measure(name: str, client: Any, peer: str, args: Any, fresh_connect: Any) -> dict[str, Any]:
-    res: dict[str, Any] = {"rtt_ms": {}, "bulk_mbps": []}
-    for n in PAYLOADS:
-        iters = args.iters if n < (1 << 20) else max(5, args.iters // 10)
-        rt = await _round_trips(client, peer, n, iters, warmup=max(3, iters // 10))
-        res["rtt_ms"][n] = median(rt)
-        log(f"{name}: {n:>8} B round trip median {median(rt):.3f} ms (min {min(rt):.3f}, n={len(rt)})")
-    await _bulk(client, peer, min(8, args.bulk_mb))  # warm up windows and buffers
-    for _ in range(args.repeats):
-        res["bulk_mbps"].append(await _bulk(client, peer, args.bulk_mb))
-    log(f"{name}: bulk {args.bulk_mb} MiB: " + ", ".join(f"{v:.0f}" for v in res["bulk_mbps"]) + " MiB/s")
-    conn = [await fresh_connect() for _ in range(args.connects)]
-    res["connect_ms"] = conn
-    log(f"{name}: connect " + ", ".join(f"{v:.1f}" for v in conn) + " ms")
-    return res
-
-
-async def _run_raw(info: dict, args: Any) -> dict[str, Any]:
+async def _run(info: dict, args: Any) -> dict[str, dict[str, Any]]:
+    """Both transports, interleaved round by round so that both see the same machine load."""
+    from swarmlm.crypto.identity import Identity
+    from swarmlm.net.host import SwarmHost
     from swarmlm.net.rawstream import TrioByteStream
     from swarmlm.net.rpc import FrameStream, RpcClient
 
     host, port = info["raw"]
+    cfg = _host_config(args.stock)
 
-    async def opener(peer: str, protocol: str) -> TrioByteStream:
+    async def raw_open(peer: str, protocol: str) -> TrioByteStream:
         return TrioByteStream(await trio.open_tcp_stream(host, port))
 
-    client = RpcClient(opener)
-
-    async def fresh_connect() -> float:
+    async def raw_connect() -> float:
         t0 = time.perf_counter()
-        fs = FrameStream(await opener(RAW_PEER, PROTO))
+        fs = FrameStream(await raw_open(RAW_PEER, PROTO))
         await fs.send({"m": "echo", "a": None, "d": 10})
         await fs.recv()
         ms = (time.perf_counter() - t0) * 1000.0
         await fs.stream.close()
         return ms
 
-    return await _measure("raw", client, RAW_PEER, args, fresh_connect)
-
-
-async def _run_libp2p(info: dict, args: Any) -> dict[str, Any]:
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import SwarmHost
-
-    cfg = _host_config(args.stock)
-
-    async def fresh_connect() -> float:
+    async def libp2p_connect() -> float:
         async with SwarmHost(Identity.generate(), cfg).running() as h:
             t0 = time.perf_counter()
             peer = await h.connect(info["libp2p"])
             await h.rpc.call(peer, PROTO, "echo", None, timeout=10)
             return (time.perf_counter() - t0) * 1000.0
 
+    res = {name: {"rtt_ms": {n: [] for n in PAYLOADS}, "bulk_mbps": [], "connect_ms": []}
+           for name in ("libp2p", "raw")}
     async with SwarmHost(Identity.generate(), cfg).running() as h:
-        peer = await h.connect(info["libp2p"])
-        return await _measure("libp2p", h.rpc, peer, args, fresh_connect)
+        sides = {"libp2p": (h.rpc, await h.connect(info["libp2p"]), libp2p_connect),
+                 "raw": (RpcClient(raw_open), RAW_PEER, raw_connect)}
+        for name, (client, peer, _) in sides.items():  # warm up streams, windows and buffers
+            for n in PAYLOADS:
+                await _round_trips(client, peer, n, 0, warmup=5)
+            await _bulk(client, peer, min(8, args.bulk_mb))
+        rounds = max(1, args.rounds)
+        for r in range(rounds):
+            for name in (("libp2p", "raw") if r % 2 == 0 else ("raw", "libp2p")):
+                client, peer, connect = sides[name]
+                out = res[name]
+                for n in PAYLOADS:
+                    iters = max(1, (args.iters if n < (1 << 20) else max(10, args.iters // 10)) // rounds)
+                    out["rtt_ms"][n] += await _round_trips(client, peer, n, iters, warmup=1)
+                out["bulk_mbps"].append(await _bulk(client, peer, args.bulk_mb))
+                for _ in range(max(1, args.connects // rounds)):
+                    out["connect_ms"].append(await connect())
+            log(f"round {r + 1}/{rounds}: " + "; ".join(
+                f"{k} 16K {median(v['rtt_ms'][16384]):.3f} ms, bulk {v['bulk_mbps'][-1]:.0f} MiB/s, "
+                f"connect {v['connect_ms'][-1]:.1f} ms" for k, v in res.items()))
+    for name, out in res.items():
+        for n in PAYLOADS:
+            rt = out["rtt_ms"][n]
+            log(f"{name}: {n:>8} B round trip median {median(rt):.3f} ms (min {min(rt):.3f}, n={len(rt)})")
+        log(f"{name}: bulk " + ", ".join(f"{v:.0f}" for v in out["bulk_mbps"]) + " MiB/s; connect "
+            + ", ".join(f"{v:.1f}" for v in out["connect_ms"]) + " ms")
+    return res
 
 
 def _start_server(stock: bool, verbose: bool = False) -> tuple[subprocess.Popen, dict, Path]:
@@ -205,7 +208,7 @@ def _start_server(stock: bool, verbose: bool = False) -> tuple[subprocess.Popen,
 def _result(lp: dict[str, Any], raw: dict[str, Any], args: Any, load: tuple[float, float, float]) -> dict[str, Any]:
     payloads = {}
     for n in PAYLOADS:
-        a, b = lp["rtt_ms"][n], raw["rtt_ms"][n]
+        a, b = median(lp["rtt_ms"][n]), median(raw["rtt_ms"][n])
         payloads[str(n)] = {"libp2p_ms": round(a, 3), "raw_ms": round(b, 3), "ratio": round(a / b, 2)}
     bl, br = median(lp["bulk_mbps"]), median(raw["bulk_mbps"])
     return {
@@ -215,7 +218,7 @@ def _result(lp: dict[str, Any], raw: dict[str, Any], args: Any, load: tuple[floa
         "connect_ms": round(median(lp["connect_ms"]), 2),
         "raw_connect_ms": round(median(raw["connect_ms"]), 2),
         "stock_libp2p": bool(args.stock),
-        "iters": args.iters, "repeats": args.repeats, "connects": args.connects,
+        "iters": args.iters, "rounds": args.rounds, "connects": args.connects,
         "loadavg_before": [round(v, 2) for v in load],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "cpus": os.cpu_count(),
@@ -237,10 +240,10 @@ def _summary(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("rpc", "round trip, bulk and connect time: our libp2p RPC vs raw trio TCP, same framing")
-    p.add_argument("--iters", type=int, default=200, help="round trips per small payload (1 MiB: a tenth)")
-    p.add_argument("--repeats", type=int, default=5, help="bulk transfers per transport")
+    p.add_argument("--iters", type=int, default=300, help="round trips per small payload (1 MiB: a tenth)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one bulk transfer per round)")
     p.add_argument("--bulk-mb", type=int, default=64, help="MiB per bulk transfer (1 MiB items)")
-    p.add_argument("--connects", type=int, default=9, help="fresh connections per transport")
+    p.add_argument("--connects", type=int, default=10, help="fresh connections per transport (over all rounds)")
     p.add_argument("--stock", action="store_true", help="unmodified py-libp2p components (baseline)")
     p.add_argument("--serve", action="store_true", help=argparse_hidden())
     p.add_argument("--ready", type=Path, help=argparse_hidden())
@@ -256,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     proc, info, tmpdir = _start_server(args.stock, args.verbose)
     try:
         log(f"server pid {proc.pid}: libp2p {info['libp2p']}, raw {info['raw'][0]}:{info['raw'][1]}")
-        lp = trio.run(_run_libp2p, info, args)
-        raw = trio.run(_run_raw, info, args)
+        res = trio.run(_run, info, args)
+        lp, raw = res["libp2p"], res["raw"]
     finally:
         proc.terminate()
         try:

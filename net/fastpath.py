@@ -36,7 +36,15 @@ from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.io.utils import read_exactly
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
+from libp2p.protocol_muxer import multiselect_client as _msc
+from libp2p.protocol_muxer.exceptions import (
+    MultiselectClientError,
+    MultiselectCommunicatorError,
+    ProtocolNotSupportedError,
+)
+from libp2p.protocol_muxer.multiselect_client import MultiselectClient
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
+from libp2p.utils import encode_delim
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _y
 
@@ -90,23 +98,38 @@ class FastNoiseSession(SecureSession):
             if not data:
                 self._eof = True
                 return
-            if self._tail:
-                data = self._tail + data
-            mv = memoryview(data)
             off, n = 0, len(data)
+            tail = self._tail
+            if tail:  # finish the message split across reads, copying only that message
+                if len(tail) < 2:
+                    off = 2 - len(tail)
+                    tail += data[:off]
+                    if len(tail) < 2:
+                        self._tail = tail
+                        continue
+                missing = 2 + ((tail[0] << 8) | tail[1]) - len(tail)
+                if n - off < missing:
+                    self._tail = tail + data[off:]
+                    continue
+                self._push(self._open(memoryview(tail[2:] + data[off:off + missing])))
+                got += 1
+                off += missing
+                self._tail = b""
+            mv = memoryview(data)
             while n - off >= 2:
                 size = (data[off] << 8) | data[off + 1]
                 if n - off - 2 < size:
                     break
-                pt = self._open(mv[off + 2:off + 2 + size])
+                self._push(self._open(mv[off + 2:off + 2 + size]))
+                got += 1
                 off += 2 + size
-                if pt:
-                    self._chunks.append(pt)
-                    self._avail += len(pt)
-                    got += 1
-                elif size:
-                    got += 1  # an empty message is still progress
-            self._tail = bytes(mv[off:]) if off < n else b""
+            if off < n:
+                self._tail = bytes(mv[off:])
+
+    def _push(self, pt: bytes) -> None:
+        if pt:
+            self._chunks.append(pt)
+            self._avail += len(pt)
 
     def _take(self, n: int, into: bytearray | None = None) -> Any:
         """``n`` buffered bytes (``_avail >= n``), as bytes, or appended to ``into``."""
@@ -381,9 +404,9 @@ class FastYamuxStream(_y.YamuxStream):
 class FastYamux(_y.Yamux):
     """Yamux with ``FastYamuxStream`` streams and a lean incoming-frame loop (see module doc)."""
 
-    window = 4 * 1024 * 1024  # receive window granted per stream
+    window = 8 * 1024 * 1024  # receive window granted per stream (go-yamux grows to 16 MiB)
     max_frame = 64 * 1024 - _HEADER  # DATA payload per frame, as go-yamux / stock py-libp2p send
-    write_batch = 256 * 1024  # bytes of frames per secured write
+    write_batch = 1024 * 1024  # bytes of frames per secured write
     window_wait_s = 5.0  # as stock: a writer starved of credit this long fails
     body_timeout_s = _y._yamux_data_read_timeout()  # as stock: a DATA body must arrive this fast
 
@@ -570,8 +593,52 @@ class FastMuxerMultistream(MuxerMultistream):
         return self._annotate_connection(muxed, conn, protocol)
 
 
+class PipelinedMultiselectClient(MultiselectClient):
+    """multistream-select initiator that sends its header and first proposal in one write.
+
+    Stock waits for the responder's header before proposing: two round trips per negotiation, and
+    a new connection negotiates three times (security, muxer, then each stream's protocol). The
+    spec allows pipelining (go-libp2p does it), and the responder reads messages in order, so this
+    saves one round trip each; a declined first proposal falls back to trying the others."""
+
+    async def select_one_of(self, protocols: Any, communicator: Any,
+                            negotiate_timeout: int = _msc.DEFAULT_NEGOTIATE_TIMEOUT) -> Any:
+        rw = getattr(communicator, "read_writer", None)
+        if not protocols or rw is None:
+            return await super().select_one_of(protocols, communicator, negotiate_timeout)
+        first = protocols[0]
+        with trio.move_on_after(negotiate_timeout):
+            try:
+                await rw.write(encode_delim(_msc.MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(str(first).encode()))
+            except Exception as exc:
+                raise MultiselectClientError(f"handshake write failed: {exc}") from exc
+            try:
+                header = await communicator.read()
+                answer = await communicator.read()
+            except MultiselectCommunicatorError as exc:
+                raise MultiselectClientError(f"handshake read failed: {exc}") from exc
+            if not _msc.is_valid_handshake(header):
+                raise MultiselectClientError(f"multiselect protocol ID mismatch: got {header!r}")
+            if answer == str(first):
+                return first
+            if answer != _msc.PROTOCOL_NOT_FOUND_MSG:
+                raise MultiselectClientError(f"unrecognized response: {answer!r}, protocol={first}")
+            for proto in protocols[1:]:
+                try:
+                    return await self.try_select(communicator, proto)
+                except ProtocolNotSupportedError:
+                    continue
+            raise MultiselectClientError(f"protocols not supported: tried {list(protocols)}")
+        raise MultiselectClientError(f"response timed out after {negotiate_timeout}s, protocols tried: {list(protocols)}")
+
+
 def install_fast_muxer(host: Any) -> None:
-    """Make ``host`` build ``FastYamux`` connections (call right after ``new_host``)."""
+    """Make ``host`` build ``FastYamux`` connections and pipeline multistream-select (call right
+    after ``new_host``)."""
     upgrader = host.get_network().upgrader
     old = upgrader.muxer_multistream
     upgrader.muxer_multistream = FastMuxerMultistream(fast_muxer_option(), old.negotiate_timeout)
+    client = PipelinedMultiselectClient()
+    host.multiselect_client = client
+    upgrader.muxer_multistream._selector.multiselect_client = client
+    upgrader.security_multistream._selector.multiselect_client = client

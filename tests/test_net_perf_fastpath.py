@@ -220,3 +220,74 @@ async def test_noise_session_is_used_and_parts_write_matches():
         await stream.reset()
         with pytest.raises(RpcError):
             await client.rpc.call(server.peer_id, "/swarmlm/nothing/1", "x", None, timeout=5)
+
+
+# ---------------------------------------------------------------- FastNoiseSession framing
+class _Cipher:
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        self.n = 0
+        self.cipher = type("C", (), {"cipher": ChaCha20Poly1305(key)})()
+
+
+class _Raw:
+    """Records what is written; hands back ``feed`` in random-sized pieces."""
+
+    def __init__(self, feed: bytes = b"", seed: int = 0) -> None:
+        import random
+
+        self.out, self.feed, self.rng = bytearray(), feed, random.Random(seed)
+
+    async def write(self, data) -> None:
+        self.out += data
+
+    async def read(self, n=None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        k = min(len(self.feed), self.rng.choice([1, 2, 3, 17, 1000, 65537, 70000, 300000]), n or 1 << 30)
+        data, self.feed = self.feed[:k], self.feed[k:]
+        return data
+
+
+def _session(raw: _Raw, key: bytes) -> FastNoiseSession:
+    from types import SimpleNamespace
+
+    proto = SimpleNamespace(cipher_state_encrypt=_Cipher(key), cipher_state_decrypt=_Cipher(key))
+    conn = SimpleNamespace(read_writer=SimpleNamespace(read_write_closer=raw),
+                           noise_state=SimpleNamespace(noise_protocol=proto))
+    base = SimpleNamespace(local_peer=None, local_private_key=None, remote_peer=None,
+                           remote_permanent_pubkey=None, is_initiator=True, conn=conn)
+    return FastNoiseSession(base)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_noise_session_messages_survive_any_read_split(seed):
+    """Writes of every size (one message, exactly the limit, many messages, scattered parts) come
+    back byte for byte however the socket splits them, and each Noise message is at most 65535."""
+    key = os.urandom(32)
+    sender = _Raw()
+    tx = _session(sender, key)
+    blobs = [b"", b"x", os.urandom(65519), os.urandom(65520), os.urandom(300_001), os.urandom(7)]
+    for b in blobs[:-2]:
+        await tx.write(b)
+    await tx.write_parts([b"ab", memoryview(blobs[-2])[:150_000], bytearray(blobs[-2][150_000:]), b""])
+    await tx.write(blobs[-1])
+    wire = bytes(sender.out)
+    off, sizes = 0, []
+    while off < len(wire):
+        size = int.from_bytes(wire[off:off + 2], "big")
+        sizes.append(size)
+        off += 2 + size
+    assert off == len(wire) and max(sizes) <= 65535
+    rx = _session(_Raw(wire, seed), key)
+    expect = b"".join(blobs[:-2]) + b"ab" + blobs[-2] + blobs[-1]
+    got = bytearray()
+    got += await rx.read_exact(3)
+    await rx.read_exact(70_000, got)
+    while len(got) < len(expect):
+        got += await rx.read(min(12345, len(expect) - len(got)))
+    assert bytes(got) == expect
+    from libp2p.io.exceptions import IncompleteReadError
+
+    with pytest.raises(IncompleteReadError):
+        await rx.read_exact(1)
