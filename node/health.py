@@ -196,6 +196,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             "reputation": None if e.peer_id not in reputation else round(reputation[e.peer_id], 4),
             "verdicts": verdicts.get(e.peer_id, []),
         })
+    peers.sort(key=lambda p: (not p["self"], p["peer_id"]))  # this node first
     models = []
     for model in state.models(now).values():
         hosts = [{"peer_id": p["peer_id"], "start": h["start"], "end": h["end"], "throughput": p["throughput"],
