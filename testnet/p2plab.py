@@ -6,7 +6,7 @@ to show what it does through real NAT rules before ``swarmlm.net.host`` wraps th
 ``python -m swarmlm.testnet.p2plab relay --port 4001`` on the public host; ``listen`` on a home host
 reserves a slot on the relay and answers an echo protocol; ``dial`` connects to the listener through
 the relay, runs DCUtR and sends one echo. Each prints JSON lines; ``dial`` ends with
-``{"relayed", "punched", "direct", "echo_ok", "echo_via", "t_relay_s", "t_punch_s"}`` where
+``{"relayed", "punched", "attempts", "direct", "echo_ok", "echo_via", "t_relay_s", "t_punch_s"}`` where
 ``direct`` lists the remote addresses of non-circuit connections to the listener and ``echo_via``
 the addresses of the connection the echo stream used. ``run_pair(topo, x, y, port)`` drives one trial.
 """
@@ -86,15 +86,22 @@ async def _node(ns: argparse.Namespace) -> None:
                 t0 = time.monotonic()
                 await transport.dial(multiaddr.Multiaddr(f"{ns.relay}/p2p-circuit/p2p/{target}"))
                 t_relay = time.monotonic() - t0
-                punched = False
+                punched, attempts = False, 0
+
+                def is_direct() -> bool:
+                    return any(all("/p2p-circuit" not in a for a in c) for c in _conn_addrs(host, target))
+
                 t1 = time.monotonic()
                 with trio.move_on_after(ns.punch_timeout):
-                    punched = await dcutr.initiate_hole_punch(target)
-                    # the peer's auto-drive may have punched first ("in progress" -> False): give it a moment
-                    for _ in range(20):
-                        if any(all("/p2p-circuit" not in a for a in c) for c in _conn_addrs(host, target)):
-                            break
-                        await trio.sleep(0.1)
+                    while not is_direct() and attempts < 3:  # DCUtR allows retries; one rarely hangs
+                        attempts += 1
+                        with trio.move_on_after(ns.punch_timeout / 2):
+                            punched = await dcutr.initiate_hole_punch(target)
+                        # the peer's auto-drive may have punched first ("in progress" -> False): wait a moment
+                        for _ in range(20):
+                            if is_direct():
+                                break
+                            await trio.sleep(0.1)
                 t_punch = time.monotonic() - t1
                 conns = _conn_addrs(host, target)
                 direct = [a for c in conns if all("/p2p-circuit" not in x for x in c) for a in c]
@@ -104,8 +111,8 @@ async def _node(ns: argparse.Namespace) -> None:
                 with trio.fail_after(10):
                     echo_ok = (await stream.read(1024)) == b"ping"
                 await stream.close()
-                _emit(relayed=True, punched=punched, direct=direct, echo_ok=echo_ok, echo_via=via,
-                      t_relay_s=round(t_relay, 3), t_punch_s=round(t_punch, 3))
+                _emit(relayed=True, punched=punched, attempts=attempts, direct=direct, echo_ok=echo_ok,
+                      echo_via=via, t_relay_s=round(t_relay, 3), t_punch_s=round(t_punch, 3))
                 nursery.cancel_scope.cancel()
 
 
@@ -158,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=4001, help="TCP listen port")
     ap.add_argument("--relay", help="relay multiaddr /ip4/.../tcp/.../p2p/ID (listen, dial)")
     ap.add_argument("--target", help="listener peer id (dial)")
-    ap.add_argument("--punch-timeout", type=float, default=8.0)
+    ap.add_argument("--punch-timeout", type=float, default=8.0, help="seconds for all DCUtR attempts")
     try:
         trio.run(_node, ap.parse_args(argv))
     except KeyboardInterrupt:

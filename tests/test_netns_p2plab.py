@@ -30,7 +30,7 @@ def lab() -> Iterator[tuple[Topology, str]]:
 @pytest.mark.parametrize(("x", "y", "port"), [("a", "b", 4100), ("b", "a", 4101)])
 def test_dcutr_cone_to_cone_goes_direct(lab: tuple[Topology, str], x: str, y: str, port: int) -> None:
     topo, relay_addr = lab
-    res = run_pair(topo, relay_addr, x, y, port)
+    res = run_pair(topo, relay_addr, x, y, port, punch_timeout=10)
     assert res.get("relayed") and res["echo_ok"], res
     expected = f"/ip4/{topo.sites[y].public_ip}/tcp/{port}"
     assert res["direct"] == [expected], res  # the peer's NAT, not the relay
