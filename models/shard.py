@@ -81,6 +81,8 @@ def _positions_start(positions: int | torch.Tensor | None, session: Session, T: 
 class Shard:
     """Layers ``[start, end)`` of a Llama-family model (see the module docstring)."""
 
+    decode_matmul = False  # single-token attention as matmul/softmax/matmul (else the SDPA kernel)
+
     def __init__(self, config: ModelConfig, start: int, end: int, layers: list[LayerWeights],
                  dtype: torch.dtype, embed: torch.Tensor | None = None, norm: torch.Tensor | None = None,
                  lm_head: torch.Tensor | None = None, has_embedding: bool = False, has_head: bool = False,
@@ -231,7 +233,7 @@ class Shard:
             keys, vals = kc[:, :, :s + T], vc[:, :, :s + T]
             # grouped-query attention without copying the cache: query heads of one kv head side by side
             qg = q.reshape(B, nkv, g * T, hd)
-            if T == 1:  # decode: plain matmuls beat the fused kernel for one query row
+            if T == 1 and self.decode_matmul:  # decode: plain matmuls beat the fused kernel for one row
                 att = torch.matmul(qg, keys.transpose(-1, -2)) * self.attn_scale
                 att = torch.softmax(att, dim=-1, dtype=torch.float32).to(qg.dtype)
                 o = torch.matmul(att, vals)
