@@ -161,6 +161,9 @@ class Shard:
                 raise SessionError(f"session {sess.session_id} has batch size {sess.batch_size}, input {x.shape[0]}")
             start = _positions_start(pos, sess, T)
             sess.check_step(start, T)
+            if cfg.sliding_window is not None and start + T > cfg.sliding_window:
+                raise SessionError(f"position {start + T} is beyond the model's sliding window "
+                                   f"{cfg.sliding_window} (not supported)")
             starts.append(start)
             sizes.append(x.shape[0])
         xs = [e[1] for e in entries]
