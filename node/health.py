@@ -34,6 +34,7 @@ SHOW_OFFLINE_S = 600.0  # offline peers stay listed (greyed) this long after the
 MAX_ROUNDS = 10
 MAX_VERDICTS = 5
 SCHEMA_VERSION = 1
+REPUTATION_CACHE_S = 30.0
 
 
 class HealthTracker:
@@ -42,6 +43,8 @@ class HealthTracker:
     def __init__(self) -> None:
         self.up_since: dict[str, float] = {}
         self.was_connected: set[str] = set()
+        self.round_rows: dict[str, dict[str, Any]] = {}  # record key -> its row (verified once)
+        self.reputation: tuple[Any, float, dict[str, float]] | None = None  # (records seen, when, scores)
 
     def observe(self, peer: str, live: bool, connected: bool, now: float) -> float | None:
         """Record one observation; returns how long ``peer`` has been up as seen from here."""
@@ -93,14 +96,17 @@ def _verdicts(state: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _rounds(state: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Recent consensus rounds (newest first) and the reputation the signed rounds imply."""
     from swarmlm.consensus.audit import verify_record
     from swarmlm.consensus.reputation import compute_reputation
 
-    rounds = []
+    rounds, shown = [], {}
     for rec in list(reversed(state.records(kind="round")))[:MAX_ROUNDS]:
         body = rec.body
+        if rec.key in tracker.round_rows:  # verified once: records never change
+            rounds.append(shown.setdefault(rec.key, tracker.round_rows[rec.key]))
+            continue
         row: dict[str, Any] = {"round_id": rec.key[:16], "coordinator": rec.author, "at": rec.created,
                                "winner": None, "scores": []}
         if isinstance(body, (bytes, bytearray)):  # a signed consensus RoundRecord
@@ -120,14 +126,22 @@ def _rounds(state: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
             row.update(round_id=str(body.get("round_id", row["round_id"]))[:16], winner=body.get("winner"),
                        scores=[s for s in scores if isinstance(s, dict)][:16])
         rounds.append(row)
+        shown[rec.key] = row
+    tracker.round_rows = shown  # only the rows on display are kept
     reputation: dict[str, float] = {}
-    all_blobs = [bytes(r.body) for r in state.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
-    if all_blobs:
-        cals = [bytes(r.body) for r in state.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
+    recs = [r for r in state.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
+    cal_recs = [r for r in state.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
+    key = (tuple(r.key for r in recs), tuple(r.key for r in cal_recs))
+    cached = tracker.reputation
+    if recs and cached is not None and cached[0] == key and time.monotonic() - cached[1] < REPUTATION_CACHE_S:
+        return rounds, cached[2]  # the fold verifies every record: not on every 2 s refresh
+    if recs:
+        all_blobs, cals = [bytes(r.body) for r in recs], [bytes(r.body) for r in cal_recs]
         try:
             reputation = compute_reputation(all_blobs, time.time(), calibrations=cals).scores()
         except Exception as exc:  # noqa: BLE001
             log.debug("reputation fold failed: %s", exc)
+    tracker.reputation = (key, time.monotonic(), reputation)
     return rounds, reputation
 
 
@@ -160,7 +174,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
     state = node.state.state
     me = node.peer_id
     verdicts = _verdicts(state)
-    rounds, reputation = _rounds(state)
+    rounds, reputation = _rounds(state, tracker)
     peers, status = [], {}
     for e in state.peers(now, include_offline=True):
         age = e.age(now)

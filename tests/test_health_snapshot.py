@@ -137,3 +137,18 @@ def _exchange(a: StateSync, b: StateSync, now: float) -> None:
         for _, out in dst.on_message(src.peer_id, msg, now):
             queue.append((dst.peer_id, out, dst))
     raise AssertionError("sync did not settle")
+
+
+def test_signed_rounds_are_verified_once_per_viewer(monkeypatch):
+    sync = own_state()
+    sync.add_record("round", signed_round(), NOW - 50)
+    node, tracker = fake_node(sync), HealthTracker()
+    first = swarm_snapshot(node, tracker, now=NOW)
+
+    def boom(*a, **k):
+        raise AssertionError("re-verified on a refresh")
+
+    monkeypatch.setattr("swarmlm.consensus.audit.verify_record", boom)
+    monkeypatch.setattr("swarmlm.consensus.reputation.compute_reputation", boom)
+    again = swarm_snapshot(node, tracker, now=NOW + 2)
+    assert again["rounds"] == first["rounds"] and first["rounds"][0]["verified"]
