@@ -1,41 +1,24 @@
-"""Faster py-libp2p 0.8.1 components, wire-compatible with stock Noise and Yamux peers.
+"""Our fast path through py-libp2p 0.8.1, wire-compatible with stock peers; ``net.host`` installs it.
 
-``swarmlm bench rpc`` profiled where an RPC over py-libp2p spends its time (see docs/BENCHMARKS.md);
-this module fixes it in two subclasses that ``net.host.build_libp2p_host`` plugs in:
+``swarmlm bench rpc`` profiled where an RPC over stock py-libp2p spends its time (docs/BENCHMARKS.md);
+the fixes live in our layer, as subclasses of py-libp2p components:
 
-``FastNoiseTransport`` (protocol ``/noise``, same XX handshake; only the transport phase changes)
-    Stock reads each Noise message with two exact reads on the socket (2-byte length, then body)
-    under a lock, and writes every <= 65519-byte chunk as its own socket write. ``FastNoiseSession``
-    receives in 256 KiB gulps, decrypts every whole message in the buffer at once, keeps the
-    plaintext in one buffer, and encrypts a whole write into a single socket ``send``.
-
-``FastYamux`` (protocol ``/yamux/1.0.0``; frames as in the spec)
-    Stock polls ``trio.sleep(0.01)`` while a stream's send window is zero (at 256 KiB per window
-    that caps one stream near 25 MiB/s), sends a WINDOW_UPDATE frame after *every* read (two extra
-    encrypted records per RPC), formats debug f-strings for every frame, and copies each chunk
-    three times. ``FastYamuxStream`` wakes writers with a ``trio.Event`` when credit arrives, grants
-    a ``window``-byte receive window up front (in the SYN / ACK frame, as go-yamux does), returns
-    credit in one update once half of it is consumed, and writes all frames that the window allows
-    for one ``write`` with a single secured write. ``FastYamux.handle_incoming`` is a lean frame
-    loop that treats a peer overrunning its window or sending garbage as a protocol error and
-    closes that one connection.
-
-Everything else (stream close/reset, backlog, keep-alive pings, GO_AWAY, stale-stream sweeping)
-is inherited unchanged.
+* ``net.fastnoise.FastNoiseTransport``: the ``/noise`` session after the handshake batches reads and
+  writes (one ``send`` per write, a 256 KiB ``recv`` decrypting every message in it);
+* ``net.fastyamux.FastYamux``: ``/yamux/1.0.0`` with event-driven flow control instead of 10 ms
+  polling, an 8 MiB window granted up front, one credit update per half window instead of one per
+  read, scatter writes;
+* here: ``FastMuxerMultistream`` (stock builds a stock ``Yamux`` whatever ``muxer_opt`` says),
+  ``PipelinedMultiselectClient`` (header and proposal in one write: one round trip per
+  negotiation instead of two, three negotiations per new connection) and ``open_lazy_stream``
+  (a new RPC stream's protocol proposal rides with its first request: no round trip at all).
 """
 
 from __future__ import annotations
 
-import logging
-import struct
-from collections import deque
 from typing import Any
 
 import trio
-from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
-from libp2p.io.utils import read_exactly
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.security.secure_session import SecureSession
 from libp2p.protocol_muxer import multiselect_client as _msc
 from libp2p.protocol_muxer.exceptions import (
     MultiselectClientError,
@@ -43,541 +26,17 @@ from libp2p.protocol_muxer.exceptions import (
     ProtocolNotSupportedError,
 )
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
-from libp2p.utils import encode_delim
-from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _y
+from libp2p.utils import encode_delim
 
-log = logging.getLogger("swarmlm.fastpath")
+from swarmlm.net.fastnoise import FastNoiseSession, FastNoiseTransport
+from swarmlm.net.fastyamux import _HDR, FastYamux, FastYamuxStream, YamuxProtocolError, fast_muxer_option
 
-YAMUX_PROTOCOL_ID = _y.PROTOCOL_ID  # "/yamux/1.0.0": unchanged, so we interoperate
-_HDR = struct.Struct(_y.YAMUX_HEADER_FORMAT)
-_HEADER = _HDR.size
-_INITIAL_WINDOW = _y.DEFAULT_WINDOW_SIZE  # 256 KiB, fixed by the yamux spec
-_MAX_PLAINTEXT = 65535 - 16  # Noise message minus the Poly1305 tag
-_RECV_GULP = 256 * 1024
-_KEEP_OUT = 2 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------------------- Noise
-class FastNoiseSession(SecureSession):
-    """A Noise transport session: batched receive and decrypt, one encrypted ``send`` per write."""
-
-    def __init__(self, session: SecureSession) -> None:
-        super().__init__(
-            local_peer=session.local_peer, local_private_key=session.local_private_key,
-            remote_peer=session.remote_peer, remote_permanent_pubkey=session.remote_permanent_pubkey,
-            is_initiator=session.is_initiator, conn=session.conn,
-        )
-        rw = session.conn  # NoiseTransportReadWriter: keeps close/addresses/connection type
-        self._raw = rw.read_writer.read_write_closer  # the RawConnection under it
-        proto = rw.noise_state.noise_protocol
-        self._enc = proto.cipher_state_encrypt  # noise CipherStates: we keep their nonces current
-        self._dec = proto.cipher_state_decrypt
-        self._tail = b""  # received bytes of an incomplete Noise message
-        self._chunks: deque[bytes] = deque()  # decrypted plaintext, oldest first
-        self._off = 0  # bytes of _chunks[0] already read
-        self._avail = 0  # plaintext bytes buffered
-        self._eof = False
-        self._write_lock = trio.Lock()
-        self._out = bytearray()
-        self._scratch = bytearray(_MAX_PLAINTEXT)
-
-    # -- receive --------------------------------------------------------------------------
-    def _open(self, ct: memoryview) -> bytes:
-        cs = self._dec
-        pt = cs.cipher.cipher.decrypt(b"\0\0\0\0" + cs.n.to_bytes(8, "little"), ct, None)
-        cs.n += 1
-        return pt
-
-    async def _fill(self) -> None:
-        """Receive until at least one more whole Noise message is decrypted (or EOF)."""
-        got = 0
-        while not got:
-            data = await self._raw.read(_RECV_GULP)
-            if not data:
-                self._eof = True
-                return
-            off, n = 0, len(data)
-            tail = self._tail
-            if tail:  # finish the message split across reads, copying only that message
-                if len(tail) < 2:
-                    off = 2 - len(tail)
-                    tail += data[:off]
-                    if len(tail) < 2:
-                        self._tail = tail
-                        continue
-                missing = 2 + ((tail[0] << 8) | tail[1]) - len(tail)
-                if n - off < missing:
-                    self._tail = tail + data[off:]
-                    continue
-                self._push(self._open(memoryview(tail[2:] + data[off:off + missing])))
-                got += 1
-                off += missing
-                self._tail = b""
-            mv = memoryview(data)
-            while n - off >= 2:
-                size = (data[off] << 8) | data[off + 1]
-                if n - off - 2 < size:
-                    break
-                self._push(self._open(mv[off + 2:off + 2 + size]))
-                got += 1
-                off += 2 + size
-            if off < n:
-                self._tail = bytes(mv[off:])
-
-    def _push(self, pt: bytes) -> None:
-        if pt:
-            self._chunks.append(pt)
-            self._avail += len(pt)
-
-    def _take(self, n: int, into: bytearray | None = None) -> Any:
-        """``n`` buffered bytes (``_avail >= n``), as bytes, or appended to ``into``."""
-        if not n:
-            return b"" if into is None else None
-        chunks = self._chunks
-        first, off = chunks[0], self._off
-        if into is None and len(first) - off >= n:  # the common case: within one message
-            if off == 0 and len(first) == n:
-                chunks.popleft()
-                out: Any = first
-            else:
-                out = first[off:off + n]
-                self._off = off + n
-                if self._off == len(first):
-                    chunks.popleft()
-                    self._off = 0
-            self._avail -= n
-            return out
-        out = bytearray() if into is None else into
-        need = n
-        while need:
-            first, off = chunks[0], self._off
-            k = min(need, len(first) - off)
-            out += memoryview(first)[off:off + k]
-            need -= k
-            if off + k == len(first):
-                chunks.popleft()
-                self._off = 0
-            else:
-                self._off = off + k
-        self._avail -= n
-        return bytes(out) if into is None else None
-
-    async def read_exact(self, n: int, into: bytearray | None = None) -> Any:
-        """Exactly ``n`` plaintext bytes (or appends them to ``into``); IncompleteReadError at EOF."""
-        while self._avail < n:
-            if self._eof:
-                raise IncompleteReadError(f"connection closed: expected {n} bytes, got {self._avail}",
-                                          expected_bytes=n, received_bytes=self._avail)
-            await self._fill()
-        return self._take(n, into)
-
-    async def read(self, n: int | None = None) -> bytes:
-        """SecureSession semantics: ``n`` bytes (fewer only at EOF), or whatever is buffered."""
-        if n == 0:
-            return b""
-        while not self._avail or (n is not None and self._avail < n):
-            if self._eof:
-                break
-            await self._fill()
-        if not self._avail:
-            raise ConnectionClosedError("Connection closed")
-        return self._take(self._avail if n is None else min(n, self._avail))
-
-    # -- send -----------------------------------------------------------------------------
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self.write_parts([data])
-
-    async def write_parts(self, parts: list[Any]) -> None:
-        """Encrypt the concatenation of ``parts`` and send it with one socket write.
-
-        Plaintext is gathered into a reused 64 KiB scratch buffer and sealed into a reused output
-        buffer (fresh megabyte-sized buffers cost more in page faults than the copy itself)."""
-        views = [v for v in (p if isinstance(p, memoryview) else memoryview(p) for p in parts) if v.nbytes]
-        views = [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in views]
-        total = sum(len(v) for v in views)
-        need = total + max(1, -(-total // _MAX_PLAINTEXT)) * 18  # per message: length + tag
-        async with self._write_lock:  # nonces must reach the wire in the order they were used
-            if len(self._out) < need:
-                self._out = bytearray(need)
-            out = memoryview(self._out)
-            scratch = memoryview(self._scratch)
-            cs = self._enc
-            aead = cs.cipher.cipher
-            pos = fill = 0
-            queue = deque(views)
-            while True:
-                # gather one message's plaintext: a slice of one part when it fits, else scratch
-                if queue and not fill and len(queue[0]) >= _MAX_PLAINTEXT:
-                    head = queue[0]
-                    chunk = head[:_MAX_PLAINTEXT]
-                    if len(head) == _MAX_PLAINTEXT:
-                        queue.popleft()
-                    else:
-                        queue[0] = head[_MAX_PLAINTEXT:]
-                else:
-                    while queue and fill < _MAX_PLAINTEXT:
-                        head = queue[0]
-                        k = min(len(head), _MAX_PLAINTEXT - fill)
-                        scratch[fill:fill + k] = head[:k]
-                        fill += k
-                        if k == len(head):
-                            queue.popleft()
-                        else:
-                            queue[0] = head[k:]
-                    chunk = scratch[:fill]
-                size = len(chunk) + 16
-                out[pos:pos + 2] = size.to_bytes(2, "big")
-                aead.encrypt_into(b"\0\0\0\0" + cs.n.to_bytes(8, "little"), chunk, None, out[pos + 2:pos + 2 + size])
-                cs.n += 1
-                pos += 2 + size
-                fill = 0
-                if not queue:
-                    break
-            try:
-                await self._raw.write(out[:pos])
-            finally:
-                out.release()
-                scratch.release()
-            if len(self._out) > _KEEP_OUT:  # keep a modest buffer per connection, not the largest
-                self._out = bytearray()
-
-
-class FastNoiseTransport(NoiseTransport):
-    """Noise XX as stock (``/noise``); the session after the handshake is a ``FastNoiseSession``."""
-
-    async def secure_inbound(self, conn: Any) -> Any:
-        return FastNoiseSession(await super().secure_inbound(conn))
-
-    async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
-        return FastNoiseSession(await super().secure_outbound(conn, peer_id))
-
-
-# --------------------------------------------------------------------------------------- Yamux
-class YamuxProtocolError(Exception):
-    """The peer broke the yamux protocol: its connection is closed."""
-
-
-class FastYamuxStream(_y.YamuxStream):
-    """Event-driven send window, up-front receive window, batched credit and batched frames."""
-
-    def __init__(self, stream_id: int, conn: "FastYamux", is_initiator: bool) -> None:
-        self._credit = trio.Event()
-        self._send_window = 0
-        super().__init__(stream_id, conn, is_initiator)
-        self.recv_window = conn.window  # we grant (window - 256 KiB) in the SYN / ACK frame
-        self.target_recv_window = conn.window
-        self._unreleased = 0
-        self._writing = trio.Lock()
-
-    @property  # type: ignore[override]
-    def send_window(self) -> int:
-        return self._send_window
-
-    @send_window.setter
-    def send_window(self, value: int) -> None:
-        grew = value > self._send_window
-        self._send_window = value
-        if grew and value > 0:
-            self._credit.set()
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self.write_parts([data])
-
-    async def write_parts(self, parts: list[Any]) -> None:
-        """Write the concatenation of ``parts`` (bytes-like) as DATA frames, without joining it."""
-        queue = deque(v if v.format == "B" and v.ndim == 1 else v.cast("B")
-                      for v in (p if isinstance(p, memoryview) else memoryview(p) for p in parts))
-        total = sum(len(v) for v in queue)
-        conn: FastYamux = self.conn  # type: ignore[assignment]
-        frame_max = conn.max_frame
-        sent = 0
-        async with self._writing:  # one write stays contiguous on the stream
-            while sent < total or not total:
-                if self.send_closed or self.closed:
-                    raise MuxedStreamError("Stream is closed for sending")
-                if not total:
-                    return
-                if self._send_window <= 0:
-                    await self._wait_credit()
-                    continue
-                budget = min(self._send_window, total - sent, conn.write_batch)
-                self._send_window -= budget
-                sent += budget
-                out: list[Any] = []
-                while budget:
-                    n = min(budget, frame_max)
-                    out.append(_HDR.pack(0, _y.TYPE_DATA, 0, self.stream_id, n))
-                    budget -= n
-                    while n:
-                        head = queue[0]
-                        if len(head) <= n:
-                            out.append(queue.popleft())
-                            n -= len(head)
-                        else:
-                            out.append(head[:n])
-                            queue[0] = head[n:]
-                            n = 0
-                await conn._write_parts(out)
-
-    async def read_into(self, into: bytearray, n: int) -> int:
-        """Append up to ``n`` (> 0) bytes to ``into`` as soon as any are here; returns how many."""
-        conn = self.conn
-        sid = self.stream_id
-        while True:
-            buf = conn.stream_buffers.get(sid)
-            if buf:
-                k = min(n, len(buf))
-                if k == len(buf):
-                    into += buf
-                    buf.clear()
-                else:
-                    with memoryview(buf) as mv:
-                        into += mv[:k]
-                    del buf[:k]
-                await self._release(k)
-                if self.closed and not buf:
-                    await conn._finalize_stream(self, fully_closed=True)
-                return k
-            await self._wait_readable(buf)
-
-    async def _wait_readable(self, buf: bytearray | None) -> None:
-        """Wait for data, or raise EOF / reset (the buffer is empty or gone)."""
-        conn = self.conn
-        if self.reset_received:
-            raise MuxedStreamReset("Stream was reset")
-        if buf is None or self.recv_closed:
-            raise MuxedStreamEOF("Stream is closed for receiving")
-        if conn.event_shutting_down.is_set():
-            raise MuxedStreamEOF("Connection shut down")
-        event = conn.stream_events.get(self.stream_id)
-        if event is None:
-            raise MuxedStreamEOF("Stream was removed")
-        if event.is_set():  # stale wake-up: re-arm; the caller looks again
-            conn.stream_events[self.stream_id] = trio.Event()
-            return
-        await event.wait()
-
-    async def _wait_credit(self) -> None:
-        with trio.move_on_after(self.conn.window_wait_s) as scope:  # type: ignore[attr-defined]
-            while self._send_window <= 0 and not self.closed:
-                self._credit = trio.Event()
-                await self._credit.wait()
-        if scope.cancelled_caught:
-            raise MuxedStreamError(f"Timed out waiting for window update after {scope.deadline} s")
-
-    async def _release(self, n: int) -> None:
-        """Give ``n`` consumed bytes back to the sender, batched to half a window per update."""
-        self._unreleased += n
-        if self._unreleased < self.target_recv_window // 2 or self.recv_closed:
-            return  # not worth an update yet, or the peer has finished sending
-        inc, self._unreleased = self._unreleased, 0
-        self.recv_window += inc
-        try:
-            await self.conn._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, 0, self.stream_id, inc))
-        except Exception as exc:  # the connection is going away; the data was read fine
-            log.debug("window update on stream %d failed: %s", self.stream_id, exc)
-
-    async def read(self, n: int | None = -1) -> bytes:
-        if n is None:
-            n = -1
-        conn = self.conn
-        sid = self.stream_id
-        while True:
-            buf = conn.stream_buffers.get(sid)
-            if buf:
-                if n < 0 or n >= len(buf):
-                    data = bytes(buf)
-                    buf.clear()
-                else:
-                    with memoryview(buf) as mv:
-                        data = bytes(mv[:n])
-                    del buf[:n]
-                await self._release(len(data))
-                if self.closed and not buf:
-                    await conn._finalize_stream(self, fully_closed=True)
-                return data
-            await self._wait_readable(buf)
-
-
-class FastYamux(_y.Yamux):
-    """Yamux with ``FastYamuxStream`` streams and a lean incoming-frame loop (see module doc)."""
-
-    window = 8 * 1024 * 1024  # receive window granted per stream (go-yamux grows to 16 MiB)
-    max_frame = 64 * 1024 - _HEADER  # DATA payload per frame, as go-yamux / stock py-libp2p send
-    write_batch = 1024 * 1024  # bytes of frames per secured write
-    window_wait_s = 5.0  # as stock: a writer starved of credit this long fails
-    body_timeout_s = _y._yamux_data_read_timeout()  # as stock: a DATA body must arrive this fast
-
-    async def _write_frame(self, data: bytes) -> None:
-        await self._write_parts([data])
-
-    async def _write_parts(self, parts: list[Any]) -> None:
-        conn = self.secured_conn
-        if isinstance(conn, FastNoiseSession):  # it serializes writes itself
-            await conn.write_parts(parts)
-            return
-        async with self._write_lock:
-            await conn.write(b"".join(parts))
-
-    async def close(self, error_code: int = _y.GO_AWAY_NORMAL) -> None:
-        streams = list(self.streams.values())
-        await super().close(error_code)
-        _wake_writers(streams)  # a writer waiting for credit sees the stream closed at once
-
-    async def _cleanup_on_error(self) -> None:
-        streams = list(self.streams.values())
-        await super()._cleanup_on_error()
-        _wake_writers(streams)
-
-    async def open_stream(self) -> FastYamuxStream:
-        await self.stream_backlog_semaphore.acquire()
-        async with self.streams_lock:
-            if self.event_shutting_down.is_set():
-                self.stream_backlog_semaphore.release()
-                raise MuxedStreamError("Connection is shutting down")
-            sid = self.next_stream_id
-            self.next_stream_id += 2
-            stream = FastYamuxStream(sid, self, True)
-            stream._owns_backlog_slot = True
-            self.streams[sid] = stream
-            self.stream_buffers[sid] = bytearray()
-            self.stream_events[sid] = trio.Event()
-        try:
-            await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_SYN, sid,
-                                              self.window - _INITIAL_WINDOW))
-        except Exception as exc:
-            stream._backlog_slot_released = True
-            self.stream_backlog_semaphore.release()
-            for table in (self.streams, self.stream_buffers, self.stream_events):
-                table.pop(sid, None)
-            raise MuxedStreamError(f"Failed to send SYN: {exc}") from exc
-        return stream
-
-    async def _read_exact(self, n: int, into: bytearray | None = None) -> Any:
-        conn = self.secured_conn
-        if isinstance(conn, FastNoiseSession):
-            if conn._avail >= n:  # already decrypted: no await, no timeout scope
-                return conn._take(n, into)
-            return await conn.read_exact(n, into)
-        data = await read_exactly(conn, n)
-        if into is None:
-            return data
-        into += data
-        return None
-
-    async def handle_incoming(self) -> None:
-        try:
-            while not self.event_shutting_down.is_set():
-                header = await self._read_exact(_HEADER)
-                version, typ, flags, sid, length = _HDR.unpack(header)
-                if version != 0:
-                    raise YamuxProtocolError(f"yamux version {version}")
-                if typ == _y.TYPE_DATA:
-                    if length > self.window:
-                        raise YamuxProtocolError(f"DATA frame of {length} bytes exceeds the window")
-                    stream = self.streams.get(sid)
-                    buf = self.stream_buffers.get(sid)
-                    if stream is not None and buf is not None and not flags & _y.FLAG_SYN:
-                        # the common case: decrypted bytes go straight into the stream's buffer
-                        if length > stream.recv_window:
-                            raise YamuxProtocolError(f"stream {sid} overran its receive window")
-                        fast = self.secured_conn
-                        if isinstance(fast, FastNoiseSession) and fast._avail >= length:
-                            fast._take(length, buf)
-                        else:
-                            with trio.fail_after(self.body_timeout_s):
-                                await self._read_exact(length, buf)
-                        stream.recv_window -= length
-                        self._apply(stream, flags, b"", 0, arrived=length > 0)
-                        continue
-                    with trio.fail_after(self.body_timeout_s):
-                        data = await self._read_exact(length) if length else b""
-                    await self._on_stream_frame(sid, flags, data, 0)
-                elif typ == _y.TYPE_WINDOW_UPDATE:
-                    await self._on_stream_frame(sid, flags, b"", length)
-                elif typ == _y.TYPE_PING:
-                    if flags & _y.FLAG_SYN:
-                        await self._write_frame(_HDR.pack(0, _y.TYPE_PING, _y.FLAG_ACK, 0, length))
-                    elif flags & _y.FLAG_ACK:
-                        rtt = trio.current_time() - self._ping_sent_time
-                        self._rtt = rtt if self._rtt == 0.0 else (self._rtt + rtt) / 2
-                        self._ping_event.set()
-                elif typ == _y.TYPE_GO_AWAY:
-                    log.debug("GO_AWAY %d from %s", length, self.peer_id)
-                    break
-                else:
-                    raise YamuxProtocolError(f"unknown frame type {typ}")
-        except YamuxProtocolError as exc:
-            log.warning("yamux protocol error from %s: %s; closing the connection", self.peer_id, exc)
-            with trio.move_on_after(1):
-                try:
-                    await self._write_frame(_HDR.pack(0, _y.TYPE_GO_AWAY, 0, 0, _y.GO_AWAY_PROTOCOL_ERROR))
-                except Exception:
-                    pass
-        except trio.TooSlowError:
-            log.warning("yamux: timed out reading a DATA frame body from %s", self.peer_id)
-        except Exception as exc:  # EOF, reset, decryption failure: this connection is over
-            log.debug("yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
-        self.event_shutting_down.set()
-        await self._cleanup_on_error()
-
-    async def _on_stream_frame(self, sid: int, flags: int, data: bytes, credit: int) -> None:
-        stream = self.streams.get(sid)
-        if flags & _y.FLAG_SYN:
-            if stream is not None or sid == 0:
-                await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_RST, sid, 0))
-                return
-            stream = FastYamuxStream(sid, self, False)
-            self.streams[sid] = stream
-            self.stream_buffers[sid] = bytearray()
-            self.stream_events[sid] = trio.Event()
-            if not flags & _y.FLAG_RST:
-                await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_ACK, sid,
-                                                  self.window - _INITIAL_WINDOW))
-            self._apply(stream, flags, data, credit)
-            await self.new_stream_send_channel.send(stream)
-            return
-        if stream is None:  # a frame for a stream we already dropped: ignore, as go-yamux does
-            return
-        self._apply(stream, flags, data, credit)
-
-    def _apply(self, stream: FastYamuxStream, flags: int, data: bytes, credit: int, arrived: bool = False) -> None:
-        sid = stream.stream_id
-        if data:
-            if len(data) > stream.recv_window:
-                raise YamuxProtocolError(f"stream {sid} overran its receive window")
-            stream.recv_window -= len(data)
-            buf = self.stream_buffers.get(sid)
-            if buf is not None:
-                buf += data
-        if credit:
-            stream.send_window += credit
-        if flags & _y.FLAG_FIN:
-            stream.recv_closed = True
-            if stream.send_closed:
-                stream.closed = True
-        if flags & _y.FLAG_RST:
-            stream.closed = stream.reset_received = True
-            stream.recv_closed = stream.send_closed = True
-            stream._credit.set()
-        event = self.stream_events.get(sid)
-        if event is not None and (data or arrived or flags & (_y.FLAG_FIN | _y.FLAG_RST)):
-            event.set()
-        if stream.closed:
-            self._finalize_stream_locked(stream, fully_closed=True)
-
-
-def _wake_writers(streams: list[Any]) -> None:
-    for stream in streams:
-        if isinstance(stream, FastYamuxStream):
-            stream._credit.set()
-
-
-def fast_muxer_option() -> dict[Any, type]:
-    """``muxer_opt`` for ``new_host``: our Yamux under the standard protocol id."""
-    return {YAMUX_PROTOCOL_ID: FastYamux}
+__all__ = ["FastNoiseSession", "FastNoiseTransport", "FastYamux", "FastYamuxStream", "YamuxProtocolError",
+           "fast_muxer_option", "FastMuxerMultistream", "PipelinedMultiselectClient", "LazyStream",
+           "open_lazy_stream", "install_fast_muxer", "_HDR"]
 
 
 class FastMuxerMultistream(MuxerMultistream):
@@ -630,6 +89,84 @@ class PipelinedMultiselectClient(MultiselectClient):
                     continue
             raise MultiselectClientError(f"protocols not supported: tried {list(protocols)}")
         raise MultiselectClientError(f"response timed out after {negotiate_timeout}s, protocols tried: {list(protocols)}")
+
+
+class NegotiationFailed(ConnectionError):
+    """The peer declined (or garbled) the protocol a lazy stream proposed."""
+
+
+class LazyStream:
+    """A py-libp2p stream whose multistream-select proposal goes out with its first write.
+
+    The answer (header, then the protocol echoed or ``na``) is read before the first read returns
+    data; a refusal raises ``NegotiationFailed`` there (a ``ConnectionError``, which the RPC maps
+    to an ``unavailable`` error). Offers ``write_parts``/``read_into`` of a fast yamux stream."""
+
+    def __init__(self, net_stream: Any, protocol: str) -> None:
+        self.stream = net_stream
+        self.protocol = protocol
+        self.muxed_conn = net_stream.muxed_conn
+        self._proposal: bytes | None = (encode_delim(_msc.MULTISELECT_PROTOCOL_ID.encode())
+                                        + encode_delim(protocol.encode()))
+        self._confirmed = False
+        inner = net_stream.muxed_stream
+        self._fast = inner if isinstance(inner, FastYamuxStream) else None
+
+    def get_protocol(self) -> str:
+        return self.protocol
+
+    async def write_parts(self, parts: list[Any]) -> None:
+        if self._proposal is not None:
+            parts, self._proposal = [self._proposal, *parts], None
+        if self._fast is not None:
+            await self._fast.write_parts(parts)
+        else:
+            await self.stream.write(b"".join(bytes(p) for p in parts))
+
+    async def write(self, data: Any) -> None:
+        await self.write_parts([data])
+
+    async def _confirm(self) -> None:
+        if self._proposal is not None:
+            await self.write_parts([])
+        comm = MultiselectCommunicator(self.stream)
+        try:
+            header = await comm.read()
+            if header != _msc.MULTISELECT_PROTOCOL_ID:
+                raise NegotiationFailed(f"not multistream-select: {header!r}")
+            answer = await comm.read()
+        except MultiselectCommunicatorError as exc:
+            raise NegotiationFailed(f"no answer to {self.protocol}: {exc}") from None
+        if answer != self.protocol:
+            raise NegotiationFailed(f"peer declined {self.protocol}: {answer!r}")
+        self._confirmed = True
+
+    async def read(self, n: int | None = None) -> bytes:
+        if not self._confirmed:
+            await self._confirm()
+        return await self.stream.read(n)
+
+    async def read_into(self, into: bytearray, n: int) -> int:
+        if not self._confirmed:
+            await self._confirm()
+        if self._fast is not None:
+            return await self._fast.read_into(into, n)
+        data = await self.stream.read(n)
+        into += data
+        return len(data)
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+    async def reset(self) -> None:
+        await self.stream.reset()
+
+
+async def open_lazy_stream(host: Any, peer_id: Any, protocol: str) -> LazyStream:
+    """A stream to ``peer_id`` (dialing if needed) whose negotiation rides with its first write."""
+    net_stream = await host.get_network().new_stream(peer_id)
+    net_stream.set_protocol(protocol)
+    return LazyStream(net_stream, protocol)
 
 
 def install_fast_muxer(host: Any) -> None:

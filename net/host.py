@@ -246,6 +246,10 @@ class SwarmHost:
         pair served by our RPC server, so callers need no special case."""
         if peer == self.peer_id:
             return await self._loopback(protocol)
+        if self.config.fastpath:  # the protocol proposal rides with the first request: no round trip
+            from swarmlm.net.fastpath import open_lazy_stream
+
+            return await open_lazy_stream(self._host, self._peer(peer), protocol)
         return await self._host.new_stream(self._peer(peer), [protocol])
 
     async def _loopback(self, protocol: str) -> Any:

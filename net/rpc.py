@@ -271,7 +271,11 @@ class RpcServer:
                     elif isinstance(msg, dict) and msg.get("cancel") and state["scope"] is not None:
                         state["scope"].cancel()
                     else:
-                        await send_ch.send(msg)
+                        # a request: wait until its call is set up, so that the item frames the
+                        # client streams right behind it reach the call and not the dispatcher
+                        taken = trio.Event()
+                        await send_ch.send((msg, taken))
+                        await taken.wait()
             except (StreamClosedError, FrameError) as exc:
                 if isinstance(exc, FrameError):
                     state["error"] = exc
@@ -284,8 +288,12 @@ class RpcServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             try:
-                async for msg in recv_ch:
-                    await self._dispatch(fs, protocol, peer, msg, state)
+                async for msg, taken in recv_ch:
+                    state["taken"] = taken
+                    try:
+                        await self._dispatch(fs, protocol, peer, msg, state)
+                    finally:
+                        taken.set()
             except (StreamClosedError, FrameError) as exc:
                 state["error"] = state["error"] or exc
             nursery.cancel_scope.cancel()
@@ -319,6 +327,8 @@ class RpcServer:
                 state["scope"] = scope
                 if streaming is not None:
                     state["items"] = items_send
+                state["taken"].set()
+                if streaming is not None:
                     result = await streaming(ServerCall(fs, items_recv, ctx), msg.get("a"))
                 else:
                     result = await unary(ctx, msg.get("a"))

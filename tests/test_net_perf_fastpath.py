@@ -215,7 +215,7 @@ async def test_noise_session_is_used_and_parts_write_matches():
     async with running_hosts(2) as (server, client):
         await wait_until(lambda: server.peer_id in client.connected_peers())
         stream = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
-        muxed = stream.muxed_stream
+        muxed = stream.stream.muxed_stream  # a LazyStream around the NetStream
         assert isinstance(muxed.conn, FastYamux) and isinstance(muxed.conn.secured_conn, FastNoiseSession)
         await stream.reset()
         with pytest.raises(RpcError):
