@@ -76,3 +76,18 @@ def test_two_nodes_in_one_process_have_separate_registries():
     a, b = NodeMetrics(Stub()), NodeMetrics(Stub())
     a.on_step(0.01, answered=True)
     assert a.tokens_generated._value.get() == 1 and b.tokens_generated._value.get() == 0
+
+
+async def test_health_paths_stay_open_when_the_api_needs_a_token(tmp_path):
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", "0:6", "--http-token", "s3cret"]], http=True) as nodes:
+        url = f"http://{nodes[0].http_addr}"
+        async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
+            for path in ("/", "/api/swarm", "/api/swarm/fragment", "/metrics", "/static/health.js", "/static/health.css"):
+                assert (await http.get(url + path)).status_code == 200, path
+            for path in ("/static/../config.py", "/static/health.py"):  # only the page's two assets are served
+                assert (await http.get(url + path)).status_code in (401, 404), path
+            assert (await http.get(url + "/v1/models")).status_code == 401
+            ok = await http.get(url + "/v1/models", headers={"authorization": "Bearer s3cret"})
+            assert ok.status_code == 200
+            m = samples((await http.get(url + "/metrics")).text)
+    assert value(m, "swarmlm_http_requests_total", path="/v1/models", method="GET", code="401") == 1
