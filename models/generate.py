@@ -4,6 +4,7 @@
 - ``load_chain(spec_or_dir, n_shards=1, dtype="fp32") -> list[Shard]`` (spec as in
   :func:`swarmlm.models.registry.resolve`).
 - ``run_chain(shards, sessions, x, positions, last_only=False)``: one forward through every shard.
+- ``stop_hold(text, stops)``: how many trailing characters to hold back while streaming with stop strings.
 - ``generate_stream(shards, prompt_ids, params, tokenizer=None, eos_ids=None)`` yields
   ``StreamEvent(token_id, text)`` per generated token (``text`` is the new printable text, held back
   while it could still be the start of a stop string; a last event with ``token_id == -1`` carries
@@ -73,7 +74,7 @@ def _check_chain(shards: Sequence[Shard]) -> None:
             raise SessionError(f"shards {a} and {b} are not contiguous")
 
 
-def _stop_hold(text: str, stops: Sequence[str]) -> int:
+def stop_hold(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters of ``text`` could begin a stop string."""
     hold = 0
     for s in stops:
@@ -82,6 +83,9 @@ def _stop_hold(text: str, stops: Sequence[str]) -> int:
                 hold = max(hold, n)
                 break
     return hold
+
+
+_stop_hold = stop_hold  # old private name, still used by node.client
 
 
 def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: SamplingParams,
@@ -126,7 +130,7 @@ def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: 
                     if len(text) > emitted:
                         yield StreamEvent(tok, text[emitted:])
                     return
-                safe = len(text) - _stop_hold(text, params.stop)
+                safe = len(text) - stop_hold(text, params.stop)
                 out, emitted = text[emitted:safe], max(emitted, safe)
             yield StreamEvent(tok, out)
             if len(res.token_ids) >= params.max_new_tokens:

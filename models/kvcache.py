@@ -50,6 +50,7 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_length <= 0 or self.batch_size <= 0:
@@ -80,7 +81,7 @@ class Session:
         self.length = position
 
     def touch(self, now: float | None = None) -> None:
-        self.last_used = time.monotonic() if now is None else now
+        self.last_used = self.clock() if now is None else now
 
     def check_step(self, start: int, n: int) -> None:
         """Validate writing ``n`` positions from ``start`` (no gaps, within max_length)."""
@@ -151,7 +152,7 @@ class KVCacheManager:
                     f"KV cache budget exceeded: session {session_id} needs {need} tokens, "
                     f"{free} of {self.budget_tokens} free; route to another node", requested=need, free=free)
             sess = Session(session_id, layout or self.layout, int(max_length), int(batch_size),
-                           last_used=self._clock())
+                           last_used=self._clock(), clock=self._clock)
             self._sessions[session_id] = sess
             return sess
 

@@ -11,7 +11,8 @@ API:
   tied embeddings also reads ``model.embed_tokens.weight``).
 - ``Shard``: ``.start .end .num_layers_total .has_embedding .has_head .config .dtype .dtype_name
   .num_params .nbytes``; ``cache_layout()``; ``new_session(max_length, batch_size=1)`` (a standalone
-  session; nodes use :class:`swarmlm.models.kvcache.KVCacheManager` with ``cache_layout()``).
+  session; nodes use :class:`swarmlm.models.kvcache.KVCacheManager` with ``cache_layout()``);
+  ``view(start, end)``: a sub-range shard sharing the weights.
 - ``Shard.forward(x, session, positions=None, last_only=False)``: ``x`` is LongTensor ids ``[B, T]``
   when the shard has the embedding, else hidden ``[B, T, hidden]`` in any float dtype. ``positions``
   is the first position (int) or a LongTensor of the contiguous positions (``[T]`` or ``[B, T]``);
@@ -129,6 +130,19 @@ class Shard:
         self._check_window(max_length)
         return Session(session_id, self.cache_layout(), max_length, batch_size)
 
+    def view(self, start: int, end: int) -> "Shard":
+        """A Shard computing only layers [start, end) of this one (shares the weights, no copy)."""
+        if not self.start <= start < end <= self.end:
+            raise SessionError(f"[{start}, {end}) is not inside [{self.start}, {self.end})")
+        if (start, end) == (self.start, self.end):
+            return self
+        emb = self.has_embedding and start == 0
+        head = self.has_head and end == self.num_layers_total
+        return Shard(self.config, start, end, self.layers[start - self.start:end - self.start], self.dtype,
+                     embed=self.embed if emb else None, norm=self.norm if head else None,
+                     lm_head=self.lm_head if head else None, has_embedding=emb, has_head=head,
+                     model_dir=self.model_dir)
+
     def _check_window(self, max_length: int) -> None:
         sw = self.config.sliding_window
         if sw is not None and max_length > sw:
@@ -152,6 +166,8 @@ class Shard:
         T = entries[0][1].shape[1]
         layout = self.cache_layout()
         starts, sizes = [], []
+        if len({id(e[0]) for e in entries}) != len(entries):
+            raise SessionError("forward_batch needs distinct sessions")
         for sess, x, pos in entries:
             if x.shape[1] != T:
                 raise SessionError("forward_batch needs the same number of tokens per entry")

@@ -102,6 +102,12 @@ def test_chain_of_shards_matches_full_model(ckpt):
 
     a, b = run(ids[:, :8], 0), full.forward(ids[:, :8], fs, 0)
     assert torch.equal(a, b)
+    views = [full.view(0, 2), full.view(2, 4), full.view(4, 5)]  # sub-ranges sharing the weights
+    assert [(v.has_embedding, v.has_head) for v in views] == [(s.has_embedding, s.has_head) for s in chain]
+    x = ids[:, :8]
+    for v in views:
+        x = v.forward(x, v.new_session(16), 0)
+    assert torch.equal(x, b)
     hidden = chain[0].forward(ids[:, 8:9], chain[0].new_session(16), None)
     assert hidden.shape == (1, 1, 64)
     for t in range(8, 14):

@@ -81,6 +81,13 @@ def test_idle_sessions_expire():
     assert m.expire_idle(clock.t) == []
     assert m.expire_idle(clock.t + 31) == ["new"]
     assert m.used_tokens == 0
+    (shard,) = load_chain("builtin:tiny")
+    m2 = KVCacheManager(shard.cache_layout(), budget_tokens=100, idle_timeout_s=30, clock=clock)
+    s = m2.open("s", 10)
+    clock.t += 25
+    shard.forward(torch.tensor([[1, 2]]), s, 0)  # a forward step counts as activity
+    clock.t += 25
+    assert m2.expire_idle() == [] and s.last_used == clock.t - 25
 
 
 def test_positions_gaps_limits_and_truncate():
@@ -101,6 +108,8 @@ def test_positions_gaps_limits_and_truncate():
         s.truncate(2)
     shard.forward(torch.tensor([[2, 3]]), s)
     assert s.length == 3
+    with pytest.raises(SessionError, match="distinct"):
+        shard.forward_batch([(s, torch.tensor([[1]]), 3), (s, torch.tensor([[1]]), 3)])
     other = KVCacheManager(CacheLayout(2, 2, 8, torch.float32), budget_tokens=8).open("o", 8)
     with pytest.raises(SessionError, match="layout"):
         shard.forward(torch.tensor([[1]]), other, 0)
