@@ -294,8 +294,8 @@ class PipelineGeneration:
         s.ttft_ms = ((t_first or time.perf_counter()) - t_start) * 1000.0
         decode_s = time.perf_counter() - (t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
-        s.route = [HopTiming(peer, a, b, sum(v) / len(v)) for (peer, a, b), v in timings_acc.items()
-                   if any(h.peer_id == peer for h in route.hops)]
+        s.route = sorted((HopTiming(peer, a, b, sum(v) / len(v)) for (peer, a, b), v in timings_acc.items()
+                          if any(h.peer_id == peer for h in route.hops)), key=lambda h: h.start)
         c.recent_routes = (c.recent_routes + [{"model": s.model, "hops": [h.__dict__ for h in s.route],
                                               "tokens_per_s": s.tokens_per_s, "at": time.time()}])[-20:]
         del elapsed

@@ -165,6 +165,10 @@ class PipelineSession:
                 i, msg, err = await self._results_recv.receive()
                 if err is not None:
                     raise err
+                if isinstance(msg, dict) and msg.get("step") == -1 and msg.get("relay_failed"):
+                    bad = msg["relay_failed"]
+                    raise HopFailed(bad if isinstance(bad, str) else self.hops[min(i + 1, len(self.hops) - 1)].peer_id,
+                                    f"relay from {self.hops[i].peer_id[-8:]} broke: {msg.get('error')}")
                 if not isinstance(msg, dict) or msg.get("step") != step:
                     if isinstance(msg, dict) and isinstance(msg.get("step"), int) and msg["step"] < step:
                         continue  # a late answer to an earlier step
@@ -202,6 +206,8 @@ class PipelineSession:
         async with trio.open_nursery() as n:
             for i in range(len(self.hops)):
                 n.start_soon(ask, i)
+        log.info("step %d stalled; progress per hop: %s (sent %d)", step,
+                 [(h.peer_id[-8:], p) for h, p in zip(self.hops, progress)], self._sent_steps)
         for i, p in enumerate(progress):
             if p is None or p < self._processed_needed(step):
                 return self.hops[i].peer_id

@@ -265,7 +265,7 @@ class ShardService:
         try:
             async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_client, call, sess)
-                await self._process(call, sess, stack)
+                await self._process(call, sess, stack, nursery)
                 nursery.cancel_scope.cancel()
         finally:
             self.sessions.pop(sid, None)
@@ -286,6 +286,7 @@ class ShardService:
         with trio.move_on_after(15):
             await ev.wait()
         sess = self.sessions.get(sid)
+        log.debug("relay into session %s from %s: %s", sid[:8], call.ctx.peer[-8:], "found" if sess else "missing")
         if sess is None:
             self._session_events.pop(sid, None)
             raise RpcError(UNAVAILABLE, f"no session {sid[:8]} here")
@@ -327,7 +328,23 @@ class ShardService:
         params = SamplingParams.from_dict({**sp, "seed": step_seed(seed, pos), "max_new_tokens": 1})
         return Sampler(params).sample(logits[0, -1])
 
-    async def _process(self, call: ServerCall, sess: ServerSession, stack: AsyncExitStack) -> None:
+    async def _watch_relay(self, call: ServerCall, sess: ServerSession) -> None:
+        """The next server answers a relay stream only when it ends or fails: tell the client."""
+        reason = "the next server closed the relay"
+        try:
+            async for _ in sess.relay:
+                pass
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        sess.relay_failed = True
+        log.warning("session %s: relay to %s ended: %s", sess.session_id[:8], sess.next[-8:], reason)
+        try:
+            await call.send({"step": -1, "relay_failed": sess.next, "error": reason})
+        except Exception:
+            pass
+
+    async def _process(self, call: ServerCall, sess: ServerSession, stack: AsyncExitStack,
+                       nursery: trio.Nursery) -> None:
         me = self.node.peer_id
         while True:
             item = await sess.inbox_recv.receive()
@@ -366,9 +383,12 @@ class ShardService:
             if sess.next and not sess.relay_failed:
                 try:
                     if sess.relay is None:
+                        log.debug("session %s: opening relay to %s", sess.session_id[:8], sess.next[-8:])
                         cm = self.node.host.rpc.stream(sess.next, SHARD_PROTOCOL, "relay",
                                                        {"session_id": sess.next_session})
                         sess.relay = await stack.enter_async_context(cm)
+                        nursery.start_soon(self._watch_relay, call, sess)
+                        log.debug("session %s: relay open", sess.session_id[:8])
                     await sess.relay.send(msg)
                     continue
                 except Exception as exc:
