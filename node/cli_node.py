@@ -30,12 +30,13 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reachability", dest="reachability", action="store_const", const=False, help="skip the dial-back reachability check")
     p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ee-key", metavar="KEYFILE", help="as an HTTP gateway, encrypt prompts with this EE key")
     p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
 
 
 _FLAG_KEYS = ("data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
               "max_layers", "max_cache_tokens", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
-              "log_format", "log_level", "fault")
+              "log_format", "log_level", "fault", "ee_key")
 
 
 def load_config(ns: argparse.Namespace):

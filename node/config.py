@@ -49,6 +49,7 @@ class NodeConfig:
     heartbeat_s: float = 10.0
     state_ttl_s: float = 60.0  # a peer whose heartbeat is older is offline for every reader
     rebalance_s: float = 30.0  # how often an auto-placed node reconsiders its layer range
+    ee_key: str = ""  # HTTP gateway: encrypt prompts with this equivariant-encryption key (docs/EE.md)
     fault: str = ""  # test-only misbehaviour, see docs/RELIABILITY.md
 
     def validate(self) -> None:

@@ -81,6 +81,7 @@ async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> 
 
 
 async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
+    from swarmlm.crypto.ee_checkpoint import read_ee_info
     from swarmlm.models.config import ModelConfig
     from swarmlm.models.kvcache import KVCacheManager
     from swarmlm.models.registry import resolve, shard_bytes
@@ -91,6 +92,12 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     log.info("[1/4] resolving %s", svc.model_id)
     model_dir = await trio.to_thread.run_sync(resolve, svc.model_id)
     cfg = ModelConfig.from_dir(model_dir)
+    ee = read_ee_info(model_dir)
+    if ee is not None:  # an equivariant-encryption variant is known to the swarm by its variant id only
+        from swarmlm.node.ee_client import ee_model_id
+
+        svc.model_id = ee_model_id(str(ee["variant_id"]))
+        log.info("serving the encrypted variant %s (ids and activations are keyed)", svc.model_id)
     n = cfg.num_hidden_layers
     per_layer = max(1, shard_bytes(cfg, 0, 1, svc.dtype, embedding=False, head=False)[1])
     ends = shard_bytes(cfg, 0, 1, svc.dtype, embedding=True, head=True)[1] - per_layer

@@ -32,6 +32,10 @@ class HttpService:
         self.client = SwarmClient(node.host, node.state)
         node.client = self.client
         generator = getattr(node, "generator", None) or self.client
+        if node.config.ee_key:  # a trusted local gateway: prompts are encrypted before they leave
+            from swarmlm.node.ee_client import wrap_ee
+
+            generator = wrap_ee(self.client, node.config.ee_key)
         from swarmlm.node.health import OPEN_PATHS, health_routes
         from swarmlm.node.metrics import instrument
 
