@@ -16,7 +16,8 @@ from swarmlm.errors import SwarmError, UsageError
 # Each module registers one or more top-level commands.
 COMMAND_MODULES = [
     "swarmlm.node.cli_node",  # id, node run, peers, status
-    "swarmlm.node.cli_model",  # model list/convert/info/encrypt, key gen
+    "swarmlm.node.cli_model",  # model list/convert/info/encrypt
+    "swarmlm.node.cli_key",  # key gen/info
     "swarmlm.node.cli_ask",  # ask
     "swarmlm.testnet.cli",  # testnet up/down
 ]
