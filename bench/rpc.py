@@ -70,6 +70,8 @@ async def serve(ready: Path, stock: bool) -> None:
     from swarmlm.net.host import SwarmHost
     from swarmlm.net.rawstream import TrioByteStream
 
+    import torch  # noqa: F401  (imported now, not inside the first measured call)
+
     server = make_server()
     host = SwarmHost(Identity.generate(), _host_config(stock), rpc_server=server)
 

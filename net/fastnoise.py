@@ -24,6 +24,30 @@ _RECV_GULP = 256 * 1024
 _KEEP_OUT = 2 * 1024 * 1024  # a connection keeps an output buffer up to this size between writes
 
 
+class FastLock:
+    """A mutex that costs nothing when free: ``trio.Lock`` yields to the scheduler on every acquire
+    (a scheduler pass and an epoll call), and an RPC takes several locks per message."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def __aenter__(self) -> None:
+        while self._busy:
+            await self._lot.park()
+        self._busy = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._busy = False
+        self._lot.unpark()
+
+
+def _trio_socket(raw: Any) -> trio.SocketStream | None:
+    """The trio socket under py-libp2p's RawConnection -> TrioTCPStream, if that is what it is."""
+    inner = getattr(getattr(raw, "stream", None), "stream", None)
+    return inner if isinstance(inner, trio.SocketStream) else None
+
+
 class FastNoiseSession(SecureSession):
     """A Noise transport session: batched receive and decrypt, one encrypted ``send`` per write."""
 
@@ -43,7 +67,10 @@ class FastNoiseSession(SecureSession):
         self._off = 0  # bytes of _chunks[0] already read
         self._avail = 0  # plaintext bytes buffered
         self._eof = False
-        self._write_lock = trio.Lock()
+        self._write_lock = FastLock()
+        # TCP: use the socket directly (this session is its only reader and, under _write_lock,
+        # its only writer), skipping two more locks per message; errors are mapped as TrioTCPStream does
+        self._sock = _trio_socket(self._raw)
         self._out = bytearray()
         self._scratch = bytearray(_MAX_PLAINTEXT)
 
@@ -58,7 +85,7 @@ class FastNoiseSession(SecureSession):
         """Receive until at least one more whole Noise message is decrypted (or EOF)."""
         got = 0
         while not got:
-            data = await self._raw.read(_RECV_GULP)
+            data = await self._recv()
             if not data:
                 self._eof = True
                 return
@@ -90,13 +117,36 @@ class FastNoiseSession(SecureSession):
             if off < n:
                 self._tail = bytes(mv[off:])
 
+    async def _recv(self) -> bytes:
+        if self._sock is None:
+            return await self._raw.read(_RECV_GULP)
+        try:
+            return await self._sock.receive_some(_RECV_GULP)
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(f"TCP connection reset by remote peer: {exc}", transport="tcp") from exc
+        except trio.ClosedResourceError:
+            return b""
+
+    async def _send(self, data: memoryview) -> None:
+        if self._sock is None:
+            await self._raw.write(data)
+            return
+        try:
+            await self._sock.send_all(data)
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(f"TCP connection reset by remote peer: {exc}", transport="tcp") from exc
+        except trio.ClosedResourceError:
+            return  # closed locally: as TrioTCPStream, not an error
+
     def _push(self, pt: bytes) -> None:
         if pt:
             self._chunks.append(pt)
             self._avail += len(pt)
 
-    def _take(self, n: int, into: bytearray | None = None) -> Any:
-        """``n`` buffered bytes (``_avail >= n``), as bytes, or appended to ``into``."""
+    def _take(self, n: int, into: Any = None) -> Any:
+        """``n`` buffered bytes (``_avail >= n``) as bytes; or, given ``into``, appended to it: copied
+        into a bytearray, or as zero-copy views of the decrypted messages into anything else
+        with an ``append`` (the yamux stream buffers)."""
         if not n:
             return b"" if into is None else None
         chunks = self._chunks
@@ -114,11 +164,16 @@ class FastNoiseSession(SecureSession):
             self._avail -= n
             return out
         out = bytearray() if into is None else into
+        copy = type(out) is bytearray
         need = n
         while need:
             first, off = chunks[0], self._off
             k = min(need, len(first) - off)
-            out += memoryview(first)[off:off + k]
+            piece = memoryview(first)[off:off + k]
+            if copy:
+                out += piece
+            else:
+                out.append(piece)
             need -= k
             if off + k == len(first):
                 chunks.popleft()
@@ -128,7 +183,7 @@ class FastNoiseSession(SecureSession):
         self._avail -= n
         return bytes(out) if into is None else None
 
-    async def read_exact(self, n: int, into: bytearray | None = None) -> Any:
+    async def read_exact(self, n: int, into: Any = None) -> Any:
         """Exactly ``n`` plaintext bytes (or appends them to ``into``); IncompleteReadError at EOF."""
         while self._avail < n:
             if self._eof:
@@ -200,7 +255,7 @@ class FastNoiseSession(SecureSession):
                 if not queue:
                     break
             try:
-                await self._raw.write(out[:pos])
+                await self._send(out[:pos])
             finally:
                 out.release()
                 scratch.release()

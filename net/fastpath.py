@@ -100,7 +100,7 @@ class LazyStream:
 
     The answer (header, then the protocol echoed or ``na``) is read before the first read returns
     data; a refusal raises ``NegotiationFailed`` there (a ``ConnectionError``, which the RPC maps
-    to an ``unavailable`` error). Offers ``write_parts``/``read_into`` of a fast yamux stream."""
+    to an ``unavailable`` error). Offers ``write_parts``/``readinto`` of a fast yamux stream."""
 
     def __init__(self, net_stream: Any, protocol: str) -> None:
         self.stream = net_stream
@@ -146,13 +146,13 @@ class LazyStream:
             await self._confirm()
         return await self.stream.read(n)
 
-    async def read_into(self, into: bytearray, n: int) -> int:
+    async def readinto(self, view: memoryview) -> int:
         if not self._confirmed:
             await self._confirm()
         if self._fast is not None:
-            return await self._fast.read_into(into, n)
-        data = await self.stream.read(n)
-        into += data
+            return await self._fast.readinto(view)
+        data = await self.stream.read(len(view))
+        view[:len(data)] = data
         return len(data)
 
     async def close(self) -> None:

@@ -25,7 +25,7 @@ from libp2p.io.utils import read_exactly
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _y
 
-from swarmlm.net.fastnoise import FastNoiseSession
+from swarmlm.net.fastnoise import FastLock, FastNoiseSession
 
 log = logging.getLogger("swarmlm.fastpath")
 
@@ -33,6 +33,71 @@ YAMUX_PROTOCOL_ID = _y.PROTOCOL_ID  # "/yamux/1.0.0": unchanged, so we interoper
 _HDR = struct.Struct(_y.YAMUX_HEADER_FORMAT)
 _HEADER = _HDR.size
 _INITIAL_WINDOW = _y.DEFAULT_WINDOW_SIZE  # 256 KiB, fixed by the yamux spec
+
+
+class ChunkBuffer:
+    """A stream's receive buffer: zero-copy views of decrypted Noise messages, oldest first.
+
+    Stands in for the ``bytearray`` stock keeps in ``Yamux.stream_buffers`` (the inherited code only
+    uses ``len``, truth and ``clear``); a reader copies out of it once, into its own buffer."""
+
+    __slots__ = ("_chunks", "_off", "_size")
+
+    def __init__(self) -> None:
+        self._chunks: deque[memoryview] = deque()
+        self._off = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, data: Any) -> None:
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if len(mv):
+            self._chunks.append(mv)
+            self._size += len(mv)
+
+    def __iadd__(self, data: Any) -> "ChunkBuffer":
+        self.append(data)
+        return self
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._off = self._size = 0
+
+    def take_into(self, view: memoryview) -> int:
+        """Copy up to ``len(view)`` bytes into ``view``; returns how many."""
+        n = min(len(view), self._size)
+        pos = 0
+        chunks = self._chunks
+        while pos < n:
+            first, off = chunks[0], self._off
+            k = min(n - pos, len(first) - off)
+            view[pos:pos + k] = first[off:off + k]
+            pos += k
+            if off + k == len(first):
+                chunks.popleft()
+                self._off = 0
+            else:
+                self._off = off + k
+        self._size -= n
+        return n
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` bytes (all when ``n`` < 0) as ``bytes``."""
+        n = self._size if n < 0 else min(n, self._size)
+        first, off = self._chunks[0], self._off
+        if len(first) - off >= n:  # within one chunk: one copy
+            data = bytes(first[off:off + n])
+            self._off = off + n
+            if self._off == len(first):
+                self._chunks.popleft()
+                self._off = 0
+            self._size -= n
+            return data
+        out = bytearray(n)
+        self.take_into(memoryview(out))
+        return bytes(out)
 
 
 class YamuxProtocolError(Exception):
@@ -49,7 +114,7 @@ class FastYamuxStream(_y.YamuxStream):
         self.recv_window = conn.window  # we grant (window - 256 KiB) in the SYN / ACK frame
         self.target_recv_window = conn.window
         self._unreleased = 0
-        self._writing = trio.Lock()
+        self._writing = FastLock()
 
     @property  # type: ignore[override]
     def send_window(self) -> int:
@@ -101,28 +166,21 @@ class FastYamuxStream(_y.YamuxStream):
                             n = 0
                 await conn._write_parts(out)
 
-    async def read_into(self, into: bytearray, n: int) -> int:
-        """Append up to ``n`` (> 0) bytes to ``into`` as soon as any are here; returns how many."""
+    async def readinto(self, view: memoryview) -> int:
+        """Copy into ``view`` as many bytes as are here (at least one: waits); returns how many."""
         conn = self.conn
         sid = self.stream_id
         while True:
             buf = conn.stream_buffers.get(sid)
             if buf:
-                k = min(n, len(buf))
-                if k == len(buf):
-                    into += buf
-                    buf.clear()
-                else:
-                    with memoryview(buf) as mv:
-                        into += mv[:k]
-                    del buf[:k]
+                k = buf.take_into(view)
                 await self._release(k)
                 if self.closed and not buf:
                     await conn._finalize_stream(self, fully_closed=True)
                 return k
             await self._wait_readable(buf)
 
-    async def _wait_readable(self, buf: bytearray | None) -> None:
+    async def _wait_readable(self, buf: ChunkBuffer | None) -> None:
         """Wait for data, or raise EOF / reset (the buffer is empty or gone)."""
         conn = self.conn
         if self.reset_received:
@@ -167,13 +225,7 @@ class FastYamuxStream(_y.YamuxStream):
         while True:
             buf = conn.stream_buffers.get(sid)
             if buf:
-                if n < 0 or n >= len(buf):
-                    data = bytes(buf)
-                    buf.clear()
-                else:
-                    with memoryview(buf) as mv:
-                        data = bytes(mv[:n])
-                    del buf[:n]
+                data = buf.take(n)
                 await self._release(len(data))
                 if self.closed and not buf:
                     await conn._finalize_stream(self, fully_closed=True)
@@ -222,7 +274,7 @@ class FastYamux(_y.Yamux):
             stream = FastYamuxStream(sid, self, True)
             stream._owns_backlog_slot = True
             self.streams[sid] = stream
-            self.stream_buffers[sid] = bytearray()
+            self.stream_buffers[sid] = ChunkBuffer()  # type: ignore[assignment]
             self.stream_events[sid] = trio.Event()
         try:
             await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_SYN, sid,
@@ -235,7 +287,7 @@ class FastYamux(_y.Yamux):
             raise MuxedStreamError(f"Failed to send SYN: {exc}") from exc
         return stream
 
-    async def _read_exact(self, n: int, into: bytearray | None = None) -> Any:
+    async def _read_exact(self, n: int, into: Any = None) -> Any:
         conn = self.secured_conn
         if isinstance(conn, FastNoiseSession):
             if conn._avail >= n:  # already decrypted: no await, no timeout scope
@@ -311,7 +363,7 @@ class FastYamux(_y.Yamux):
                 return
             stream = FastYamuxStream(sid, self, False)
             self.streams[sid] = stream
-            self.stream_buffers[sid] = bytearray()
+            self.stream_buffers[sid] = ChunkBuffer()  # type: ignore[assignment]
             self.stream_events[sid] = trio.Event()
             if not flags & _y.FLAG_RST:
                 await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_ACK, sid,
