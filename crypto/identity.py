@@ -7,6 +7,7 @@ announces. Nothing here touches the network.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -68,18 +69,29 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        _public_key(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
 
 
-def verify_by_peer_id(peer_id: str, message: bytes, signature: bytes) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_of_peer(peer_id: str) -> bytes | None:
     try:
-        key = public_key_from_peer_id(peer_id)
+        return public_key_from_peer_id(peer_id)
     except ValueError:
-        return False
-    return verify(key, message, signature)
+        return None
+
+
+def verify_by_peer_id(peer_id: str, message: bytes, signature: bytes) -> bool:
+    """Verify a signature by the key a peer id embeds (decoded keys are cached: state sync verifies a lot)."""
+    key = _key_of_peer(peer_id) if isinstance(peer_id, str) and len(peer_id) < 128 else None
+    return key is not None and verify(key, message, signature)
 
 
 @dataclass(frozen=True)
