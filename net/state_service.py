@@ -27,11 +27,31 @@ log = logging.getLogger("swarmlm.state")
 QUEUE = 256
 
 
+STATE_REQUESTS_PER_S = 2.0  # "sv"/"want" messages a neighbour may send (each can cost our whole state)
+STATE_REQUEST_BURST = 8.0
+
+
+def _asks_for_state(data: bytes) -> bool:
+    """A msgpack array starting with "sv" or "want" (peeked without decoding the message)."""
+    return data[1:4] == b"\xa2sv" or data[1:6] == b"\xa4want"
+
+
 class _Link:
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.send, self.recv = trio.open_memory_channel[bytes](QUEUE)
         self.dropped = 0
+        self._tokens = STATE_REQUEST_BURST
+        self._last = time.monotonic()
+
+    def allow_state_request(self, now: float) -> bool:
+        """Token bucket for full-state requests from this neighbour."""
+        self._tokens = min(STATE_REQUEST_BURST, self._tokens + (now - self._last) * STATE_REQUESTS_PER_S)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 class StateService:
@@ -125,6 +145,9 @@ class StateService:
                         self.sync.rejected["not_bytes"] += 1
                         continue
                     self.bytes_in += len(data)
+                    if _asks_for_state(data) and not link.allow_state_request(time.monotonic()):
+                        self.sync.rejected["rate_limited"] += 1  # each answer may be our whole state
+                        continue
                     self._dispatch(self.sync.on_message(peer, data, time.time()))
                     if self.sync.banned(peer):
                         log.warning("closing state link to %s: too many invalid updates", peer[-8:])
