@@ -52,6 +52,17 @@ class ReputationParams:
     outlier_below: float = 0.5
     max_clock_skew: float = 300.0
     require_calibration: bool = True
+    verdict_slash: float = 0.5  # share of its score a node loses per verified "fail" verdict against it
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A signed "fail" verdict record (shard verification): ``reporter`` found ``subject`` computing wrongly."""
+
+    subject: str
+    time: float
+    id: str
+    reporter: str
 
 
 @dataclass
@@ -188,6 +199,15 @@ class ReputationState:
             self.rounds.append(round_id)
         return fit
 
+    def apply_verdict(self, t: float, subject: str) -> None:
+        """A verified wrong computation: the subject loses ``verdict_slash`` of its score (as stake)."""
+        rep = self._node(subject)
+        self._decay(rep, t)
+        lost = self.params.verdict_slash * rep.score
+        rep.score -= lost
+        rep.stake_lost += lost
+        rep.slashed += 1
+
     def decay_to(self, now: float) -> None:
         for n in sorted(self.nodes):
             self._decay(self.nodes[n], now)
@@ -210,11 +230,15 @@ def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: fl
 
 def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
                        calibrations: Iterable[object] = (), anchors: Iterable[str] = (),
-                       params: ReputationParams | None = None) -> ReputationState:
+                       params: ReputationParams | None = None, verdicts: Iterable[Verdict] = ()) -> ReputationState:
     """Reputation of every node from round records (and calibration records), as of ``now``.
 
     ``anchors`` are peer ids every node of the swarm agrees to trust from the start (e.g. its
     founders): they count as established, which ends the bootstrap phase at once.
+
+    ``verdicts`` (from signed verdict records) slash their subject; one counts per (reporter,
+    subject) pair (the earliest), none from a node about itself; they fold in time order with the
+    rounds (ties: rounds first, then by id).
 
     Records that fail verification are ignored, so the result depends only on the set of valid
     records, never on their order or on duplicates.
@@ -237,7 +261,21 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
             verified.append(verify_record(r))
         except ConsensusError:
             continue
-    for v in order_rounds(verified, now, params.max_clock_skew):
+    first: dict[tuple[str, str], Verdict] = {}
+    for vd in verdicts:
+        if vd.reporter == vd.subject or vd.time > now + params.max_clock_skew:
+            continue
+        key = (vd.reporter, vd.subject)
+        if key not in first or (vd.time, vd.id) < (first[key].time, first[key].id):
+            first[key] = vd
+    events: list[tuple[float, int, str, object]] = [(v.time, 0, v.round_id, v)
+                                                     for v in order_rounds(verified, now, params.max_clock_skew)]
+    events += [(vd.time, 1, vd.id, vd) for vd in first.values()]
+    for _, kind, _, ev in sorted(events, key=lambda e: e[:3]):
+        if kind == 1:
+            state.apply_verdict(ev.time, ev.subject)  # type: ignore[attr-defined]
+            continue
+        v = ev  # type: ignore[assignment]
         state.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
                           [h.answer_hash for h in v.candidates])
     state.decay_to(now)

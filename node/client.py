@@ -22,6 +22,7 @@ import trio
 from swarmlm.node.generation import (BadRequest, GenerationChunk, GenerationError, GenerationRequest,
                                      GenerationSummary, HopTiming, ModelCard, NoRouteError, UnknownModel)
 from swarmlm.node.pipeline import Bans, HopFailed, HopPlan, PipelineSession, single_leaf
+from swarmlm.node.verify import VerificationFailed
 
 log = logging.getLogger("swarmlm.client")
 
@@ -34,6 +35,10 @@ class ClientOptions:
     step_timeout_s: float = 30.0
     ban_s: float = 60.0
     route_mode: str = "latency"
+    check_fraction: float = 0.0  # verified shards: the share of steps re-run on a replica (docs/RELIABILITY.md)
+    verify_final: bool = False  # also check the whole history before a verified generation ends
+    verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
+    prefer: tuple[str, ...] = ()  # peers the first plan favours (tests, benches)
 
 
 class SwarmClient:
@@ -46,6 +51,7 @@ class SwarmClient:
         self.bans = Bans(self.options.ban_s)
         self._tokenizers: dict[str, Any] = {}
         self.recent_routes: list[dict[str, Any]] = []
+        self.verify_stats: dict[str, Any] = {}
         import random
 
         self.rng = random.Random()
@@ -72,7 +78,17 @@ class SwarmClient:
     def servers(self, model: str) -> list[Any]:
         from swarmlm.node.directory import servers_for
 
-        return servers_for(self.state, model, time.time(), self.host.peers)
+        bad = self.convicted()
+        return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+
+    def convicted(self) -> set[str]:
+        """Peers a recent signed "fail" verdict record in the swarm state names: routing avoids them."""
+        from swarmlm.node.verify import VERDICT_KIND
+
+        since = time.time() - self.options.verdict_ban_s
+        return {r.body["subject"] for r in self.state.records(kind=VERDICT_KIND)
+                if isinstance(r.body, dict) and r.body.get("verdict") == "fail" and isinstance(r.body.get("subject"), str)
+                and r.created >= since and r.author != r.body["subject"]}
 
     def n_layers(self, model: str) -> int:
         info = self.state.models(time.time()).get(model)
@@ -86,7 +102,8 @@ class SwarmClient:
         from swarmlm.node.routing import plan_route
 
         return plan_route(self.servers(model), self.n_layers(model), need_cache_tokens=need_tokens,
-                          banned=self.bans.active(), mode=self.options.route_mode, rng=self.rng, prefer=prefer)
+                          banned=self.bans.active(), mode=self.options.route_mode, rng=self.rng,
+                          prefer=prefer or self.options.prefer)
 
     async def ensure_connected(self, peer: str) -> None:
         if peer == self.host.peer_id or self.host.is_connected(peer):
@@ -233,15 +250,25 @@ class PipelineGeneration:
         route = self.route or c.plan(self.request.model, max_length)
         failovers = 0
         timings_acc: dict[tuple[str, int, int], list[float]] = {}
+        checker = None
+        if c.options.check_fraction > 0:
+            from swarmlm.node.verify import SpotChecker
+
+            checker = SpotChecker(c, self.request.model, c.options.check_fraction, sampling, c.rng, c.verify_stats)
+        lens = [0]  # len(text) after n tokens: with verification only verified text is streamed
+        verified_n = 0
         while True:
             hops = [HopPlan(h.peer_id, h.start, h.end) for h in route.hops]
             try:
                 for h in hops:
                     await c.ensure_connected(h.peer_id)
                 async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, sampling,
-                                           step_timeout_s=c.options.step_timeout_s) as sess:
+                                           step_timeout_s=c.options.step_timeout_s, tap=checker is not None) as sess:
                     res = await self._replay(sess)
                     while True:
+                        if checker is not None and checker.sample():
+                            await checker.check(sess, sess._step - 1)
+                            verified_n = len(self.token_ids) + 1
                         for peer, a, b, ms in res.timings:
                             timings_acc.setdefault((peer, a, b), []).append(ms)
                         tok = int(res.token)
@@ -252,6 +279,7 @@ class PipelineGeneration:
                         if t_first is None:
                             t_first = time.perf_counter()
                         text += dec.push(tok)
+                        lens.append(len(text))
                         hit = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
                         if hit >= 0:
                             text = text[:hit]
@@ -261,6 +289,8 @@ class PipelineGeneration:
                             self.summary.finish_reason = "stop"
                             break
                         safe = len(text) - _stop_hold(text, p.stop)
+                        if checker is not None:
+                            safe = min(safe, lens[min(verified_n, len(lens) - 1)])
                         if safe > emitted:
                             await self._send.send(GenerationChunk(text[emitted:safe], [tok]))
                             emitted = safe
@@ -268,8 +298,20 @@ class PipelineGeneration:
                             self.summary.finish_reason = "length"
                             break
                         res = await sess.step(_ids([tok]), len(self.prompt_ids) + len(self.token_ids) - 1)
+                    if checker is not None and c.options.verify_final and verified_n < len(self.token_ids) + 1:
+                        await checker.check(sess, sess._step - 1)
                 break
-            except HopFailed as exc:
+            except (HopFailed, VerificationFailed) as exc:
+                if isinstance(exc, VerificationFailed):  # drop what was not verified; replay from there
+                    keep = min(verified_n, len(self.token_ids))
+                    log.warning("verification: %s; keeping %d verified tokens of %d", exc, keep, len(self.token_ids))
+                    self.token_ids = self.token_ids[:keep]
+                    dec = IncrementalDecoder(self.tok)
+                    text, lens = "", [0]
+                    for t in self.token_ids:
+                        text += dec.push(t)
+                        lens.append(len(text))
+                    self.summary.finish_reason = "length"
                 failovers += 1
                 c.bans.ban(exc.peer)
                 log.warning("hop %s failed (%s); failover %d", exc.peer[-8:], exc.reason, failovers)

@@ -23,9 +23,11 @@ from typing import Any, Sequence
 import torch
 import trio
 
+from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.shard_service import SHARD_PROTOCOL
+from swarmlm.node.verify import HopTaps, Tap, tap_digest
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -59,7 +61,7 @@ class PipelineSession:
 
     def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
                  sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
-                 want_logits: bool = False) -> None:
+                 want_logits: bool = False, tap: bool = False) -> None:
         if not hops:
             raise SwarmError("a route needs at least one hop")
         self.rpc = rpc
@@ -71,8 +73,11 @@ class PipelineSession:
         self.step_timeout_s = step_timeout_s
         self.open_timeout_s = open_timeout_s
         self.session_ids = [secrets.token_hex(16) for _ in self.hops]
+        self.tap = tap
+        self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
+                     for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
         self._calls: list[Any] = []
-        self._results_send, self._results_recv = trio.open_memory_channel[Any](256)
+        self._results_send, self._results_recv = trio.open_memory_channel[Any](4096 if tap else 256)
         self._step = 0
         self._sent_steps = 0
         self._nursery: trio.Nursery | None = None
@@ -109,7 +114,7 @@ class PipelineSession:
                 "prev": self.hops[i - 1].peer_id if i else None,
                 "next": None if last else self.hops[i + 1].peer_id,
                 "next_session": None if last else self.session_ids[i + 1],
-                "sampling": self.sampling if last else None, "logits": self.want_logits and last}
+                "sampling": self.sampling if last else None, "logits": self.want_logits and last, "tap": self.tap}
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)
@@ -160,11 +165,15 @@ class PipelineSession:
             raise HopFailed(self.hops[0].peer_id, str(exc)) from None
         if not want:
             return None
+        answer: StepResult | None = None
         with trio.move_on_after(self.step_timeout_s) as scope:
-            while True:
+            while answer is None or (self.tap and not all(h.complete(step) for h in self.taps)):
                 i, msg, err = await self._results_recv.receive()
                 if err is not None:
                     raise err
+                if isinstance(msg, dict) and msg.get("tap"):
+                    self._store_tap(i, msg)
+                    continue
                 if isinstance(msg, dict) and msg.get("step") == -1 and msg.get("relay_failed"):
                     bad = msg["relay_failed"]
                     raise HopFailed(bad if isinstance(bad, str) else self.hops[min(i + 1, len(self.hops) - 1)].peer_id,
@@ -174,7 +183,8 @@ class PipelineSession:
                         continue  # a late answer to an earlier step
                     raise HopFailed(self.hops[i].peer_id, "answered out of order")
                 if "token" in msg or "logits" in msg:
-                    return StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
+                    answer = StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
+                    continue
                 if "x" in msg and i + 1 < len(self.hops):  # the server could not relay: we do it
                     if msg.get("relay_failed"):
                         log.info("relaying %s -> %s through the client", self.hops[i].peer_id[-8:],
@@ -187,8 +197,24 @@ class PipelineSession:
                         raise HopFailed(self.hops[i + 1].peer_id, str(exc)) from None
                     continue
                 raise HopFailed(self.hops[i].peer_id, "sent a malformed answer")
-        assert scope.cancelled_caught
+        if not scope.cancelled_caught:
+            return answer
+        if answer is not None:
+            late = next(h.peer for h in self.taps if not h.complete(step))
+            raise HopFailed(late, f"sent no tap within {self.step_timeout_s:.0f} s")
         raise HopFailed(await self._suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
+
+    def _store_tap(self, i: int, msg: dict) -> None:
+        hop = self.taps[i]
+        step, pos, x_in, x_out, sig = msg.get("step"), msg.get("pos"), msg.get("in"), msg.get("out"), msg.get("sig")
+        tok = msg.get("token")
+        if (not isinstance(step, int) or not isinstance(pos, int) or not isinstance(x_in, torch.Tensor)
+                or not isinstance(sig, bytes) or (not hop.head and not isinstance(x_out, torch.Tensor))
+                or step in hop.taps or step >= self._step):
+            raise HopFailed(hop.peer, "sent a malformed tap")
+        if not verify_by_peer_id(hop.peer, tap_digest(hop.session_id, step, pos, x_in, x_out, tok), sig):
+            raise HopFailed(hop.peer, "sent a tap with a bad signature")
+        hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, int) else None, sig)
 
     async def _suspect(self, step: int) -> str:
         """Which hop stalled: the first that does not answer, or the first that is behind."""

@@ -78,6 +78,7 @@ class ServerSession:
     inbox_recv: trio.MemoryReceiveChannel
     relay: Any = None
     relay_failed: bool = False
+    tap: bool = False  # send the client a signed copy of each step's input and output (verification)
     steps: int = 0
     opened: float = field(default_factory=time.monotonic)
 
@@ -142,6 +143,7 @@ class ShardService:
         rpc.add_stream(SHARD_PROTOCOL, "relay", self._relay)
         rpc.add_unary(SHARD_PROTOCOL, "progress", self._progress)
         rpc.add_unary(SHARD_PROTOCOL, "files", self._files)
+        rpc.add_unary(SHARD_PROTOCOL, "report", self._report)
 
     async def run(self, node: Any) -> None:
         """Housekeeping: expire idle sessions, re-announce, and (auto placement) rebalance."""
@@ -237,7 +239,7 @@ class ShardService:
             raise RpcError(BAD_REQUEST, "sampling must be a map")
         return {"sid": sid, "start": start, "end": end, "max_length": max_length, "next": nxt,
                 "next_session": args.get("next_session"), "prev": args.get("prev"), "sampling": sampling,
-                "want_logits": bool(args.get("logits"))}
+                "want_logits": bool(args.get("logits")), "tap": bool(args.get("tap"))}
 
     async def _session(self, call: ServerCall, args: Any) -> Any:
         from swarmlm.models.errors import CacheBudgetExceeded, ModelError
@@ -258,7 +260,7 @@ class ShardService:
             raise RpcError(BAD_REQUEST, str(exc)) from None
         inbox_send, inbox_recv = trio.open_memory_channel[Any](64)
         sess = ServerSession(sid, call.ctx.peer, o["prev"], o["next"], o["next_session"], view, cache,
-                             o["sampling"], o["want_logits"], inbox_send, inbox_recv)
+                             o["sampling"], o["want_logits"], inbox_send, inbox_recv, tap=o["tap"])
         self.sessions[sid] = sess
         self._session_events.setdefault(sid, trio.Event()).set()
         log.debug("session %s open: layers [%d, %d) for %s", sid[:8], o["start"], o["end"], call.ctx.peer[-8:])
@@ -328,6 +330,67 @@ class ShardService:
         params = SamplingParams.from_dict({**sp, "seed": step_seed(seed, pos), "max_new_tokens": 1})
         return Sampler(params).sample(logits[0, -1])
 
+    async def _send_tap(self, call: ServerCall, sess: ServerSession, step: int, pos: int, x_in: Any,
+                        x_out: Any, token: int | None) -> None:
+        from swarmlm.node.verify import tap_digest
+
+        sig = self.node.identity.sign(tap_digest(sess.session_id, step, pos, x_in, x_out, token))
+        await call.send({"step": step, "tap": True, "pos": pos, "in": x_in, "out": x_out, "token": token, "sig": sig})
+
+    async def _report(self, ctx: CallContext, args: Any) -> Any:
+        """A client's evidence that a peer computed layers we host wrongly: check the accused's
+        signatures, recompute its input history here, and publish a signed verdict if it was wrong."""
+        import torch
+
+        from swarmlm.crypto.identity import verify_by_peer_id
+        from swarmlm.models.errors import CacheBudgetExceeded
+        from swarmlm.node.verify import VERDICT_KIND, check_evidence, relative_error, tolerance
+
+        sh = self.shard
+        if sh is None or not isinstance(args, dict):
+            raise RpcError(BAD_REQUEST if sh is not None else UNAVAILABLE, "report: expected a map of evidence")
+        try:
+            accused, start, end = str(args["accused"]), int(args["start"]), int(args["end"])
+            if args.get("model") != self.model_id or not (sh.start <= start < end <= sh.end):
+                raise ValueError("evidence is for layers or a model this node does not host")
+            if end == sh.num_layers_total:
+                raise ValueError("head hops are checked by their tokens; no verdict from evidence")
+            x_in, x_out = check_evidence(args, lambda m, sig: verify_by_peer_id(accused, m, sig))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RpcError(BAD_REQUEST, f"report: {exc}") from None
+        T = x_in.shape[1]
+        if T > min(self.max_cache_tokens, MAX_STEP_TOKENS):
+            raise RpcError(BAD_REQUEST, f"report: history of {T} tokens is too long")
+        view = self._view(start, end)
+        tmp = "report-" + hashlib.blake2b(repr(args["steps"]).encode(), digest_size=8).hexdigest()
+
+        def recompute() -> Any:
+            cache = self.cache.open(tmp, T, layout=view.cache_layout())
+            try:
+                with torch.no_grad():
+                    return view.forward(x_in, cache, 0, last_only=False)
+            finally:
+                self.cache.close(tmp)
+
+        try:
+            ref = await trio.to_thread.run_sync(recompute, limiter=self._compute)
+        except CacheBudgetExceeded as exc:
+            raise RpcError(BUSY, str(exc)) from None
+        except Exception as exc:
+            raise RpcError(BAD_REQUEST, f"report: cannot recompute: {exc}") from None
+        err, tol = relative_error(x_out, ref), tolerance(sh.dtype_name)
+        verdict = "fail" if err > tol else "pass"
+        if verdict == "fail":
+            state = self.node.service("state") if self.node is not None else None
+            body = {"subject": accused, "verdict": "fail", "model": self.model_id, "start": start, "end": end,
+                    "max_err": round(err, 6), "tol": tol, "reporter": ctx.peer, "tokens": T,
+                    "reason": f"layers [{start}, {end}) off by {err:.3g} (tolerance {tol:.3g}) over {T} tokens"}
+            if state is not None:
+                state.add_record(VERDICT_KIND, body)
+            log.warning("verdict: %s computed layers [%d, %d) wrongly (error %.3g > %.3g)", accused[-8:], start, end,
+                        err, tol)
+        return {"verdict": verdict, "max_err": err, "tol": tol}
+
     async def _watch_relay(self, call: ServerCall, sess: ServerSession) -> None:
         """The next server answers a relay stream only when it ends or fails: tell the client."""
         reason = "the next server closed the relay"
@@ -371,14 +434,20 @@ class ShardService:
             self.tokens_computed += x.shape[1]
             timings = timings + [[me, sess.view.start, sess.view.end, round(ms, 3)]]
             if sess.view.has_head:
+                tok = None
+                if want and not (sess.want_logits or sess.sampling is None):
+                    tok = await trio.to_thread.run_sync(self._sample, sess, out, pos)
+                if sess.tap:
+                    await self._send_tap(call, sess, step, pos, x, None, tok)
                 if not want:
                     continue
-                if sess.want_logits or sess.sampling is None:
+                if tok is None:
                     await call.send({"step": step, "logits": out[0, -1].float(), "timings": timings})
                 else:
-                    tok = await trio.to_thread.run_sync(self._sample, sess, out, pos)
                     await call.send({"step": step, "token": tok, "timings": timings})
                 continue
+            if sess.tap:
+                await self._send_tap(call, sess, step, pos, x, out, None)
             msg = {"step": step, "pos": pos, "x": out, "want": want, "timings": timings}
             if sess.next and not sess.relay_failed:
                 try:
