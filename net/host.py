@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -44,6 +44,17 @@ class HostConfig:
     dial_timeout_s: float = 10.0
     announce: list[str] = field(default_factory=list)
     fastpath: bool = True  # net.fastpath Noise/Yamux subclasses (same wire protocols); False = stock
+    # NAT traversal (net.nat, net.dialback; docs/NAT.md)
+    relay: bool = True  # dial /p2p-circuit addresses; reserve on relays unless public; serve when public
+    hole_punch: bool = True  # DCUtR after a relayed connection
+    reachability: bool = False  # ask peers to dial us back (nodes turn this on) and help others do so
+    relay_serve: str = "auto"  # "auto": serve relay while our verdict is public; "always"; "never"
+    relay_reservations: int = 2  # relays to hold a slot on while not public
+    relay_max_reservations: int = 128
+    relay_max_circuits: int = 256
+    relay_max_duration_s: float = 3600.0  # per relayed connection
+    relay_max_bytes: int = 1 << 30  # per relayed connection
+    relay_reservation_ttl_s: float = 600.0
 
 
 def _libp2p_key_pair(identity: Identity):
@@ -127,7 +138,14 @@ class SwarmHost:
         self._seq = 0
         self._handled: set[str] = set()
         self._nursery: Any = None
+        self.nat: Any = None  # net.nat.NatManager while running
+        self.dialback: Any = None
+        self.reachability_listeners: list[Any] = []  # callables(verdict) run when the verdict changes
         self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", self._echo)
+        if self.config.reachability:
+            from swarmlm.net.dialback import DialbackService
+
+            self.dialback = DialbackService(self, on_change=self._on_verdict)
 
     @staticmethod
     async def _echo(ctx: Any, args: Any) -> Any:
@@ -140,18 +158,72 @@ class SwarmHost:
 
     @property
     def addrs(self) -> list[str]:
-        """Dialable addresses with the /p2p/ suffix."""
+        """Dialable addresses with the /p2p/ suffix; relay (/p2p-circuit) ones first while we hold
+        reservations (we are not publicly reachable, so dialers should not wait on direct ones)."""
         if self._host is None:
             return []
         out = []
         for a in self._host.get_addrs():
             s = str(a)
             out.append(s if "/p2p/" in s else f"{s}/p2p/{self.peer_id}")
-        return out
+        return sorted(out, key=lambda a: "/p2p-circuit" not in a)
 
     @property
     def libp2p(self) -> Any:
         return self._host
+
+    @property
+    def reachability(self) -> str:
+        """"public", "private" or "unknown" (dial-back verdict; "unknown" until answered or when off)."""
+        return self.dialback.verdict if self.dialback is not None else "unknown"
+
+    def _on_verdict(self, verdict: str) -> None:
+        if self.nat is not None:
+            self.nat.on_verdict(verdict)
+        for fn in list(self.reachability_listeners):
+            fn(verdict)
+
+    def direct_addrs(self) -> list[str]:
+        """Our non-circuit addresses, plus each externally observed IP with our listen ports (what a
+        port-preserving NAT maps them to)."""
+        if self._host is None:
+            return []
+        out = [a for a in self.addrs if "/p2p-circuit" not in a]
+        ports = {str(a).split("/tcp/")[1].split("/")[0] for a in self._host.get_transport_addrs() if "/tcp/" in str(a)}
+        manager = getattr(self._host, "_observed_addr_manager", None)
+        try:
+            observed = [str(a) for a in manager.addrs(min_observers=1)] if manager is not None else []
+        except Exception:
+            observed = []
+        for a in observed:
+            parts = a.split("/")
+            if len(parts) > 2 and parts[1] in ("ip4", "ip6") and "p2p-circuit" not in parts:
+                out += [f"/{parts[1]}/{parts[2]}/tcp/{port}/p2p/{self.peer_id}" for port in sorted(ports)]
+        return list(dict.fromkeys(out))
+
+    def connections(self, peer: str) -> list[Any]:
+        try:
+            return list(self._host.get_network().get_connections(self._peer(peer)))
+        except Exception:
+            return []
+
+    def connection_addrs(self, peer: str) -> list[str]:
+        """Remote transport addresses of our connections to ``peer`` (circuit ones contain /p2p-circuit)."""
+        out = []
+        for conn in self.connections(peer):
+            try:
+                out += [str(a) for a in conn.get_transport_addresses()]
+            except Exception:
+                continue
+        return out
+
+    def remote_ip(self, peer: str) -> str | None:
+        """The IP a direct connection from/to ``peer`` comes from; None when only relayed (or none)."""
+        for a in self.connection_addrs(peer):
+            parts = a.split("/")
+            if "p2p-circuit" not in parts and len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+                return parts[2]
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------
     @asynccontextmanager
@@ -165,12 +237,20 @@ class SwarmHost:
         self._register_handlers()
         validator = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
         try:
-            async with host.run(listen_addrs=listen):
+            async with host.run(listen_addrs=listen), AsyncExitStack() as stack:
                 self._dht = KadDHT(host, DHTMode.SERVER, validator=validator, validator_changed=True,
                                    strict_validation=True, max_peers_per_subnet=0)
                 async with background_trio_service(self._dht):
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
+                        if self.config.relay or self.config.hole_punch:
+                            from swarmlm.net.nat import DirectNotifee, NatManager
+
+                            self.nat = NatManager(self)
+                            await self.nat.start(host, stack, nursery)
+                            host.get_network().register_notifee(DirectNotifee(self))
+                        if self.dialback is not None:
+                            nursery.start_soon(self.dialback.run)  # background: readiness never waits
                         nursery.start_soon(self._ping_loop)
                         nursery.start_soon(self._bootstrap_and_discover)
                         log.info("host %s listening on %s", self.peer_id, ", ".join(self.addrs))
@@ -182,6 +262,7 @@ class SwarmHost:
             self._host = None
             self._dht = None
             self._nursery = None
+            self.nat = None
 
     def _register_handlers(self) -> None:
         for proto in sorted(self.rpc_server.protocols() - self._handled):
@@ -216,7 +297,13 @@ class SwarmHost:
             return pid
         try:
             with trio.fail_after(self.config.dial_timeout_s):
-                await self._host.connect(info)
+                if "/p2p-circuit" in maddr:
+                    if self.nat is None or not self.config.relay:
+                        raise HostError("relay support is off")
+                    if not self.is_connected(pid):
+                        await self.nat.dial_relayed(maddr, pid)
+                else:
+                    await self._host.connect(info)
         except Exception as exc:
             self.peers.record_failure(pid)
             raise HostError(f"cannot connect to {maddr}: {type(exc).__name__}: {exc}") from None
@@ -314,7 +401,7 @@ class SwarmHost:
             b58 = pid.to_base58()
             if b58 == self.peer_id or b58 in known:
                 continue
-            addrs = self._host.get_peerstore().addrs(pid)
+            addrs = sorted(self._host.get_peerstore().addrs(pid), key=lambda a: "/p2p-circuit" not in str(a))
             for a in addrs:
                 try:
                     await self.connect(f"{a}/p2p/{b58}")
