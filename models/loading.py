@@ -5,7 +5,9 @@
   headers of ``*.safetensors`` (headers only; nothing is loaded).
 - ``expected_shapes(cfg, start, end, embedding, head)``: the HF tensor names and shapes a shard needs.
 - ``read_tensors(model_dir, shapes, dtype)``: opens each file with ``safe_open`` and reads just those
-  tensors, converted to ``dtype``. Missing tensors, shape mismatches and corrupt/truncated files raise
+  tensors, converted to ``dtype``. Same-dtype tensors stay zero-copy on the file mapping (pages come in
+  when first used); converted ones are read one mapping at a time, so peak memory is the result plus
+  one tensor, not the whole file. Missing tensors, shape mismatches and corrupt/truncated files raise
   :class:`CheckpointError` naming the file and tensor.
 """
 
@@ -135,15 +137,23 @@ def read_tensors(model_dir: str | Path, shapes: dict[str, tuple[int, ...]], dtyp
             raise CheckpointError(f"{path}: missing safetensors file")
         _check_size(path)
         try:
-            with safe_open(str(path), framework="pt") as sf:
-                for name in names:
-                    t = sf.get_tensor(name)
-                    if tuple(t.shape) != tuple(shapes[name]):
-                        raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
-                                              f"config expects {tuple(shapes[name])}")
-                    if not t.is_floating_point():
-                        raise CheckpointError(f"{path}: tensor {name} has non-float dtype {t.dtype}")
-                    out[name] = t.to(dtype) if t.dtype != dtype else t
+            sf = safe_open(str(path), framework="pt")
+            for name in names:
+                t = sf.get_tensor(name)  # zero-copy from the file mapping
+                if tuple(t.shape) != tuple(shapes[name]):
+                    raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                                          f"config expects {tuple(shapes[name])}")
+                if not t.is_floating_point():
+                    raise CheckpointError(f"{path}: tensor {name} has non-float dtype {t.dtype}")
+                if t.dtype != dtype:
+                    out[name] = t.to(dtype)
+                    del t
+                    # reopen: otherwise every converted tensor's source pages stay mapped and resident,
+                    # and peak memory is the whole file plus the converted copy
+                    sf = safe_open(str(path), framework="pt")
+                else:
+                    out[name] = t
+            del sf
         except CheckpointError:
             raise
         except Exception as exc:

@@ -69,8 +69,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def _positions_start(positions: int | torch.Tensor | None, session: Session, T: int) -> int:
     if positions is None:
         return session.length
-    if isinstance(positions, int):
-        return positions
+    if not isinstance(positions, torch.Tensor):
+        return int(positions)
+    if positions.dim() == 0:
+        return int(positions)
     p = positions.reshape(-1, positions.shape[-1]) if positions.dim() > 1 else positions.view(1, -1)
     start = int(p[0, 0])
     want = torch.arange(start, start + T, dtype=p.dtype)
