@@ -21,6 +21,7 @@ def build_node(config: NodeConfig) -> Node:
     node.state = StateService(node.host, node.data_dir, heartbeat_s=config.heartbeat_s, local_fields=local_fields,
                               ttl_s=config.state_ttl_s)
     node.add_service(node.state)
+    node.host.reachability_listeners.append(lambda _verdict: node.on_hosting_changed())  # publish at once
     if config.model:
         from swarmlm.node.shard_service import ShardService
 
@@ -28,6 +29,14 @@ def build_node(config: NodeConfig) -> Node:
                                       dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
                                       max_sessions=config.max_sessions, fault=config.fault,
                                       rebalance_s=config.rebalance_s))
+        from swarmlm.node.consensus_service import ConsensusOptions, ConsensusService
+
+        node.add_service(ConsensusService(ConsensusOptions(
+            profile=getattr(config, "consensus_sampling", ""), judge=getattr(config, "consensus_judge", "loglik"),
+            calibration=getattr(config, "consensus_calibration", "off"))))
+    from swarmlm.node.generator import NodeGenerator
+
+    node.generator = NodeGenerator(node)  # pipeline via the SwarmClient, consensus via a coordinator
     if config.http:
         from swarmlm.node.http_service import HttpService
 

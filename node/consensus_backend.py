@@ -1,0 +1,179 @@
+"""The model work of a consensus participant: the round's task text, answering, judging, calibration.
+
+Everything here is blocking torch work over a node's whole-model ``Shard`` (embedding and LM head);
+``node/consensus_service.py`` runs it in ``trio.to_thread.run_sync`` behind the shard's compute
+limiter, so stream readers keep reading.
+
+* ``task_text`` / ``parse_task``: the text a round is about. The spec signs its hash, so the model,
+  the prompt (or chat messages) and the length limits every candidate obeys are fixed by the
+  coordinator's signature. It is canonical JSON.
+* ``ModelBackend.answer``: a candidate answer with this node's own sampling profile.
+* ``ModelBackend.loglik``: the log-likelihood of an answer given the task (per token by default;
+  ``"sum"`` favours the shortest answer, so the mean is what ``LogLikelihoodJudge`` expects).
+* ``ModelBackend.judge(kind)``: a ``Judge``: ``"loglik"`` (``LogLikelihoodJudge``, scores cached per
+  answer) or ``"prompt"`` (``PromptJudge``: the model is asked which answer is better).
+* ``ModelBackend.choose``: a calibration puzzle answered by the logits of the option letters.
+* ``default_profile(peer_id)``: a node's sampling profile when none is configured (temperatures
+  spread over the swarm by peer id, so candidates differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmlm.consensus.records import ConsensusError
+
+TASK_VERSION = 1
+MAX_TASK_TOKENS = 8192
+MAX_NEW_TOKENS = 1024
+PROFILE_TEMPERATURES = (0.0, 0.4, 0.7, 1.0)
+
+
+def task_text(model: str, prompt: str | None, messages: list[dict[str, str]] | None, max_new_tokens: int,
+              stop: list[str]) -> str:
+    """The canonical text of a round's task (its SHA-256 goes into the signed spec)."""
+    body: dict[str, Any] = {"v": TASK_VERSION, "model": model, "max_new_tokens": int(max_new_tokens),
+                            "stop": list(stop)}
+    if messages is not None:
+        body["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    elif prompt is not None:
+        body["prompt"] = prompt
+    else:
+        raise ConsensusError("a consensus task needs a prompt or messages")
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_task(text: str) -> dict[str, Any]:
+    """Check and parse a task text; raises ConsensusError."""
+    try:
+        t = json.loads(text)
+    except ValueError:
+        raise ConsensusError("the round's task is not JSON") from None
+    ok = (isinstance(t, dict) and t.get("v") == TASK_VERSION and isinstance(t.get("model"), str)
+          and isinstance(t.get("max_new_tokens"), int) and 0 < t["max_new_tokens"] <= MAX_NEW_TOKENS
+          and isinstance(t.get("stop"), list) and all(isinstance(s, str) and s for s in t["stop"])
+          and (isinstance(t.get("prompt"), str) or (isinstance(t.get("messages"), list) and all(
+              isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+              for m in t["messages"]))))
+    if not ok:
+        raise ConsensusError("the round's task is malformed")
+    return t
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A node's sampling settings for its candidate answers."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def text(self) -> str:
+        return f"temperature={self.temperature:g} top_p={self.top_p:g} top_k={self.top_k}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Profile":
+        """``"temperature=0.7,top_p=0.9"`` (commas or spaces); unknown keys are an error."""
+        kw: dict[str, Any] = {}
+        for part in text.replace(",", " ").split():
+            key, _, val = part.partition("=")
+            if key not in ("temperature", "top_p", "top_k") or not val:
+                raise ConsensusError(f"bad consensus sampling setting {part!r} (temperature=, top_p=, top_k=)")
+            kw[key] = int(val) if key == "top_k" else float(val)
+        return cls(**kw)
+
+
+def default_profile(peer_id: str) -> Profile:
+    t = PROFILE_TEMPERATURES[hashlib.sha256(peer_id.encode()).digest()[0] % len(PROFILE_TEMPERATURES)]
+    return Profile(t, 0.9 if t > 0 else 1.0)
+
+
+@dataclass
+class ModelBackend:
+    """Blocking model calls over one whole-model shard (call them from a worker thread)."""
+
+    shard: Any
+    tokenizer: Any
+    norm: str = "mean"  # "mean" | "sum" token log-likelihood
+    margin: float = 0.05
+    _letters: list[int] | None = field(default=None, repr=False)
+
+    def prompt_ids(self, task: dict[str, Any]) -> list[int]:
+        tok = self.tokenizer
+        ids = tok.encode_chat(task["messages"]) if "messages" in task else tok.encode(task["prompt"])
+        if not ids:
+            raise ConsensusError("the task's prompt is empty")
+        if len(ids) + task["max_new_tokens"] > MAX_TASK_TOKENS:
+            raise ConsensusError(f"the task needs more than {MAX_TASK_TOKENS} tokens")
+        return ids
+
+    def answer(self, task: dict[str, Any], profile: Profile, seed: int) -> str:
+        from swarmlm.models.generate import generate
+        from swarmlm.models.sampling import SamplingParams
+
+        params = SamplingParams(temperature=profile.temperature, top_k=profile.top_k, top_p=profile.top_p,
+                                seed=seed, max_new_tokens=task["max_new_tokens"], stop=list(task["stop"]))
+        return generate([self.shard], self.prompt_ids(task), params.validate(), self.tokenizer).text
+
+    def loglik(self, prompt_ids: list[int], answer: str) -> float:
+        """Mean (or summed) log-probability of the answer's tokens after the prompt."""
+        import torch
+
+        ans = self.tokenizer.encode(answer)[: max(1, MAX_TASK_TOKENS - len(prompt_ids))]
+        if not ans:
+            return -1e9  # an empty answer is the worst answer
+        ids = list(prompt_ids) + ans
+        sess = self.shard.new_session(len(ids))
+        try:
+            logits = self.shard.forward(torch.tensor([ids]), sess, 0)
+        finally:
+            sess.free()
+        logp = torch.log_softmax(logits[0, len(prompt_ids) - 1:len(ids) - 1].float(), dim=-1)
+        got = logp.gather(1, torch.tensor(ans).unsqueeze(1)).squeeze(1)
+        return float(got.sum() if self.norm == "sum" else got.mean())
+
+    def greedy(self, text: str, max_new_tokens: int = 4) -> str:
+        from swarmlm.models.generate import generate
+        from swarmlm.models.sampling import SamplingParams
+
+        tok = self.tokenizer
+        ids = tok.encode_chat([{"role": "user", "content": text}]) if tok.chat_template else tok.encode(text)
+        return generate([self.shard], ids, SamplingParams(max_new_tokens=max_new_tokens), tok).text
+
+    def judge(self, task: dict[str, Any], kind: str = "loglik") -> Any:
+        """A ``Judge`` for one round (its scores cached per answer)."""
+        from swarmlm.consensus.judging import LogLikelihoodJudge, PromptJudge
+
+        if kind == "prompt":
+            return PromptJudge(self.greedy)
+        pids = self.prompt_ids(task)
+        cache: dict[str, float] = {}
+
+        def score(_prompt: str, answer: str) -> float:
+            if answer not in cache:
+                cache[answer] = self.loglik(pids, answer)
+            return cache[answer]
+
+        return LogLikelihoodJudge(score, margin=self.margin)
+
+    def choose(self, puzzle: Any) -> int:
+        """A calibration puzzle's option index: the most likely of the letters A-D as the next token."""
+        import torch
+
+        from swarmlm.consensus.calibration import LETTERS
+
+        tok = self.tokenizer
+        text = puzzle.prompt()
+        ids = tok.encode_chat([{"role": "user", "content": text}]) if tok.chat_template else tok.encode(text)
+        if self._letters is None:
+            self._letters = [tok.encode(x)[0] if tok.encode(x) else 0 for x in LETTERS]
+        sess = self.shard.new_session(len(ids))
+        try:
+            logits = self.shard.forward(torch.tensor([ids]), sess, 0, last_only=True)
+        finally:
+            sess.free()
+        cand = logits[0, -1, self._letters[: len(puzzle.options)]]
+        return int(torch.argmax(cand))

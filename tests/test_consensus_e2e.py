@@ -1,0 +1,135 @@
+"""Consensus rounds end to end over the network: in-process nodes hosting ``builtin:tiny`` whole,
+each with its own sampling profile, coordinated through ``/swarmlm/consensus/1``."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+import trio
+
+from swarmlm.consensus.reputation import ReputationParams, compute_reputation
+from swarmlm.consensus.round import Timeouts
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.node.generation import GenerationRequest
+
+from helpers import wait_for_state
+
+MODEL = "builtin:tiny"
+PROFILES = ("temperature=0", "temperature=0.5 top_p=0.9", "temperature=0.9", "temperature=1.2 top_k=20")
+
+
+@asynccontextmanager
+async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False):
+    """n full nodes hosting all of MODEL; ``configure(i, service)`` adjusts a node's consensus
+    service before it runs. Each node's ``kill()`` stops it abruptly."""
+    from swarmlm.node import config as cfgmod
+    from swarmlm.node.assemble import build_node
+
+    nodes = []
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            overrides = {"data_dir": str(base_dir / f"node{i}"), "listen": ["/ip4/127.0.0.1/tcp/0"],
+                         "bootstrap": nodes[0].host.addrs[:1] if i else [], "heartbeat_s": 1.0,
+                         "model": MODEL, "layers": "0:6"}
+            if http:
+                overrides["http"] = "127.0.0.1:0"
+            node = build_node(cfgmod.load(None, env={}, overrides=overrides))
+            svc = node.service("consensus")
+            svc.options.profile = PROFILES[i % len(PROFILES)]
+            if configure is not None:
+                configure(i, svc)
+            scope = trio.CancelScope()
+
+            async def run(node=node, scope=scope, task_status=trio.TASK_STATUS_IGNORED):
+                with scope:
+                    await node.run(task_status=task_status)
+
+            node.kill = scope.cancel
+            await nursery.start(run)
+            nodes.append(node)
+        await wait_for_state(nodes)
+        with trio.fail_after(30):  # every node sees every other as a whole-model host
+            while not all(len(nd.generator.consensus.coordinators(MODEL)) == n for nd in nodes):
+                await trio.sleep(0.1)
+        try:
+            yield nodes
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def request(k: int = 3, prompt: str = "Say hello.") -> GenerationRequest:
+    return GenerationRequest(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                             params=SamplingParams(max_new_tokens=8), mode="consensus", consensus_k=k)
+
+
+async def run_consensus(node, req):
+    async with node.generator.generate(req) as gen:
+        text = "".join([c.text async for c in gen])
+    return text, gen.summary
+
+
+async def wait_round_everywhere(nodes, round_id: str) -> None:
+    from swarmlm.consensus.audit import verify_record
+
+    def has(nd) -> bool:
+        return any(verify_record(bytes(r.body)).round_id == round_id for r in nd.state.state.records(kind="round"))
+
+    with trio.fail_after(30):
+        while not all(has(nd) for nd in nodes):
+            await trio.sleep(0.1)
+
+
+def reputation_of(node, now: float) -> dict[str, float]:
+    st = node.state.state
+    return compute_reputation([bytes(r.body) for r in st.records(kind="round")], now,
+                              calibrations=[bytes(r.body) for r in st.records(kind="calibration")],
+                              params=ReputationParams(require_calibration=False)).scores()
+
+
+async def test_a_round_over_the_network_reaches_every_state(tmp_path):
+    async with consensus_nodes(tmp_path, 4) as nodes:
+        text, s = await run_consensus(nodes[1], request(k=3))
+        assert s.round_id and len(s.scores) == 3
+        winner = [row for row in s.scores if row["winner"]]
+        assert len(winner) == 1 and winner[0]["answer"] == text == s.text
+        assert abs(sum(row["strength"] for row in s.scores) - 1.0) < 1e-9
+        ids = {nd.peer_id for nd in nodes}
+        assert {row["node"] for row in s.scores} <= ids
+        assert {row["sampling"] for row in s.scores} <= {f"temperature={t:g} top_p={p:g} top_k={k}" for t, p, k in
+                                                         ((0, 1, 0), (0.5, 0.9, 0), (0.9, 1, 0), (1.2, 1, 20))}
+        await wait_round_everywhere(nodes, s.round_id)
+        now = time.time()
+        a, b = reputation_of(nodes[0], now), reputation_of(nodes[3], now)
+        assert a == b and a  # bit-identical on two nodes, and not empty
+        assert nodes[1].service("consensus").rounds[-1]["round_id"] == s.round_id
+
+
+async def test_a_dead_node_is_dropped_and_the_round_finishes(tmp_path):
+    def configure(i, svc):  # phases far longer than the test may take: they must close early
+        svc.options.timeouts = Timeouts(candidates=600.0, commits=600.0, reveals=600.0)
+
+    async with consensus_nodes(tmp_path, 4, configure) as nodes:
+        dead = nodes[3].peer_id
+        nodes[3].kill()
+        with trio.fail_after(180):  # calls to the dead node fail, so no phase waits for its deadline
+            text, s = await run_consensus(nodes[0], request(k=4))
+        res = nodes[0].service("consensus").rounds[-1]
+        assert dead in {d[0] for d in res["dropped"]}
+        assert len(s.scores) == 3 and dead not in {row["node"] for row in s.scores}
+        await wait_round_everywhere(nodes[:3], s.round_id)
+
+
+async def test_a_late_candidate_is_dropped_at_the_deadline(tmp_path):
+    def configure(i, svc):
+        svc.options.timeouts = Timeouts(candidates=15.0, commits=120.0, reveals=30.0)
+        if i == 2:
+            svc.options.fault = "late"
+
+    async with consensus_nodes(tmp_path, 4, configure) as nodes:
+        late = nodes[2].peer_id
+        text, s = await run_consensus(nodes[0], request(k=4))
+        res = nodes[0].service("consensus").rounds[-1]
+        assert [d for d in res["dropped"] if d[0] == late] == [[late, "missed candidates"]]
+        assert len(s.scores) == 3
+        await wait_round_everywhere(nodes, s.round_id)
