@@ -32,12 +32,8 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
     from swarmlm.node.sdk import Client
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout) as client:
-        if ns.mode == "consensus":
-            from swarmlm.errors import UsageError as CliError
-
-            raise CliError("consensus mode needs a node: use --http URL of a node running the consensus service")
-        pieces = []
-        for text in client.chat(_messages(ns), model=ns.model, stream=True, **_sampling(ns)):
+        pieces = []  # consensus: a node hosting the whole model coordinates the round (RPC)
+        for text in client.chat(_messages(ns), model=ns.model, stream=True, mode=ns.mode, k=ns.k, **_sampling(ns)):
             pieces.append(text)
             if not ns.json:
                 sys.stdout.write(text)
@@ -128,7 +124,10 @@ def cmd_ask(ns: argparse.Namespace) -> int:
     if result.get("scores"):
         print(f"consensus round {result.get('round_id')}:", file=sys.stderr)
         for row in result["scores"]:
-            print(f"  {json.dumps(row)}", file=sys.stderr)
+            answer = " ".join(str(row.get("answer", "")).split())
+            print(f"  {'*' if row.get('winner') else ' '} {float(row.get('strength', 0)):.3f}  "
+                  f"{str(row.get('node', ''))[-8:]}  {row.get('sampling', '')}  "
+                  f"{answer[:60] + ('...' if len(answer) > 60 else '')!r}", file=sys.stderr)
     return 0
 
 

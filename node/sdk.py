@@ -74,11 +74,15 @@ class Client:
         async with host.running():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
-                self._engine = SwarmClient(host, state)
+                pipeline: Any = SwarmClient(host, state)
                 if self.ee_key:
                     from swarmlm.node.ee_client import wrap_ee
 
-                    self._engine = wrap_ee(self._engine, self.ee_key)
+                    pipeline = wrap_ee(pipeline, self.ee_key)
+                from swarmlm.node.generator import ConsensusClient, Generator
+
+                # mode="consensus": a round run by a node hosting the whole model (RPC ``ask``)
+                self._engine = Generator(pipeline, ConsensusClient(host, state))
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
@@ -117,16 +121,24 @@ class Client:
 
         return self._run(plan)
 
-    def generate(self, prompt: str, model: str | None = None, **sampling: Any) -> Iterator[str]:
-        """Stream the completion of ``prompt``: yields text pieces as they are generated."""
-        return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt,
-                                              params=SamplingParams.from_dict(sampling).validate()))
+    def generate(self, prompt: str, model: str | None = None, *, mode: str = "pipeline", k: int = 3,
+                 **sampling: Any) -> Iterator[str]:
+        """Stream the completion of ``prompt``: yields text pieces as they are generated.
 
-    def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False,
-             **sampling: Any) -> Any:
-        """Chat with the model's template; returns the answer text (or an iterator with ``stream``)."""
+        ``mode="consensus"``: ``k`` nodes hosting the whole model answer, their peers judge, and the
+        winning answer comes back as one piece; ``last_summary.round_id`` / ``.scores`` tell the rest.
+        """
+        return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt,
+                                              params=SamplingParams.from_dict(sampling).validate(),
+                                              mode=mode, consensus_k=k))
+
+    def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False, *,
+             mode: str = "pipeline", k: int = 3, **sampling: Any) -> Any:
+        """Chat with the model's template; returns the answer text (or an iterator with ``stream``).
+        ``mode="consensus"`` as in ``generate``."""
         it = self._stream(GenerationRequest(model=self._default_model(model), messages=list(messages),
-                                            params=SamplingParams.from_dict(sampling).validate()))
+                                            params=SamplingParams.from_dict(sampling).validate(),
+                                            mode=mode, consensus_k=k))
         return it if stream else "".join(it)
 
     def _stream(self, request: GenerationRequest) -> Iterator[str]:
