@@ -27,11 +27,12 @@ from libp2p.protocol_muxer.exceptions import (
 )
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.security.security_multistream import SecurityMultistream
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux import yamux as _y
-from libp2p.utils import encode_delim
+from libp2p.utils import encode_delim, read_delim
 
-from swarmlm.net.fastnoise import FastNoiseSession, FastNoiseTransport
+from swarmlm.net.fastnoise import FastNoiseSession, FastNoiseTransport, _trio_socket
 from swarmlm.net.fastyamux import _HDR, FastYamux, FastYamuxStream, YamuxProtocolError, fast_muxer_option
 
 __all__ = ["FastNoiseSession", "FastNoiseTransport", "FastYamux", "FastYamuxStream", "YamuxProtocolError",
@@ -40,16 +41,74 @@ __all__ = ["FastNoiseSession", "FastNoiseTransport", "FastYamux", "FastYamuxStre
 
 
 class FastMuxerMultistream(MuxerMultistream):
-    """Stock ``MuxerMultistream.new_conn`` builds a stock ``Yamux`` for /yamux/1.0.0 whatever class
-    ``muxer_opt`` names; this one builds the negotiated class."""
+    """Builds the negotiated muxer class (stock builds a stock ``Yamux`` for /yamux/1.0.0 whatever
+    ``muxer_opt`` names), and as initiator negotiates ``FastYamux`` optimistically: the proposal
+    goes out and the connection starts at once; ``FastYamux.handle_incoming`` checks the answer
+    before the first frame (a refusal closes the connection). The responder reads in order, so
+    this is wire-compatible, and a new connection saves one round trip."""
 
     async def new_conn(self, conn: Any, peer_id: Any) -> Any:
+        first = next(iter(self.transports), None)
+        cls = self.transports.get(first) if first is not None else None
+        if conn.is_initiator and isinstance(cls, type) and issubclass(cls, FastYamux):
+            await conn.write(encode_delim(_msc.MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(str(first).encode()))
+            muxed = cls(conn, peer_id, is_initiator=True)
+            muxed.expect_answer = str(first)
+            return self._annotate_connection(muxed, conn, first)
         protocol, muxer_class = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
         if isinstance(muxer_class, type) and issubclass(muxer_class, _y.Yamux):
             muxed = muxer_class(conn, peer_id, is_initiator=conn.is_initiator)
         else:
             muxed = muxer_class(conn, peer_id)
         return self._annotate_connection(muxed, conn, protocol)
+
+
+class _AnswerFirst:
+    """A raw connection whose first read consumes (and checks) a multistream-select answer."""
+
+    def __init__(self, inner: Any, protocol: str) -> None:
+        self.inner = inner
+        self._expect: str | None = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._expect is not None:
+            expect, self._expect = self._expect, None
+            for want in (_msc.MULTISELECT_PROTOCOL_ID, expect):
+                try:
+                    got = (await read_delim(self.inner)).decode()
+                except Exception as exc:
+                    raise MultiselectClientError(f"no answer to {expect}: {exc}") from exc
+                if got != want:
+                    raise MultiselectClientError(f"peer answered {got!r} to {expect}")
+        return await self.inner.read(n)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class FastSecurityMultistream(SecurityMultistream):
+    """As initiator with Noise first in line, sends the ``/noise`` proposal and Noise's first
+    handshake message together and checks the answer ahead of the responder's reply: one round
+    trip less per new connection (the responder reads in order: wire-compatible)."""
+
+    async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
+        first = next(iter(self.transports), None)
+        transport = self.transports.get(first) if first is not None else None
+        if not isinstance(transport, FastNoiseTransport):
+            return await super().secure_outbound(conn, peer_id)
+        await conn.write(encode_delim(_msc.MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(str(first).encode()))
+        secure = await transport.secure_outbound(_AnswerFirst(conn, str(first)), peer_id)
+        if isinstance(secure, FastNoiseSession):  # the answer is consumed: talk to the socket itself
+            secure._raw = conn
+            secure._sock = _trio_socket(conn)
+        setattr(secure, "negotiated_security_protocol", str(first))
+        return secure
 
 
 class PipelinedMultiselectClient(MultiselectClient):
@@ -175,6 +234,7 @@ def install_fast_muxer(host: Any) -> None:
     upgrader = host.get_network().upgrader
     old = upgrader.muxer_multistream
     upgrader.muxer_multistream = FastMuxerMultistream(fast_muxer_option(), old.negotiate_timeout)
+    upgrader.security_multistream = FastSecurityMultistream(upgrader.security_multistream.transports)
     client = PipelinedMultiselectClient()
     host.multiselect_client = client
     upgrader.muxer_multistream._selector.multiselect_client = client

@@ -21,7 +21,10 @@ from collections import deque
 from typing import Any
 
 import trio
+from libp2p.exceptions import ParseError
 from libp2p.io.utils import read_exactly
+from libp2p.protocol_muxer.multiselect_client import MULTISELECT_PROTOCOL_ID as _MSS
+from libp2p.utils import read_delim
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _y
 
@@ -241,6 +244,7 @@ class FastYamux(_y.Yamux):
     write_batch = 1024 * 1024  # bytes of frames per secured write
     window_wait_s = 5.0  # as stock: a writer starved of credit this long fails
     body_timeout_s = _y._yamux_data_read_timeout()  # as stock: a DATA body must arrive this fast
+    expect_answer: str | None = None  # set when our muxer proposal's answer is still to be read
 
     async def _write_frame(self, data: bytes) -> None:
         await self._write_parts([data])
@@ -299,8 +303,21 @@ class FastYamux(_y.Yamux):
         into += data
         return None
 
+    async def _check_answer(self) -> None:
+        """The responder's answer to an optimistic muxer proposal (see ``FastMuxerMultistream``)."""
+        for expected in (_MSS, self.expect_answer):
+            try:
+                answer = (await read_delim(self.secured_conn)).decode()
+            except ParseError as exc:
+                raise YamuxProtocolError(f"bad multistream-select answer: {exc}") from None
+            if answer != expected:
+                raise YamuxProtocolError(f"peer answered {answer!r} to {self.expect_answer}")
+        self.expect_answer = None
+
     async def handle_incoming(self) -> None:
         try:
+            if self.expect_answer is not None:
+                await self._check_answer()
             while not self.event_shutting_down.is_set():
                 header = await self._read_exact(_HEADER)
                 version, typ, flags, sid, length = _HDR.unpack(header)
