@@ -115,6 +115,8 @@ class ConsensusService:
         self.calib.register(rpc)
 
     async def run(self, node: Any) -> None:
+        self.params = ReputationParams(require_calibration=self.options.calibration == "required")
+        self.book, self._seen = ReputationBook(self.params, anchors=self.options.anchors), set()
         async with trio.open_nursery() as nursery:
             self._bg = nursery
             if self.options.calibration == "required":

@@ -20,8 +20,9 @@ PROFILES = ("temperature=0", "temperature=0.5 top_p=0.9", "temperature=0.9", "te
 
 
 @asynccontextmanager
-async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False):
-    """n full nodes hosting all of MODEL; ``configure(i, service)`` adjusts a node's consensus
+async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, model: str = MODEL,
+                          layers: str = "0:6"):
+    """n full nodes hosting all of ``model`` (``layers`` = all its layers); ``configure(i, service)`` adjusts a node's consensus
     service before it runs. Each node's ``kill()`` stops it abruptly."""
     from swarmlm.node import config as cfgmod
     from swarmlm.node.assemble import build_node
@@ -31,7 +32,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False):
         for i in range(n):
             overrides = {"data_dir": str(base_dir / f"node{i}"), "listen": ["/ip4/127.0.0.1/tcp/0"],
                          "bootstrap": nodes[0].host.addrs[:1] if i else [], "heartbeat_s": 1.0,
-                         "model": MODEL, "layers": "0:6"}
+                         "model": model, "layers": layers}
             if http:
                 overrides["http"] = "127.0.0.1:0"
             node = build_node(cfgmod.load(None, env={}, overrides=overrides))
@@ -50,7 +51,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False):
             nodes.append(node)
         await wait_for_state(nodes)
         with trio.fail_after(30):  # every node sees every other as a whole-model host
-            while not all(len(nd.generator.consensus.coordinators(MODEL)) == n for nd in nodes):
+            while not all(len(nd.generator.consensus.coordinators(model)) == n for nd in nodes):
                 await trio.sleep(0.1)
         try:
             yield nodes
@@ -133,3 +134,38 @@ async def test_a_late_candidate_is_dropped_at_the_deadline(tmp_path):
         assert [d for d in res["dropped"] if d[0] == late] == [[late, "missed candidates"]]
         assert len(s.scores) == 3
         await wait_round_everywhere(nodes, s.round_id)
+
+
+async def test_calibration_over_the_network_gates_judging(tmp_path):
+    def configure(i, svc):
+        svc.options.calibration = "required"
+        # nodes 0 and 1 know the answers, node 2 always picks a wrong option (tiny's weights are random)
+        svc.options.puzzle_answerer = (lambda p: p.answer) if i < 2 else (lambda p: (p.answer + 1) % len(p.options))
+
+    async with consensus_nodes(tmp_path, 3, configure) as nodes:
+        from swarmlm.consensus.calibration import verify_calibration
+
+        def verdicts(nd):
+            return {(c.subject, c.passed) for c in (verify_calibration(bytes(r.body))
+                                                     for r in nd.state.state.records(kind="calibration"))}
+
+        want = {(nodes[0].peer_id, 1), (nodes[1].peer_id, 1), (nodes[2].peer_id, 0)}
+        with trio.fail_after(60):  # every node got examined by a peer; every state holds the three records
+            while not all(verdicts(nd) == want for nd in nodes):
+                await trio.sleep(0.2)
+        text, s = await run_consensus(nodes[2], request(k=3))  # an uncalibrated node may still coordinate
+        res = nodes[2].service("consensus").rounds[-1]
+        assert len(s.scores) == 3 and res["coordinator"] == nodes[2].peer_id
+        await wait_round_everywhere(nodes, s.round_id)
+        from swarmlm.consensus.audit import verify_record
+
+        rec = next(verify_record(bytes(r.body)) for r in nodes[0].state.state.records(kind="round"))
+        assert set(rec.votes) == {nodes[0].peer_id, nodes[1].peer_id}  # the failed node does not judge
+        now = time.time()
+        reps = []
+        for nd in (nodes[0], nodes[1]):
+            st = nd.state.state
+            reps.append(compute_reputation([bytes(r.body) for r in st.records(kind="round")], now,
+                                           calibrations=[bytes(r.body) for r in st.records(kind="calibration")]))
+        assert reps[0].scores() == reps[1].scores() and reps[0].weight(nodes[2].peer_id, now) == 0.0
+        assert reps[0].weight(nodes[0].peer_id, now) > 0.0
