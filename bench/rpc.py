@@ -60,8 +60,12 @@ def make_server():
 def _host_config(stock: bool):
     from swarmlm.net.host import HostConfig
 
-    return HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], ping_interval_s=3600.0, discovery_interval_s=3600.0,
-                      fastpath=not stock)
+    cfg = HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], ping_interval_s=3600.0, discovery_interval_s=3600.0,
+                     fastpath=not stock)
+    for name in ("relay", "hole_punch", "reachability"):  # NAT traversal plays no part on loopback
+        if hasattr(cfg, name):
+            setattr(cfg, name, False)
+    return cfg
 
 
 # ---------------------------------------------------------------------------- server process
