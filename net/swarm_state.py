@@ -34,7 +34,8 @@ from swarmlm.errors import SwarmError
 
 RECORD_DOMAIN = "swarmlm/record/v1"
 REACH_VALUES = ("public", "relayed", "unknown")
-PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach")
+PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt")
+MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keyed by peer id
 MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
 MAX_MODELS_PER_OWNER = 64
@@ -117,6 +118,7 @@ class PeerEntry:
     load: float = 0.0  # queued requests (or utilisation), owner-defined >= 0
     heartbeat: float = 0.0  # owner's wall-clock time of its last write
     reach: str = "unknown"  # public / relayed / unknown
+    rtt: tuple[tuple[str, float], ...] = ()  # (peer id, ms): what the owner measured to its peers
 
     def age(self, now: float) -> float:
         return now - self.heartbeat
@@ -189,8 +191,13 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
     reach = _str(raw.get("reach", "unknown"), 16, "reach")
     if reach not in REACH_VALUES:
         raise InvalidUpdate("bad_entry", f"reach must be one of {REACH_VALUES}")
+    rtt_raw = raw.get("rtt", {})
+    if not isinstance(rtt_raw, dict) or len(rtt_raw) > MAX_RTT_ENTRIES:
+        raise InvalidUpdate("bad_entry", f"rtt is a map of at most {MAX_RTT_ENTRIES} peers")
+    rtt = tuple(sorted((_str(k, 64, "rtt peer"), _num(v, "rtt ms", 0.0, 1e6)) for k, v in rtt_raw.items()))
     return PeerEntry(
         peer_id=owner,
+        rtt=rtt,
         addrs=tuple(_str(a, 256, "addrs item") for a in _list(raw.get("addrs", []), 16, "addrs")),
         agent=_str(raw.get("agent", ""), 64, "agent"),
         hosted=tuple(hosted),

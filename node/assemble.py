@@ -12,7 +12,10 @@ def build_node(config: NodeConfig) -> Node:
     node = Node(config)
 
     def local_fields() -> dict:
-        fields = {"addrs": node.host.addrs[:8], "agent": AGENT_VERSION, "reach": node.reachability}
+        nearest = sorted((p for p in node.host.peers.all() if p.connected and p.rtt_ms is not None),
+                         key=lambda p: p.rtt_ms)[:16]
+        fields = {"addrs": node.host.addrs[:8], "agent": AGENT_VERSION, "reach": node.reachability,
+                  "rtt": {p.peer_id: round(p.rtt_ms, 1) for p in nearest}}
         for svc in node.services:
             if hasattr(svc, "hosted_fields"):
                 fields.update(svc.hosted_fields())

@@ -117,3 +117,15 @@ def test_entry_and_records_documents_hold_only_their_own_maps():
     with pytest.raises(InvalidUpdate) as exc:
         OwnerDoc(records_key(A.peer_id), 1).apply(rogue_r.full_update())
     assert exc.value.reason == "bad_record"
+
+
+def test_peers_publish_their_measured_rtts():
+    own = OwnerDoc(A.peer_id, 1, local=True)
+    up = own.write_peer(heartbeat=100.0, rtt={B.peer_id: 12.5, "other": 3})
+    rep = OwnerDoc(A.peer_id, 1)
+    rep.apply(up, now=100.0)
+    assert dict(rep.entry.rtt) == {B.peer_id: 12.5, "other": 3.0}
+    with pytest.raises(StateError):
+        own.write_peer(rtt={str(i): 1.0 for i in range(100)})
+    with pytest.raises(StateError):
+        own.write_peer(rtt={B.peer_id: -1.0})
