@@ -81,8 +81,11 @@ def build_libp2p_host(identity: Identity, config: HostConfig):
 
         noise_cls, muxer_opt = FastNoiseTransport, fast_muxer_option()
     sec = {NOISE_ID: noise_cls(key_pair, noise_privkey=new_x25519().private_key)}
+    listen_strs = list(config.listen)
+    if config.quic and not any("/quic" in a for a in listen_strs):  # experimental: QUIC beside each TCP address
+        listen_strs += [a.replace("/tcp/", "/udp/") + "/quic-v1" for a in config.listen if "/tcp/" in a]
     try:
-        listen = [multiaddr.Multiaddr(a) for a in config.listen]
+        listen = [multiaddr.Multiaddr(a) for a in listen_strs]
         announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
     except Exception as exc:
         raise HostError(f"bad listen/announce address: {exc}") from None
