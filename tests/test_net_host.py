@@ -112,3 +112,13 @@ async def test_bad_addresses_are_clear_errors():
             await h.connect("/ip4/127.0.0.1/tcp/1")
         with pytest.raises(HostError):
             await h.connect("/ip4/127.0.0.1/tcp/1/p2p/notapeerid")
+
+
+async def test_quic_behind_a_flag():
+    async with running_hosts(2, quic=True) as (a, b):
+        quic = [x for x in a.addrs if "/quic-v1/" in x]
+        assert quic, a.addrs
+        await b.rpc.forget(a.peer_id)
+        for conn_addr in [quic[0]]:
+            await b.connect(conn_addr)
+        assert await b.rpc.call(a.peer_id, ECHO_PROTOCOL, "echo", "over quic") == "over quic"
