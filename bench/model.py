@@ -2,13 +2,14 @@
 
 Whole model in one process, fp32 and bf16, with the caller's torch threads. Per dtype: prefill ms of a
 chat prompt (median), batch-1 greedy decode tok/s (median over rounds), and the same decode through
-transformers (forward with its KV cache, no ``generate`` overhead) in interleaved rounds, so both see
-the same machine load; ``ratio_vs_hf`` = ours / transformers. Batch 8: eight sessions decoded together
+transformers (forward with its KV cache, no ``generate`` overhead), the two alternating step by step
+so both see the same machine load; ``ratio_vs_hf`` = ours / transformers. Batch 8: eight sessions decoded together
 with ``Shard.forward_batch`` (aggregate tok/s). ``peak_rss_mb`` is the whole process (both
 implementations loaded); ``ours_peak_rss_mb`` is the peak before transformers was imported.
 
 JSON: {"fp32": {"prefill_ms", "decode_tok_s", "hf_decode_tok_s", "ratio_vs_hf", "batch8_tok_s"},
-"bf16": {...}, "batch8_tok_s" (fp32), "peak_rss_mb", "ours_peak_rss_mb", "threads", "steps", "rounds"}.
+"bf16": {...}, "batch8_tok_s" (fp32), "peak_rss_mb", "ours_peak_rss_mb", "threads", "steps", "rounds",
+"model"}. ``--model builtin:tiny`` gives a quick smoke run.
 """
 
 from __future__ import annotations
@@ -20,21 +21,6 @@ import warnings
 from swarmlm.bench.common import emit, log, median, parser, peak_rss_mb
 
 PROMPT = "What is the capital of France? Answer in one sentence, then name two famous landmarks there."
-
-
-def _ours_prefill_and_decode(shard, ids, steps: int) -> tuple[float, float]:
-    import torch
-
-    sess = shard.new_session(ids.shape[1] + steps + 1)
-    t0 = time.perf_counter()
-    logits = shard.forward(ids, sess, 0, last_only=True)
-    prefill_ms = (time.perf_counter() - t0) * 1000
-    tok = int(logits[0, -1].argmax())
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        logits = shard.forward(torch.tensor([[tok]]), sess, None, last_only=True)
-        tok = int(logits[0, -1].argmax())
-    return prefill_ms, steps / (time.perf_counter() - t0)
 
 
 def _ours_batch(shard, ids, steps: int, n: int) -> float:
@@ -53,31 +39,71 @@ def _ours_batch(shard, ids, steps: int, n: int) -> float:
     return n * steps / (time.perf_counter() - t0)
 
 
-def _hf_decode(hf, ids, steps: int) -> float:
-    import torch
-    from transformers import DynamicCache
+class _HFDecoder:
+    """transformers' forward with its own KV cache, one greedy step at a time."""
 
-    params = inspect.signature(hf.forward).parameters
-    key = "cache" if "cache" in params else "past_key_values"
-    with torch.inference_mode():
-        cache = DynamicCache()
-        out = hf(ids, use_cache=True, **{key: cache})
-        tok = int(out.logits[0, -1].argmax())
+    def __init__(self, hf, ids) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        params = inspect.signature(hf.forward).parameters
+        self.key = "cache" if "cache" in params else "past_key_values"
+        self.hf, self.cache = hf, DynamicCache()
+        with torch.inference_mode():
+            out = hf(ids, use_cache=True, **{self.key: self.cache})
+        self.tok = int(out.logits[0, -1].argmax())
+
+    def step(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            out = self.hf(torch.tensor([[self.tok]]), use_cache=True, **{self.key: self.cache})
+        self.tok = int(out.logits[0, -1].argmax())
+
+
+class _OursDecoder:
+    def __init__(self, shard, ids, steps: int) -> None:
+        self.shard = shard
+        self.sess = shard.new_session(ids.shape[1] + steps + 1)
         t0 = time.perf_counter()
-        for _ in range(steps):
-            out = hf(torch.tensor([[tok]]), use_cache=True, **{key: cache})
-            tok = int(out.logits[0, -1].argmax())
-        return steps / (time.perf_counter() - t0)
+        logits = shard.forward(ids, self.sess, 0, last_only=True)
+        self.prefill_ms = (time.perf_counter() - t0) * 1000
+        self.tok = int(logits[0, -1].argmax())
+
+    def step(self) -> None:
+        import torch
+
+        logits = self.shard.forward(torch.tensor([[self.tok]]), self.sess, None, last_only=True)
+        self.tok = int(logits[0, -1].argmax())
 
 
-def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool) -> dict:
+def _interleaved(shard, hf, ids, steps: int) -> tuple[float, float, float | None]:
+    """(prefill ms, our tok/s, transformers tok/s): single steps alternate, so both see the same load."""
+    ours = _OursDecoder(shard, ids, steps)
+    theirs = _HFDecoder(hf, ids) if hf is not None else None
+    t_ours = t_hf = 0.0
+    for i in range(steps):
+        for who in ((ours, theirs) if i % 2 == 0 else (theirs, ours)):  # alternate who goes first
+            if who is None:
+                continue
+            t0 = time.perf_counter()
+            who.step()
+            dt = time.perf_counter() - t0
+            if who is ours:
+                t_ours += dt
+            else:
+                t_hf += dt
+    return ours.prefill_ms, steps / t_ours, (steps / t_hf if theirs is not None else None)
+
+
+def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool, spec: str = "builtin:smollm2-135m") -> dict:
     import torch
 
     from swarmlm.models.generate import load_chain
-    from swarmlm.models.registry import SMOLLM2, resolve
+    from swarmlm.models.registry import resolve
     from swarmlm.models.tokenizer import Tokenizer
 
-    model_dir = resolve(SMOLLM2)
+    model_dir = resolve(spec)
     tok = Tokenizer.from_dir(model_dir)
     ids = torch.tensor([tok.encode_chat([{"role": "user", "content": PROMPT}])])
     log(f"prompt {ids.shape[1]} tokens, {steps} decode steps x {rounds} rounds, "
@@ -86,9 +112,9 @@ def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool) -> dict:
     shards = {}
     for dt in dtypes:
         t0 = time.perf_counter()
-        (shards[dt],) = load_chain(SMOLLM2, 1, dt)
+        (shards[dt],) = load_chain(spec, 1, dt)
         log(f"{dt}: loaded in {time.perf_counter() - t0:.2f}s")
-        _ours_prefill_and_decode(shards[dt], ids, 4)  # warm-up
+        _interleaved(shards[dt], None, ids, 4)  # warm-up
         b8 = _ours_batch(shards[dt], ids, max(steps // 2, 4), 8)
         log(f"{dt}: batch 8 {b8:.1f} tok/s")
         result[dt] = {"batch8_tok_s": round(b8, 2)}
@@ -103,17 +129,17 @@ def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool) -> dict:
         warnings.filterwarnings("ignore")
         for dt in dtypes:
             hfs[dt] = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=shards[dt].dtype).eval()
-            _hf_decode(hfs[dt], ids, 4)  # warm-up
+            _HFDecoder(hfs[dt], ids).step()  # warm-up
     for dt in dtypes:
         pre, ours, theirs = [], [], []
-        for r in range(rounds):  # interleaved, so both see the same machine load
-            p, d = _ours_prefill_and_decode(shards[dt], ids, steps)
+        for r in range(rounds):
+            p, d, h = _interleaved(shards[dt], hfs.get(dt), ids, steps)
             pre.append(p)
             ours.append(d)
-            if dt in hfs:
-                theirs.append(_hf_decode(hfs[dt], ids, steps))
+            if h is not None:
+                theirs.append(h)
             log(f"{dt} round {r + 1}: prefill {p:.1f} ms, ours {d:.2f} tok/s"
-                + (f", transformers {theirs[-1]:.2f} tok/s" if theirs else ""))
+                + (f", transformers {h:.2f} tok/s" if h is not None else ""))
         row = {"prefill_ms": round(median(pre), 2), "decode_tok_s": round(median(ours), 2)}
         if theirs:
             row["hf_decode_tok_s"] = round(median(theirs), 2)
@@ -122,7 +148,8 @@ def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool) -> dict:
         result[dt] = {**row, **result[dt]}
     result["batch8_tok_s"] = result.get("fp32", result[dtypes[0]])["batch8_tok_s"]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    result.update(threads=torch.get_num_threads(), steps=steps, rounds=rounds, prompt_tokens=int(ids.shape[1]))
+    result.update(threads=torch.get_num_threads(), steps=steps, rounds=rounds, prompt_tokens=int(ids.shape[1]),
+                  model=spec)
     return result
 
 
@@ -147,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: leave as is)")
     p.add_argument("--skip-hf", action="store_true", help="do not run transformers")
+    p.add_argument("--model", default="builtin:smollm2-135m", help="model spec (default builtin:smollm2-135m)")
     ns = p.parse_args(argv)
     if ns.threads:
         import torch
 
         torch.set_num_threads(ns.threads)
     dtypes = [d.strip() for d in ns.dtypes.split(",") if d.strip()]
-    emit(run(ns.steps, ns.rounds, dtypes, ns.skip_hf), ns.json, _summary)
+    emit(run(ns.steps, ns.rounds, dtypes, ns.skip_hf, ns.model), ns.json, _summary)
     return 0
