@@ -21,7 +21,21 @@ from libp2p.security.secure_session import SecureSession
 
 _MAX_PLAINTEXT = 65535 - 16  # Noise message minus the Poly1305 tag
 _RECV_GULP = 256 * 1024
-_KEEP_OUT = 2 * 1024 * 1024  # a connection keeps an output buffer up to this size between writes
+_POOL: list[bytearray] = []  # sealed-output buffers shared by all sessions (one trio thread)
+_POOL_MAX = 8
+_POOL_BUF_MAX = 2 * 1024 * 1024 + 65536
+
+
+def _take_buffer(n: int) -> bytearray:
+    for i, buf in enumerate(_POOL):
+        if len(buf) >= n:
+            return _POOL.pop(i)
+    return bytearray(max(n, 65536))
+
+
+def _give_buffer(buf: bytearray) -> None:
+    if len(_POOL) < _POOL_MAX and len(buf) <= _POOL_BUF_MAX:
+        _POOL.append(buf)
 
 
 class FastLock:
@@ -71,7 +85,6 @@ class FastNoiseSession(SecureSession):
         # TCP: use the socket directly (this session is its only reader and, under _write_lock,
         # its only writer), skipping two more locks per message; errors are mapped as TrioTCPStream does
         self._sock = _trio_socket(self._raw)
-        self._out = bytearray()
         self._scratch = bytearray(_MAX_PLAINTEXT)
 
     # -- receive --------------------------------------------------------------------------
@@ -211,16 +224,16 @@ class FastNoiseSession(SecureSession):
     async def write_parts(self, parts: list[Any]) -> None:
         """Encrypt the concatenation of ``parts`` and send it with one socket write.
 
-        Plaintext is gathered into a reused 64 KiB scratch buffer and sealed into a reused output
-        buffer (fresh megabyte-sized buffers cost more in page faults than the copy itself)."""
+        Plaintext is gathered into a reused 64 KiB scratch buffer and sealed into an output buffer
+        from a small shared pool (fresh megabyte-sized buffers cost more in page faults than the
+        copy itself, and a buffer per connection would cost a megabyte per peer)."""
         views = [v for v in (p if isinstance(p, memoryview) else memoryview(p) for p in parts) if v.nbytes]
         views = [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in views]
         total = sum(len(v) for v in views)
         need = total + max(1, -(-total // _MAX_PLAINTEXT)) * 18  # per message: length + tag
         async with self._write_lock:  # nonces must reach the wire in the order they were used
-            if len(self._out) < need:
-                self._out = bytearray(need)
-            out = memoryview(self._out)
+            buf = _take_buffer(need)
+            out = memoryview(buf)
             scratch = memoryview(self._scratch)
             cs = self._enc
             aead = cs.cipher.cipher
@@ -259,8 +272,7 @@ class FastNoiseSession(SecureSession):
             finally:
                 out.release()
                 scratch.release()
-            if len(self._out) > _KEEP_OUT:  # keep a modest buffer per connection, not the largest
-                self._out = bytearray()
+                _give_buffer(buf)
 
 
 class FastNoiseTransport(NoiseTransport):
