@@ -65,6 +65,12 @@ class ConsensusOptions:
     fault: str = ""  # tests: "late" never answers a spec packet
 
 
+def max_judges(candidates: int, wanted: int) -> int:
+    """Judges per round so that the signed round record fits one swarm-state record (16 KiB): the
+    reveals dominate its size; 5 candidates with 5 judges that are not candidates reach ~16.9 KiB."""
+    return max(1, min(wanted, 5, 4 if candidates >= 5 else 5))
+
+
 def eligible_hosts(state: Any, model: str, now: float) -> list[str]:
     """Online peers hosting all layers ``[0, n)`` of ``model`` (n from the state's model registry)."""
     info = state.models(now).get(model)
@@ -222,7 +228,7 @@ class ConsensusService:
         rep = self.reputation(now)
         w = rep.round_weights(hosts, now)
         ranked = sorted((h for h in hosts if w[h] > 0), key=lambda h: (-w[h], self.rng.random()))
-        judges = sorted(ranked[: self.options.max_judges])
+        judges = sorted(ranked[: max_judges(len(cands), self.options.max_judges)])
         if not judges:
             raise ConsensusUnavailable("no eligible node has judging weight yet (none passed calibration)")
         return cands, judges, rep.round_weights(judges, now)

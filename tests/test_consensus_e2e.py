@@ -169,3 +169,23 @@ async def test_calibration_over_the_network_gates_judging(tmp_path):
                                            calibrations=[bytes(r.body) for r in st.records(kind="calibration")]))
         assert reps[0].scores() == reps[1].scores() and reps[0].weight(nodes[2].peer_id, now) == 0.0
         assert reps[0].weight(nodes[0].peer_id, now) > 0.0
+
+
+def test_the_largest_round_record_fits_a_swarm_state_record():
+    from swarmlm.consensus.local import run_local_round
+    from swarmlm.consensus.round import Finished
+    from swarmlm.crypto.identity import Identity
+    from swarmlm.net.swarm_state import make_record
+    from swarmlm.node.consensus_service import MAX_K, max_judges
+
+    class Prefer:
+        def judge(self, prompt, a, b):
+            return "A"
+
+    ids = [Identity.generate() for _ in range(MAX_K + 5)]
+    for k in range(2, MAX_K + 1):  # worst case: judges that are not candidates see every candidate
+        judges = {i: Prefer() for i in ids[MAX_K:MAX_K + max_judges(k, 99)]}
+        _, log = run_local_round(ids[0], "q" * 2000, {i: f"answer {n}" for n, i in enumerate(ids[:k])}, judges,
+                                 {i.peer_id: 1.0 for i in ids})
+        fin = next(a for a in log if isinstance(a, Finished))
+        make_record(ids[0], "round", fin.packet.envelope.encode(), time.time())  # raises if too large
