@@ -240,7 +240,7 @@ class FastYamux(_y.Yamux):
     """Yamux with ``FastYamuxStream`` streams and a lean incoming-frame loop (see module doc)."""
 
     window = 8 * 1024 * 1024  # receive window granted per stream (go-yamux grows to 16 MiB)
-    max_frame = 64 * 1024 - _HEADER  # DATA payload per frame, as go-yamux / stock py-libp2p send
+    max_frame = 65535 - 16 - _HEADER  # DATA payload per frame: header + payload = one Noise message
     write_batch = 1024 * 1024  # bytes of frames per secured write
     window_wait_s = 5.0  # as stock: a writer starved of credit this long fails
     body_timeout_s = _y._yamux_data_read_timeout()  # as stock: a DATA body must arrive this fast
