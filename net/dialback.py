@@ -10,8 +10,9 @@ its own nonce arrived, ``UNREACHABLE`` when the helper tried and it did not, ``E
 
 Abuse limits on the helper side: it dials only the IP it sees the asker connect from (plus that IP
 with the asker's listen ports); over a relayed connection, where that IP is unknown, only the
-asker's global addresses. At most 4 addresses, one request per asker per ``min_interval_s``, two at
-a time in all (``busy`` beyond). Answers count once per helper IP (one machine, one vote).
+asker's global addresses. At most 4 addresses, one request per asker per ``min_interval_s``, four at
+a time in all (others queue up to ``queue_s``, then ``busy``). Answers count once per helper IP (one
+machine, one vote); two agreeing sources settle the verdict (``DEFAULT_CONFIG``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ log = logging.getLogger("swarmlm.nat")
 DIALBACK_PROTOCOL = "/swarmlm/dialback/1"
 MAX_ADDRS = 4
 NONCE_BYTES = 16
+# two sources (distinct IPs, or peers over relayed connections) agreeing 2:1 settle it: a small swarm
+# (one public node and a few homes) must be able to tell; more answers only make it firmer
+DEFAULT_CONFIG = ReachabilityConfig(min_answers=2)
 
 
 def _ip_port(addr: str) -> tuple[str, int] | None:
@@ -68,10 +72,10 @@ class DialbackService:
     """Both sides of the dial-back protocol for one ``SwarmHost`` (register before it runs)."""
 
     def __init__(self, host: Any, config: ReachabilityConfig | None = None, *, first_delay_s: float = 1.0,
-                 fast_retry_s: float = 5.0, dial_timeout_s: float = 4.0, min_interval_s: float = 10.0,
+                 fast_retry_s: float = 3.0, dial_timeout_s: float = 3.0, min_interval_s: float = 5.0,
                  on_change: Callable[[str], None] | None = None) -> None:
         self.host = host
-        self.reach = Reachability(config or ReachabilityConfig())
+        self.reach = Reachability(config or DEFAULT_CONFIG)
         self.first_delay_s = first_delay_s
         self.fast_retry_s = fast_retry_s
         self.dial_timeout_s = dial_timeout_s
@@ -80,7 +84,9 @@ class DialbackService:
         self._pending: dict[bytes, trio.Event] = {}
         self._asked: dict[str, float] = {}  # peer -> wall time we last asked it
         self._served: dict[str, float] = {}  # asker -> trio time we last served it
-        self._slots = trio.Semaphore(2)
+        self._slots = trio.Semaphore(4)
+        self.queue_s = 10.0
+        self._errored: set[str] = set()
         self._verdict = Verdict.UNKNOWN
         host.rpc_server.add_unary(DIALBACK_PROTOCOL, "request", self._serve_request)
         host.rpc_server.add_unary(DIALBACK_PROTOCOL, "nonce", self._serve_nonce)
@@ -123,10 +129,12 @@ class DialbackService:
         targets = dialback_targets(args["addrs"], self.host.remote_ip(ctx.peer))
         if not targets:
             return {"tried": [], "ok": None}
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            raise RpcError(BUSY, "dial-back slots full") from None
+        got = False
+        with trio.move_on_after(self.queue_s):  # a few askers at once wait their turn
+            await self._slots.acquire()
+            got = True
+        if not got:
+            raise RpcError(BUSY, "dial-back slots full")
         self._served[ctx.peer] = now
         try:
             for addr in targets:
@@ -181,10 +189,14 @@ class DialbackService:
             else:
                 outcome, where = Outcome.ERROR, ""
         except Exception as exc:
-            log.debug("dial-back request to %s failed: %s", peer[-8:], exc)
+            log.info("dial-back request to %s failed: %s", peer[-8:], exc)
             outcome, where = Outcome.ERROR, ""
         finally:
             self._pending.pop(nonce, None)
+        if outcome is Outcome.ERROR:
+            self._errored.add(peer)
+        else:
+            self._errored.discard(peer)
         answer = Answer(peer=peer, address=where, outcome=outcome, at=time.time(), group=group)
         self._record(answer)
         return answer
@@ -197,7 +209,8 @@ class DialbackService:
             now = time.time()
             settled = self._verdict is not Verdict.UNKNOWN
             again = self.reach.config.refresh_s if settled else self.reach.config.retry_s
-            peers = [p for p in self.host.connected_peers() if now - self._asked.get(p, -1e18) >= again]
+            peers = [p for p in self.host.connected_peers() if self.host.supports(p, DIALBACK_PROTOCOL)
+                     and now - self._asked.get(p, -1e18) >= (again if p not in self._errored else self.fast_retry_s * 2)]
             async with trio.open_nursery() as nursery:
                 for p in peers[:4]:
                     nursery.start_soon(self.ask, p)

@@ -220,6 +220,13 @@ class SwarmHost:
                 continue
         return out
 
+    def supports(self, peer: str, protocol: str) -> bool:
+        """Whether ``peer`` listed ``protocol`` in identify (False when unknown)."""
+        try:
+            return protocol in (self._host.get_peerstore().get_protocols(self._peer(peer)) or [])
+        except Exception:
+            return False
+
     def remote_ip(self, peer: str) -> str | None:
         """The IP a direct connection from/to ``peer`` comes from; None when only relayed (or none)."""
         for a in self.connection_addrs(peer):
@@ -240,11 +247,11 @@ class SwarmHost:
         self._register_handlers()
         validator = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
         try:
-            async with host.run(listen_addrs=listen), AsyncExitStack() as stack:
+            async with host.run(listen_addrs=listen):
                 self._dht = KadDHT(host, DHTMode.SERVER, validator=validator, validator_changed=True,
                                    strict_validation=True, max_peers_per_subnet=0)
                 async with background_trio_service(self._dht):
-                    async with trio.open_nursery() as nursery:
+                    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
                         self._nursery = nursery
                         if self.config.relay or self.config.hole_punch:
                             from swarmlm.net.nat import DirectNotifee, NatManager
@@ -386,12 +393,18 @@ class SwarmHost:
                 log.info("connected to bootstrap %s", addr)
             except HostError as exc:
                 log.warning("bootstrap %s unreachable: %s", addr, exc)
+        started = trio.current_time()
         while True:
+            t0 = trio.current_time()
             try:
-                await self.discover()
+                new = await self.discover()
+                log.debug("discovery round: %d new peers in %.1f s", len(new), trio.current_time() - t0)
             except Exception as exc:
                 log.debug("discovery round failed: %s", exc)
-            await trio.sleep(self.config.discovery_interval_s * random.uniform(0.8, 1.2))
+            # the first minute every 3 s: peers behind NATs become dialable (relay slots) only after joining
+            early = self.config.relay and trio.current_time() - started < 60
+            interval = min(3.0, self.config.discovery_interval_s) if early else self.config.discovery_interval_s
+            await trio.sleep(interval * random.uniform(0.8, 1.2))
 
     async def discover(self) -> list[str]:
         """One Kademlia lookup of our own id: connect to every peer it finds; returns new peers."""

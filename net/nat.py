@@ -36,17 +36,16 @@ def is_relayed(conn: Any) -> bool:
         return False
 
 
-def _keep_relay_trim(network: Any) -> None:
-    """Let a peer have one direct *and* one relayed connection although ``max_connections_per_peer`` is 1
-    (which we keep: it skips the 250 ms happy-eyeballs wait on every dial)."""
+def _keep_relay_trim(network: Any, allow: int = 4) -> None:
+    """Let a peer keep a relayed connection next to the direct one(s) although ``max_connections_per_peer``
+    is 1 (which we keep: it skips the 250 ms happy-eyeballs wait on every dial). py-libp2p would trim to
+    one, typically closing the relayed fallback when DCUtR's simultaneous open briefly yields two direct
+    connections; we only trim beyond ``allow`` connections."""
     original = network._trim_connections
 
     def trim(peer_id: Any) -> None:
-        conns = network.connections.get(peer_id, [])
-        relayed = sum(1 for c in conns if is_relayed(c))
-        if relayed <= 1 and len(conns) - relayed <= 1:
-            return
-        original(peer_id)
+        if len(network.connections.get(peer_id, [])) > allow:
+            original(peer_id)
 
     network._trim_connections = trim
 

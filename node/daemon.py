@@ -45,10 +45,10 @@ class Node:
         self.identity = identity
         self.host = SwarmHost(identity, HostConfig(
             listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
-            announce=config.announce))
+            announce=config.announce, relay=config.relay, hole_punch=config.hole_punch,
+            reachability=config.reachability))
         self.services: list[Any] = []
         self.state: Any = None  # the StateService (swarm state), set by assemble.build_node
-        self.reachability = "unknown"
         self.http_addr: str | None = None
         self.started = trio.Event()
         self._stop = trio.Event()
@@ -57,6 +57,17 @@ class Node:
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    @property
+    def reachability(self) -> str:
+        """What the swarm state publishes as ``reach`` (one of its REACH_VALUES): "public" when the
+        dial-back verdict (net.dialback) is public, "relayed" when it is private and we hold a relay
+        slot (peers reach us through ``/p2p-circuit``), else "unknown". The raw verdict is
+        ``self.host.reachability``."""
+        verdict = self.host.reachability
+        if verdict == "private":
+            return "relayed" if self.host.nat is not None and self.host.nat.reservations else "unknown"
+        return verdict
 
     def add_service(self, service: Any) -> None:
         self.services.append(service)
