@@ -5,12 +5,15 @@ only the byte stream differs: a Noise+Yamux libp2p stream of a ``SwarmHost`` vs 
 ``trio.open_tcp_stream`` wrapped in ``TrioByteStream``. The server is a separate process
 (``python -m swarmlm.bench.rpc --serve --ready FILE``) serving both; the client is this process.
 
-Measured, medians over repeats:
+Measured in ``--rounds`` interleaved rounds (both transports see the same machine load), medians:
 
 * round trip of an echo call on a reused stream, for 64 B, 16 KiB and 1 MiB uint8 tensors;
-* bulk MB/s of a stream call pushing ``--bulk-mb`` MiB in 1 MiB items over one stream;
-* connect: TCP dial + Noise + Yamux + multistream-select + first echo on a fresh connection
-  (a fresh client host each time); raw: TCP dial + first echo.
+* bulk MiB/s (JSON keys ``*_mbps``) of a stream call pushing ``--bulk-mb`` 1 MiB items over one
+  stream;
+* connect: TCP dial + Noise + Yamux + multistream-select + first echo answered on a fresh
+  connection (a fresh client host each time); raw: TCP dial + first echo.
+
+NAT traversal (relay, DCUtR, dial-back) is off on these loopback hosts.
 
 ``--stock`` builds both hosts from unmodified py-libp2p components (no ``net.fastpath``), for the
 before/after comparison. With ``--json`` exactly one JSON object goes to stdout.
