@@ -25,7 +25,6 @@ def build_node(config: NodeConfig) -> Node:
                               ttl_s=config.state_ttl_s)
     node.add_service(node.state)
     node.host.reachability_listeners.append(lambda _verdict: node.on_hosting_changed())  # publish at once
-    node.host.reachability_listeners.append(lambda _verdict: node.on_hosting_changed())  # publish at once
     if config.model:
         from swarmlm.node.shard_service import ShardService
 
