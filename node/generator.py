@@ -75,7 +75,8 @@ class ConsensusClient:
             if self.local is not None:
                 text = task_text(request.model, request.prompt, request.messages, max(1, p.max_new_tokens), p.stop)
                 return await self.local.run_round(text, request.consensus_k)
-            peers = self.coordinators(request.model)
+            # a node we are connected to first (a light client's bootstrap node), then the others
+            peers = sorted(self.coordinators(request.model), key=lambda p: (not self.host.is_connected(p), p))
             if not peers:
                 raise NoRouteError(f"no node hosts all of {request.model!r}: a consensus round needs such nodes")
             args = {"model": request.model, "prompt": request.prompt, "messages": request.messages,

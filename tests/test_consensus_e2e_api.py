@@ -12,7 +12,7 @@ import trio
 from test_consensus_e2e import MODEL, consensus_nodes, wait_round_everywhere
 
 
-async def test_http_sdk_and_cli_run_consensus_rounds(tmp_path, capsys):
+async def test_the_http_api_runs_consensus_rounds(tmp_path):
     async with consensus_nodes(tmp_path, 3, http=True) as nodes:
         base = f"http://{nodes[2].http_addr}/v1"
 
@@ -34,6 +34,9 @@ async def test_http_sdk_and_cli_run_consensus_rounds(tmp_path, capsys):
         assert tail and len(tail[-1]["scores"]) == 2 and tail[-1]["round_id"] != ext["round_id"]
         await wait_round_everywhere(nodes, ext["round_id"])
 
+
+async def test_sdk_and_cli_run_consensus_rounds_through_a_coordinator(tmp_path, capsys):
+    async with consensus_nodes(tmp_path, 3) as nodes:
         addr = nodes[0].host.addrs[0]
 
         def via_sdk():
