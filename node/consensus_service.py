@@ -191,7 +191,7 @@ class ConsensusService:
             text = task_text(str(args.get("model") or ""), args.get("prompt"), msgs,
                              int(args.get("max_new_tokens") or 64), list(args.get("stop") or []))
             parse_task(text)
-            k = int(args.get("k") or 3)
+            k = min(int(args.get("k") or 3), MAX_K)
         except (TypeError, ValueError, KeyError) as exc:
             raise RpcError(BAD_REQUEST, f"ask: bad request: {exc}") from None
         return await self.run_round(text, k)

@@ -65,8 +65,9 @@ class ConsensusClient:
 
         p = request.params
         p.validate()
-        if not 2 <= request.consensus_k <= MAX_K:
-            raise BadRequest(f"consensus k must be between 2 and {MAX_K}, got {request.consensus_k}")
+        if request.consensus_k < 2:
+            raise BadRequest(f"consensus k must be at least 2, got {request.consensus_k}")
+        k = min(request.consensus_k, MAX_K)  # "up to k" nodes answer; a round record holds at most MAX_K
         if request.messages is None and not request.prompt:
             raise BadRequest("give a prompt or messages")
         if request.model not in self.state_service.state.models(time.time()):
@@ -74,13 +75,13 @@ class ConsensusClient:
         try:
             if self.local is not None:
                 text = task_text(request.model, request.prompt, request.messages, max(1, p.max_new_tokens), p.stop)
-                return await self.local.run_round(text, request.consensus_k)
+                return await self.local.run_round(text, k)
             # a node we are connected to first (a light client's bootstrap node), then the others
             peers = sorted(self.coordinators(request.model), key=lambda p: (not self.host.is_connected(p), p))
             if not peers:
                 raise NoRouteError(f"no node hosts all of {request.model!r}: a consensus round needs such nodes")
             args = {"model": request.model, "prompt": request.prompt, "messages": request.messages,
-                    "max_new_tokens": max(1, p.max_new_tokens), "stop": list(p.stop), "k": request.consensus_k}
+                    "max_new_tokens": max(1, p.max_new_tokens), "stop": list(p.stop), "k": k}
             last: Exception | None = None
             for peer in peers[:3]:
                 try:
