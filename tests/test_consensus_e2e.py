@@ -189,3 +189,13 @@ def test_the_largest_round_record_fits_a_swarm_state_record():
                                  {i.peer_id: 1.0 for i in ids})
         fin = next(a for a in log if isinstance(a, Finished))
         make_record(ids[0], "round", fin.packet.envelope.encode(), time.time())  # raises if too large
+
+
+async def test_a_round_with_prompt_judges(tmp_path):
+    def configure(i, svc):
+        svc.options.judge = "prompt"  # the model is asked "A, B or tie?" instead of scoring likelihoods
+
+    async with consensus_nodes(tmp_path, 3, configure) as nodes:
+        text, s = await run_consensus(nodes[0], request(k=3))
+        assert len(s.scores) == 3 and text == [r for r in s.scores if r["winner"]][0]["answer"]
+        await wait_round_everywhere(nodes, s.round_id)

@@ -1,0 +1,69 @@
+"""The model side of network rounds (``node/consensus_backend.py``) on ``builtin:tiny``: task texts,
+sampling profiles, log-likelihood scores, judges and calibration answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmlm.consensus.calibration import generate_puzzles
+from swarmlm.consensus.records import ConsensusError
+from swarmlm.node.consensus_backend import ModelBackend, Profile, default_profile, parse_task, task_text
+
+MODEL = "builtin:tiny"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    import torch
+
+    from swarmlm.models.generate import load_chain
+    from swarmlm.models.registry import resolve
+    from swarmlm.models.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    return ModelBackend(load_chain(MODEL, 1)[0], Tokenizer.from_dir(resolve(MODEL)))
+
+
+def test_task_text_is_canonical_and_checked():
+    msgs = [{"role": "user", "content": "hé"}]
+    a = task_text(MODEL, None, msgs, 8, ["\n"])
+    assert a == task_text(MODEL, None, [dict(reversed(list(m.items()))) for m in msgs], 8, ["\n"])
+    t = parse_task(a)
+    assert (t["model"], t["messages"], t["max_new_tokens"], t["stop"]) == (MODEL, msgs, 8, ["\n"])
+    assert parse_task(task_text(MODEL, "plain", None, 4, []))["prompt"] == "plain"
+    for bad in ("nope", '{"v": 1}', a.replace('"max_new_tokens":8', '"max_new_tokens":0'),
+                a.replace('"stop":["\\n"]', '"stop":[""]')):
+        with pytest.raises(ConsensusError):
+            parse_task(bad)
+    with pytest.raises(ConsensusError):
+        task_text(MODEL, None, None, 8, [])
+
+
+def test_profiles():
+    p = Profile.parse("temperature=0.7, top_p=0.9 top_k=40")
+    assert (p.temperature, p.top_p, p.top_k) == (0.7, 0.9, 40) and p.text() == "temperature=0.7 top_p=0.9 top_k=40"
+    with pytest.raises(ConsensusError):
+        Profile.parse("temp=1")
+    assert default_profile("peer-a") == default_profile("peer-a")
+    assert len({default_profile(f"peer-{i}").temperature for i in range(40)}) > 1  # spread over the swarm
+
+
+def test_greedy_answer_is_the_likeliest_and_judges_prefer_it(backend):
+    task = parse_task(task_text(MODEL, None, [{"role": "user", "content": "hello"}], 6, []))
+    greedy = backend.answer(task, Profile(), seed=1)
+    assert greedy == backend.answer(task, Profile(), seed=2)  # temperature 0: the seed does not matter
+    pids = backend.prompt_ids(task)
+    other = "zebra quantum " * 3
+    assert backend.loglik(pids, greedy) > backend.loglik(pids, other)
+    assert backend.loglik(pids, "") == -1e9
+    judge = backend.judge(task)
+    assert judge.judge("", greedy, other) == "A" and judge.judge("", other, greedy) == "B"
+    assert judge.judge("", greedy, greedy) == "tie"
+    assert backend.judge(task, "prompt").judge("", greedy, other) in ("A", "B", "tie")
+
+
+def test_calibration_answers_are_option_indices(backend):
+    puzzles = generate_puzzles("seed", 10)
+    got = [backend.choose(p) for p in puzzles]
+    assert all(0 <= g < len(p.options) for g, p in zip(got, puzzles))
+    assert got == [backend.choose(p) for p in puzzles]  # deterministic
