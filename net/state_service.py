@@ -139,7 +139,7 @@ class StateService:
         self._dispatch(self.sync.on_connect(peer))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, link, call)
+                nursery.start_soon(self._writer, link, call, nursery.cancel_scope)
                 async for data in call:
                     if not isinstance(data, bytes):
                         self.sync.rejected["not_bytes"] += 1
@@ -158,10 +158,14 @@ class StateService:
                 del self.links[peer]
             self.sync.on_disconnect(peer)
 
-    async def _writer(self, link: _Link, call: Any) -> None:
-        async for data in link.recv:
-            await call.send(data)
-            self.bytes_out += len(data)
+    async def _writer(self, link: _Link, call: Any, scope: trio.CancelScope) -> None:
+        try:
+            async for data in link.recv:
+                await call.send(data)
+                self.bytes_out += len(data)
+        except (RpcError, OSError) as exc:  # the neighbour went away: end the link, quietly
+            log.debug("state link to %s closed: %s", link.peer[-8:], exc)
+            scope.cancel()
 
     async def _serve(self, call: ServerCall, args: Any) -> Any:
         await self._run_link(call.ctx.peer, call)
