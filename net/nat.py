@@ -136,6 +136,13 @@ class NatManager:
                 def _schedule_relay_close(self, peer_id: Any) -> None:  # keep the relayed fallback
                     return None
 
+                async def _try_unilateral_upgrade(self, peer_id: Any) -> bool:
+                    # the plain direct dial before DCUtR waits out the full dial timeout on addresses
+                    # behind a NAT (5 s before every punch); a reachable address answers within 1 s
+                    with trio.move_on_after(1.0):
+                        return await super()._try_unilateral_upgrade(peer_id)
+                    return await self._verify_direct_connection(peer_id)
+
             self._dcutr = KeepRelayDCUtR(host, dial_timeout=5)
             await stack.enter_async_context(background_trio_service(self._dcutr))
 
@@ -273,6 +280,13 @@ class NatManager:
             self._punching.add(peer)
             self._nursery.start_soon(self._punch, peer)
 
+    def _observed(self) -> list[str]:
+        manager = getattr(self._host, "_observed_addr_manager", None)
+        try:
+            return [str(a) for a in manager.addrs(min_observers=1) if "/p2p-circuit" not in str(a)]
+        except Exception:
+            return []
+
     def has_direct(self, peer: str) -> bool:
         return any(not is_relayed(c) for c in self.swarm.connections(peer))
 
@@ -282,6 +296,12 @@ class NatManager:
 
         try:
             t0 = trio.current_time()
+            # DCUtR tells the peer our *observed* address (identify from the relay); right after joining
+            # it may not be known yet, and the peer would dial our private address: wait a moment
+            with trio.move_on_after(3.0):
+                while not self._observed():
+                    await trio.sleep(0.05)
+            log.debug("punching %s; our observed addresses: %s", peer[-8:], self._observed())
             for _ in range(attempts):
                 if self.has_direct(peer):
                     break

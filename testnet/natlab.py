@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,8 @@ class Agent:
         from swarmlm.net.host import HostConfig
 
         op = cmd["op"]
-        quiet = dict(ping_interval_s=10.0, discovery_interval_s=3600.0, reachability=False)
+        quiet = dict(ping_interval_s=10.0, discovery_interval_s=3600.0, reachability=False,
+                     fastpath=cmd.get("fastpath", True))
         listen = [f"/ip4/{cmd.get('ip', '0.0.0.0')}/tcp/{cmd.get('port', 0)}"]
         if op == "relay":
             host = await self.start_host(nursery, HostConfig(listen=listen, relay_serve="always", **quiet), keep=True)
@@ -131,7 +133,9 @@ class Lab:
         self.agents: dict[str, subprocess.Popen] = {}
         for s in sites:
             self.agents[s] = topo.python_in(s, "swarmlm.testnet.natlab", "agent", stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                            stdout=subprocess.PIPE, text=True,
+                                            stderr=open(os.environ["NATLAB_DEBUG"] + f".{s}", "w")
+                                            if os.environ.get("NATLAB_DEBUG") else subprocess.DEVNULL)
         self.relay = self.call("pub", op="relay", port=relay_port)["addr"]
         self.port = 4100
 
@@ -146,15 +150,16 @@ class Lab:
             raise RuntimeError(f"natlab agent in {site} exited")
         return json.loads(line)
 
-    def trial(self, x: str, y: str, punch: bool = True, wait_s: float = 10.0, pings: int = 5) -> dict:
+    def trial(self, x: str, y: str, punch: bool = True, wait_s: float = 10.0, pings: int = 5,
+              **opts: Any) -> dict:
         """``y`` listens (reserved on the relay), ``x`` dials it; fresh hosts and ports each time."""
         self.port += 1
         try:
-            lst = self.call(y, op="listen", port=self.port, relay=self.relay, punch=punch)
+            lst = self.call(y, op="listen", port=self.port, relay=self.relay, punch=punch, **opts)
             if not lst.get("ok"):
                 return {"ok": False, "error": "listen: " + lst.get("error", "")}
             res = self.call(x, op="dial", port=self.port, relay=self.relay, target=lst["circuit"], punch=punch,
-                            wait_s=wait_s, pings=pings)
+                            wait_s=wait_s, pings=pings, **opts)
             res["port"] = self.port
             return res
         finally:
@@ -176,6 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m swarmlm.testnet.natlab", description=__doc__.split("\n")[0])
     ap.add_argument("role", choices=["agent"])
     ap.parse_args(argv)
+    if os.environ.get("NATLAB_DEBUG"):  # DCUtR and our NAT logs on stderr
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        for name in ("libp2p.relay.circuit_v2.dcutr", "swarmlm.nat"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.DEBUG)
+            logger.disabled = False
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
     trio.run(Agent().main)
     return 0
 
