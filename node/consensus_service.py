@@ -351,6 +351,8 @@ class ConsensusService:
 
     async def _answer(self, pkt: Packet) -> Packet:
         spec, text = open_spec_packet(pkt)
+        if time.time() > spec.candidate_deadline:
+            raise ConsensusError("the candidate phase of that round is over")
         task = self._task_for(text)
         if self.options.fault == "late":
             await trio.sleep_forever()
@@ -361,6 +363,8 @@ class ConsensusService:
 
     async def _judge(self, pkt: Packet) -> Packet:
         sess = JudgeSession.open(self.identity, pkt)
+        if time.time() > sess.spec.commit_deadline:
+            raise ConsensusError("the commit phase of that round is over")
         task = self._task_for(sess.prompt)
         be = await self.backend()
         judge = be.judge(task, self.options.judge) if self.options.judge == "prompt" else \
