@@ -122,8 +122,13 @@ def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
     x_in, x_out, steps = ev["in"], ev["out"], ev["steps"]
     if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor) or not isinstance(steps, list):
         raise ValueError("evidence needs tensors in, out and a list of steps")
+    if x_in.dim() < 2 or x_out.dim() != 3 or x_in.shape[0] != 1 or x_out.shape[0] != 1 or not steps:
+        raise ValueError("evidence tensors must be [1, T, ...] and [1, T, H]")
     a = b = 0
     for row in steps:
+        if not (isinstance(row, list) and len(row) == 5 and all(isinstance(v, int) for v in row[:4])
+                and isinstance(row[4], bytes)):
+            raise ValueError("evidence steps must be [step, pos, n_in, n_out, signature]")
         step, pos, n_in, n_out, sig = row
         t_in, t_out = x_in[:, a:a + n_in], x_out[:, b:b + n_out]
         if t_in.shape[1] != n_in or t_out.shape[1] != n_out or pos != a:
