@@ -103,6 +103,7 @@ async def test_a_round_over_the_network_reaches_every_state(tmp_path):
         now = time.time()
         a, b = reputation_of(nodes[0], now), reputation_of(nodes[3], now)
         assert a == b and a  # bit-identical on two nodes, and not empty
+        assert nodes[2].service("consensus").reputation(now).scores() == a  # the node's running book agrees
         assert nodes[1].service("consensus").rounds[-1]["round_id"] == s.round_id
 
 
