@@ -48,10 +48,14 @@ def whole(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int) -> d
     plain, ee = load_chain(base, 1), load_chain(ee_dir, 1)
     _decode_rate(plain, ids, 4), _decode_rate(ee, codec.encrypt_ids(ids), 4)  # warm-up
     pr, er, same = [], [], True
-    for i in range(runs):
-        r, p_out = _decode_rate(plain, ids, tokens)
-        pr.append(r)
-        r, e_out = _decode_rate(ee, codec.encrypt_ids(ids), tokens)
+    for i in range(runs):  # interleaved, and who goes first alternates: both see the same load
+        first_plain = i % 2 == 0
+        if not first_plain:
+            r, e_out = _decode_rate(ee, codec.encrypt_ids(ids), tokens)
+        r_p, p_out = _decode_rate(plain, ids, tokens)
+        if first_plain:
+            r, e_out = _decode_rate(ee, codec.encrypt_ids(ids), tokens)
+        pr.append(r_p)
         er.append(r)
         same = same and codec.decrypt_ids(e_out) == p_out
         log(f"whole model run {i + 1}: plain {pr[-1]:.2f} tok/s, ee {er[-1]:.2f} tok/s, identical={same}")
