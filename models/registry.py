@@ -49,6 +49,17 @@ def _complete(d: Path) -> bool:
     return (d / ".complete").exists() and (d / "config.json").exists()
 
 
+def _umask() -> int:
+    """The process umask without changing it (os.umask would, briefly, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def materialize(final: Path, build: Callable[[Path], object]) -> Path:
     """Build ``final`` once: under an exclusive lock, into a temp dir, then an atomic rename."""
     if _complete(final):
@@ -63,6 +74,11 @@ def materialize(final: Path, build: Callable[[Path], object]) -> Path:
             try:
                 build(tmp)
                 (tmp / ".complete").write_text("ok\n")
+                umask = _umask()
+                os.chmod(tmp, 0o755 & ~umask)  # mkdtemp makes 0700; others (containers, users) read it
+                for f in tmp.iterdir():
+                    if f.is_file():
+                        os.chmod(f, 0o644 & ~umask)
                 if final.exists():  # an incomplete leftover from an older layout
                     shutil.rmtree(final)
                 os.rename(tmp, final)

@@ -68,6 +68,7 @@ def test_materialize_is_atomic_on_failure(tmp_path):
     assert not final.exists() and not [p for p in final.parent.iterdir() if ".tmp-" in p.name]
     materialize(final, lambda tmp: (tmp / "config.json").write_text("{}"))
     assert (final / "config.json").exists()
+    assert final.stat().st_mode & 0o055 and (final / "config.json").stat().st_mode & 0o044  # readable by others
     materialize(final, broken)  # already complete: not rebuilt
 
 
