@@ -35,8 +35,8 @@ def build_node(config: NodeConfig) -> Node:
         from swarmlm.node.consensus_service import ConsensusOptions, ConsensusService
 
         node.add_service(ConsensusService(ConsensusOptions(
-            profile=getattr(config, "consensus_sampling", ""), judge=getattr(config, "consensus_judge", "loglik"),
-            calibration=getattr(config, "consensus_calibration", "off"))))
+            profile=config.consensus_sampling, judge=config.consensus_judge,
+            calibration=config.consensus_calibration)))
     from swarmlm.node.generator import NodeGenerator
 
     node.generator = NodeGenerator(node)  # pipeline via the SwarmClient, consensus via a coordinator

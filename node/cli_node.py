@@ -30,13 +30,17 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reachability", dest="reachability", action="store_const", const=False, help="skip the dial-back reachability check")
     p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--consensus-sampling", metavar="PROFILE", help='how this node answers consensus rounds, e.g. "temperature=0.7 top_p=0.9"')
+    p.add_argument("--consensus-judge", choices=["loglik", "prompt"], help="how this node judges answers")
+    p.add_argument("--consensus-calibration", choices=["off", "required"], help="judges must pass calibration first")
     p.add_argument("--ee-key", metavar="KEYFILE", help="as an HTTP gateway, encrypt prompts with this EE key")
     p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
 
 
 _FLAG_KEYS = ("data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
               "max_layers", "max_cache_tokens", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
-              "log_format", "log_level", "fault", "ee_key")
+              "log_format", "log_level", "fault", "ee_key",
+              "consensus_sampling", "consensus_judge", "consensus_calibration")
 
 
 def load_config(ns: argparse.Namespace):

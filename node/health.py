@@ -175,6 +175,12 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
     me = node.peer_id
     verdicts = _verdicts(state)
     rounds, reputation = _rounds(state, tracker)
+    consensus = node.service("consensus") if hasattr(node, "service") else None
+    if consensus is not None:  # the node's own policy (calibration on or off) and incremental book
+        try:
+            reputation = dict(consensus.reputation(now).scores())
+        except Exception as exc:  # noqa: BLE001 - the page shows what it can
+            log.debug("reputation from the consensus service failed: %s", exc)
     peers, status = [], {}
     for e in state.peers(now, include_offline=True):
         age = e.age(now)
