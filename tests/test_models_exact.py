@@ -32,6 +32,10 @@ CONFIGS = {
     # Qwen2: q/k/v bias, GQA, big rope_theta
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2, rope_theta=1e6,
                                                      tie_word_embeddings=False)),
+    # yarn rope scaling (attention factor on cos/sin), GQA
+    "yarn": ("LlamaConfig", "LlamaForCausalLM", dict(
+        num_key_value_heads=2, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                             "original_max_position_embeddings": 64})),
     # Mistral with linear rope scaling
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(
         num_key_value_heads=1, sliding_window=None, rope_scaling={"rope_type": "linear", "factor": 2.0})),
