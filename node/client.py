@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from swarmlm.node.generation import (BadRequest, GenerationChunk, GenerationError, GenerationRequest,
+from swarmlm.node.generation import (BadRequest, BusyError, GenerationChunk, GenerationError, GenerationRequest,
                                      GenerationSummary, HopTiming, ModelCard, NoRouteError, UnknownModel)
 from swarmlm.node.pipeline import Bans, HopFailed, HopPlan, PipelineSession, single_leaf
 from swarmlm.node.verify import VerificationFailed
@@ -39,6 +39,7 @@ class ClientOptions:
     verify_final: bool = False  # also check the whole history before a verified generation ends
     verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
     prefer: tuple[str, ...] = ()  # peers the first plan favours (tests, benches)
+    busy_ban_s: float = 2.0  # a server that answered "busy" is avoided this long (it sheds load, it is not faulty)
 
 
 class SwarmClient:
@@ -313,15 +314,23 @@ class PipelineGeneration:
                         lens.append(len(text))
                     self.summary.finish_reason = "length"
                 failovers += 1
-                c.bans.ban(exc.peer)
+                busy = bool(getattr(exc, "busy", False))
+                c.bans.ban(exc.peer, duration_s=c.options.busy_ban_s if busy else None)
                 log.warning("hop %s failed (%s); failover %d", exc.peer[-8:], exc.reason, failovers)
                 if failovers > c.options.max_failovers:
+                    if busy:
+                        raise BusyError(f"the swarm is busy: {exc.reason}; retry later") from None
                     raise GenerationError(f"gave up after {failovers - 1} failovers: {exc}") from None
                 from swarmlm.node.routing import replan_after_failure
 
-                route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
-                                             c.n_layers(self.request.model), need_cache_tokens=max_length,
-                                             banned=c.bans.active())
+                try:
+                    route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
+                                                 c.n_layers(self.request.model), need_cache_tokens=max_length,
+                                                 banned=c.bans.active())
+                except NoRouteError:
+                    if busy:  # load shedding, not a fault: say so (HTTP 429)
+                        raise BusyError(f"the swarm is busy: {exc.reason}; retry later") from None
+                    raise
         if self.summary.finish_reason != "stop" or emitted < len(text):
             text += dec.flush()
             if len(text) > emitted and not (self.summary.finish_reason == "stop" and p.stop and

@@ -103,6 +103,10 @@ class PipelineSession:
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, trio.TooSlowError):
                 raise HopFailed(self.hops[-1].peer_id, "opening the session timed out") from None
+            if isinstance(exc, BaseExceptionGroup):  # a hop failed to open (others may have too): fail over
+                failed, rest = exc.split(HopFailed)
+                if failed is not None and (rest is None or not rest.subgroup(trio.Cancelled)):
+                    raise _leaves(failed)[0] from None
             raise
         return self
 
@@ -118,8 +122,9 @@ class PipelineSession:
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)
-        except (RpcError, OSError) as exc:
-            raise HopFailed(hop.peer_id, f"cannot open session: {exc}", busy=getattr(exc, "code", "") == "busy") from None
+        except Exception as exc:  # RpcError, OSError, or whatever the transport raises for a dead peer
+            raise HopFailed(hop.peer_id, f"cannot open session: {type(exc).__name__}: {exc}",
+                            busy=getattr(exc, "code", "") == "busy") from None
 
     async def _read_hop(self, i: int) -> None:
         call = self._calls[i]
@@ -243,6 +248,13 @@ class PipelineSession:
         return self._sent_steps
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
 def single_leaf(group: BaseExceptionGroup) -> BaseException | None:
     excs = list(group.exceptions)
     while len(excs) == 1 and isinstance(excs[0], BaseExceptionGroup):
@@ -257,8 +269,9 @@ class Bans:
     duration_s: float = 60.0
     until: dict[str, float] = field(default_factory=dict)
 
-    def ban(self, peer: str, now: float | None = None) -> None:
-        self.until[peer] = (time.monotonic() if now is None else now) + self.duration_s
+    def ban(self, peer: str, now: float | None = None, duration_s: float | None = None) -> None:
+        t = (time.monotonic() if now is None else now) + (self.duration_s if duration_s is None else duration_s)
+        self.until[peer] = max(self.until.get(peer, 0.0), t)
 
     def active(self, now: float | None = None) -> frozenset[str]:
         now = time.monotonic() if now is None else now
