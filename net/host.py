@@ -49,6 +49,7 @@ class HostConfig:
     hole_punch: bool = True  # DCUtR after a relayed connection
     reachability: bool = False  # ask peers to dial us back (nodes turn this on) and help others do so
     relay_serve: str = "auto"  # "auto": serve relay while our verdict is public; "always"; "never"
+    relay_reserve: bool = False  # hold relay slots while not public (nodes; light clients only dial out)
     relay_reservations: int = 2  # relays to hold a slot on while not public
     relay_max_reservations: int = 128
     relay_max_circuits: int = 256

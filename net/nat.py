@@ -250,7 +250,7 @@ class NatManager:
                         log.warning("lost relay %s", relay[-8:])
                         self.reservations.pop(relay, None)
                         self._push_identify()
-            want = 0 if self.swarm.reachability == "public" else self.cfg.relay_reservations
+            want = 0 if self.swarm.reachability == "public" or not self.cfg.relay_reserve else self.cfg.relay_reservations
             if len(self.reservations) < want:
                 for relay in self._hop_peers():
                     if relay in self.reservations or now - self._relay_failed.get(relay, -1e18) < 60:

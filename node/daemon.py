@@ -45,8 +45,8 @@ class Node:
         self.identity = identity
         self.host = SwarmHost(identity, HostConfig(
             listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
-            announce=config.announce, relay=config.relay, hole_punch=config.hole_punch,
-            reachability=config.reachability))
+            announce=config.announce, relay=config.relay, relay_reserve=config.relay,
+            hole_punch=config.hole_punch, reachability=config.reachability))
         self.services: list[Any] = []
         self.state: Any = None  # the StateService (swarm state), set by assemble.build_node
         self.http_addr: str | None = None

@@ -72,7 +72,7 @@ class Agent:
             return {"addr": addr, "peer": host.peer_id}
         if op == "listen":
             host = await self.start_host(nursery, HostConfig(listen=listen, bootstrap=[cmd["relay"]],
-                                                             relay_serve="never", relay_reservations=1,
+                                                             relay_serve="never", relay_reservations=1, relay_reserve=True,
                                                              hole_punch=cmd.get("punch", True), **quiet))
             with trio.fail_after(cmd.get("timeout_s", 20)):
                 while not host.nat.reservations:

@@ -59,7 +59,7 @@ async def test_relay_reservation_and_relayed_dial() -> None:
     """Host 0 serves relay; host 1 reserves on it and advertises a /p2p-circuit address; host 2
     connects to host 1 through it, and RPC works over whichever connection results."""
     async with running_hosts(1, relay_serve="always") as (relay,):
-        async with running_hosts(1, bootstrap_first=False) as (listener,):
+        async with running_hosts(1, bootstrap_first=False, relay_reserve=True) as (listener,):
             await listener.connect(relay.addrs[0])
             with trio.fail_after(15):
                 while not listener.nat.reservations:
@@ -69,6 +69,8 @@ async def test_relay_reservation_and_relayed_dial() -> None:
             assert listener.addrs[0] == circuit[0]  # relay addresses first while we hold a slot
             async with running_hosts(1, bootstrap_first=False) as (dialer,):
                 await dialer.connect(relay.addrs[0])
+                await trio.sleep(1.0)
+                assert not dialer.nat.reservations  # light clients only dial out
                 await dialer.connect(circuit[0])
                 assert dialer.is_connected(listener.peer_id)
                 assert await dialer.ping(listener.peer_id) > 0
