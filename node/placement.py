@@ -62,7 +62,6 @@ def layer_throughput(n_layers: int, servers: Sequence[ServerView]) -> list[float
 
 def _best_window(tp: list[float], length: int) -> Range:
     """The window of ``length`` layers with the smallest (min, sum), lowest start on ties; O(n)."""
-    n = len(tp)
     prefix = [0.0]
     for t in tp:
         prefix.append(prefix[-1] + t)

@@ -11,14 +11,6 @@ from swarmlm.models.generate import split_layers  # noqa: E402
 from swarmlm.models.shard import load_shard  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: faster for these small tensors and robust on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 VOCAB = 300
 CONFIGS = {

@@ -11,14 +11,6 @@ from swarmlm.models.sampling import Sampler, SamplingError, SamplingParams, filt
 from swarmlm.models.tokenizer import IncrementalDecoder, Tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: faster for these small tensors and robust on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tok():

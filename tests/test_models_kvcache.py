@@ -14,14 +14,6 @@ from swarmlm.models.generate import load_chain
 from swarmlm.models.kvcache import CacheLayout, KVCacheManager
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: faster for these small tensors and robust on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Clock:
     def __init__(self) -> None:

@@ -16,14 +16,6 @@ from swarmlm.models.registry import resolve, shard_bytes
 from swarmlm.models.shard import load_shard
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: faster for these small tensors and robust on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture()
 def tiny_copy(tmp_path):

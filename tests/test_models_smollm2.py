@@ -6,21 +6,12 @@ Slow: the first run converts the GGUF into the cache (~40-60 s); later runs load
 from __future__ import annotations
 
 import pytest
-import torch
 
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.registry import SMOLLM2, resolve
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: faster for these small tensors and robust on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 pytestmark = pytest.mark.slow

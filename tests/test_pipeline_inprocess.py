@@ -4,7 +4,6 @@ exactness against a local run, failover when a middle server dies, clear errors.
 from __future__ import annotations
 
 import pytest
-import trio
 
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.sampling import SamplingParams
@@ -55,7 +54,6 @@ async def test_failover_when_a_middle_server_dies_gives_identical_tokens(tmp_pat
                 async for chunk in gen:
                     got.extend(chunk.token_ids)
                     if len(gen.token_ids) == 5:
-                        middle = [n for n in nodes if n.peer_id == gen.summary.route[1].peer_id] if gen.summary.route else []
                         # kill whichever replica of [2, 4) the route uses
                         victim = next(n for n in nodes[1:3] if n.service("shard").sessions)
                         victim.kill()
