@@ -22,6 +22,7 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-layers", type=int, metavar="N", help="host at most N layers")
     p.add_argument("--max-cache-tokens", type=int, metavar="N", help="KV-cache budget in tokens")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute dtype")
+    p.add_argument("--threads", type=int, metavar="N", help="torch compute threads (default: all cores)")
     p.add_argument("--mdns", action="store_const", const=True, help="discover peers on the LAN with mDNS")
     p.add_argument("--quic", action="store_const", const=True, help="also listen on QUIC (experimental)")
     p.add_argument("--no-relay", dest="relay", action="store_const", const=False, help="neither serve nor use circuit relays")
@@ -36,7 +37,7 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
 
 
-_FLAG_KEYS = ("data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
+_FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
               "max_layers", "max_cache_tokens", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
               "log_format", "log_level", "fault", "ee_key",
               "consensus_sampling", "consensus_judge", "consensus_calibration")

@@ -41,6 +41,7 @@ class NodeConfig:
     max_cache_tokens: int = 8192
     dtype: str = "fp32"
     max_sessions: int = 64
+    threads: int = 0  # torch compute threads; 0: torch's default (all cores). Several nodes on one host: fewer
     # NAT traversal (on by default)
     relay: bool = True  # serve circuit relay when public / use relays when private
     hole_punch: bool = True
@@ -65,7 +66,7 @@ class NodeConfig:
             raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.layers != "auto":
             parse_layers(self.layers)
-        for key in ("max_layers", "max_cache_tokens", "max_sessions"):
+        for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("heartbeat_s", "state_ttl_s", "rebalance_s"):

@@ -89,6 +89,10 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     from swarmlm.net.swarm_state import ModelInfo
 
     t0 = time.monotonic()
+    if node.config.threads:
+        import torch
+
+        torch.set_num_threads(node.config.threads)
     log.info("[1/4] resolving %s", svc.model_id)
     model_dir = await trio.to_thread.run_sync(resolve, svc.model_id)
     cfg = ModelConfig.from_dir(model_dir)
