@@ -51,20 +51,27 @@ def _keep_relay_trim(network: Any, allow: int = 4) -> None:
 
 
 class DirectNotifee:
-    """Swarm notifee: when a direct connection joins a relayed one, pooled RPC streams (opened on the
-    relay) are dropped so the next call uses the direct connection."""
+    """Swarm notifee: logs relayed connections (open, and how long they lived); when a direct
+    connection joins a relayed one, pooled RPC streams (opened on the relay) are dropped so the next
+    call uses the direct connection."""
 
     def __init__(self, swarm: Any) -> None:
         self.swarm = swarm
+        self._opened: dict[int, float] = {}
 
     async def connected(self, network: Any, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id.to_base58()
-        if not is_relayed(conn) and self.swarm._nursery is not None \
-                and any(is_relayed(c) for c in self.swarm.connections(peer)):
+        if is_relayed(conn):
+            self._opened[id(conn)] = time.monotonic()
+            log.info("relayed connection with %s opened (relay limits apply: time and bytes)", peer[-8:])
+        elif self.swarm._nursery is not None and any(is_relayed(c) for c in self.swarm.connections(peer)):
             self.swarm._nursery.start_soon(self.swarm.rpc.forget, peer)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
-        return None
+        opened = self._opened.pop(id(conn), None)
+        if opened is not None:
+            log.info("relayed connection with %s closed after %.0f s", conn.muxed_conn.peer_id.to_base58()[-8:],
+                     time.monotonic() - opened)
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
         return None
