@@ -87,9 +87,9 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
     n_layers = ModelConfig.from_dir(resolve(ns.model)).num_hidden_layers
     ranges = split_layers(n_layers, 3)
     base = tempfile.mkdtemp(prefix="swarmlm-bench-load-")
-    per_node = {i: ["--model", ns.model, "--layers", f"{a}:{b}", "--max-sessions", str(ns.max_sessions)]
-                for i, (a, b) in enumerate(ranges)}
-    net = LocalTestnet(3, base, per_node_args=per_node, env={"OMP_NUM_THREADS": "1"})
+    per_node = {i: ["--model", ns.model, "--layers", f"{a}:{b}"] for i, (a, b) in enumerate(ranges)}
+    net = LocalTestnet(3, base, per_node_args=per_node,
+                       env={"OMP_NUM_THREADS": "1", "SWARMLM_MAX_SESSIONS": str(ns.max_sessions)})
     log(f"starting 3 nodes ({ns.model}, layers {ranges}, max {ns.max_sessions} sessions each) in {base}")
     await trio.to_thread.run_sync(net.up)
     try:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrency levels")
     p.add_argument("--tokens", type=int, default=16, help="new tokens per client")
-    p.add_argument("--max-sessions", type=int, default=32, help="--max-sessions of each node (load shedding)")
+    p.add_argument("--max-sessions", type=int, default=32, help="max_sessions of each node (SWARMLM_MAX_SESSIONS; load shedding)")
     ns = p.parse_args(argv)
     ns.clients = [int(x) for x in ns.clients.split(",") if x.strip()]
     result: dict[str, Any] = {"model": ns.model, "tokens": ns.tokens, "max_sessions": ns.max_sessions, "clients": {}}

@@ -39,7 +39,8 @@ class ClientOptions:
     verify_final: bool = False  # also check the whole history before a verified generation ends
     verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
     prefer: tuple[str, ...] = ()  # peers the first plan favours (tests, benches)
-    busy_ban_s: float = 2.0  # a server that answered "busy" is avoided this long (it sheds load, it is not faulty)
+    busy_ban_s: float = 1.0  # a server that answered "busy" is avoided this long (it sheds load, it is not faulty)
+    busy_retries: int = 2  # jittered back-offs before a generation gives up with BusyError (HTTP 429)
 
 
 class SwarmClient:
@@ -256,6 +257,7 @@ class PipelineGeneration:
             from swarmlm.node.verify import SpotChecker
 
             checker = SpotChecker(c, self.request.model, c.options.check_fraction, sampling, c.rng, c.verify_stats)
+        busy_waits = 0
         lens = [0]  # len(text) after n tokens: with verification only verified text is streamed
         verified_n = 0
         while True:
@@ -313,24 +315,29 @@ class PipelineGeneration:
                         text += dec.push(t)
                         lens.append(len(text))
                     self.summary.finish_reason = "length"
-                failovers += 1
                 busy = bool(getattr(exc, "busy", False))
+                failovers += 0 if busy and busy_waits < c.options.busy_retries else 1
                 c.bans.ban(exc.peer, duration_s=c.options.busy_ban_s if busy else None)
                 log.warning("hop %s failed (%s); failover %d", exc.peer[-8:], exc.reason, failovers)
                 if failovers > c.options.max_failovers:
                     if busy:
-                        raise BusyError(f"the swarm is busy: {exc.reason}; retry later") from None
+                        raise BusyError(f"the swarm is busy ({exc.reason}); retry later") from None
                     raise GenerationError(f"gave up after {failovers - 1} failovers: {exc}") from None
                 from swarmlm.node.routing import replan_after_failure
 
-                try:
-                    route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
-                                                 c.n_layers(self.request.model), need_cache_tokens=max_length,
-                                                 banned=c.bans.active())
-                except NoRouteError:
-                    if busy:  # load shedding, not a fault: say so (HTTP 429)
-                        raise BusyError(f"the swarm is busy: {exc.reason}; retry later") from None
-                    raise
+                while True:
+                    try:
+                        route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
+                                                     c.n_layers(self.request.model), need_cache_tokens=max_length,
+                                                     banned=c.bans.active())
+                        break
+                    except NoRouteError:
+                        if not busy:
+                            raise
+                        if busy_waits >= c.options.busy_retries:  # load shedding, not a fault: HTTP 429
+                            raise BusyError(f"the swarm is busy ({exc.reason}); retry later") from None
+                        busy_waits += 1  # back off (jittered) until the busy server's short ban ends
+                        await trio.sleep(c.options.busy_ban_s * (0.5 + c.rng.random()))
         if self.summary.finish_reason != "stop" or emitted < len(text):
             text += dec.flush()
             if len(text) > emitted and not (self.summary.finish_reason == "stop" and p.stop and
