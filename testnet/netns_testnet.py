@@ -120,8 +120,8 @@ class NetnsTestnet:
 
 def netns_up(ns: argparse.Namespace) -> int:
     """``swarmlm testnet up --netns``: build the topology (detached), start the nodes, print them, exit.
-    ``swarmlm testnet down`` stops the nodes; ``python -m swarmlm.testnet.netns down`` removes the
-    namespaces."""
+    ``netns_down(base_dir)`` stops them and removes the namespaces (``swarmlm testnet down`` stops the
+    nodes; ``python -m swarmlm.testnet.netns down`` removes every detached topology)."""
     from swarmlm.testnet.netns import NetnsError, start, unavailable_reason
 
     reason = unavailable_reason()
@@ -150,7 +150,21 @@ def netns_up(ns: argparse.Namespace) -> int:
         for row in out:
             print(f"{row['site']:<4} {row['nat']:<10} pid {row['pid']:<7} ns {row['ns']}")
         print(f"bootstrap: {net.bootstrap}")
-        print(f"stop: swarmlm testnet down --base-dir {ns.base_dir}; then python -m swarmlm.testnet.netns down "
-              f"(removes the namespaces). Run commands at a site with: ip netns exec {topo.sites['a'].ns} ...",
-              file=sys.stderr)
+        print(f"stop: python -c 'from swarmlm.testnet.netns_testnet import netns_down; netns_down(\"{ns.base_dir}\")' "
+              f"(or swarmlm testnet down, then python -m swarmlm.testnet.netns down). Run commands at a site "
+              f"with: ip netns exec {topo.sites['a'].ns} ...", file=sys.stderr)
     return 0
+
+
+def netns_down(base_dir: str | os.PathLike) -> int:
+    """Stop the nodes of a ``testnet up --netns`` in ``base_dir`` and delete exactly the namespaces it
+    built (recorded in its testnet.json); returns how many node processes were running."""
+    from swarmlm.testnet.local import down
+    from swarmlm.testnet.netns import delete_namespaces, list_namespaces
+
+    state_path = Path(base_dir) / STATE_FILE
+    names = json.loads(state_path.read_text()).get("netns", {}).get("namespaces", []) if state_path.exists() else []
+    n = down(base_dir)
+    existing = set(list_namespaces())
+    delete_namespaces([ns for ns in names if ns in existing])
+    return n
