@@ -96,3 +96,14 @@ async def test_nodes_start_with_everything_on_and_publish_unknown(tmp_path) -> N
         assert all(n.host.dialback is not None and n.host.nat is not None for n in nodes)
         rows = nodes[1].state.state.status_rows(time.time())
         assert {r["reach"] for r in rows} == {"unknown"}
+
+
+async def test_relay_is_served_only_while_public() -> None:
+    from swarmlm.net.nat import HOP_PROTOCOL
+
+    async with running_hosts(2, reachability=True) as (a, b):
+        assert not a.nat.serving  # verdict unknown: no hop handler
+        a._on_verdict("public")
+        assert a.nat.serving and HOP_PROTOCOL in a.libp2p.get_mux().get_protocols()
+        a._on_verdict("private")
+        assert not a.nat.serving and HOP_PROTOCOL not in a.libp2p.get_mux().get_protocols()
