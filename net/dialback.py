@@ -202,15 +202,22 @@ class DialbackService:
         return answer
 
     async def run(self) -> None:
-        """Ask peers now and then: every ``fast_retry_s`` while unknown (peers not asked for a minute),
-        everyone again after ``refresh_s`` once settled."""
+        """Ask peers now and then: every ``fast_retry_s`` while unknown (peers not asked for a minute,
+        and only from network groups that have not answered yet: on a loopback testnet one answer
+        from 127.0.0.1 is all there is to learn), everyone again after ``refresh_s`` once settled."""
         await trio.sleep(self.first_delay_s)
         while True:
             now = time.time()
             settled = self._verdict is not Verdict.UNKNOWN
             again = self.reach.config.refresh_s if settled else self.reach.config.retry_s
-            peers = [p for p in self.host.connected_peers() if self.host.supports(p, DIALBACK_PROTOCOL)
-                     and now - self._asked.get(p, -1e18) >= (again if p not in self._errored else self.fast_retry_s * 2)]
+            answered = {a.group for a in self.reach._live(now) if a.group is not None}
+            peers = []
+            for p in self.host.connected_peers():
+                ip = self.host.remote_ip(p)
+                if not self.host.supports(p, DIALBACK_PROTOCOL) or (not settled and ip and f"ip:{ip}" in answered):
+                    continue
+                if now - self._asked.get(p, -1e18) >= (again if p not in self._errored else self.fast_retry_s * 2):
+                    peers.append(p)
             async with trio.open_nursery() as nursery:
                 for p in peers[:4]:
                     nursery.start_soon(self.ask, p)
