@@ -100,7 +100,7 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
             with trio.fail_after(60):
                 while len(state.state.peers(time.time())) < 3:
                     await trio.sleep(0.1)
-            client = SwarmClient(host, state, ClientOptions(step_timeout_s=60.0))
+            client = SwarmClient(host, state, ClientOptions(step_timeout_s=60.0, busy_retries=ns.busy_retries))
             await _level(client, ns.model, 1, 4)  # warm-up: tokenizer, connections
             for n in ns.clients:
                 client.bans.until.clear()
@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrency levels")
     p.add_argument("--tokens", type=int, default=16, help="new tokens per client")
     p.add_argument("--max-sessions", type=int, default=32, help="max_sessions of each node (SWARMLM_MAX_SESSIONS; load shedding)")
+    p.add_argument("--busy-retries", type=int, default=3,
+                   help="busy answers a client absorbs (backing off) before it reports the request rejected")
     ns = p.parse_args(argv)
     ns.clients = [int(x) for x in ns.clients.split(",") if x.strip()]
-    result: dict[str, Any] = {"model": ns.model, "tokens": ns.tokens, "max_sessions": ns.max_sessions, "clients": {}}
+    result: dict[str, Any] = {"model": ns.model, "tokens": ns.tokens, "max_sessions": ns.max_sessions,
+                              "busy_retries": ns.busy_retries, "clients": {}}
     try:
         trio.run(_run, ns, result)
     except BaseException as exc:  # noqa: BLE001 - a teardown error after the figures must not hide them

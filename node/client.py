@@ -39,8 +39,8 @@ class ClientOptions:
     verify_final: bool = False  # also check the whole history before a verified generation ends
     verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
     prefer: tuple[str, ...] = ()  # peers the first plan favours (tests, benches)
-    busy_ban_s: float = 1.0  # a server that answered "busy" is avoided this long (it sheds load, it is not faulty)
-    busy_retries: int = 2  # jittered back-offs before a generation gives up with BusyError (HTTP 429)
+    busy_backoff_s: float = 0.25  # first back-off after a "busy" answer with no other server (then doubling)
+    busy_retries: int = 3  # "busy" answers a generation absorbs before it gives up with BusyError (HTTP 429)
 
 
 class SwarmClient:
@@ -315,29 +315,29 @@ class PipelineGeneration:
                         text += dec.push(t)
                         lens.append(len(text))
                     self.summary.finish_reason = "length"
-                busy = bool(getattr(exc, "busy", False))
-                failovers += 0 if busy and busy_waits < c.options.busy_retries else 1
-                c.bans.ban(exc.peer, duration_s=c.options.busy_ban_s if busy else None)
+                busy = bool(getattr(exc, "busy", False))  # load shedding, not a fault: no ban
+                if busy:
+                    busy_waits += 1
+                else:
+                    failovers += 1
+                    c.bans.ban(exc.peer)
                 log.warning("hop %s failed (%s); failover %d", exc.peer[-8:], exc.reason, failovers)
+                if busy and busy_waits > c.options.busy_retries:
+                    raise BusyError(f"the swarm is busy ({exc.reason}); retry later") from None
                 if failovers > c.options.max_failovers:
-                    if busy:
-                        raise BusyError(f"the swarm is busy ({exc.reason}); retry later") from None
                     raise GenerationError(f"gave up after {failovers - 1} failovers: {exc}") from None
                 from swarmlm.node.routing import replan_after_failure
 
-                while True:
-                    try:
-                        route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
-                                                     c.n_layers(self.request.model), need_cache_tokens=max_length,
-                                                     banned=c.bans.active())
-                        break
-                    except NoRouteError:
-                        if not busy:
-                            raise
-                        if busy_waits >= c.options.busy_retries:  # load shedding, not a fault: HTTP 429
-                            raise BusyError(f"the swarm is busy ({exc.reason}); retry later") from None
-                        busy_waits += 1  # back off (jittered) until the busy server's short ban ends
-                        await trio.sleep(c.options.busy_ban_s * (0.5 + c.rng.random()))
+                try:  # a route around the failed (or busy) peer
+                    route = replan_after_failure(route, exc.peer, c.servers(self.request.model),
+                                                 c.n_layers(self.request.model), need_cache_tokens=max_length,
+                                                 banned=c.bans.active())
+                except NoRouteError:
+                    if not busy:
+                        raise
+                    # no other server: back off (jittered, doubling) and try the busy one again
+                    await trio.sleep(c.options.busy_backoff_s * 2 ** (busy_waits - 1) * (0.5 + c.rng.random()))
+                    route = c.plan(self.request.model, max_length)
         if self.summary.finish_reason != "stop" or emitted < len(text):
             text += dec.flush()
             if len(text) > emitted and not (self.summary.finish_reason == "stop" and p.stop and

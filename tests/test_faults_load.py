@@ -1,5 +1,6 @@
 """Load shedding: more concurrent clients than a node's ``max_sessions`` get a clear "busy" error
-(``BusyError``, HTTP 429), the others complete, and `swarmlm bench load --json` prints its schema."""
+(``BusyError``, HTTP 429) when they may not wait (``--busy-retries 0``), the others complete, and
+`swarmlm bench load --json` prints its schema."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 def test_bench_load_sheds_with_busy_errors():
     proc = subprocess.run([sys.executable, "-m", "swarmlm.node.cli", "bench", "load", "--json", "--clients", "1,6",
-                           "--tokens", "4", "--max-sessions", "2"], capture_output=True, text=True, timeout=300,
+                           "--tokens", "4", "--max-sessions", "2", "--busy-retries", "0"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, SWARMLM_LOG_QUIET="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
