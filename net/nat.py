@@ -6,7 +6,7 @@
 * **Serve** (hop) only while our reachability verdict is PUBLIC (or ``relay_serve="always"``), with
   limits (``RelayLimits``: reservations, circuits, per-circuit duration and bytes). Every circuit and
   reservation is logged on the relay.
-* **Reserve** while not PUBLIC: on up to ``relay_reservations`` connected peers that speak the hop
+* **Reserve** (``relay_reserve``: nodes) while not PUBLIC: on up to ``relay_reservations`` peers speaking the hop
   protocol; advertise ``<relay addr>/p2p-circuit`` (through identify's address list and the swarm
   state's ``addrs``), renew at half the reservation's lifetime, replace lost relays.
 * **Dial** ``/p2p-circuit`` addresses (py-libp2p's swarm skips them) and, after a relayed connection,
@@ -95,6 +95,7 @@ class NatManager:
         self.cfg = cfg
         self.serving = False
         self.reservations: dict[str, tuple[str, float]] = {}  # relay peer -> (circuit addr, expiry wall time)
+        self._renew_at: dict[str, float] = {}  # relay peer -> wall time to renew (halfway to expiry)
         self._relay_failed: dict[str, float] = {}
         self.circuits_served = 0
         self.relayed_dials = 0
@@ -242,6 +243,7 @@ class NatManager:
         expiry = float(self._transport._reservations.get(rid) or time.time() + 60)
         new = relay not in self.reservations
         self.reservations[relay] = (addr, expiry)
+        self._renew_at[relay] = time.time() + max(1.0, (expiry - time.time()) / 2)
         if new:
             log.warning("reserved a relay slot: reachable at %s/p2p/%s", addr, self.swarm.peer_id)
             self._push_identify()
@@ -250,13 +252,15 @@ class NatManager:
     async def _reserve_loop(self) -> None:
         while True:
             now = time.time()
-            for relay, (_, expiry) in list(self.reservations.items()):
+            for relay in list(self.reservations):
                 gone = not self.swarm.is_connected(relay)
-                if gone or now >= expiry - max(10.0, (expiry - now) / 2 if expiry - now < 60 else 30.0):
+                if gone or now >= self._renew_at.get(relay, 0.0):  # renew halfway through the lifetime
                     if gone or not await self.reserve(relay):
                         log.warning("lost relay %s", relay[-8:])
                         self.reservations.pop(relay, None)
                         self._push_identify()
+                    else:
+                        log.debug("renewed the slot on relay %s until %.0f", relay[-8:], self.reservations[relay][1])
             want = 0 if self.swarm.reachability == "public" or not self.cfg.relay_reserve else self.cfg.relay_reservations
             if len(self.reservations) < want:
                 for relay in self._hop_peers():
@@ -268,7 +272,8 @@ class NatManager:
             elif want == 0 and self.reservations:
                 self.reservations.clear()  # public now: they expire on the relay by themselves
                 self._push_identify()
-            await trio.sleep(0.5 if len(self.reservations) < want else 5.0)
+            nxt = min(self._renew_at.values(), default=now + 5.0) - time.time()
+            await trio.sleep(0.5 if len(self.reservations) < want else max(0.2, min(5.0, nxt)))
 
     # -- dialing and punching --------------------------------------------------------------------
     async def dial_relayed(self, maddr: str, peer: str) -> None:

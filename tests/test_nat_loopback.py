@@ -107,3 +107,18 @@ async def test_relay_is_served_only_while_public() -> None:
         assert a.nat.serving and HOP_PROTOCOL in a.libp2p.get_mux().get_protocols()
         a._on_verdict("private")
         assert not a.nat.serving and HOP_PROTOCOL not in a.libp2p.get_mux().get_protocols()
+
+
+async def test_reservation_is_renewed_before_it_expires() -> None:
+    async with running_hosts(1, relay_serve="always", relay_reservation_ttl_s=3.0) as (relay,):
+        async with running_hosts(1, bootstrap_first=False, relay_reserve=True) as (listener,):
+            await listener.connect(relay.addrs[0])
+            with trio.fail_after(15):
+                while not listener.nat.reservations:
+                    await trio.sleep(0.05)
+            first = listener.nat.reservations[relay.peer_id][1]
+            with trio.fail_after(15):
+                while listener.nat.reservations.get(relay.peer_id, ("", first))[1] <= first:
+                    await trio.sleep(0.1)
+            assert listener.nat.reservations[relay.peer_id][1] > first  # renewed, still advertised
+            assert any("/p2p-circuit" in a for a in listener.addrs)
