@@ -252,6 +252,7 @@ class PipelineGeneration:
         route = self.route or c.plan(self.request.model, max_length)
         failovers = 0
         timings_acc: dict[tuple[str, int, int], list[float]] = {}
+        prefill_acc: dict[tuple[str, int, int], list[float]] = {}
         checker = None
         if c.options.check_fraction > 0:
             from swarmlm.node.verify import SpotChecker
@@ -272,8 +273,10 @@ class PipelineGeneration:
                         if checker is not None and checker.sample():
                             await checker.check(sess, sess._step - 1)
                             verified_n = len(self.token_ids) + 1
+                        # per-hop compute per decode step: the prompt's prefill is kept apart
+                        acc = timings_acc if self.token_ids else prefill_acc
                         for peer, a, b, ms in res.timings:
-                            timings_acc.setdefault((peer, a, b), []).append(ms)
+                            acc.setdefault((peer, a, b), []).append(ms)
                         tok = int(res.token)
                         if tok in eos:
                             self.summary.finish_reason = "stop"
@@ -352,7 +355,7 @@ class PipelineGeneration:
         s.ttft_ms = ((t_first or time.perf_counter()) - t_start) * 1000.0
         decode_s = time.perf_counter() - (t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
-        s.route = sorted((HopTiming(peer, a, b, sum(v) / len(v)) for (peer, a, b), v in timings_acc.items()
+        s.route = sorted((HopTiming(peer, a, b, sum(v) / len(v)) for (peer, a, b), v in (timings_acc or prefill_acc).items()
                           if any(h.peer_id == peer for h in route.hops)), key=lambda h: h.start)
         c.recent_routes = (c.recent_routes + [{"model": s.model, "hops": [h.__dict__ for h in s.route],
                                               "tokens_per_s": s.tokens_per_s, "at": time.time()}])[-20:]
