@@ -42,7 +42,7 @@ RAW_PEER = "raw-tcp"
 
 
 def make_server():
-    from swarmlm.net.rpc import RpcServer, ServerLimits
+    from swarmlm.net.rpc_server import RpcServer, ServerLimits
 
     srv = RpcServer(ServerLimits(max_calls_per_peer=64))
 

@@ -22,7 +22,8 @@ from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
 from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
 from swarmlm.net.peers import PeerTable
-from swarmlm.net.rpc import RpcClient, RpcServer
+from swarmlm.net.rpc import RpcClient
+from swarmlm.net.rpc_server import RpcServer
 
 log = logging.getLogger("swarmlm.host")
 

@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import trio
 
-from swarmlm.net.rpc import RpcError, ServerCall
+from swarmlm.net.rpc import RpcError
+
+from swarmlm.net.rpc_server import ServerCall
 from swarmlm.net.state_store import StateStore
 from swarmlm.net.state_sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
 from swarmlm.net.state_wire import PROTOCOL_ID, Limits

@@ -28,7 +28,8 @@ import trio
 from swarmlm.consensus.calibration import (CalibrationAnswers, CalibrationChallenge, answer_challenge,
                                            grade_challenge, issue_challenge, verify_calibration)
 from swarmlm.consensus.records import ConsensusError, open_as
-from swarmlm.net.rpc import BAD_REQUEST, BUSY, CallContext, RpcError
+from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
+from swarmlm.net.rpc_server import CallContext
 
 log = logging.getLogger("swarmlm.consensus")
 

@@ -36,7 +36,8 @@ from swarmlm.consensus.records import (ConsensusError, JudgeRequest, Packet, Rev
                                        open_as)
 from swarmlm.consensus.reputation import ReputationBook, ReputationParams, ReputationState
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Rejected, Send, Timeouts
-from swarmlm.net.rpc import BAD_REQUEST, UNAVAILABLE, CallContext, RpcError
+from swarmlm.net.rpc import BAD_REQUEST, UNAVAILABLE, RpcError
+from swarmlm.net.rpc_server import CallContext
 from swarmlm.node.consensus_backend import MAX_NEW_TOKENS, ModelBackend, Profile, default_profile, parse_task, task_text
 
 log = logging.getLogger("swarmlm.consensus")

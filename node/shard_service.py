@@ -31,7 +31,9 @@ from typing import Any
 
 import trio
 
-from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, CallContext, RpcError, ServerCall
+from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
+
+from swarmlm.net.rpc_server import CallContext, ServerCall
 from swarmlm.node.metrics import observe_step
 
 log = logging.getLogger("swarmlm.shard")

@@ -11,7 +11,8 @@ import trio.testing
 
 from swarmlm.net.frames import FrameDecoder, FrameError, Limits, encode_frame_bytes
 from swarmlm.net.rawstream import TrioByteStream
-from swarmlm.net.rpc import RpcClient, RpcError, RpcServer, ServerLimits
+from swarmlm.net.rpc import RpcClient, RpcError
+from swarmlm.net.rpc_server import RpcServer, ServerLimits
 
 P = "/swarmlm/test/1"
 

@@ -1,0 +1,251 @@
+"""The server side of our RPC: dispatches incoming streams of registered protocols to handlers.
+
+Wire format and the client are in ``net/rpc.py``. Each server stream has exactly one reader task
+that keeps reading while the handler computes (yamux resets a stream whose receiver stops reading
+for 5 s); handlers that use the CPU must run it in ``trio.to_thread.run_sync``. Limits: frame sizes
+(``frames.Limits``), open streams per peer, concurrent calls per peer and in total; a peer that
+breaks them gets an error frame or a reset, and everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.net.frames import DEFAULT_LIMITS, FrameError, Limits
+from swarmlm.net.rpc import (BAD_REQUEST, BUSY, DEADLINE, INTERNAL, NOT_FOUND, ByteStream, FrameStream, RpcError,
+                             StreamClosedError, _reset_quietly)
+
+log = logging.getLogger("swarmlm.rpc")
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about its call."""
+
+    peer: str
+    protocol: str
+    method: str
+    deadline: float  # trio clock
+
+
+class ServerCall:
+    """The server side of a streaming call: receive the client's items, send items back."""
+
+    def __init__(self, fs: FrameStream, inbox: trio.MemoryReceiveChannel, ctx: CallContext) -> None:
+        self._fs = fs
+        self._inbox = inbox
+        self.ctx = ctx
+
+    async def send(self, item: Any) -> None:
+        await self._fs.send({"s": item})
+
+    async def recv(self) -> Any:
+        """Next item from the client; raises StreamClosedError when the client ended its side."""
+        msg = await self._inbox.receive()
+        if msg is None:
+            raise StreamClosedError("client ended the stream", self.ctx.peer)
+        return msg
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Any]:
+        while True:
+            msg = await self._inbox.receive()
+            if msg is None:
+                return
+            yield msg
+
+
+UnaryHandler = Callable[[CallContext, Any], Awaitable[Any]]
+StreamHandler = Callable[[ServerCall, Any], Awaitable[Any]]
+
+
+@dataclass
+class ServerLimits:
+    max_streams_per_peer: int = 64
+    max_calls_per_peer: int = 32
+    max_calls_total: int = 256
+    max_deadline_s: float = 600.0
+    default_deadline_s: float = 60.0
+
+
+@dataclass
+class ServerStats:
+    calls: int = 0
+    errors: int = 0
+    rejected_frames: int = 0
+    rejected_streams: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class RpcServer:
+    """Dispatches incoming streams of registered protocols to handlers."""
+
+    def __init__(self, limits: ServerLimits | None = None, frame_limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits or ServerLimits()
+        self.frame_limits = frame_limits
+        self._unary: dict[tuple[str, str], UnaryHandler] = {}
+        self._stream: dict[tuple[str, str], StreamHandler] = {}
+        self._streams_per_peer: dict[str, int] = defaultdict(int)
+        self._calls_per_peer: dict[str, int] = defaultdict(int)
+        self._calls_total = 0
+        self.stats = ServerStats()
+
+    def protocols(self) -> set[str]:
+        return {p for p, _ in self._unary} | {p for p, _ in self._stream}
+
+    def add_unary(self, protocol: str, method: str, handler: UnaryHandler) -> None:
+        self._unary[(protocol, method)] = handler
+
+    def add_stream(self, protocol: str, method: str, handler: StreamHandler) -> None:
+        self._stream[(protocol, method)] = handler
+
+    async def serve_stream(self, stream: ByteStream, protocol: str, peer: str) -> None:
+        """Serve calls on one incoming stream until the client closes it. Never raises."""
+        if self._streams_per_peer[peer] >= self.limits.max_streams_per_peer:
+            self.stats.rejected_streams += 1
+            log.warning("peer %s opened more than %d streams; resetting", peer[-8:], self.limits.max_streams_per_peer)
+            await _reset_quietly(stream)
+            return
+        self._streams_per_peer[peer] += 1
+        fs = FrameStream(stream, self.frame_limits, peer)
+        try:
+            await self._serve(fs, protocol, peer)
+        except StreamClosedError:
+            pass
+        except FrameError as exc:
+            self.stats.rejected_frames += 1
+            log.info("bad frame from %s on %s: %s", peer[-8:], protocol, exc)
+            with trio.move_on_after(1):
+                try:
+                    await fs.send({"e": [BAD_REQUEST, str(exc)]})
+                except Exception:
+                    pass
+            await _reset_quietly(stream)
+        except Exception:
+            log.exception("RPC stream from %s on %s failed", peer[-8:], protocol)
+            await _reset_quietly(stream)
+        finally:
+            self._streams_per_peer[peer] -= 1
+            if not self._streams_per_peer[peer]:
+                del self._streams_per_peer[peer]
+            self.stats.bytes_in += fs.bytes_in
+            self.stats.bytes_out += fs.bytes_out
+        with trio.move_on_after(1):
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+    async def _serve(self, fs: FrameStream, protocol: str, peer: str) -> None:
+        # One reader per stream: frames go to `inbox`; it never waits for a handler to finish.
+        send_ch, recv_ch = trio.open_memory_channel[Any](16)
+        state: dict[str, Any] = {"scope": None, "items": None, "error": None}
+
+        async def reader() -> None:
+            try:
+                while True:
+                    msg = await fs.recv()
+                    items = state["items"]
+                    if isinstance(msg, dict) and items is not None and ("s" in msg or "end" in msg):
+                        await items.send(msg.get("s") if "s" in msg else None)
+                    elif isinstance(msg, dict) and msg.get("cancel") and state["scope"] is not None:
+                        state["scope"].cancel()
+                    else:
+                        # a request: wait until its call is set up, so that the item frames the
+                        # client streams right behind it reach the call and not the dispatcher
+                        taken = trio.Event()
+                        await send_ch.send((msg, taken))
+                        await taken.wait()
+            except (StreamClosedError, FrameError) as exc:
+                if isinstance(exc, FrameError):
+                    state["error"] = exc
+                if state["scope"] is not None:  # the client went away or broke the protocol: stop its work
+                    state["scope"].cancel()
+            finally:
+                send_ch.close()
+
+        # errors are carried out of the nursery by hand: trio would wrap them in an ExceptionGroup
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            try:
+                async for msg, taken in recv_ch:
+                    state["taken"] = taken
+                    try:
+                        await self._dispatch(fs, protocol, peer, msg, state)
+                    finally:
+                        taken.set()
+            except (StreamClosedError, FrameError) as exc:
+                state["error"] = state["error"] or exc
+            nursery.cancel_scope.cancel()
+        if state.get("error") is not None:
+            raise state["error"]
+
+    async def _dispatch(self, fs: FrameStream, protocol: str, peer: str, msg: Any, state: dict) -> None:
+        if not (isinstance(msg, dict) and isinstance(msg.get("m"), str)):
+            self.stats.rejected_frames += 1
+            await fs.send({"e": [BAD_REQUEST, "expected a request frame {m, a, d}"]})
+            return
+        method = msg["m"]
+        key = (protocol, method)
+        unary, streaming = self._unary.get(key), self._stream.get(key)
+        if unary is None and streaming is None:
+            await self._error(fs, NOT_FOUND, f"no method {method!r} on {protocol}")
+            return
+        d = msg.get("d")
+        seconds = self.limits.default_deadline_s if not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0 \
+            else min(float(d), self.limits.max_deadline_s)
+        if self._calls_per_peer[peer] >= self.limits.max_calls_per_peer or self._calls_total >= self.limits.max_calls_total:
+            await self._error(fs, BUSY, "too many concurrent calls; retry later or use another peer")
+            return
+        ctx = CallContext(peer, protocol, method, trio.current_time() + seconds)
+        self._calls_per_peer[peer] += 1
+        self._calls_total += 1
+        self.stats.calls += 1
+        items_send, items_recv = trio.open_memory_channel[Any](64)
+        try:
+            with trio.CancelScope(deadline=ctx.deadline) as scope:
+                state["scope"] = scope
+                if streaming is not None:
+                    state["items"] = items_send
+                state["taken"].set()
+                if streaming is not None:
+                    result = await streaming(ServerCall(fs, items_recv, ctx), msg.get("a"))
+                else:
+                    result = await unary(ctx, msg.get("a"))
+            if scope.cancelled_caught:
+                await self._error(fs, DEADLINE, f"{method} did not finish within {seconds:.1f} s")
+            else:
+                await fs.send({"r": result})
+        except RpcError as exc:
+            await self._error(fs, exc.code, exc.message)
+        except (StreamClosedError, FrameError):
+            raise
+        except SwarmError as exc:
+            await self._error(fs, BAD_REQUEST, str(exc))
+        except Exception as exc:
+            log.exception("handler %s %s failed", protocol, method)
+            await self._error(fs, INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            state["scope"] = None
+            state["items"] = None
+            items_send.close()
+            self._calls_per_peer[peer] -= 1
+            if not self._calls_per_peer[peer]:
+                del self._calls_per_peer[peer]
+            self._calls_total -= 1
+
+    async def _error(self, fs: FrameStream, code: str, message: str) -> None:
+        self.stats.errors += 1
+        self.stats.by_code[code] += 1
+        await fs.send({"e": [code, message]})
