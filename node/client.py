@@ -319,10 +319,12 @@ class PipelineGeneration:
                         lens.append(len(text))
                     self.summary.finish_reason = "length"
                 busy = bool(getattr(exc, "busy", False))  # load shedding, not a fault: no ban
+                soft = busy or bool(getattr(exc, "transient", False))  # route around it, but no ban
                 if busy:
                     busy_waits += 1
                 else:
                     failovers += 1
+                if not soft:
                     c.bans.ban(exc.peer)
                 log.warning("hop %s failed (%s); failover %d", exc.peer[-8:], exc.reason, failovers)
                 if busy and busy_waits > c.options.busy_retries:
@@ -336,10 +338,11 @@ class PipelineGeneration:
                                                  c.n_layers(self.request.model), need_cache_tokens=max_length,
                                                  banned=c.bans.active())
                 except NoRouteError:
-                    if not busy:
+                    if not soft:
                         raise
-                    # no other server: back off (jittered, doubling) and try the busy one again
-                    await trio.sleep(c.options.busy_backoff_s * 2 ** (busy_waits - 1) * (0.5 + c.rng.random()))
+                    # no other server: back off (jittered, doubling) and try the same one again
+                    waits = max(busy_waits, failovers)
+                    await trio.sleep(c.options.busy_backoff_s * 2 ** (waits - 1) * (0.5 + c.rng.random()))
                     route = c.plan(self.request.model, max_length)
         if self.summary.finish_reason != "stop" or emitted < len(text):
             text += dec.flush()

@@ -35,11 +35,12 @@ log = logging.getLogger("swarmlm.pipeline")
 class HopFailed(SwarmError):
     """A server of the route failed, timed out or refused; ``peer`` names it."""
 
-    def __init__(self, peer: str, reason: str, busy: bool = False) -> None:
+    def __init__(self, peer: str, reason: str, busy: bool = False, transient: bool = False) -> None:
         super().__init__(f"server {peer} failed: {reason}")
         self.peer = peer
         self.reason = reason
         self.busy = busy
+        self.transient = transient  # a broken link between servers, not proof the peer is down
 
 
 @dataclass
@@ -182,7 +183,8 @@ class PipelineSession:
                 if isinstance(msg, dict) and msg.get("step") == -1 and msg.get("relay_failed"):
                     bad = msg["relay_failed"]
                     raise HopFailed(bad if isinstance(bad, str) else self.hops[min(i + 1, len(self.hops) - 1)].peer_id,
-                                    f"relay from {self.hops[i].peer_id[-8:]} broke: {msg.get('error')}")
+                                    f"relay from {self.hops[i].peer_id[-8:]} broke: {msg.get('error')}",
+                                    busy=msg.get("busy") is True, transient=True)
                 if not isinstance(msg, dict) or msg.get("step") != step:
                     if isinstance(msg, dict) and isinstance(msg.get("step"), int) and msg["step"] < step:
                         continue  # a late answer to an earlier step

@@ -140,6 +140,12 @@ class ShardService:
     def register(self, node: Any) -> None:
         self.node = node
         rpc = node.host.rpc_server
+        # every session relayed to us from one upstream server is one call and one stream of that peer:
+        # the per-peer limits must leave room for max_sessions of them (plus state sync and a few calls)
+        lim = rpc.limits
+        lim.max_calls_per_peer = max(lim.max_calls_per_peer, self.max_sessions + 16)
+        lim.max_streams_per_peer = max(lim.max_streams_per_peer, 2 * self.max_sessions + 16)
+        lim.max_calls_total = max(lim.max_calls_total, 4 * self.max_sessions + 64)
         rpc.add_unary(SHARD_PROTOCOL, "info", self._info)
         rpc.add_stream(SHARD_PROTOCOL, "session", self._session)
         rpc.add_stream(SHARD_PROTOCOL, "relay", self._relay)
@@ -395,16 +401,16 @@ class ShardService:
 
     async def _watch_relay(self, call: ServerCall, sess: ServerSession) -> None:
         """The next server answers a relay stream only when it ends or fails: tell the client."""
-        reason = "the next server closed the relay"
+        reason, busy = "the next server closed the relay", False
         try:
             async for _ in sess.relay:
                 pass
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason, busy = f"{type(exc).__name__}: {exc}", getattr(exc, "code", None) == BUSY
         sess.relay_failed = True
         log.warning("session %s: relay to %s ended: %s", sess.session_id[:8], sess.next[-8:], reason)
         try:
-            await call.send({"step": -1, "relay_failed": sess.next, "error": reason})
+            await call.send({"step": -1, "relay_failed": sess.next, "error": reason, "busy": busy})
         except Exception:
             pass
 
