@@ -1,7 +1,8 @@
 """`swarmlm bench ee`: decode speed of a model and of its equivariant-encryption variant.
 
 Two settings, each measured in the same run with plaintext and EE runs interleaved:
-- ``whole``: the whole model in this process (``swarmlm.models.generate``);
+- ``whole``: the whole model in this process, both variants decoding greedily in lockstep (single
+  steps alternate, so both see the same machine load);
 - ``pipeline``: 3 local node processes serving layers 0:10/10:20/20:30 of the plaintext model and 3
   more serving the EE variant, asked through ``swarmlm.Client`` (with ``ee_key`` for the EE runs).
 
@@ -24,15 +25,33 @@ from swarmlm.bench.common import emit, log, parser
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
 
 
-def _decode_rate(shards: Any, ids: list[int], tokens: int) -> tuple[float, list[int]]:
-    from swarmlm.models.generate import generate_stream
-    from swarmlm.models.sampling import SamplingParams
+def _step_pair(plain: Any, ee: Any, ids: list[int], enc_ids: list[int], tokens: int,
+               ) -> tuple[float, float, list[int], list[int]]:
+    """Greedy decode of both models in lockstep, alternating which steps first, each step timed.
 
-    stamps, out = [], []
-    for ev in generate_stream(shards, ids, SamplingParams(max_new_tokens=tokens), None, eos_ids=[]):
-        stamps.append(time.perf_counter())
-        out.append(ev.token_id)
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), out
+    A shared, noisy machine drifts over seconds; interleaving single steps puts both variants under
+    the same load. Returns (plain tok/s, ee tok/s, plain ids, ee ids)."""
+    import torch
+
+    from swarmlm.models.generate import run_chain
+
+    n = len(ids) + tokens + 1
+    runs = {}
+    for name, chain, x in (("plain", plain, ids), ("ee", ee, enc_ids)):
+        sessions = [s.new_session(n) for s in chain]
+        logits = run_chain(chain, sessions, torch.tensor([x]), 0, last_only=True)
+        runs[name] = {"chain": chain, "sessions": sessions, "next": int(logits[0, -1].argmax()), "out": [],
+                      "t": 0.0}
+    for step in range(tokens):
+        for name in (("plain", "ee") if step % 2 == 0 else ("ee", "plain")):
+            r = runs[name]
+            r["out"].append(r["next"])
+            t0 = time.perf_counter()
+            logits = run_chain(r["chain"], r["sessions"], torch.tensor([[r["next"]]]), len(ids) + step,
+                               last_only=True)
+            r["t"] += time.perf_counter() - t0
+            r["next"] = int(logits[0, -1].argmax())
+    return (tokens / runs["plain"]["t"], tokens / runs["ee"]["t"], runs["plain"]["out"], runs["ee"]["out"])
 
 
 def whole(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int) -> dict[str, Any]:
@@ -47,19 +66,14 @@ def whole(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int) -> d
     codec = EEClientCodec.from_key_file(key_path, json.loads((base / "config.json").read_text()))
     ids = Tokenizer.from_dir(base).encode_chat(PROMPT)
     plain, ee = load_chain(base, 1), load_chain(ee_dir, 1)
-    _decode_rate(plain, ids, 4), _decode_rate(ee, codec.encrypt_ids(ids), 4)  # warm-up
+    _step_pair(plain, ee, ids, codec.encrypt_ids(ids), 4)  # warm-up
     pr, er, same = [], [], True
-    for i in range(runs):  # interleaved, and who goes first alternates: both see the same load
-        first_plain = i % 2 == 0
-        if not first_plain:
-            r, e_out = _decode_rate(ee, codec.encrypt_ids(ids), tokens)
-        r_p, p_out = _decode_rate(plain, ids, tokens)
-        if first_plain:
-            r, e_out = _decode_rate(ee, codec.encrypt_ids(ids), tokens)
-        pr.append(r_p)
-        er.append(r)
+    for i in range(runs):
+        p, e, p_out, e_out = _step_pair(plain, ee, ids, codec.encrypt_ids(ids), tokens)
+        pr.append(p)
+        er.append(e)
         same = same and codec.decrypt_ids(e_out) == p_out
-        log(f"whole model run {i + 1}: plain {pr[-1]:.2f} tok/s, ee {er[-1]:.2f} tok/s, identical={same}")
+        log(f"whole model run {i + 1}: plain {p:.2f} tok/s, ee {e:.2f} tok/s, identical={same}")
     return _rates(pr, er, same)
 
 
