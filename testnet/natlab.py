@@ -136,7 +136,11 @@ class Lab:
                                             stdout=subprocess.PIPE, text=True,
                                             stderr=open(os.environ["NATLAB_DEBUG"] + f".{s}", "w")
                                             if os.environ.get("NATLAB_DEBUG") else subprocess.DEVNULL)
-        self.relay = self.call("pub", op="relay", port=relay_port)["addr"]
+        started = self.call("pub", op="relay", port=relay_port)
+        if not started.get("ok"):
+            self.close()
+            raise RuntimeError(f"natlab relay did not start: {started}")
+        self.relay = started["addr"]
         self.port = 4100
 
     def call(self, site: str, **cmd: Any) -> dict:
