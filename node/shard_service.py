@@ -346,58 +346,10 @@ class ShardService:
         await call.send({"step": step, "tap": True, "pos": pos, "in": x_in, "out": x_out, "token": token, "sig": sig})
 
     async def _report(self, ctx: CallContext, args: Any) -> Any:
-        """A client's evidence that a peer computed layers we host wrongly: check the accused's
-        signatures, recompute its input history here, and publish a signed verdict if it was wrong."""
-        import torch
+        """A client's evidence that a peer computed layers we host wrongly (see ``node/verify.py``)."""
+        from swarmlm.node.verify import handle_report
 
-        from swarmlm.crypto.identity import verify_by_peer_id
-        from swarmlm.models.errors import CacheBudgetExceeded
-        from swarmlm.node.verify import VERDICT_KIND, check_evidence, relative_error, tolerance
-
-        sh = self.shard
-        if sh is None or not isinstance(args, dict):
-            raise RpcError(BAD_REQUEST if sh is not None else UNAVAILABLE, "report: expected a map of evidence")
-        try:
-            accused, start, end = str(args["accused"]), int(args["start"]), int(args["end"])
-            if args.get("model") != self.model_id or not (sh.start <= start < end <= sh.end):
-                raise ValueError("evidence is for layers or a model this node does not host")
-            if end == sh.num_layers_total:
-                raise ValueError("head hops are checked by their tokens; no verdict from evidence")
-            x_in, x_out = check_evidence(args, lambda m, sig: verify_by_peer_id(accused, m, sig))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RpcError(BAD_REQUEST, f"report: {exc}") from None
-        T = x_in.shape[1]
-        if T > min(self.max_cache_tokens, MAX_STEP_TOKENS):
-            raise RpcError(BAD_REQUEST, f"report: history of {T} tokens is too long")
-        view = self._view(start, end)
-        tmp = "report-" + hashlib.blake2b(repr(args["steps"]).encode(), digest_size=8).hexdigest()
-
-        def recompute() -> Any:
-            cache = self.cache.open(tmp, T, layout=view.cache_layout())
-            try:
-                with torch.no_grad():
-                    return view.forward(x_in, cache, 0, last_only=False)
-            finally:
-                self.cache.close(tmp)
-
-        try:
-            ref = await trio.to_thread.run_sync(recompute, limiter=self._compute)
-        except CacheBudgetExceeded as exc:
-            raise RpcError(BUSY, str(exc)) from None
-        except Exception as exc:
-            raise RpcError(BAD_REQUEST, f"report: cannot recompute: {exc}") from None
-        err, tol = relative_error(x_out, ref), tolerance(sh.dtype_name)
-        verdict = "fail" if err > tol else "pass"
-        if verdict == "fail":
-            state = self.node.service("state") if self.node is not None else None
-            body = {"subject": accused, "verdict": "fail", "model": self.model_id, "start": start, "end": end,
-                    "max_err": round(err, 6), "tol": tol, "reporter": ctx.peer, "tokens": T,
-                    "reason": f"layers [{start}, {end}) off by {err:.3g} (tolerance {tol:.3g}) over {T} tokens"}
-            if state is not None:
-                state.add_record(VERDICT_KIND, body)
-            log.warning("verdict: %s computed layers [%d, %d) wrongly (error %.3g > %.3g)", accused[-8:], start, end,
-                        err, tol)
-        return {"verdict": verdict, "max_err": err, "tol": tol}
+        return await handle_report(self, ctx.peer, args)
 
     async def _watch_relay(self, call: ServerCall, sess: ServerSession) -> None:
         """The next server answers a relay stream only when it ends or fails: tell the client."""

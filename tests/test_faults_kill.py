@@ -79,7 +79,7 @@ async def scenario(base: str, runs: int) -> None:
             for run in range(runs):
                 client.bans.until.clear()
                 req = GenerationRequest(model=MODEL, prompt=prompt, params=params)
-                victim, recovered = None, None
+                victim, recovered, last = None, None, time.perf_counter()
                 try:
                     async with client.generate(req) as gen:
                         async for chunk in gen:
