@@ -17,12 +17,14 @@ from typing import Any, Callable
 
 import trio
 
+from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError
 
 from swarmlm.net.rpc_server import ServerCall
 from swarmlm.net.state_store import StateStore
 from swarmlm.net.state_sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
 from swarmlm.net.state_wire import PROTOCOL_ID, Limits
+from swarmlm.net.swarm_state import InvalidUpdate
 
 log = logging.getLogger("swarmlm.state")
 
@@ -112,10 +114,16 @@ class StateService:
 
     # -- publishing -------------------------------------------------------------------------------
     def publish_now(self, **extra: Any) -> None:
-        """Write our entry now (after what we host changed)."""
+        """Write our entry now (after what we host changed). A field the schema refuses is logged
+        and left out of the swarm state; it never takes the node down."""
         fields = dict(self.local_fields())
         fields.update(extra)
-        self._dispatch(self.sync.publish_local(time.time(), **fields))
+        try:
+            out = self.sync.publish_local(time.time(), **fields)
+        except (SwarmError, InvalidUpdate) as exc:
+            log.error("not publishing our swarm-state entry: %s", exc)
+            return
+        self._dispatch(out)
 
     def add_record(self, kind: str, body: Any) -> Any:
         rec, out = self.sync.add_record(kind, body, time.time())

@@ -33,7 +33,7 @@ from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
 
 RECORD_DOMAIN = "swarmlm/record/v1"
-REACH_VALUES = ("public", "relayed", "unknown")
+REACH_VALUES = ("public", "private", "relayed", "unknown")  # relayed: private, reachable via a relay
 PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt")
 MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keyed by peer id
 MAX_RECORD_BYTES = 16 * 1024

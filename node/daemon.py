@@ -60,14 +60,14 @@ class Node:
 
     @property
     def reachability(self) -> str:
-        """What the swarm state publishes as ``reach`` (one of its REACH_VALUES): "public" when the
-        dial-back verdict (net.dialback) is public, "relayed" when it is private and we hold a relay
-        slot (peers reach us through ``/p2p-circuit``), else "unknown". The raw verdict is
+        """What the swarm state publishes as ``reach`` (one of its REACH_VALUES): the dial-back
+        verdict (net.dialback) "public", "private" or "unknown" -- except that a private node holding
+        a relay slot (peers reach it through ``/p2p-circuit``) says "relayed". The raw verdict is
         ``self.host.reachability``."""
         verdict = self.host.reachability
-        if verdict == "private":
-            return "relayed" if self.host.nat is not None and self.host.nat.reservations else "unknown"
-        return verdict
+        if verdict == "private" and self.host.nat is not None and self.host.nat.reservations:
+            return "relayed"
+        return verdict if verdict in ("public", "private") else "unknown"
 
     def add_service(self, service: Any) -> None:
         self.services.append(service)

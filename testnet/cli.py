@@ -39,9 +39,17 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
-    from swarmlm.testnet.local import down
+    from pathlib import Path
 
-    n = down(ns.base_dir)
+    from swarmlm.testnet.local import STATE_FILE, down
+
+    state = Path(ns.base_dir) / STATE_FILE
+    if state.exists() and "netns" in json.loads(state.read_text() or "{}"):
+        from swarmlm.testnet.netns_testnet import netns_down
+
+        n = netns_down(ns.base_dir)
+    else:
+        n = down(ns.base_dir)
     print(f"stopped {n} node processes", file=sys.stderr)
     return 0
 
