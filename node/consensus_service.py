@@ -36,6 +36,7 @@ from swarmlm.consensus.records import (ConsensusError, JudgeRequest, Packet, Rev
                                        open_as)
 from swarmlm.consensus.reputation import ReputationBook, ReputationParams, ReputationState
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Rejected, Send, Timeouts
+from swarmlm.node.verify import verdicts_from_state
 from swarmlm.net.rpc import BAD_REQUEST, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import CallContext
 from swarmlm.node.consensus_backend import MAX_NEW_TOKENS, ModelBackend, Profile, default_profile, parse_task, task_text
@@ -181,7 +182,17 @@ class ConsensusService:
                 if rec.key not in self._seen and isinstance(rec.body, (bytes, bytearray)):
                     self._seen.add(rec.key)
                     add(bytes(rec.body))
-        return self.book.snapshot(now)
+        verdicts = verdicts_from_state(st)
+        if not verdicts:
+            return self.book.snapshot(now)
+        # shard-verification verdicts slash their subject in time order with the rounds: the
+        # incremental book has no verdicts, so fold everything (the same pure function every node runs)
+        from swarmlm.consensus.reputation import compute_reputation
+
+        rounds = [bytes(r.body) for r in st.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
+        cals = [bytes(r.body) for r in st.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
+        return compute_reputation(rounds, now, calibrations=cals, anchors=self.options.anchors, params=self.params,
+                                  verdicts=verdicts)
 
     # -- coordinator ---------------------------------------------------------------------------------
     async def _ask(self, ctx: CallContext, args: Any) -> Any:

@@ -100,6 +100,7 @@ def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], d
     """Recent consensus rounds (newest first) and the reputation the signed rounds imply."""
     from swarmlm.consensus.audit import verify_record
     from swarmlm.consensus.reputation import compute_reputation
+    from swarmlm.node.verify import verdicts_from_state
 
     rounds, shown = [], {}
     for rec in list(reversed(state.records(kind="round")))[:MAX_ROUNDS]:
@@ -131,14 +132,15 @@ def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], d
     reputation: dict[str, float] = {}
     recs = [r for r in state.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
     cal_recs = [r for r in state.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
-    key = (tuple(r.key for r in recs), tuple(r.key for r in cal_recs))
+    key = (tuple(r.key for r in recs), tuple(r.key for r in cal_recs), tuple(r.key for r in state.records(kind="verdict")))
     cached = tracker.reputation
     if recs and cached is not None and cached[0] == key and time.monotonic() - cached[1] < REPUTATION_CACHE_S:
         return rounds, cached[2]  # the fold verifies every record: not on every 2 s refresh
-    if recs:
+    verdicts = verdicts_from_state(state)
+    if recs or verdicts:
         all_blobs, cals = [bytes(r.body) for r in recs], [bytes(r.body) for r in cal_recs]
         try:
-            reputation = compute_reputation(all_blobs, time.time(), calibrations=cals).scores()
+            reputation = compute_reputation(all_blobs, time.time(), calibrations=cals, verdicts=verdicts).scores()
         except Exception as exc:  # noqa: BLE001
             log.debug("reputation fold failed: %s", exc)
     tracker.reputation = (key, time.monotonic(), reputation)

@@ -330,3 +330,15 @@ async def handle_report(svc: Any, reporter: str, args: Any) -> dict[str, Any]:
         log.warning("verdict: %s computed layers [%d, %d) wrongly (error %.3g > %.3g)", accused[-8:], start, end,
                     err, tol)
     return {"verdict": verdict, "max_err": err, "tol": tol}
+
+
+def verdicts_from_state(state: Any) -> list[Any]:
+    """The signed "fail" verdict records of the swarm state, as the reputation fold takes them."""
+    from swarmlm.consensus.reputation import Verdict
+
+    out = []
+    for rec in state.records(kind=VERDICT_KIND):
+        body = rec.body
+        if isinstance(body, dict) and body.get("verdict") == "fail" and isinstance(body.get("subject"), str):
+            out.append(Verdict(subject=body["subject"], time=float(rec.created), id=rec.key, reporter=rec.author))
+    return out

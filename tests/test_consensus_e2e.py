@@ -200,3 +200,34 @@ async def test_a_round_with_prompt_judges(tmp_path):
         text, s = await run_consensus(nodes[0], request(k=3))
         assert len(s.scores) == 3 and text == [r for r in s.scores if r["winner"]][0]["answer"]
         await wait_round_everywhere(nodes, s.round_id)
+
+
+def test_verdict_records_become_reputation_verdicts():
+    """Signed "fail" verdict records of the state are what the reputation fold slashes by (the
+    consensus service and the health page both read them this way)."""
+    import time
+
+    from swarmlm.consensus.reputation import Verdict, compute_reputation
+    from swarmlm.node.verify import verdicts_from_state
+
+    class Rec:
+        def __init__(self, key, author, created, body):
+            self.key, self.author, self.created, self.body = key, author, created, body
+
+    class State:
+        def __init__(self, recs):
+            self.recs = recs
+
+        def records(self, kind=None):
+            return [r for k, r in self.recs if kind is None or k == kind]
+
+    st = State([("verdict", Rec("k1", "reporter", 10.0, {"subject": "bad", "verdict": "fail"})),
+                ("verdict", Rec("k2", "reporter", 11.0, {"subject": "ok", "verdict": "pass"})),
+                ("verdict", Rec("k3", "bad", 12.0, {"subject": "bad", "verdict": "fail"}))])
+    vs = verdicts_from_state(st)
+    assert [(v.subject, v.reporter, v.id) for v in vs] == [("bad", "reporter", "k1"), ("bad", "bad", "k3")]
+    assert all(isinstance(v, Verdict) for v in vs)
+    # the fold ignores a node's verdict about itself and is deterministic
+    a = compute_reputation([], time.time(), verdicts=vs).scores()
+    b = compute_reputation([], time.time(), verdicts=list(reversed(vs))).scores()
+    assert a == b
