@@ -31,7 +31,8 @@ def _messages(ns: argparse.Namespace) -> list[dict[str, str]]:
 def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
     from swarmlm.node.sdk import Client
 
-    with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout) as client:
+    with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout, wire_dtype=ns.wire_dtype,
+                check_fraction=ns.check_fraction) as client:
         pieces = []  # consensus: a node hosting the whole model coordinates the round (RPC)
         for text in client.chat(_messages(ns), model=ns.model, stream=True, mode=ns.mode, k=ns.k, **_sampling(ns)):
             pieces.append(text)
@@ -147,6 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--wire-dtype", choices=["fp16", "bf16"], help="down-cast activations between servers")
+    p.add_argument("--check-fraction", type=float, default=0.0, metavar="F",
+                   help="verify this share of pipeline steps on a second replica (0..1)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
     p.add_argument("--join-timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -35,6 +35,7 @@ class ClientOptions:
     step_timeout_s: float = 30.0
     ban_s: float = 60.0
     route_mode: str = "latency"
+    wire_dtype: str | None = None  # "fp16"/"bf16": down-cast activations between servers (half the bytes)
     check_fraction: float = 0.0  # verified shards: the share of steps re-run on a replica (docs/RELIABILITY.md)
     verify_final: bool = False  # also check the whole history before a verified generation ends
     verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
@@ -267,7 +268,8 @@ class PipelineGeneration:
                 for h in hops:
                     await c.ensure_connected(h.peer_id)
                 async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, sampling,
-                                           step_timeout_s=c.options.step_timeout_s, tap=checker is not None) as sess:
+                                           step_timeout_s=c.options.step_timeout_s, tap=checker is not None,
+                                           wire=c.options.wire_dtype) as sess:
                     res = await self._replay(sess)
                     while True:
                         if checker is not None and checker.sample():

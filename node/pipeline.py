@@ -62,7 +62,7 @@ class PipelineSession:
 
     def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
                  sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
-                 want_logits: bool = False, tap: bool = False) -> None:
+                 want_logits: bool = False, tap: bool = False, wire: str | None = None) -> None:
         if not hops:
             raise SwarmError("a route needs at least one hop")
         self.rpc = rpc
@@ -75,6 +75,7 @@ class PipelineSession:
         self.open_timeout_s = open_timeout_s
         self.session_ids = [secrets.token_hex(16) for _ in self.hops]
         self.tap = tap
+        self.wire = wire  # fp16/bf16: activations down-cast on the wire (None: the compute dtype)
         self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
                      for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
         self._calls: list[Any] = []
@@ -119,7 +120,8 @@ class PipelineSession:
                 "prev": self.hops[i - 1].peer_id if i else None,
                 "next": None if last else self.hops[i + 1].peer_id,
                 "next_session": None if last else self.session_ids[i + 1],
-                "sampling": self.sampling if last else None, "logits": self.want_logits and last, "tap": self.tap}
+                "sampling": self.sampling if last else None, "logits": self.want_logits and last, "tap": self.tap,
+                "wire": self.wire}
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)

@@ -34,11 +34,14 @@ class ClientError(SwarmError):
 
 class Client:
     def __init__(self, bootstrap: list[str] | str, *, ee_key: str | None = None, join_timeout_s: float = 30.0,
-                 listen: str = "/ip4/0.0.0.0/tcp/0") -> None:
+                 listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
+                 check_fraction: float = 0.0) -> None:
         self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
         if not self.bootstrap:
             raise ClientError("Client needs at least one bootstrap address (/ip4/.../tcp/.../p2p/...)")
         self.ee_key = ee_key
+        self.wire_dtype = wire_dtype  # "fp16"/"bf16": activations travel down-cast between servers
+        self.check_fraction = check_fraction  # share of steps re-run on a second replica (docs/RELIABILITY.md)
         self.listen = listen
         self.last_summary: GenerationSummary | None = None
         self._ready = threading.Event()
@@ -66,7 +69,7 @@ class Client:
         from swarmlm.crypto.identity import Identity
         from swarmlm.net.host import HostConfig, SwarmHost
         from swarmlm.net.state_service import StateService
-        from swarmlm.node.client import SwarmClient
+        from swarmlm.node.client import ClientOptions, SwarmClient
 
         host = SwarmHost(Identity.generate(), HostConfig(listen=[self.listen], bootstrap=self.bootstrap))
         state = StateService(host, None, publish=False)
@@ -74,7 +77,8 @@ class Client:
         async with host.running():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
-                pipeline: Any = SwarmClient(host, state)
+                pipeline: Any = SwarmClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
+                                                                       check_fraction=self.check_fraction))
                 if self.ee_key:
                     from swarmlm.node.ee_client import wrap_ee
 

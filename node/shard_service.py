@@ -81,6 +81,7 @@ class ServerSession:
     relay: Any = None
     relay_failed: bool = False
     tap: bool = False  # send the client a signed copy of each step's input and output (verification)
+    wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     steps: int = 0
     opened: float = field(default_factory=time.monotonic)
 
@@ -245,9 +246,12 @@ class ShardService:
         sampling = args.get("sampling")
         if sampling is not None and not isinstance(sampling, dict):
             raise RpcError(BAD_REQUEST, "sampling must be a map")
+        wire = args.get("wire")
+        if wire not in (None, "fp16", "bf16"):
+            raise RpcError(BAD_REQUEST, "wire must be fp16, bf16 or absent")
         return {"sid": sid, "start": start, "end": end, "max_length": max_length, "next": nxt,
                 "next_session": args.get("next_session"), "prev": args.get("prev"), "sampling": sampling,
-                "want_logits": bool(args.get("logits")), "tap": bool(args.get("tap"))}
+                "want_logits": bool(args.get("logits")), "tap": bool(args.get("tap")), "wire": wire}
 
     async def _session(self, call: ServerCall, args: Any) -> Any:
         from swarmlm.models.errors import CacheBudgetExceeded, ModelError
@@ -268,7 +272,7 @@ class ShardService:
             raise RpcError(BAD_REQUEST, str(exc)) from None
         inbox_send, inbox_recv = trio.open_memory_channel[Any](64)
         sess = ServerSession(sid, call.ctx.peer, o["prev"], o["next"], o["next_session"], view, cache,
-                             o["sampling"], o["want_logits"], inbox_send, inbox_recv, tap=o["tap"])
+                             o["sampling"], o["want_logits"], inbox_send, inbox_recv, tap=o["tap"], wire=o["wire"])
         self.sessions[sid] = sess
         self._session_events.setdefault(sid, trio.Event()).set()
         log.debug("session %s open: layers [%d, %d) for %s", sid[:8], o["start"], o["end"], call.ctx.peer[-8:])
@@ -406,6 +410,10 @@ class ShardService:
                 else:
                     await call.send({"step": step, "token": tok, "timings": timings})
                 continue
+            if sess.wire:  # before the tap: what verification sees is what the next hop gets
+                import torch
+
+                out = out.to(torch.float16 if sess.wire == "fp16" else torch.bfloat16)
             if sess.tap:
                 await self._send_tap(call, sess, step, pos, x, out, None)
             msg = {"step": step, "pos": pos, "x": out, "want": want, "timings": timings}

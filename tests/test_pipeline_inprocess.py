@@ -4,6 +4,7 @@ exactness against a local run, failover when a middle server dies, clear errors.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.sampling import SamplingParams
@@ -71,3 +72,25 @@ async def test_unknown_model_and_no_route_are_clear(tmp_path):
                 async with client.generate(GenerationRequest(model=MODEL, prompt="x")) as gen:
                     async for _ in gen:
                         pass
+
+
+async def test_activations_can_travel_as_bf16(tmp_path):
+    """wire_dtype halves the bytes between servers; the answer stays that of the fp32 model
+    (builtin:tiny's greedy tokens are robust to bf16 rounding of hidden states)."""
+    params = SamplingParams(max_new_tokens=8)
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in ("0:3", "3:6")]) as nodes:
+        async with swarm_client(nodes[0]) as client:
+            plain, _ = await run_generation(client, "hello swarm", params)
+            client.options.wire_dtype = "bf16"
+            seen = []
+            orig = nodes[1].service("shard")._forward
+
+            def spy(sess, x, pos):
+                seen.append(x.dtype)
+                return orig(sess, x, pos)
+
+            nodes[1].service("shard")._forward = spy
+            cast, _ = await run_generation(client, "hello swarm", params)
+
+            assert seen and all(d == torch.bfloat16 for d in seen)
+            assert cast.token_ids == plain.token_ids
