@@ -38,10 +38,11 @@ async def running_hosts(n: int, bootstrap_first: bool = True, **cfg):
 
 
 @asynccontextmanager
-async def running_nodes(base_dir, per_node_args: list[list[str]], http: bool = False):
+async def running_nodes(base_dir, per_node_args: list[list[str]], http: bool = False, configure=None):
     """Full nodes (state sync, shard service) in this process; node 0 is the bootstrap.
 
-    Each node's ``kill()`` stops it abruptly (its host and connections vanish, like kill -9)."""
+    ``configure(i, node)`` may adjust a built node before it runs. Each node's ``kill()`` stops it
+    abruptly (its host and connections vanish, like kill -9)."""
     from swarmlm.node import config as cfgmod
     from swarmlm.node.assemble import build_node
 
@@ -56,6 +57,8 @@ async def running_nodes(base_dir, per_node_args: list[list[str]], http: bool = F
             if http:
                 overrides["http"] = "127.0.0.1:0"
             node = build_node(cfgmod.load(None, env={}, overrides=overrides))
+            if configure is not None:
+                configure(i, node)
             scope = trio.CancelScope()
 
             async def run(node=node, scope=scope, task_status=trio.TASK_STATUS_IGNORED):

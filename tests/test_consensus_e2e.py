@@ -13,7 +13,7 @@ from swarmlm.consensus.round import Timeouts
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.node.generation import GenerationRequest
 
-from helpers import wait_for_state
+from helpers import running_nodes
 
 MODEL = "builtin:tiny"
 PROFILES = ("temperature=0", "temperature=0.5 top_p=0.9", "temperature=0.9", "temperature=1.2 top_k=20")
@@ -24,39 +24,18 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, 
                           layers: str = "0:6"):
     """n full nodes hosting all of ``model`` (``layers`` = all its layers); ``configure(i, service)`` adjusts a node's consensus
     service before it runs. Each node's ``kill()`` stops it abruptly."""
-    from swarmlm.node import config as cfgmod
-    from swarmlm.node.assemble import build_node
+    def setup(i, node):
+        svc = node.service("consensus")
+        svc.options.profile = PROFILES[i % len(PROFILES)]
+        if configure is not None:
+            configure(i, svc)
 
-    nodes = []
-    async with trio.open_nursery() as nursery:
-        for i in range(n):
-            overrides = {"data_dir": str(base_dir / f"node{i}"), "listen": ["/ip4/127.0.0.1/tcp/0"],
-                         "bootstrap": nodes[0].host.addrs[:1] if i else [], "heartbeat_s": 1.0,
-                         "model": model, "layers": layers}
-            if http:
-                overrides["http"] = "127.0.0.1:0"
-            node = build_node(cfgmod.load(None, env={}, overrides=overrides))
-            svc = node.service("consensus")
-            svc.options.profile = PROFILES[i % len(PROFILES)]
-            if configure is not None:
-                configure(i, svc)
-            scope = trio.CancelScope()
-
-            async def run(node=node, scope=scope, task_status=trio.TASK_STATUS_IGNORED):
-                with scope:
-                    await node.run(task_status=task_status)
-
-            node.kill = scope.cancel
-            await nursery.start(run)
-            nodes.append(node)
-        await wait_for_state(nodes)
+    args = [["--model", model, "--layers", layers]] * n
+    async with running_nodes(base_dir, args, http=http, configure=setup) as nodes:
         with trio.fail_after(30):  # every node sees every other as a whole-model host
             while not all(len(nd.generator.consensus.coordinators(model)) == n for nd in nodes):
                 await trio.sleep(0.1)
-        try:
-            yield nodes
-        finally:
-            nursery.cancel_scope.cancel()
+        yield nodes
 
 
 def request(k: int = 3, prompt: str = "Say hello.") -> GenerationRequest:
