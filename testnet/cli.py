@@ -12,6 +12,16 @@ DEFAULT_BASE = ".testnet"
 def cmd_up(ns: argparse.Namespace) -> int:
     from swarmlm.testnet.local import LocalTestnet
 
+    if ns.netns and ns.demo:
+        from swarmlm.testnet.netns_testnet import netns_demo_up
+
+        out = netns_demo_up(ns.base_dir, model=ns.model, timeout=ns.timeout)
+        if ns.json:
+            print(json.dumps(out))
+        else:
+            for n in out["nodes"]:
+                print(f"{n['name']:<10} site {n['site']:<4} pid {n['pid']:<7} {n['addrs'][0]}")
+        return 0
     if ns.netns:
         from swarmlm.testnet.netns_testnet import netns_up
 
@@ -63,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--model", metavar="SPEC", help="model every node serves (auto layers)")
     up.add_argument("--max-layers", type=int, metavar="N", help="each node hosts at most N layers (auto placement)")
     up.add_argument("--http", action="store_true", help="each node serves its HTTP API on a free loopback port")
+    up.add_argument("--demo", action="store_true",
+                    help="with --netns: the docker compose swarm (testnet/description.py), from the same description")
     up.add_argument("--netns", action="store_true", help="start the nodes inside the simulated internet (root)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each node")
     up.add_argument("--json", action="store_true")

@@ -168,3 +168,53 @@ def netns_down(base_dir: str | os.PathLike) -> int:
     existing = set(list_namespaces())
     delete_namespaces([ns for ns in names if ns in existing])
     return n
+
+
+def netns_demo_up(base_dir: str | os.PathLike, *, model: str | None = None, timeout: float = 300.0) -> dict[str, Any]:
+    """The docker compose swarm (``testnet/description.py``'s ``DEMO``), started inside the netns
+    internet from the very same description: its internet network on ``pub``, its NATed home network
+    in home ``a``. ``model`` replaces the model of every node (e.g. ``builtin:tiny`` for a light run).
+    Returns what ``testnet up --json`` prints; ``netns_down(base_dir)`` stops it."""
+    import dataclasses
+
+    from swarmlm.testnet import description as desc
+    from swarmlm.testnet.netns import start
+
+    swarm = desc.DEMO
+    if model:  # same layout and flags, another model: whole-model nodes stay whole, auto caps scale
+        from swarmlm.models.config import ModelConfig
+        from swarmlm.models.registry import resolve
+
+        n_layers = ModelConfig.from_dir(resolve(model)).num_hidden_layers
+        scale = n_layers / desc.SMOLLM2_LAYERS
+        swarm = dataclasses.replace(swarm, nodes=tuple(
+            dataclasses.replace(n, model=model, layers=f"0:{n_layers}" if n.layers.startswith("0:") else n.layers,
+                                max_layers=max(1, round(n.max_layers * scale)) if n.max_layers else 0)
+            if n.model else n for n in swarm.nodes))
+    base = Path(base_dir).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    topo = start(detached=True)
+    started: list[dict[str, Any]] = []
+    try:
+        for launch in desc.netns_launches(swarm, base):
+            Path(launch.data_dir).mkdir(parents=True, exist_ok=True)
+            spec = swarm.node(launch.name)
+            if spec.dev_identity:
+                desc.write_dev_identity(spec.name, launch.data_dir)
+            Path(launch.ready_file).unlink(missing_ok=True)
+            node = NodeProc(len(started), Path(launch.data_dir))
+            with open(node.log_file, "ab") as log:
+                node.proc = topo.run_in(topo.sites[launch.site].ns, launch.argv, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            node.pid = node.proc.pid
+            node.ready = _wait_ready(node, timeout)
+            started.append({"name": launch.name, "site": launch.site, "pid": node.pid, "data_dir": str(node.data_dir),
+                            **node.ready})
+            (base / STATE_FILE).write_text(json.dumps({
+                "nodes": [{"index": i, "pid": s["pid"], "data_dir": s["data_dir"]} for i, s in enumerate(started)],
+                "netns": {"run_id": topo.run_id, "namespaces": topo.namespaces}}))
+    except BaseException:
+        topo.down()
+        raise
+    topo._procs.clear()  # the nodes outlive this command (stopped by `testnet down`)
+    return {"base_dir": str(base), "run_id": topo.run_id, "nodes": started}
