@@ -32,7 +32,7 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
     from swarmlm.node.sdk import Client
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout, wire_dtype=ns.wire_dtype,
-                check_fraction=ns.check_fraction) as client:
+                check_fraction=ns.check_fraction, route_mode=ns.route_mode) as client:
         pieces = []  # consensus: a node hosting the whole model coordinates the round (RPC)
         for text in client.chat(_messages(ns), model=ns.model, stream=True, mode=ns.mode, k=ns.k, **_sampling(ns)):
             pieces.append(text)
@@ -148,6 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--route-mode", choices=["latency", "throughput"], default="latency",
+                   help="latency: the fastest chain; throughput: spread requests over replicas by load")
     p.add_argument("--wire-dtype", choices=["fp16", "bf16"], help="down-cast activations between servers")
     p.add_argument("--check-fraction", type=float, default=0.0, metavar="F",
                    help="verify this share of pipeline steps on a second replica (0..1)")

@@ -35,13 +35,14 @@ class ClientError(SwarmError):
 class Client:
     def __init__(self, bootstrap: list[str] | str, *, ee_key: str | None = None, join_timeout_s: float = 30.0,
                  listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
-                 check_fraction: float = 0.0) -> None:
+                 check_fraction: float = 0.0, route_mode: str = "latency") -> None:
         self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
         if not self.bootstrap:
             raise ClientError("Client needs at least one bootstrap address (/ip4/.../tcp/.../p2p/...)")
         self.ee_key = ee_key
         self.wire_dtype = wire_dtype  # "fp16"/"bf16": activations travel down-cast between servers
         self.check_fraction = check_fraction  # share of steps re-run on a second replica (docs/RELIABILITY.md)
+        self.route_mode = route_mode  # "latency": fastest chain; "throughput": spread requests over replicas
         self.listen = listen
         self.last_summary: GenerationSummary | None = None
         self._ready = threading.Event()
@@ -78,7 +79,8 @@ class Client:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
                 pipeline: Any = SwarmClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
-                                                                       check_fraction=self.check_fraction))
+                                                                       check_fraction=self.check_fraction,
+                                                                       route_mode=self.route_mode))
                 if self.ee_key:
                     from swarmlm.node.ee_client import wrap_ee
 
