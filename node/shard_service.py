@@ -50,21 +50,6 @@ def step_seed(seed: int, position: int) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
-def subrange_view(shard: Any, start: int, end: int) -> Any:
-    """A Shard computing only layers [start, end) of ``shard`` (shares its weights)."""
-    from swarmlm.models.shard import Shard
-
-    if start == shard.start and end == shard.end:
-        return shard
-    n = shard.num_layers_total
-    lo, hi = start - shard.start, end - shard.start
-    head = end == n and shard.has_head
-    return Shard(shard.config, start, end, shard.layers[lo:hi], shard.dtype,
-                 embed=shard.embed if start == 0 else None, norm=shard.norm if head else None,
-                 lm_head=shard.lm_head if head else None, has_embedding=start == 0 and shard.has_embedding,
-                 has_head=head, model_dir=shard.model_dir)
-
-
 @dataclass
 class ServerSession:
     session_id: str
@@ -120,13 +105,6 @@ class ShardService:
         self.node: Any = None
         self.tokens_computed = 0
         self.steps_served = 0
-
-    @classmethod
-    def from_shard(cls, model_id: str, shard: Any, cache: Any, **kw: Any) -> "ShardService":
-        """A service around an already loaded shard (tests, benches)."""
-        svc = cls(model_id, **kw)
-        svc.shard, svc.cache = shard, cache
-        return svc
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from swarmlm.node.hosting import load_hosted_shard
@@ -219,7 +197,7 @@ class ShardService:
     def _view(self, start: int, end: int) -> Any:
         key = (start, end)
         if key not in self._views:
-            self._views[key] = subrange_view(self.shard, start, end)
+            self._views[key] = self.shard.view(start, end)
         return self._views[key]
 
     # -- the session a client opens -----------------------------------------------------------

@@ -94,3 +94,14 @@ async def test_activations_can_travel_as_bf16(tmp_path):
 
             assert seen and all(d == torch.bfloat16 for d in seen)
             assert cast.token_ids == plain.token_ids
+
+
+async def test_servers_serve_sub_ranges_of_what_they_host(tmp_path):
+    """Overlapping hosts [0, 4) and [2, 6): one of them computes only part of its layers."""
+    params = SamplingParams(max_new_tokens=8)
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in ("0:4", "2:6")]) as nodes:
+        async with swarm_client(nodes[0]) as client:
+            gen, _ = await run_generation(client, "overlap", params)
+    assert gen.token_ids == local_tokens("overlap", params)
+    hops = [(h.start, h.end) for h in gen.summary.route]
+    assert hops in ([(0, 2), (2, 6)], [(0, 4), (4, 6)])
