@@ -85,7 +85,6 @@ def stop_hold(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-_stop_hold = stop_hold  # old private name, still used by node.client
 
 
 def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: SamplingParams,

@@ -234,7 +234,7 @@ class PipelineGeneration:
                 await self._send.send(GenerationError(f"{type(exc).__name__}: {exc}"))
 
     async def _run(self) -> None:
-        from swarmlm.models.generate import _stop_hold
+        from swarmlm.models.generate import stop_hold
         from swarmlm.models.tokenizer import IncrementalDecoder
 
         c, p = self.client, self.request.params
@@ -296,7 +296,7 @@ class PipelineGeneration:
                             emitted = len(text)
                             self.summary.finish_reason = "stop"
                             break
-                        safe = len(text) - _stop_hold(text, p.stop)
+                        safe = len(text) - stop_hold(text, p.stop)
                         if checker is not None:
                             safe = min(safe, lens[min(verified_n, len(lens) - 1)])
                         if safe > emitted:
