@@ -158,8 +158,11 @@ class PipelineSession:
             await self._stack.__aexit__(*exc)
         except BaseExceptionGroup as group:  # trio wraps the body's error: hand the caller the error itself
             leaf = single_leaf(group)
-            if leaf is None:
-                raise
+            if leaf is None:  # several errors at once (a hop died while the stream to it broke...):
+                failed, rest = group.split(HopFailed)  # a hop failure is what the caller fails over on,
+                if failed is None or (rest is not None and rest.subgroup(trio.Cancelled)):  # unless cancelled
+                    raise
+                leaf = _leaves(failed)[0]
             raise leaf from None
 
     async def step(self, x: torch.Tensor, pos: int, want: bool = True) -> StepResult | None:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic property tests: a fixed seed per test (CI must not depend on luck), no wall-clock
+# deadline (CI's 2 cores are shared with node processes), and no failure just for filtering a lot.
+settings.register_profile("swarmlm", derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.load_profile("swarmlm")
 
 
 @pytest.fixture(autouse=True, scope="session")
