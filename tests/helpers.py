@@ -108,3 +108,17 @@ async def swarm_client(node):
                 yield SwarmClient(host, state)
             finally:
                 nursery.cancel_scope.cancel()
+
+
+def require_netns() -> None:
+    """Skip a test that needs root, `ip netns` and iptables when they are missing -- except in CI,
+    which runs as root: there the missing piece is a failure, not a skip."""
+    import os
+
+    import pytest
+
+    from swarmlm.testnet.netns import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")

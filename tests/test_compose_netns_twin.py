@@ -5,22 +5,20 @@ internet, and they form one swarm (run here with builtin:tiny instead of SmolLM2
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from swarmlm.testnet import description as desc
-from swarmlm.testnet.netns import unavailable_reason
+
+from helpers import require_netns
 
 pytestmark = pytest.mark.netns
 
 
 def test_compose_twin_runs_in_the_netns_internet(tmp_path):
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
+    require_netns()
     from swarmlm.testnet.netns_testnet import netns_demo_up, netns_down
 
     out = netns_demo_up(tmp_path, model="builtin:tiny", timeout=120)

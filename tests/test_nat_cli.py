@@ -4,21 +4,20 @@ public host, one node behind each home router — and are stopped and cleaned up
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from swarmlm.testnet.netns import list_namespaces, unavailable_reason
+from swarmlm.testnet.netns import list_namespaces
+
+from helpers import require_netns
 
 pytestmark = pytest.mark.netns
 
 
 def test_testnet_up_netns_and_down(tmp_path) -> None:
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
+    require_netns()
     from swarmlm.testnet.netns_testnet import netns_down
 
     base = tmp_path / "net"

@@ -12,27 +12,24 @@ One topology, one node testnet and one set of natlab agents for the whole module
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
-from swarmlm.testnet.netns import Topology, unavailable_reason
+from swarmlm.testnet.netns import Topology
+
+from helpers import require_netns
 
 pytestmark = pytest.mark.netns
 TRIALS = 10
 LAYERS = {"pub": "0:2", "a": "2:4", "b": "4:6"}  # builtin:tiny has 6 layers
 
 
-def _require_netns() -> None:
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
 
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    _require_netns()
+    require_netns()
     with Topology() as t:
         yield t
 

@@ -6,28 +6,25 @@ within a few seconds, 10 trials each; a symmetric-NAT host cannot punch and talk
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
 from swarmlm.net.holepunch import UDP_KEEPALIVE_S, fmt_addr, parse_addr
-from swarmlm.testnet.netns import PUBLIC_IP, Topology, unavailable_reason
+from swarmlm.testnet.netns import PUBLIC_IP, Topology
 from swarmlm.testnet.punchlab import run_trials, start_rendezvous
+
+from helpers import require_netns
 
 pytestmark = pytest.mark.netns
 TRIALS = 10
 
 
-def _require_netns() -> None:
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
 
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    _require_netns()
+    require_netns()
     with Topology() as t:
         start_rendezvous(t)
         yield t
@@ -100,7 +97,7 @@ def test_symmetric_nat_talks_through_relay(topo: Topology, peer: str) -> None:
 def test_router_without_wan_filter_breaks_udp_punching(record_property) -> None:
     """Why the routers drop unsolicited WAN input: without it the first crossing datagram creates a
     conntrack entry on the router that clashes with the host's mapping, so MASQUERADE picks another port."""
-    _require_netns()
+    require_netns()
     with Topology(filter_wan=False) as bare:
         start_rendezvous(bare)
         rows = run_trials(bare, "udp", "a", "b", 3, timeout=1.5, base_port=40600)
@@ -111,7 +108,7 @@ def test_router_without_wan_filter_breaks_udp_punching(record_property) -> None:
 def test_udp_keepalives_keep_the_path_open(record_property) -> None:
     """Routers forget quiet UDP flows (conntrack: 30 s unreplied, 120 s assured; shortened here to 2/3 s):
     a punched path survives 5 s of idling with 1 s keep-alives and dies without them."""
-    _require_netns()
+    require_netns()
     with Topology(udp_timeouts=(2, 3)) as short:
         start_rendezvous(short)
         kept = run_trials(short, "udp", "a", "b", 1, timeout=3, base_port=40700, idle=5, keepalive=1)

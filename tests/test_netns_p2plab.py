@@ -6,22 +6,21 @@ address, and new streams use it; symmetric: no direct connection, the echo still
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
-from swarmlm.testnet.netns import Topology, unavailable_reason
+from swarmlm.testnet.netns import Topology
 from swarmlm.testnet.p2plab import run_pair, start_relay
+
+from helpers import require_netns
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Topology, str]]:
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
+    require_netns()
     with Topology() as topo:
         _, relay_addr = start_relay(topo)
         yield topo, relay_addr

@@ -11,12 +11,9 @@ import pytest
 from swarmlm.testnet import netns
 from swarmlm.testnet.netns import Topology, _router_rules, list_namespaces, unavailable_reason
 
+from helpers import require_netns
 
-def require_netns() -> None:
-    """Skip with the reason outside CI; in CI (which runs as root) a missing capability is a failure."""
-    reason = unavailable_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
+
 
 
 def test_names_are_per_run_and_owned() -> None:
