@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test setup system-deps clean
 
 demo: setup
-	$(PY) -m swarmlm.node.demo
+	$(PY) -m swarmlm.node.front.demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

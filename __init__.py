@@ -10,12 +10,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 AGENT_VERSION = f"swarmlm/{__version__}"
 
-__all__ = ["__version__", "AGENT_VERSION", "Client"]
+__all__ = ["__version__", "AGENT_VERSION", "AsyncClient", "Client"]
 
 
-def __getattr__(name: str):  # lazy: importing swarmlm must not import torch or libp2p
+def __getattr__(name: str):
+    """``swarmlm.Client`` (the SDK for plain code) and ``swarmlm.AsyncClient`` (for trio code)."""
     if name == "Client":
-        from swarmlm.node.sdk import Client
+        from swarmlm.node.client.sdk import Client  # lazy: importing swarmlm must not import torch or libp2p
 
         return Client
+    if name == "AsyncClient":
+        from swarmlm.node.client.engine import AsyncClient  # lazy: importing swarmlm must not import torch or libp2p
+
+        return AsyncClient
     raise AttributeError(f"module 'swarmlm' has no attribute {name!r}")

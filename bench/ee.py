@@ -88,7 +88,7 @@ def pipeline(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int, b
     from swarmlm.models.config import ModelConfig
     from swarmlm.models.generate import split_layers
     from swarmlm.models.registry import resolve
-    from swarmlm.node.sdk import Client
+    from swarmlm.node.client.sdk import Client
     from swarmlm.testnet.local import LocalTestnet
 
     n = ModelConfig.from_dir(resolve(model)).num_hidden_layers

@@ -77,7 +77,8 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.host import HostConfig, SwarmHost
     from swarmlm.net.state_service import StateService
-    from swarmlm.node.client import ClientOptions, SwarmClient
+    from swarmlm.node.client.options import ClientOptions
+    from swarmlm.node.client.pipeline import PipelineGenerator
     from swarmlm.testnet.local import LocalTestnet
 
     from swarmlm.models.config import ModelConfig
@@ -100,7 +101,7 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
             with trio.fail_after(60):
                 while len(state.state.peers(time.time())) < 3:
                     await trio.sleep(0.1)
-            client = SwarmClient(host, state, ClientOptions(step_timeout_s=60.0, busy_retries=ns.busy_retries))
+            client = PipelineGenerator(host, state, ClientOptions(step_timeout_s=60.0, busy_retries=ns.busy_retries))
             await _level(client, ns.model, 1, 4)  # warm-up: tokenizer, connections
             for n in ns.clients:
                 client.bans.until.clear()

@@ -43,7 +43,7 @@ def _local(tokens: int, runs: int) -> dict[str, float]:
 
 
 def _pipeline(net: Any, tokens: int, runs: int, kill_middle: bool = False) -> dict[str, Any]:
-    from swarmlm.node.sdk import Client
+    from swarmlm.node.client.sdk import Client
 
     out: dict[str, Any] = {}
     with Client([net.nodes[0].addr], join_timeout_s=60) as client:

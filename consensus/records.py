@@ -35,6 +35,10 @@ class ConsensusError(SwarmError):
     """A consensus message or record that is malformed, mis-signed or inconsistent."""
 
 
+class ConsensusUnavailable(ConsensusError):
+    """Not enough eligible nodes (whole-model hosts, judges with weight) for a round."""
+
+
 class CommitMismatch(ConsensusError):
     """A reveal whose votes and salt do not hash to the judge's commitment."""
 

@@ -4,7 +4,6 @@
 - ``load_chain(spec_or_dir, n_shards=1, dtype="fp32") -> list[Shard]`` (spec as in
   :func:`swarmlm.models.registry.resolve`).
 - ``run_chain(shards, sessions, x, positions, last_only=False)``: one forward through every shard.
-- ``stop_hold(text, stops)``: how many trailing characters to hold back while streaming with stop strings.
 - ``generate_stream(shards, prompt_ids, params, tokenizer=None, eos_ids=None)`` yields
   ``StreamEvent(token_id, text)`` per generated token (``text`` is the new printable text, held back
   while it could still be the start of a stop string; a last event with ``token_id == -1`` carries
@@ -26,7 +25,8 @@ from swarmlm.models.errors import SessionError
 from swarmlm.models.kvcache import Session
 from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.models.shard import Shard, load_shard
-from swarmlm.models.tokenizer import IncrementalDecoder, Tokenizer
+from swarmlm.models.textstream import TextStream
+from swarmlm.models.tokenizer import Tokenizer
 
 
 @dataclass
@@ -74,19 +74,6 @@ def _check_chain(shards: Sequence[Shard]) -> None:
             raise SessionError(f"shards {a} and {b} are not contiguous")
 
 
-def stop_hold(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` could begin a stop string."""
-    hold = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return hold
-
-
-
-
 def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: SamplingParams,
                     tokenizer: Tokenizer | None = None, eos_ids: Sequence[int] | None = None,
                     result: GenerationResult | None = None) -> Iterator[StreamEvent]:
@@ -104,8 +91,7 @@ def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: 
     max_len = len(prompt_ids) + max(params.max_new_tokens, 1)
     sessions = [sh.new_session(max_len) for sh in shards]
     sampler = Sampler(params)
-    dec = IncrementalDecoder(tokenizer) if tokenizer else None
-    text, emitted = "", 0
+    stream = TextStream(tokenizer, params.stop) if tokenizer else None
     try:
         if params.max_new_tokens == 0:
             res.finish_reason = "length"
@@ -119,29 +105,26 @@ def generate_stream(shards: Sequence[Shard], prompt_ids: Sequence[int], params: 
                 break
             res.token_ids.append(tok)
             out = ""
-            if dec is not None:
-                text += dec.push(tok)
-                hit = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
-                if hit >= 0:
-                    text = text[:hit]
-                    res.text = text
+            if stream is not None:
+                stream.push(tok)
+                out = stream.release()
+                if stream.stopped:
+                    res.text = stream.text
                     res.finish_reason = "stop"
-                    if len(text) > emitted:
-                        yield StreamEvent(tok, text[emitted:])
+                    if out:
+                        yield StreamEvent(tok, out)
                     return
-                safe = len(text) - stop_hold(text, params.stop)
-                out, emitted = text[emitted:safe], max(emitted, safe)
             yield StreamEvent(tok, out)
             if len(res.token_ids) >= params.max_new_tokens:
                 res.finish_reason = "length"
                 break
             logits = run_chain(shards, sessions, torch.tensor([[tok]]), pos, last_only=True)
             pos += 1
-        if dec is not None:
-            text += dec.flush()
-            res.text = text
-            if len(text) > emitted:
-                yield StreamEvent(-1, text[emitted:])
+        if stream is not None:
+            rest = stream.finish()
+            res.text = stream.text
+            if rest:
+                yield StreamEvent(-1, rest)
     finally:
         for s in sessions:
             s.free()

@@ -1,47 +1,38 @@
-"""Build a Node from its config: which services it runs follows from the config."""
+"""Build a Node from its config: which services it runs follows from the config.
+
+- ``--model``: a ``ShardService`` (serve a layer range, or the whole model) and a
+  ``ConsensusService`` (answer, judge and coordinate consensus rounds when the whole model is here);
+- always: an ``AsyncClient`` (pipeline and consensus generations through the swarm; with
+  ``--ee-key`` it encrypts prompts first);
+- ``--http``: the ``HttpService`` (OpenAI-compatible API, health page, metrics) in front of that client.
+"""
 
 from __future__ import annotations
 
-from swarmlm import AGENT_VERSION
-from swarmlm.net.state_service import StateService
+from swarmlm.node.client.engine import AsyncClient
+from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.config import NodeConfig
 from swarmlm.node.daemon import Node
+from swarmlm.node.front.http_service import HttpService
+from swarmlm.node.server.consensus import ConsensusOptions, ConsensusService
+from swarmlm.node.server.shard import ShardService
 
 
 def build_node(config: NodeConfig) -> Node:
     node = Node(config)
-
-    def local_fields() -> dict:
-        nearest = sorted((p for p in node.host.peers.all() if p.connected and p.rtt_ms is not None),
-                         key=lambda p: p.rtt_ms)[:16]
-        fields = {"addrs": node.host.addrs[:8], "agent": AGENT_VERSION, "reach": node.reachability,
-                  "rtt": {p.peer_id: round(p.rtt_ms, 1) for p in nearest}}
-        for svc in node.services:
-            if hasattr(svc, "hosted_fields"):
-                fields.update(svc.hosted_fields())
-        return fields
-
-    node.state = StateService(node.host, node.data_dir, heartbeat_s=config.heartbeat_s, local_fields=local_fields,
-                              ttl_s=config.state_ttl_s)
-    node.add_service(node.state)
-    node.host.reachability_listeners.append(lambda _verdict: node.on_hosting_changed())  # publish at once
     if config.model:
-        from swarmlm.node.shard_service import ShardService
-
-        node.add_service(ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
-                                      dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
-                                      max_sessions=config.max_sessions, fault=config.fault,
-                                      rebalance_s=config.rebalance_s))
-        from swarmlm.node.consensus_service import ConsensusOptions, ConsensusService
-
-        node.add_service(ConsensusService(ConsensusOptions(
+        node.shard = ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
+                                  dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
+                                  max_sessions=config.max_sessions, fault=config.fault,
+                                  rebalance_s=config.rebalance_s)
+        node.consensus = ConsensusService(ConsensusOptions(
             profile=config.consensus_sampling, judge=config.consensus_judge,
-            calibration=config.consensus_calibration)))
-    from swarmlm.node.generator import NodeGenerator
-
-    node.generator = NodeGenerator(node)  # pipeline via the SwarmClient, consensus via a coordinator
+            calibration=config.consensus_calibration))
+    # pipeline generations through the swarm; consensus rounds run here when we can coordinate them
+    node.client = AsyncClient(node.host, node.state, ClientOptions(), ee_key=config.ee_key or None,
+                              local_consensus=node.consensus)
     if config.http:
-        from swarmlm.node.http_service import HttpService
-
-        node.add_service(HttpService(config.http, config.http_token or None))
+        node.http = HttpService(config.http, config.http_token or None)
+    for svc in node.services:
+        svc.register(node)
     return node

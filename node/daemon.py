@@ -1,9 +1,11 @@
-"""The node daemon: wires identity, the libp2p host, services and the HTTP API, and runs them
-under one trio nursery until SIGINT/SIGTERM, then shuts down cleanly (state flushed, ready file
-removed, connections closed).
+"""The node daemon: a ``Node`` declares its parts (identity, libp2p host, swarm state, services and
+client) and runs them under one trio nursery until SIGINT/SIGTERM, then shuts down cleanly (state
+flushed, ready file removed, connections closed). ``node/assemble.py`` builds one from a config.
 
-Services are small objects with ``register(node)`` (add RPC methods) and ``async run(node)``;
-each runs as a task in the node's nursery. This file only wires; the services hold the logic.
+Services (``Service``) are the node's roles: shard serving, consensus, the HTTP front. Each
+registers its RPC methods, starts as a task of the node's nursery (reporting when it is ready, so
+the ready file means "serving"), adds its fields to the node's swarm-state heartbeat, and closes at
+shutdown. This file only wires; the services hold the logic.
 """
 
 from __future__ import annotations
@@ -13,29 +15,45 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from swarmlm import AGENT_VERSION
 from swarmlm.crypto.identity import Identity, load_or_create
 from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.state_service import StateService
 from swarmlm.node.config import NodeConfig
+
+if TYPE_CHECKING:  # annotations only: the daemon does not depend on which services a node runs
+    from swarmlm.node.client.engine import AsyncClient
+    from swarmlm.node.front.http_service import HttpService
+    from swarmlm.node.server.consensus import ConsensusService
+    from swarmlm.node.server.shard import ShardService
 
 log = logging.getLogger("swarmlm.node")
 
 SHUTDOWN_GRACE_S = 15.0  # after SIGTERM/SIGINT the node's tasks are cancelled at the latest after this
+CLOSE_S = 5.0  # services get this long to close
 
 
 class Service(Protocol):
+    """A role of the node. ``start`` runs until cancelled and calls ``task_status.started()`` once
+    the service is ready; ``hosted_fields`` is its part of the swarm-state heartbeat."""
+
     name: str
 
     def register(self, node: "Node") -> None: ...
-    async def run(self, node: "Node") -> None: ...
+    async def start(self, node: "Node", *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
     async def close(self, node: "Node") -> None: ...
+    def hosted_fields(self) -> dict[str, Any]: ...
 
 
 class Node:
+    """One swarm node. ``shard``, ``consensus`` and ``http`` are its services (None when the config
+    does not ask for them); ``client`` runs generations through the swarm for the HTTP front and
+    the consensus coordinator; ``state`` is the replicated swarm state."""
+
     def __init__(self, config: NodeConfig, identity: Identity | None = None) -> None:
         self.config = config
         self.data_dir = config.data_path
@@ -49,17 +67,28 @@ class Node:
             listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
             announce=config.announce, relay=config.relay, relay_reserve=config.relay,
             hole_punch=config.hole_punch, reachability=config.reachability))
-        self.services: list[Any] = []
-        self.state: Any = None  # the StateService (swarm state), set by assemble.build_node
+        self.state = StateService(self.host, self.data_dir, heartbeat_s=config.heartbeat_s,
+                                  local_fields=self.heartbeat_fields, ttl_s=config.state_ttl_s)
+        self.shard: ShardService | None = None
+        self.consensus: ConsensusService | None = None
+        self.http: HttpService | None = None
+        self.client: AsyncClient | None = None
         self.http_addr: str | None = None
         self.started = trio.Event()
+        self.started_at = 0.0
         self._run_scope = trio.CancelScope()
         self._stop = trio.Event()
-        self.started_at = 0.0
+        # a new reachability verdict is published at once
+        self.host.reachability_listeners.append(lambda _verdict: self.on_hosting_changed())
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    @property
+    def services(self) -> list[Service]:
+        """The services this node runs, in start order (closed in reverse)."""
+        return [s for s in (self.shard, self.consensus, self.http) if s is not None]
 
     @property
     def reachability(self) -> str:
@@ -72,17 +101,20 @@ class Node:
             return "relayed"
         return verdict if verdict in ("public", "private") else "unknown"
 
-    def add_service(self, service: Any) -> None:
-        self.services.append(service)
-        service.register(self)
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """Our swarm-state entry: addresses, agent, reachability, nearest peers' RTTs, and each
+        service's own fields (what it hosts, its speed and load)."""
+        nearest = sorted((p for p in self.host.peers.all() if p.connected and p.rtt_ms is not None),
+                         key=lambda p: p.rtt_ms)[:16]
+        fields = {"addrs": self.host.addrs[:8], "agent": AGENT_VERSION, "reach": self.reachability,
+                  "rtt": {p.peer_id: round(p.rtt_ms, 1) for p in nearest}}
+        for svc in self.services:
+            fields.update(svc.hosted_fields())
+        return fields
 
     def on_hosting_changed(self) -> None:
         """A service started or stopped hosting something: tell the swarm now."""
-        if self.state is not None:
-            self.state.publish_now()
-
-    def service(self, name: str) -> Any:
-        return next((s for s in self.services if getattr(s, "name", None) == name), None)
+        self.state.publish_now()
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,11 +147,9 @@ class Node:
             self.host.refresh_handlers()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                nursery.start_soon(self.state.run, self)
                 for svc in self.services:
-                    if hasattr(svc, "start"):
-                        await nursery.start(svc.start, self)
-                    else:
-                        nursery.start_soon(svc.run, self)
+                    await nursery.start(svc.start, self)
                 self._write_ready()
                 log.info("node %s ready: %s%s", self.peer_id, ", ".join(self.host.addrs),
                          f", http://{self.http_addr}" if self.http_addr else "")
@@ -128,12 +158,12 @@ class Node:
                 await self._stop.wait()
                 log.info("shutting down")
                 # shield outside, deadline inside: the deadline must be able to cut a hanging close short
-                with trio.CancelScope(shield=True), trio.move_on_after(5) as cleanup:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_S) as cleanup:
                     for svc in reversed(self.services):
-                        if hasattr(svc, "close"):
-                            await svc.close(self)
+                        await svc.close(self)
+                    await self.state.close(self)
                 if cleanup.cancelled_caught:
-                    log.warning("services did not close within 5 s")
+                    log.warning("services did not close within %.0f s", CLOSE_S)
                 nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:

@@ -1,15 +1,62 @@
-"""The client's and the placement's view of the swarm: servers per model, from the swarm state.
+"""The swarm as clients, placement and the health page see it: servers per model, from the swarm state.
 
-``servers_for(state, model, now, peers)`` turns the replicated peer entries (what each peer hosts,
-its measured throughput, free cache, load, heartbeat) into ``ServerView``s for the planner, adding
-the RTTs this node measured itself (``PeerTable``).
+``ServerView`` is what the route planner (``node/client/routing.py``) and auto placement
+(``node/server/placement.py``) know of one server. ``servers_for(state, model, now, peers)`` turns
+the replicated peer entries (what each peer hosts, its measured throughput, free cache, load,
+heartbeat) into ``ServerView``s, adding the RTTs this node measured itself (``PeerTable``).
+``eligible_hosts`` lists the whole-model hosts a consensus round draws on.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
 
-from swarmlm.node.routing import ServerView
+
+@dataclass
+class ServerView:
+    """What the client knows about one server of one model (from the swarm state and its own pings)."""
+
+    peer_id: str
+    model: str
+    start: int
+    end: int
+    ms_per_layer: float  # measured compute per layer per token; <= 0 or NaN means "not measured yet"
+    free_cache_tokens: int
+    load: float = 0.0  # 0..1 utilisation, or a count of active sessions
+    rtt_ms: float | None = None  # the client's measured round trip to it; None if unknown
+    alive: bool = True
+    relayed: bool = False  # reachable only through a relay
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """Layers as inclusive ranges: ``[10, 11, 12, 13, 14, 20] -> "10-14, 20"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for layer in sorted(set(layers)):
+        if run and layer == run[-1] + 1:
+            run.append(layer)
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [layer]
+    if run:
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ", ".join(parts)
+
+
+def coverage_gaps(servers: Iterable[ServerView], n_layers: int) -> list[int]:
+    """The layers of ``[0, n_layers)`` that no server in ``servers`` hosts (liveness is not checked)."""
+    covered = [False] * n_layers
+    for s in servers:
+        for layer in range(max(s.start, 0), min(s.end, n_layers)):
+            covered[layer] = True
+    return [layer for layer, c in enumerate(covered) if not c]
+
+
+def measured(ms: float) -> bool:
+    return isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0
 
 
 def ms_per_layer_from(throughput_tok_s: float, layers: int) -> float:
@@ -47,3 +94,12 @@ def model_layers(state: Any, model: str, now: float) -> int | None:
     if info is not None:
         return info.layers
     return None
+
+
+def eligible_hosts(state: Any, model: str, now: float) -> list[str]:
+    """Online peers hosting all layers ``[0, n)`` of ``model`` (n from the state's model registry):
+    the nodes that can answer and judge a consensus round."""
+    info = state.models(now).get(model)
+    if info is None:
+        return []
+    return sorted({e.peer_id for e, h in state.hosts_of(model, now) if h.start == 0 and h.end == info.layers})

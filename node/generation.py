@@ -1,14 +1,16 @@
 """What the front ends (HTTP API, CLI `ask`, SDK) ask of the swarm, as plain records.
 
 A ``Generator`` turns a ``GenerationRequest`` into a stream of ``GenerationChunk``s and a final
-``GenerationSummary``. The node's own implementation (``swarmlm.node.client``) runs it through the
-swarm (pipeline or consensus); tests use fakes. Front ends never see libp2p or torch.
+``GenerationSummary``. Its implementations are in ``node/client/``: ``PipelineGenerator``,
+``ConsensusGenerator`` and ``EncryptedGenerator``, chosen per request by ``AsyncClient``
+(``node/client/engine.py``), which is a ``Generator`` itself; tests use fakes. Front ends never see
+libp2p or torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, AsyncContextManager, AsyncIterator, Protocol
 
 from swarmlm.errors import SwarmError
 from swarmlm.models.sampling import SamplingParams
@@ -56,8 +58,6 @@ class GenerationSummary:
     scores: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -78,9 +78,11 @@ class Generation(Protocol):
 
 
 class Generator(Protocol):
+    """The one generation interface."""
+
     async def list_models(self) -> list[ModelCard]: ...
 
-    def generate(self, request: GenerationRequest) -> Any:
+    def generate(self, request: GenerationRequest) -> AsyncContextManager[Generation]:
         """An async context manager yielding a ``Generation``; raises a SwarmError subclass
         (``GenerationError``, ``NoRouteError``, ``BusyError``, ``UnknownModel``) with a clear message."""
         ...

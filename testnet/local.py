@@ -30,7 +30,7 @@ def node_command(data_dir: str, ready_file: str, listen: str = "/ip4/127.0.0.1/t
                  bootstrap: list[str] | None = None, extra: list[str] | None = None,
                  python: str | None = None) -> list[str]:
     """The one command line every launcher (local, netns, docker) uses to start a node."""
-    cmd = [python or sys.executable, "-m", "swarmlm.node.cli", "node", "run", "--data-dir", data_dir,
+    cmd = [python or sys.executable, "-m", "swarmlm.node.front.cli", "node", "run", "--data-dir", data_dir,
            "--listen", listen, "--ready-file", ready_file]
     for b in bootstrap or []:
         cmd += ["--bootstrap", b]
@@ -159,7 +159,7 @@ def _is_ours(pid: int, data_dir: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return data_dir.encode() in cmdline and b"swarmlm.node.cli" in cmdline
+    return data_dir.encode() in cmdline and b"swarmlm.node.front.cli" in cmdline
 
 
 def down(base_dir: str | os.PathLike, timeout: float = 10.0) -> int:

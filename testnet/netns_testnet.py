@@ -82,7 +82,7 @@ class NetnsTestnet:
 
     def cli(self, site: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run ``swarmlm ARGS`` inside ``site``'s namespace (text, output captured)."""
-        return self.topo.check_in(site, [sys.executable, "-m", "swarmlm.node.cli", *args], timeout=timeout,
+        return self.topo.check_in(site, [sys.executable, "-m", "swarmlm.node.front.cli", *args], timeout=timeout,
                                   env=self.env)
 
     def status(self, site: str = "pub") -> dict[str, dict]:

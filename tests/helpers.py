@@ -93,7 +93,7 @@ async def swarm_client(node):
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.host import HostConfig, SwarmHost
     from swarmlm.net.state_service import StateService
-    from swarmlm.node.client import SwarmClient
+    from swarmlm.node.client.pipeline import PipelineGenerator
 
     host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=node.host.addrs[:1],
                                                      discovery_interval_s=1.0))
@@ -105,7 +105,7 @@ async def swarm_client(node):
                 while not state.state.models(time.time()):
                     await trio.sleep(0.1)
             try:
-                yield SwarmClient(host, state)
+                yield PipelineGenerator(host, state)
             finally:
                 nursery.cancel_scope.cancel()
 

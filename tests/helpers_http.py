@@ -10,7 +10,7 @@ import trio
 from swarmlm.node.generation import (
     GenerationChunk, GenerationRequest, GenerationSummary, HopTiming, ModelCard, UnknownModel,
 )
-from swarmlm.node.http_api import create_app, serve_http
+from swarmlm.node.front.http_api import create_app, serve_http
 
 MODEL = "smollm2-135m"
 ANSWER = "The swarm answers in several small words"

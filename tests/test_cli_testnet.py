@@ -12,7 +12,7 @@ import pytest
 
 from swarmlm.testnet.local import LocalTestnet
 
-SWARMLM = [sys.executable, "-m", "swarmlm.node.cli"]
+SWARMLM = [sys.executable, "-m", "swarmlm.node.front.cli"]
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swarmlm.node.cli import build_parser
-from swarmlm.node.cli_node import load_config
+from swarmlm.node.front.cli import build_parser
+from swarmlm.node.front.cli_node import load_config
 from swarmlm.testnet import compose, description
 from swarmlm.testnet.description import DEMO, SMOLLM2, bootstrap_addr, dev_identity, netns_launches, node_flags
 

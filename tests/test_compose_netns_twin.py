@@ -31,7 +31,7 @@ def test_compose_twin_runs_in_the_netns_internet(tmp_path):
         assert boot["peer_id"] == desc.dev_identity("bootstrap").peer_id  # the address compose nodes use
         state = json.loads((tmp_path / "testnet.json").read_text())
         pub_ns = next(ns for ns in state["netns"]["namespaces"] if ns.endswith("-pub"))
-        r = subprocess.run(["ip", "netns", "exec", pub_ns, sys.executable, "-m", "swarmlm.node.cli", "status",
+        r = subprocess.run(["ip", "netns", "exec", pub_ns, sys.executable, "-m", "swarmlm.node.front.cli", "status",
                             "--bootstrap", boot["addrs"][0], "--json"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         rows = {row["peer_id"]: row for row in json.loads(r.stdout)["peers"]}

@@ -25,7 +25,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, 
     """n full nodes hosting all of ``model`` (``layers`` = all its layers); ``configure(i, service)`` adjusts a node's consensus
     service before it runs. Each node's ``kill()`` stops it abruptly."""
     def setup(i, node):
-        svc = node.service("consensus")
+        svc = node.consensus
         svc.options.profile = PROFILES[i % len(PROFILES)]
         if configure is not None:
             configure(i, svc)
@@ -33,7 +33,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, 
     args = [["--model", model, "--layers", layers]] * n
     async with running_nodes(base_dir, args, http=http, configure=setup) as nodes:
         with trio.fail_after(30):  # every node sees every other as a whole-model host
-            while not all(len(nd.generator.consensus.coordinators(model)) == n for nd in nodes):
+            while not all(len(nd.client.consensus.coordinators(model)) == n for nd in nodes):
                 await trio.sleep(0.1)
         yield nodes
 
@@ -44,7 +44,7 @@ def request(k: int = 3, prompt: str = "Say hello.") -> GenerationRequest:
 
 
 async def run_consensus(node, req):
-    async with node.generator.generate(req) as gen:
+    async with node.client.generate(req) as gen:
         text = "".join([c.text async for c in gen])
     return text, gen.summary
 
@@ -82,8 +82,8 @@ async def test_a_round_over_the_network_reaches_every_state(tmp_path):
         now = time.time()
         a, b = reputation_of(nodes[0], now), reputation_of(nodes[3], now)
         assert a == b and a  # bit-identical on two nodes, and not empty
-        assert nodes[2].service("consensus").reputation(now).scores() == a  # the node's running book agrees
-        assert nodes[1].service("consensus").rounds[-1]["round_id"] == s.round_id
+        assert nodes[2].consensus.reputation(now).scores() == a  # the node's running book agrees
+        assert nodes[1].consensus.rounds[-1]["round_id"] == s.round_id
 
 
 async def test_a_dead_node_is_dropped_and_the_round_finishes(tmp_path):
@@ -95,7 +95,7 @@ async def test_a_dead_node_is_dropped_and_the_round_finishes(tmp_path):
         nodes[3].kill()
         with trio.fail_after(180):  # calls to the dead node fail, so no phase waits for its deadline
             text, s = await run_consensus(nodes[0], request(k=4))
-        res = nodes[0].service("consensus").rounds[-1]
+        res = nodes[0].consensus.rounds[-1]
         assert dead in {d[0] for d in res["dropped"]}
         assert len(s.scores) == 3 and dead not in {row["node"] for row in s.scores}
         await wait_round_everywhere(nodes[:3], s.round_id)
@@ -110,7 +110,7 @@ async def test_a_late_candidate_is_dropped_at_the_deadline(tmp_path):
     async with consensus_nodes(tmp_path, 4, configure) as nodes:
         late = nodes[2].peer_id
         text, s = await run_consensus(nodes[0], request(k=4))
-        res = nodes[0].service("consensus").rounds[-1]
+        res = nodes[0].consensus.rounds[-1]
         assert [d for d in res["dropped"] if d[0] == late] == [[late, "missed candidates"]]
         assert len(s.scores) == 3
         await wait_round_everywhere(nodes, s.round_id)
@@ -134,7 +134,7 @@ async def test_calibration_over_the_network_gates_judging(tmp_path):
             while not all(verdicts(nd) == want for nd in nodes):
                 await trio.sleep(0.2)
         text, s = await run_consensus(nodes[2], request(k=3))  # an uncalibrated node may still coordinate
-        res = nodes[2].service("consensus").rounds[-1]
+        res = nodes[2].consensus.rounds[-1]
         assert len(s.scores) == 3 and res["coordinator"] == nodes[2].peer_id
         await wait_round_everywhere(nodes, s.round_id)
         from swarmlm.consensus.audit import verify_record
@@ -156,7 +156,8 @@ def test_the_largest_round_record_fits_a_swarm_state_record():
     from swarmlm.consensus.round import Finished
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.swarm_state import make_record
-    from swarmlm.node.consensus_service import MAX_K, max_judges
+    from swarmlm.node.server.consensus import max_judges
+    from swarmlm.node.wire import MAX_K
 
     class Prefer:
         def judge(self, prompt, a, b):
@@ -187,7 +188,7 @@ def test_verdict_records_become_reputation_verdicts():
     import time
 
     from swarmlm.consensus.reputation import Verdict, compute_reputation
-    from swarmlm.node.verify import verdicts_from_state
+    from swarmlm.node.verification import verdicts_from_state
 
     class Rec:
         def __init__(self, key, author, created, body):

@@ -40,7 +40,7 @@ async def test_sdk_and_cli_run_consensus_rounds_through_a_coordinator(tmp_path, 
         addr = nodes[0].host.addrs[0]
 
         def via_sdk():
-            from swarmlm.node.sdk import Client
+            from swarmlm.node.client.sdk import Client
 
             with Client([addr]) as c:
                 text = c.chat([{"role": "user", "content": "hi"}], model=MODEL, mode="consensus", k=3,
@@ -51,7 +51,7 @@ async def test_sdk_and_cli_run_consensus_rounds_through_a_coordinator(tmp_path, 
         assert s.round_id and len(s.scores) == 3 and text == [r for r in s.scores if r["winner"]][0]["answer"]
 
         def via_cli():
-            from swarmlm.node.cli import main
+            from swarmlm.node.front.cli import main
 
             return main(["ask", "hi", "--bootstrap", addr, "--model", MODEL, "--mode", "consensus", "--k", "2",
                          "--max-tokens", "6", "--json"])

@@ -1,4 +1,4 @@
-"""The model side of network rounds (``node/consensus_backend.py``) on ``builtin:tiny``: task texts,
+"""The model side of network rounds (``node/server/consensus_backend.py``) on ``builtin:tiny``: task texts,
 sampling profiles, log-likelihood scores, judges and calibration answers."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 
 from swarmlm.consensus.calibration import generate_puzzles
 from swarmlm.consensus.records import ConsensusError
-from swarmlm.node.consensus_backend import ModelBackend, Profile, default_profile, parse_task, task_text
+from swarmlm.node.server.consensus_backend import ModelBackend, Profile, default_profile
+from swarmlm.node.wire import WireError, parse_task, task_text
 
 MODEL = "builtin:tiny"
 
@@ -33,9 +34,9 @@ def test_task_text_is_canonical_and_checked():
     assert parse_task(task_text(MODEL, "plain", None, 4, []))["prompt"] == "plain"
     for bad in ("nope", '{"v": 1}', a.replace('"max_new_tokens":8', '"max_new_tokens":0'),
                 a.replace('"stop":["\\n"]', '"stop":[""]')):
-        with pytest.raises(ConsensusError):
+        with pytest.raises(WireError):
             parse_task(bad)
-    with pytest.raises(ConsensusError):
+    with pytest.raises(WireError):
         task_text(MODEL, None, None, 8, [])
 
 

@@ -12,7 +12,7 @@ from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
-from swarmlm.node.ee_client import wrap_ee
+from swarmlm.node.client.encrypted import EncryptedGenerator
 from swarmlm.node.generation import GenerationRequest, UnknownModel
 
 from helpers import running_nodes, swarm_client
@@ -29,10 +29,10 @@ async def test_ee_variant_over_three_shards_matches_plaintext(tmp_path):
     want = generate(load_chain(MODEL, 1), tok.encode_chat(msgs), params, tok)
     specs = [["--model", str(res.out_dir), "--layers", r] for r in ("0:2", "2:4", "4:6")]
     async with running_nodes(tmp_path, specs) as nodes:
-        served = {n.service("shard").model_id for n in nodes}
+        served = {n.shard.model_id for n in nodes}
         assert served == {f"ee:{res.variant_id}"}  # the swarm knows the variant id, not the base model
         async with swarm_client(nodes[0]) as client:
-            ee = wrap_ee(client, key)
+            ee = EncryptedGenerator(client, key)
             async with ee.generate(GenerationRequest(model=MODEL, messages=msgs, params=params)) as gen:
                 text = "".join([c.text async for c in gen])
             plain_ids = [int(i) for i in ee._codecs[MODEL][0].decrypt_ids(gen.token_ids)]
@@ -42,5 +42,5 @@ async def test_ee_variant_over_three_shards_matches_plaintext(tmp_path):
 
             other = EEKey.generate().save(tmp_path / "other.key")
             with pytest.raises(UnknownModel, match="ee:"):
-                async with wrap_ee(client, other).generate(GenerationRequest(model=MODEL, messages=msgs)):
+                async with EncryptedGenerator(client, other).generate(GenerationRequest(model=MODEL, messages=msgs)):
                     pass

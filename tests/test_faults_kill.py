@@ -34,7 +34,8 @@ async def open_testnet_client(addr: str, n_peers: int):
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.host import HostConfig, SwarmHost
     from swarmlm.net.state_service import StateService
-    from swarmlm.node.client import ClientOptions, SwarmClient
+    from swarmlm.node.client.options import ClientOptions
+    from swarmlm.node.client.pipeline import PipelineGenerator
 
     host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[addr],
                                                      discovery_interval_s=1.0))
@@ -45,7 +46,7 @@ async def open_testnet_client(addr: str, n_peers: int):
             while len(state.state.peers(time.time())) < n_peers:
                 await trio.sleep(0.1)
         try:
-            yield SwarmClient(host, state, ClientOptions(step_timeout_s=10.0, max_failovers=3))
+            yield PipelineGenerator(host, state, ClientOptions(step_timeout_s=10.0, max_failovers=3))
         finally:
             nursery.cancel_scope.cancel()
 

@@ -11,7 +11,7 @@ import sys
 
 
 def test_bench_load_sheds_with_busy_errors():
-    proc = subprocess.run([sys.executable, "-m", "swarmlm.node.cli", "bench", "load", "--json", "--clients", "1,6",
+    proc = subprocess.run([sys.executable, "-m", "swarmlm.node.front.cli", "bench", "load", "--json", "--clients", "1,6",
                            "--tokens", "4", "--max-sessions", "2", "--busy-retries", "0"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, SWARMLM_LOG_QUIET="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -226,9 +226,9 @@ async def test_fuzz_every_protocol_and_the_http_api(tmp_path):
                 after = [t async for c in gen for t in c.token_ids]
             assert after == before
             with trio.move_on_after(30):
-                while node.service("shard").sessions or server._calls_total > calls0:
+                while node.shard.sessions or server._calls_total > calls0:
                     await trio.sleep(0.1)
-            left = (len(node.service("shard").sessions), server._calls_total, dict(server._calls_per_peer),
+            left = (len(node.shard.sessions), server._calls_total, dict(server._calls_per_peer),
                     dict(server._streams_per_peer))
             assert not left[0] and left[1] <= calls0, f"left behind: sessions, calls, calls per peer, streams per peer {left}"
     print(f"\nfuzz: {sent} RPC inputs over {len(protos)} protocols ({', '.join(protos)}), {http_sent} HTTP inputs "

@@ -13,8 +13,8 @@ from swarmlm.crypto.identity import Identity
 from swarmlm.net.peers import PeerTable
 from swarmlm.net.state_sync import StateSync
 from swarmlm.net.swarm_state import ModelInfo
-from swarmlm.node.health import HealthTracker, swarm_snapshot
-from swarmlm.node.health_page import render_fragment, render_page
+from swarmlm.node.front.health import HealthTracker, swarm_snapshot
+from swarmlm.node.front.health_page import render_fragment, render_page
 
 NOW = 1_800_000_000.0
 ME = Identity.from_seed(b"\x07" * 32)
@@ -33,7 +33,7 @@ class FakeHost:
 
 def fake_node(sync: StateSync, connected: set[str] = frozenset(), routes=()) -> SimpleNamespace:
     return SimpleNamespace(peer_id=ME.peer_id, state=SimpleNamespace(state=sync.state), host=FakeHost(set(connected)),
-                           reachability="public", http_addr="127.0.0.1:8080", started_at=0.0,
+                           reachability="public", http_addr="127.0.0.1:8080", started_at=0.0, consensus=None,
                            client=SimpleNamespace(recent_routes=list(routes)))
 
 

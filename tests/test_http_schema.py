@@ -7,7 +7,7 @@ import pytest
 from swarmlm.errors import SwarmError
 from swarmlm.models.sampling import SamplingError
 from swarmlm.node.generation import BusyError, UnknownModel
-from swarmlm.node.http_schema import ApiError, Limits, api_error_from, dumps, parse_chat, parse_completion
+from swarmlm.node.front.http_schema import ApiError, Limits, api_error_from, dumps, parse_chat, parse_completion
 
 
 def test_chat_defaults_roles_and_text_parts():

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from helpers_http import MODEL, FakeGenerator, api_server, in_thread
-from swarmlm.node.http_api import HttpAddress, HttpServeError, create_app, serve_http
+from swarmlm.node.front.http_api import HttpAddress, HttpServeError, create_app, serve_http
 
 
 def get_models(url: str) -> httpx.Response:

@@ -7,7 +7,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import running_nodes
-from swarmlm.node.metrics import NodeMetrics, _path_label
+from swarmlm.node.front.metrics import NodeMetrics, _path_label
 
 MODEL = "builtin:tiny"
 
@@ -42,7 +42,7 @@ async def test_metrics_count_a_request_through_three_nodes(tmp_path):
     # the last hop holds the LM head: it sampled every generated token
     assert value(last, "swarmlm_tokens_generated_total") >= generated >= 1
     assert value(first, "swarmlm_tokens_generated_total") == 0
-    for m, shard in zip(scraped, (n.service("shard") for n in nodes)):
+    for m, shard in zip(scraped, (n.shard for n in nodes)):
         steps = value(m, "swarmlm_steps_served_total")
         assert steps == shard.steps_served >= generated
         assert value(m, "swarmlm_hop_compute_seconds_count") == steps  # one observation per step

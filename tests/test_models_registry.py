@@ -13,7 +13,7 @@ import pytest
 
 from swarmlm.models.errors import UnknownModelError
 from swarmlm.models.registry import list_models, materialize, model_info, resolve
-from swarmlm.node.cli import main as cli_main
+from swarmlm.node.front.cli import main as cli_main
 
 
 def _digest(d: Path) -> dict[str, str]:

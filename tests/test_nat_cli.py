@@ -21,7 +21,7 @@ def test_testnet_up_netns_and_down(tmp_path) -> None:
     from swarmlm.testnet.netns_testnet import netns_down
 
     base = tmp_path / "net"
-    r = subprocess.run([sys.executable, "-m", "swarmlm.node.cli", "testnet", "up", "--netns", "--base-dir", str(base),
+    r = subprocess.run([sys.executable, "-m", "swarmlm.node.front.cli", "testnet", "up", "--netns", "--base-dir", str(base),
                         "--json"], capture_output=True, text=True, timeout=180)
     try:
         assert r.returncode == 0, r.stderr[-3000:]

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from swarmlm.node.placement import (Move, choose_range, layer_throughput, rebalance_candidates,
+from swarmlm.node.server.placement import (Move, choose_range, layer_throughput, rebalance_candidates,
                                     should_rebalance)
-from swarmlm.node.routing import ServerView
+from swarmlm.node.directory import ServerView
 
 M = "builtin:smollm2-135m"
 

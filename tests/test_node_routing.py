@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from swarmlm.errors import SwarmError
 from swarmlm.node.generation import NoRouteError
-from swarmlm.node.routing import (CostModel, Hop, Route, ServerView, coverage_gaps, format_layers, plan_route,
-                                  replan_after_failure, route_is_valid)
+from swarmlm.node.client.routing import CostModel, Hop, Route, plan_route, replan_after_failure, route_is_valid
+from swarmlm.node.directory import ServerView, coverage_gaps, format_layers
 
 M = "builtin:smollm2-135m"
 N = 30

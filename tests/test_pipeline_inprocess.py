@@ -56,7 +56,7 @@ async def test_failover_when_a_middle_server_dies_gives_identical_tokens(tmp_pat
                     got.extend(chunk.token_ids)
                     if len(gen.token_ids) == 5:
                         # kill whichever replica of [2, 4) the route uses
-                        victim = next(n for n in nodes[1:3] if n.service("shard").sessions)
+                        victim = next(n for n in nodes[1:3] if n.shard.sessions)
                         victim.kill()
             assert gen.token_ids == want
             assert gen.summary.failovers >= 1
@@ -83,13 +83,13 @@ async def test_activations_can_travel_as_bf16(tmp_path):
             plain, _ = await run_generation(client, "hello swarm", params)
             client.options.wire_dtype = "bf16"
             seen = []
-            orig = nodes[1].service("shard")._forward
+            orig = nodes[1].shard.forward
 
             def spy(sess, x, pos):
                 seen.append(x.dtype)
                 return orig(sess, x, pos)
 
-            nodes[1].service("shard")._forward = spy
+            nodes[1].shard.forward = spy
             cast, _ = await run_generation(client, "hello swarm", params)
 
             assert seen and all(d == torch.bfloat16 for d in seen)

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from swarmlm.node.routing import coverage_gaps
+from swarmlm.node.directory import coverage_gaps
 from swarmlm.node.directory import servers_for
 
 from helpers import running_nodes
@@ -17,7 +17,7 @@ FAST = ["--heartbeat-s", "0.5", "--state-ttl-s", "3", "--rebalance-s", "0.5"]
 
 
 def ranges(nodes):
-    return [(n.service("shard").shard.start, n.service("shard").shard.end) for n in nodes]
+    return [(n.shard.shard.start, n.shard.shard.end) for n in nodes]
 
 
 async def test_lone_node_serves_the_whole_model(tmp_path):
@@ -33,7 +33,7 @@ async def test_a_gap_is_filled_by_exactly_one_move(tmp_path):
         # the node whose range nobody else serves: its departure leaves a gap
         victim = next(n for n in nodes if placed.count(ranges([n])[0]) == 1)
         survivors = [n for n in nodes if n is not victim]
-        moves_before = sum(n.service("shard").moves for n in survivors)
+        moves_before = sum(n.shard.moves for n in survivors)
         victim.kill()
         viewer = survivors[0]
 
@@ -45,8 +45,8 @@ async def test_a_gap_is_filled_by_exactly_one_move(tmp_path):
                 await trio.sleep(0.2)
                 if not gaps() and victim.peer_id not in {p.peer_id for p in viewer.state.state.peers(time.time())}:
                     break
-        moved = sum(n.service("shard").moves for n in survivors) - moves_before
+        moved = sum(n.shard.moves for n in survivors) - moves_before
         assert moved == 1
         await trio.sleep(4)  # several more rebalance rounds: nobody moves again
-        assert sum(n.service("shard").moves for n in survivors) - moves_before == 1
+        assert sum(n.shard.moves for n in survivors) - moves_before == 1
         assert not gaps()

@@ -18,8 +18,8 @@ from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.models.registry import resolve
 from swarmlm.node.generation import GenerationRequest
-from swarmlm.node.verify import (HopTaps, Tap, check_evidence, evidence, odd_one_out, relative_error, tap_digest,
-                                 tolerance)
+from swarmlm.node.verification import HopTaps, Tap, check_evidence, evidence, odd_one_out, relative_error, tolerance
+from swarmlm.node.wire import tap_digest
 
 from helpers import running_nodes, swarm_client
 
@@ -81,7 +81,7 @@ SPECS = [["--model", MODEL, "--layers", "0:2"], ["--model", MODEL, "--layers", "
 
 def route_through(client, liar, honest):
     """The first plan of each generation goes through ``liar`` (failover re-plans normally)."""
-    from swarmlm.node.routing import plan_route
+    from swarmlm.node.client.routing import plan_route
 
     def plan(model, need, prefer=()):
         return plan_route(client.servers(model), client.n_layers(model), need_cache_tokens=need,

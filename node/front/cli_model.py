@@ -103,6 +103,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     global MODEL_SUBPARSERS
     MODEL_SUBPARSERS = msub
     add_model_commands(msub)
-    from swarmlm.node.cli_key import add_model_encrypt
+    from swarmlm.node.front.cli_key import add_model_encrypt
 
     add_model_encrypt(msub)

@@ -30,6 +30,8 @@ from swarmlm.consensus.calibration import (CalibrationAnswers, CalibrationChalle
 from swarmlm.consensus.records import ConsensusError, open_as
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
 from swarmlm.net.rpc_server import CallContext
+from swarmlm.node.dial import ensure_connected
+from swarmlm.node.wire import CONSENSUS_PROTOCOL
 
 log = logging.getLogger("swarmlm.consensus")
 
@@ -42,10 +44,8 @@ class Calibration:
         self.attempts = 0
 
     def register(self, rpc: Any) -> None:
-        from swarmlm.node.consensus_service import PROTOCOL
-
-        rpc.add_unary(PROTOCOL, "calib_challenge", self._challenge)
-        rpc.add_unary(PROTOCOL, "calib_grade", self._grade)
+        rpc.add_unary(CONSENSUS_PROTOCOL, "calib_challenge", self._challenge)
+        rpc.add_unary(CONSENSUS_PROTOCOL, "calib_grade", self._grade)
 
     # -- examiner -----------------------------------------------------------------------------------
     async def _challenge(self, ctx: CallContext, args: Any) -> Any:
@@ -117,11 +117,9 @@ class Calibration:
 
     async def examine_me(self, examiner: str) -> bool:
         """One calibration by ``examiner``; True once a record (passed or failed) came back."""
-        from swarmlm.node.consensus_service import PROTOCOL
-
         svc, node = self.svc, self.svc.node
-        await svc.ensure_connected(examiner)
-        ch = await node.host.rpc.call(examiner, PROTOCOL, "calib_challenge", None, timeout=30)
+        await ensure_connected(node.host, node.state.state, examiner)
+        ch = await node.host.rpc.call(examiner, CONSENSUS_PROTOCOL, "calib_challenge", None, timeout=30)
         challenge = open_as(CalibrationChallenge, bytes(ch))
         if challenge.subject != node.peer_id or challenge.examiner != examiner:
             raise ConsensusError("the examiner sent a challenge for someone else")
@@ -132,7 +130,7 @@ class Calibration:
             be = await svc.backend()
             answers = [await svc.compute(be.choose, p) for p in challenge.puzzles()]
         sheet = answer_challenge(node.identity, bytes(ch), answers)
-        rec = await node.host.rpc.call(examiner, PROTOCOL, "calib_grade", {"answers": sheet.encode()}, timeout=60)
+        rec = await node.host.rpc.call(examiner, CONSENSUS_PROTOCOL, "calib_grade", {"answers": sheet.encode()}, timeout=60)
         cal = verify_calibration(bytes(rec))
         log.info("calibration by %s: %d/%d, %s", examiner[-6:], cal.correct, challenge.count,
                  "passed" if cal.passed else "failed")

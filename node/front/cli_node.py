@@ -123,7 +123,7 @@ def cmd_peers(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from swarmlm.node.status import status_command
+    from swarmlm.node.front.status import status_command
 
     return status_command(ns)
 

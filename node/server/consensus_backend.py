@@ -1,12 +1,9 @@
 """The model work of a consensus participant: the round's task text, answering, judging, calibration.
 
 Everything here is blocking torch work over a node's whole-model ``Shard`` (embedding and LM head);
-``node/consensus_service.py`` runs it in ``trio.to_thread.run_sync`` behind the shard's compute
+``node/server/consensus.py`` runs it in ``trio.to_thread.run_sync`` behind the shard's compute
 limiter, so stream readers keep reading.
 
-* ``task_text`` / ``parse_task``: the text a round is about. The spec signs its hash, so the model,
-  the prompt (or chat messages) and the length limits every candidate obeys are fixed by the
-  coordinator's signature. It is canonical JSON.
 * ``ModelBackend.answer``: a candidate answer with this node's own sampling profile.
 * ``ModelBackend.loglik``: the log-likelihood of an answer given the task (per token by default;
   ``"sum"`` favours the shortest answer, so the mean is what ``LogLikelihoodJudge`` expects).
@@ -20,47 +17,13 @@ limiter, so stream readers keep reading.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from swarmlm.consensus.records import ConsensusError
+from swarmlm.node.wire import MAX_TASK_TOKENS
 
-TASK_VERSION = 1
-MAX_TASK_TOKENS = 8192
-MAX_NEW_TOKENS = 1024
 PROFILE_TEMPERATURES = (0.0, 0.4, 0.7, 1.0)
-
-
-def task_text(model: str, prompt: str | None, messages: list[dict[str, str]] | None, max_new_tokens: int,
-              stop: list[str]) -> str:
-    """The canonical text of a round's task (its SHA-256 goes into the signed spec)."""
-    body: dict[str, Any] = {"v": TASK_VERSION, "model": model, "max_new_tokens": int(max_new_tokens),
-                            "stop": list(stop)}
-    if messages is not None:
-        body["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    elif prompt is not None:
-        body["prompt"] = prompt
-    else:
-        raise ConsensusError("a consensus task needs a prompt or messages")
-    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def parse_task(text: str) -> dict[str, Any]:
-    """Check and parse a task text; raises ConsensusError."""
-    try:
-        t = json.loads(text)
-    except ValueError:
-        raise ConsensusError("the round's task is not JSON") from None
-    ok = (isinstance(t, dict) and t.get("v") == TASK_VERSION and isinstance(t.get("model"), str)
-          and isinstance(t.get("max_new_tokens"), int) and 0 < t["max_new_tokens"] <= MAX_NEW_TOKENS
-          and isinstance(t.get("stop"), list) and all(isinstance(s, str) and s for s in t["stop"])
-          and (isinstance(t.get("prompt"), str) or (isinstance(t.get("messages"), list) and all(
-              isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-              for m in t["messages"]))))
-    if not ok:
-        raise ConsensusError("the round's task is malformed")
-    return t
 
 
 @dataclass(frozen=True)

@@ -31,28 +31,12 @@ import statistics
 from dataclasses import dataclass
 from typing import Collection, Iterable, Sequence
 
+from swarmlm.node.directory import ServerView, coverage_gaps, format_layers, measured
 from swarmlm.node.generation import NoRouteError
 
 MODES = ("latency", "throughput")
 
-__all__ = ["MODES", "CostModel", "Hop", "NoRouteError", "Route", "ServerView", "coverage_gaps", "format_layers",
-           "plan_route", "replan_after_failure", "route_is_valid"]
-
-
-@dataclass
-class ServerView:
-    """What the client knows about one server of one model (from the swarm state and its own pings)."""
-
-    peer_id: str
-    model: str
-    start: int
-    end: int
-    ms_per_layer: float  # measured compute per layer per token; <= 0 or NaN means "not measured yet"
-    free_cache_tokens: int
-    load: float = 0.0  # 0..1 utilisation, or a count of active sessions
-    rtt_ms: float | None = None  # the client's measured round trip to it; None if unknown
-    alive: bool = True
-    relayed: bool = False  # reachable only through a relay
+__all__ = ["MODES", "CostModel", "Hop", "Route", "plan_route", "replan_after_failure", "route_is_valid"]
 
 
 @dataclass(frozen=True)
@@ -92,35 +76,6 @@ class CostModel:
 
 
 DEFAULT_COST = CostModel()
-
-
-def format_layers(layers: Iterable[int]) -> str:
-    """Layers as inclusive ranges: ``[10, 11, 12, 13, 14, 20] -> "10-14, 20"``."""
-    parts: list[str] = []
-    run: list[int] = []
-    for layer in sorted(set(layers)):
-        if run and layer == run[-1] + 1:
-            run.append(layer)
-            continue
-        if run:
-            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [layer]
-    if run:
-        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ", ".join(parts)
-
-
-def coverage_gaps(servers: Iterable[ServerView], n_layers: int) -> list[int]:
-    """The layers of ``[0, n_layers)`` that no server in ``servers`` hosts (liveness is not checked)."""
-    covered = [False] * n_layers
-    for s in servers:
-        for layer in range(max(s.start, 0), min(s.end, n_layers)):
-            covered[layer] = True
-    return [layer for layer, c in enumerate(covered) if not c]
-
-
-def _measured(ms: float) -> bool:
-    return isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0
 
 
 def _skip_reason(s: ServerView, n_layers: int, need_cache_tokens: int, banned: Collection[str],
@@ -190,7 +145,7 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
         model_name = model if model is not None else (names.pop() if len(names) == 1 else "the model")
         raise NoRouteError(_no_route_message(servers, uncovered, n_layers, model_name, reasons, need_cache_tokens))
 
-    known = [s.ms_per_layer for s in eligible if _measured(s.ms_per_layer)]
+    known = [s.ms_per_layer for s in eligible if measured(s.ms_per_layer)]
     fallback_ms = statistics.median(known) if known else cost.default_ms_per_layer
     throughput = mode == "throughput"
     jitter: dict[int, float] = {}
@@ -201,7 +156,7 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
     # each server's edge costs are linear in the number of layers: plan = p0 + p1 * k, real = r0 + r1 * k
     lines: list[tuple[float, float, float, float]] = []
     for idx, s in enumerate(eligible):
-        ms = s.ms_per_layer if _measured(s.ms_per_layer) else fallback_ms
+        ms = s.ms_per_layer if measured(s.ms_per_layer) else fallback_ms
         rtt = s.rtt_ms if s.rtt_ms is not None and math.isfinite(s.rtt_ms) and s.rtt_ms >= 0 else cost.default_rtt_ms
         overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
         load = s.load if math.isfinite(s.load) and s.load > 0 else 0.0

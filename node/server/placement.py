@@ -18,7 +18,7 @@
   after ``patience`` checks per rank ahead of it (``waited_rounds``), so a first candidate that never
   moves (stuck, or with a stale view) cannot block the rest forever.
 
-The servers passed in are one model's ``ServerView``s (from ``swarmlm.node.routing``); nothing here
+The servers passed in are one model's ``ServerView``s (from ``swarmlm.node.directory``); nothing here
 does I/O. A server whose ``ms_per_layer`` is not measured yet counts with the median of the others.
 """
 
@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from swarmlm.node.routing import ServerView, _measured
+from swarmlm.node.directory import ServerView, measured
 
 DEFAULT_HYSTERESIS = 1.5
 DEFAULT_PATIENCE = 3
@@ -46,9 +46,9 @@ Range = tuple[int, int]
 def _fill_ms(servers: Sequence[ServerView]) -> list[ServerView]:
     """Live servers with an ``ms_per_layer`` to count with (unmeasured ones get the median)."""
     live = [s for s in servers if s.alive]
-    known = [s.ms_per_layer for s in live if _measured(s.ms_per_layer)]
+    known = [s.ms_per_layer for s in live if measured(s.ms_per_layer)]
     fallback = statistics.median(known) if known else _FALLBACK_MS
-    return [s if _measured(s.ms_per_layer) else replace(s, ms_per_layer=fallback) for s in live]
+    return [s if measured(s.ms_per_layer) else replace(s, ms_per_layer=fallback) for s in live]
 
 
 def layer_throughput(n_layers: int, servers: Sequence[ServerView]) -> list[float]:
@@ -231,7 +231,7 @@ def should_rebalance(n_layers: int, servers: Sequence[ServerView], my_peer_id: s
     if hysteresis < 1.0:
         raise ValueError(f"hysteresis must be >= 1, got {hysteresis}")
     entry = next((s for s in servers if s.peer_id == my_peer_id), None)
-    ms = my_ms_per_layer if my_ms_per_layer is not None and _measured(my_ms_per_layer) else (
+    ms = my_ms_per_layer if my_ms_per_layer is not None and measured(my_ms_per_layer) else (
         entry.ms_per_layer if entry is not None else float("nan"))
     model = entry.model if entry is not None else (servers[0].model if servers else "")
     me = ServerView(my_peer_id, model, my_range[0], my_range[1], ms, 0, alive=True)

@@ -15,10 +15,10 @@ from swarmlm.errors import SwarmError, UsageError
 
 # Each module registers one or more top-level commands.
 COMMAND_MODULES = [
-    "swarmlm.node.cli_node",  # id, node run, peers, status
-    "swarmlm.node.cli_model",  # model list/convert/info/encrypt
-    "swarmlm.node.cli_key",  # key gen/info
-    "swarmlm.node.cli_ask",  # ask
+    "swarmlm.node.front.cli_node",  # id, node run, peers, status
+    "swarmlm.node.front.cli_model",  # model list/convert/info/encrypt
+    "swarmlm.node.front.cli_key",  # key gen/info
+    "swarmlm.node.front.cli_ask",  # ask
     "swarmlm.testnet.cli",  # testnet up/down
 ]
 
@@ -36,7 +36,7 @@ BENCHES = {
 }
 
 
-CliError = UsageError  # kept in swarmlm.errors so `python -m swarmlm.node.cli` sees the same class
+CliError = UsageError  # kept in swarmlm.errors so `python -m swarmlm.node.front.cli` sees the same class
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""``swarmlm.Client``: the Python SDK, for plain (non-async) code.
+"""``swarmlm.Client``: the Python SDK, for plain (non-async) code (``swarmlm.AsyncClient`` is the async one).
 
     from swarmlm import Client
     with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3..."]) as c:
@@ -7,8 +7,8 @@
         print(c.last_summary.route)
 
 The client is a light libp2p peer: it joins through the bootstrap addresses, reads the replicated
-swarm state (it publishes nothing) and runs generations through the swarm with ``SwarmClient``,
-on a trio event loop in a background thread. Errors are ``SwarmError`` subclasses with a clear
+swarm state (it publishes nothing) and runs generations through the swarm with an ``AsyncClient``
+(``node/client/engine.py``) on a trio event loop in a background thread. Errors are ``SwarmError`` subclasses with a clear
 message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...).
 """
 
@@ -21,8 +21,13 @@ from typing import Any, Iterator
 
 import trio
 
+from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
 from swarmlm.models.sampling import SamplingParams
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.state_service import StateService
+from swarmlm.node.client.engine import AsyncClient
+from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.generation import GenerationRequest, GenerationSummary, ModelCard
 
 _DONE = object()
@@ -67,28 +72,17 @@ class Client:
             self._ready.set()
 
     async def _main(self) -> None:
-        from swarmlm.crypto.identity import Identity
-        from swarmlm.net.host import HostConfig, SwarmHost
-        from swarmlm.net.state_service import StateService
-        from swarmlm.node.client import ClientOptions, SwarmClient
-
         host = SwarmHost(Identity.generate(), HostConfig(listen=[self.listen], bootstrap=self.bootstrap))
         state = StateService(host, None, publish=False)
         self._stop = trio.Event()
         async with host.running():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
-                pipeline: Any = SwarmClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
-                                                                       check_fraction=self.check_fraction,
-                                                                       route_mode=self.route_mode))
-                if self.ee_key:
-                    from swarmlm.node.ee_client import wrap_ee
-
-                    pipeline = wrap_ee(pipeline, self.ee_key)
-                from swarmlm.node.generator import ConsensusClient, Generator
-
                 # mode="consensus": a round run by a node hosting the whole model (RPC ``ask``)
-                self._engine = Generator(pipeline, ConsensusClient(host, state))
+                self._engine = AsyncClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
+                                                                      check_fraction=self.check_fraction,
+                                                                      route_mode=self.route_mode),
+                                           ee_key=self.ee_key)
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()

@@ -9,7 +9,7 @@
   reports the bound ``HttpAddress(host, port)`` via ``task_status`` (real port when 0 was asked).
   Cancelling the surrounding scope stops it; ``shutdown_trigger`` returning stops it gracefully.
 
-Request parsing and response shapes live in ``swarmlm.node.http_schema``; see docs/HTTP_API.md.
+Request parsing and response shapes live in ``swarmlm.node.front.http_schema``; see docs/HTTP_API.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from swarmlm.errors import SwarmError
 from swarmlm.node.generation import Generator, GenerationSummary, ModelCard
-from swarmlm.node.http_schema import (
+from swarmlm.node.front.http_schema import (
     ApiError, Limits, ParsedRequest, api_error_from, chunk_body, completion_body, dumps, new_id, now,
     parse_chat, parse_completion, swarm_extension, usage_dict,
 )

@@ -5,19 +5,19 @@
 flow server to server and only the hop holding the LM head answers (a token, or logits). If a
 server reports that it could not reach the next one, the client relays that link itself.
 
-Failure handling lives in ``run_with_failover``: any hop error, stream loss or step timeout
-raises ``HopFailed(peer)``; the caller bans that peer for a while, plans a new route (keeping the
-healthy hops), opens a new session and replays the history exactly as it was first computed
-(the prompt as one prefill, then each generated token as one decode step), so greedy output —
-and seeded sampling, whose seed is derived per position — is identical to an undisturbed run.
+Any hop error, stream loss or step timeout raises ``HopFailed(peer)``; the generation
+(``node/client/pipeline.py``, policy in ``node/client/failover.py``) bans that peer for a while,
+plans a new route (keeping the healthy hops), opens a new session and replays the history exactly
+as it was first computed (the prompt as one prefill, then each generated token as one decode step),
+so greedy output — and seeded sampling, whose seed is derived per position — is identical to an
+undisturbed run. Message shapes are in ``swarmlm.node.wire``.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -26,8 +26,8 @@ import trio
 from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
-from swarmlm.node.shard_service import SHARD_PROTOCOL
-from swarmlm.node.verify import HopTaps, Tap, tap_digest
+from swarmlm.node.verification import HopTaps, Tap
+from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, tap_digest
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -115,13 +115,12 @@ class PipelineSession:
     async def _open_hop(self, i: int) -> None:
         hop = self.hops[i]
         last = i == len(self.hops) - 1
-        args = {"session_id": self.session_ids[i], "model": self.model, "start": hop.start, "end": hop.end,
-                "max_length": self.max_length,
-                "prev": self.hops[i - 1].peer_id if i else None,
-                "next": None if last else self.hops[i + 1].peer_id,
-                "next_session": None if last else self.session_ids[i + 1],
-                "sampling": self.sampling if last else None, "logits": self.want_logits and last, "tap": self.tap,
-                "wire": self.wire}
+        args = SessionOpen(self.session_ids[i], self.model, hop.start, hop.end, self.max_length,
+                           prev=self.hops[i - 1].peer_id if i else None,
+                           next=None if last else self.hops[i + 1].peer_id,
+                           next_session=None if last else self.session_ids[i + 1],
+                           sampling=self.sampling if last else None, logits=self.want_logits and last,
+                           tap=self.tap, wire=self.wire).to_args()
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)
@@ -170,7 +169,7 @@ class PipelineSession:
         step = self._step
         self._step += 1
         try:
-            await self._calls[0].send({"step": step, "pos": pos, "x": x, "want": want})
+            await self._calls[0].send(StepItem(step, pos, x, want).to_msg())
             self._sent_steps += 1
         except (RpcError, StreamClosedError) as exc:
             raise HopFailed(self.hops[0].peer_id, str(exc)) from None
@@ -202,9 +201,8 @@ class PipelineSession:
                         log.info("relaying %s -> %s through the client", self.hops[i].peer_id[-8:],
                                  self.hops[i + 1].peer_id[-8:])
                     try:
-                        await self._calls[i + 1].send({"step": step, "pos": msg["pos"], "x": msg["x"],
-                                                       "want": msg.get("want", True),
-                                                       "timings": msg.get("timings", [])})
+                        await self._calls[i + 1].send(StepItem(step, msg["pos"], msg["x"], msg.get("want", True),
+                                                               msg.get("timings", [])).to_msg())
                     except (RpcError, StreamClosedError) as exc:
                         raise HopFailed(self.hops[i + 1].peer_id, str(exc)) from None
                     continue
@@ -267,19 +265,3 @@ def single_leaf(group: BaseExceptionGroup) -> BaseException | None:
     while len(excs) == 1 and isinstance(excs[0], BaseExceptionGroup):
         excs = list(excs[0].exceptions)
     return excs[0] if len(excs) == 1 else None
-
-
-@dataclass
-class Bans:
-    """Peers the client avoids for a while after they failed."""
-
-    duration_s: float = 60.0
-    until: dict[str, float] = field(default_factory=dict)
-
-    def ban(self, peer: str, now: float | None = None, duration_s: float | None = None) -> None:
-        t = (time.monotonic() if now is None else now) + (self.duration_s if duration_s is None else duration_s)
-        self.until[peer] = max(self.until.get(peer, 0.0), t)
-
-    def active(self, now: float | None = None) -> frozenset[str]:
-        now = time.monotonic() if now is None else now
-        return frozenset(p for p, t in self.until.items() if t > now)

@@ -4,7 +4,8 @@ Counted where they happen:
 
 - ``swarmlm_http_requests_total{path,method,code}``  every HTTP request (ASGI wrapper, ``instrument``);
 - ``swarmlm_tokens_generated_total``                 tokens sampled by this node (it holds the LM head);
-- ``swarmlm_hop_compute_seconds``                    compute time of each step this node serves (histogram);
+- ``swarmlm_hop_compute_seconds``                    compute time of each step this node serves (histogram;
+                                                     ``on_step`` listens to the shard service's steps);
 - ``swarmlm_route_hop_seconds``                      per-hop step time of the routes this node's client used.
 
 Read from the node at scrape time (a custom collector, so nothing else has to change): RPC calls,
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
+import trio
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -65,21 +68,6 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
-def node_metrics(node: Any) -> NodeMetrics:
-    """The node's metrics (created on first use)."""
-    m = getattr(node, "metrics", None)
-    if m is None:
-        m = node.metrics = NodeMetrics(node)
-    return m
-
-
-def observe_step(node: Any, view: Any, seconds: float, answered: bool) -> None:
-    """Called by the shard service after each computed step; a no-op when nobody exposes metrics."""
-    m = getattr(node, "metrics", None)
-    if m is not None:
-        m.on_step(seconds, answered and bool(getattr(view, "has_head", False)))
-
-
 def _path_label(path: str) -> str:
     for p in KNOWN_PATHS:
         if path == p or (p != "/" and path.startswith(p + "/")):
@@ -87,9 +75,8 @@ def _path_label(path: str) -> str:
     return "other"
 
 
-def instrument(app: Any, node: Any) -> Any:
+def instrument(app: Any, metrics: NodeMetrics) -> Any:
     """Wrap an ASGI app so every HTTP request is counted in the node's metrics."""
-    metrics = node_metrics(node)
 
     async def wrapped(scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
@@ -147,7 +134,7 @@ class _NodeCollector:
             for reason, n in sorted(dict(getattr(st.sync, "rejected", {}) or {}).items()):
                 rej.add_metric([str(reason)], n)
             yield rej
-        shard = node.service("shard")
+        shard = node.shard
         sessions = len(shard.sessions) if shard is not None else 0
         yield GaugeMetricFamily("swarmlm_sessions_open", "Inference sessions open on this node", value=sessions)
         cache = getattr(shard, "cache", None)
@@ -186,8 +173,6 @@ class _NodeCollector:
         started = getattr(node, "started_at", 0.0)
         if started:
             try:
-                import trio
-
                 yield GaugeMetricFamily("swarmlm_uptime_seconds", "Seconds since this node started",
                                         value=trio.current_time() - started)
             except RuntimeError:

@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds the ``key`` group (``key gen``, ``key info``). ``add_model_encrypt(msub)``
 adds ``model encrypt SPEC --key KEYFILE --out DIR [--mode rotate|permute]`` to the ``model`` group's
-subparsers (call it from ``swarmlm.node.cli_model.register``). Handlers import torch lazily.
+subparsers (call it from ``swarmlm.node.front.cli_model.register``). Handlers import torch lazily.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def _messages(ns: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
-    from swarmlm.node.sdk import Client
+    from swarmlm.node.client.sdk import Client
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout, wire_dtype=ns.wire_dtype,
                 check_fraction=ns.check_fraction, route_mode=ns.route_mode) as client:

@@ -1,10 +1,9 @@
-"""The front ends' ``Generator``: ``mode="pipeline"`` goes to the ``SwarmClient``, ``mode="consensus"``
-to a consensus coordinator (this node's own ``ConsensusService`` when it has one, else a node of
-the swarm hosting the whole model, over ``/swarmlm/consensus/1`` ``ask``).
+"""Consensus generations: the ``Generator`` for ``mode="consensus"``.
 
-``Generator(pipeline, consensus)`` is what ``node.generator`` (HTTP API), the SDK and `swarmlm ask`
-use. A consensus generation yields the winning answer as one chunk; its summary carries
-``round_id`` and ``scores`` (one row per candidate: node, sampling, strength, winner, answer).
+A round is run by a coordinator: this node's own ``ConsensusService`` when it has one (``local``),
+else a node of the swarm hosting the whole model, over ``/swarmlm/consensus/1`` ``ask``. A consensus
+generation yields the winning answer as one chunk; its summary carries ``round_id`` and ``scores``
+(one row per candidate: node, sampling, strength, winner, answer).
 """
 
 from __future__ import annotations
@@ -14,10 +13,15 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from swarmlm.consensus.records import ConsensusError, ConsensusUnavailable
+from swarmlm.net.rpc import BAD_REQUEST, RpcError
+from swarmlm.node.dial import ensure_connected
+from swarmlm.node.directory import eligible_hosts
 from swarmlm.node.generation import (BadRequest, GenerationChunk, GenerationError, GenerationRequest,
-                                     GenerationSummary, NoRouteError, UnknownModel)
+                                     GenerationSummary, ModelCard, NoRouteError, UnknownModel)
+from swarmlm.node.wire import CONSENSUS_PROTOCOL, MAX_K, WireError, task_text
 
-log = logging.getLogger("swarmlm.generator")
+log = logging.getLogger("swarmlm.consensus")
 
 ASK_TIMEOUT_S = 590.0
 
@@ -44,7 +48,7 @@ class ConsensusGeneration:
         return GenerationChunk(self.summary.text)
 
 
-class ConsensusClient:
+class ConsensusGenerator:
     """Runs consensus rounds: on ``local`` (a ConsensusService) or through a coordinator peer."""
 
     def __init__(self, host: Any, state: Any, local: Any = None) -> None:
@@ -52,17 +56,16 @@ class ConsensusClient:
         self.state_service = state
         self.local = local
 
-    def coordinators(self, model: str) -> list[str]:
-        from swarmlm.node.consensus_service import eligible_hosts
+    async def list_models(self) -> list[ModelCard]:
+        """The models a round can run on: those some node hosts whole."""
+        now, st = time.time(), self.state_service.state
+        return [ModelCard(m, info.layers, 1.0, len(eligible_hosts(st, m, now)))
+                for m, info in sorted(st.models(now).items()) if eligible_hosts(st, m, now)]
 
+    def coordinators(self, model: str) -> list[str]:
         return eligible_hosts(self.state_service.state, model, time.time())
 
     async def ask(self, request: GenerationRequest) -> dict[str, Any]:
-        from swarmlm.consensus.records import ConsensusError
-        from swarmlm.node.consensus_backend import task_text
-        from swarmlm.node.consensus_service import MAX_K, PROTOCOL, ConsensusUnavailable
-        from swarmlm.net.rpc import BAD_REQUEST, RpcError
-
         p = request.params
         p.validate()
         if request.consensus_k < 2:
@@ -85,8 +88,8 @@ class ConsensusClient:
             last: Exception | None = None
             for peer in peers[:3]:
                 try:
-                    await _ensure_connected(self.host, self.state_service.state, peer)
-                    return await self.host.rpc.call(peer, PROTOCOL, "ask", args, timeout=ASK_TIMEOUT_S)
+                    await ensure_connected(self.host, self.state_service.state, peer)
+                    return await self.host.rpc.call(peer, CONSENSUS_PROTOCOL, "ask", args, timeout=ASK_TIMEOUT_S)
                 except RpcError as exc:
                     if exc.code == BAD_REQUEST:
                         raise
@@ -96,75 +99,10 @@ class ConsensusClient:
             raise NoRouteError(str(exc)) from None
         except RpcError as exc:
             raise (BadRequest if exc.code == BAD_REQUEST else GenerationError)(exc.message) from None
-        except ConsensusError as exc:
+        except (ConsensusError, WireError) as exc:
             raise BadRequest(str(exc)) from None
 
     @asynccontextmanager
     async def generate(self, request: GenerationRequest) -> AsyncIterator[ConsensusGeneration]:
         result = await self.ask(request)
         yield ConsensusGeneration(request.model, result)
-
-
-async def _ensure_connected(host: Any, state: Any, peer: str) -> None:
-    if peer == host.peer_id or host.is_connected(peer):
-        return
-    entry = state.peer(peer)
-    for addr in (entry.addrs if entry else ()):
-        try:
-            await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
-            return
-        except Exception as exc:
-            log.debug("dial %s via %s failed: %s", peer[-6:], addr, exc)
-
-
-class Generator:
-    """Dispatches on ``request.mode``; everything else (``list_models``, ``plan``...) is the pipeline's."""
-
-    def __init__(self, pipeline: Any, consensus: ConsensusClient) -> None:
-        self.pipeline = pipeline
-        self.consensus = consensus
-
-    async def list_models(self) -> Any:
-        return await self.pipeline.list_models()
-
-    def generate(self, request: GenerationRequest) -> Any:
-        if request.mode == "consensus":
-            return self.consensus.generate(request)
-        if request.mode != "pipeline":
-            raise BadRequest(f"unknown mode {request.mode!r} (pipeline or consensus)")
-        return self.pipeline.generate(request)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipeline, name)
-
-
-class NodeGenerator(Generator):
-    """``node.generator``: the pipeline client is the one the HTTP service creates (made lazily)."""
-
-    def __init__(self, node: Any) -> None:
-        self.node = node
-        self._pipeline: Any = None
-        self.consensus = ConsensusClient(node.host, _StateRef(node), node.service("consensus"))
-
-    @property
-    def pipeline(self) -> Any:  # type: ignore[override]
-        if self._pipeline is None:
-            client = getattr(self.node, "client", None)
-            if client is None:
-                from swarmlm.node.client import SwarmClient
-
-                client = SwarmClient(self.node.host, self.node.state)
-            self._pipeline = client
-        return self._pipeline
-
-
-class _StateRef:
-    """``node.state`` read when used (the generator is built before the services run)."""
-
-    def __init__(self, node: Any) -> None:
-        self.node = node
-
-    @property
-    def state(self) -> Any:
-        return self.node.state.state
-

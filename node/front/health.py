@@ -4,7 +4,7 @@
                             re-fetches ``/api/swarm/fragment`` every 2 s (``static/health.js``);
 - ``GET /api/swarm``        the same data as JSON (``swarm_snapshot``; schema in docs/OPERATIONS.md);
 - ``GET /api/swarm/fragment`` the page body alone (what the script swaps in);
-- ``GET /metrics``          Prometheus text format (``swarmlm.node.metrics``);
+- ``GET /metrics``          Prometheus text format (``swarmlm.node.front.metrics``);
 - ``GET /static/{name}``    the page's CSS and JS, served from ``node/static`` (no CDN, no build step).
 
 Everything is read from this node's view at request time: the swarm state (who hosts which layers,
@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
 from swarmlm import AGENT_VERSION
+from swarmlm.consensus.audit import verify_record
+from swarmlm.consensus.reputation import compute_reputation
+from swarmlm.node.front.health_page import render_fragment, render_page
+from swarmlm.node.front.metrics import CONTENT_TYPE
+from swarmlm.node.verification import verdicts_from_state
 
 log = logging.getLogger("swarmlm.health")
 
@@ -98,9 +108,6 @@ def _verdicts(state: Any) -> dict[str, list[dict[str, Any]]]:
 
 def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Recent consensus rounds (newest first) and the reputation the signed rounds imply."""
-    from swarmlm.consensus.audit import verify_record
-    from swarmlm.consensus.reputation import compute_reputation
-    from swarmlm.node.verify import verdicts_from_state
 
     rounds, shown = [], {}
     for rec in list(reversed(state.records(kind="round")))[:MAX_ROUNDS]:
@@ -177,7 +184,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
     me = node.peer_id
     verdicts = _verdicts(state)
     rounds, reputation = _rounds(state, tracker)
-    consensus = node.service("consensus") if hasattr(node, "service") else None
+    consensus = node.consensus
     if consensus is not None:  # the node's own policy (calibration on or off) and incremental book
         try:
             reputation = dict(consensus.reputation(now).scores())
@@ -201,8 +208,6 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
         if uptime is not None and 0 < now - epoch < 10 * 365 * 86400:
             uptime = now - epoch
         if is_self:
-            import trio
-
             try:
                 uptime = trio.current_time() - node.started_at if node.started_at else uptime
             except RuntimeError:  # not inside trio (tests calling directly)
@@ -225,8 +230,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
                   "free_kv": p["free_kv"], "status": p["status"], "live": p["status"] == "online"}
                  for p in peers for h in p["hosted"] if h["model"] == model.model_id]
         models.append(_coverage(model, hosts))
-    client = getattr(node, "client", None)
-    routes = [dict(r) for r in reversed(getattr(client, "recent_routes", None) or [])][:10]
+    routes = [dict(r) for r in reversed(node.client.recent_routes if node.client is not None else [])][:10]
     return {
         "version": SCHEMA_VERSION, "generated_at": round(now, 3),
         "node": {"peer_id": me, "agent": AGENT_VERSION, "reach": node.reachability, "http": node.http_addr,
@@ -239,17 +243,9 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
 
 # -- routes --------------------------------------------------------------------------------------
 
-def health_routes(node: Any) -> list[Any]:
-    """The routes above for ``node`` (added to the HTTP app by ``HttpService``)."""
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
-
-    from swarmlm.node.health_page import render_fragment, render_page
-    from swarmlm.node.metrics import CONTENT_TYPE, node_metrics
-
+def health_routes(node: Any, metrics: Any) -> list[Any]:
+    """The routes above for ``node`` (added to the HTTP app by ``HttpService``); ``metrics``: its ``NodeMetrics``."""
     tracker = HealthTracker()
-    metrics = node_metrics(node)
     no_cache = {"cache-control": "no-store"}
 
     async def page(request: Request) -> Response:

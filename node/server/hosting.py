@@ -10,9 +10,21 @@ import logging
 import time
 from typing import Any
 
+import msgpack
+import torch
 import trio
 
+from swarmlm.crypto.ee_checkpoint import read_ee_info
+from swarmlm.errors import ConfigError
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.kvcache import KVCacheManager
+from swarmlm.models.registry import resolve, shard_bytes
+from swarmlm.models.shard import load_shard
+from swarmlm.net.swarm_state import ModelInfo
 from swarmlm.node.config import parse_layers
+from swarmlm.node.directory import servers_for
+from swarmlm.node.server.placement import choose_range, rebalance_candidates, should_rebalance
+from swarmlm.node.wire import ee_model_id
 
 log = logging.getLogger("swarmlm.hosting")
 
@@ -24,7 +36,7 @@ REBALANCE_EVERY_S = 30.0
 def memory_cap_layers(bytes_per_layer: int, fixed_bytes: int, cache_bytes: int, share: float = 0.6) -> int:
     """How many layers fit in ``share`` of the memory available now (psutil), beside cache and ends."""
     try:
-        import psutil
+        import psutil  # lazy: optional, not a declared dependency
 
         avail = psutil.virtual_memory().available
     except Exception:
@@ -40,8 +52,6 @@ def config_hash(model_dir: Any) -> str:
 
 def measure_ms_per_layer(shard: Any, repeats: int = 5) -> float:
     """Median decode time of one token through the shard, per layer (ms)."""
-    import torch
-
     sess = shard.new_session(repeats + 2)
     x = torch.zeros((1, 1), dtype=torch.long) if shard.has_embedding else \
         torch.zeros((1, 1, shard.config.hidden_size), dtype=shard.dtype)
@@ -58,14 +68,9 @@ def measure_ms_per_layer(shard: Any, repeats: int = 5) -> float:
 
 
 async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> tuple[int, int]:
-    from swarmlm.node.directory import servers_for
-    from swarmlm.node.placement import choose_range
-
     if svc.layers_spec != "auto":
         start, end = parse_layers(svc.layers_spec)
         if end > n_layers:
-            from swarmlm.errors import ConfigError
-
             raise ConfigError(f"layers: {svc.layers_spec} is beyond the model's {n_layers} layers")
         return start, end
     if node.config.bootstrap:  # let the state sync tell us who hosts what
@@ -81,25 +86,14 @@ async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> 
 
 
 async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
-    from swarmlm.crypto.ee_checkpoint import read_ee_info
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.kvcache import KVCacheManager
-    from swarmlm.models.registry import resolve, shard_bytes
-    from swarmlm.models.shard import load_shard
-    from swarmlm.net.swarm_state import ModelInfo
-
     t0 = time.monotonic()
     if node.config.threads:
-        import torch
-
         torch.set_num_threads(node.config.threads)
     log.info("[1/4] resolving %s", svc.model_id)
     model_dir = await trio.to_thread.run_sync(resolve, svc.model_id)
     cfg = ModelConfig.from_dir(model_dir)
     ee = read_ee_info(model_dir)
     if ee is not None:  # an equivariant-encryption variant is known to the swarm by its variant id only
-        from swarmlm.node.ee_client import ee_model_id
-
         svc.model_id = ee_model_id(str(ee["variant_id"]))
         log.info("serving the encrypted variant %s (ids and activations are keyed)", svc.model_id)
     n = cfg.num_hidden_layers
@@ -126,8 +120,6 @@ def provider_key(model_id: str) -> str:
 
 async def announce(svc: Any, node: Any) -> None:
     """DHT: a provider record for the model and a signed record of the hosted range."""
-    import msgpack
-
     sh = svc.shard
     try:
         with trio.move_on_after(10):
@@ -144,11 +136,6 @@ async def maybe_rebalance(svc: Any, node: Any, waited: int) -> tuple[bool, int]:
 
     Returns (moved, waited rounds). Sessions already open keep computing on the old weights until
     they close; new sessions get the new range."""
-    from swarmlm.models.kvcache import KVCacheManager
-    from swarmlm.models.shard import load_shard
-    from swarmlm.node.directory import servers_for
-    from swarmlm.node.placement import rebalance_candidates, should_rebalance
-
     sh = svc.shard
     n = sh.num_layers_total
     servers = servers_for(node.state.state, svc.model_id, time.time())
@@ -164,9 +151,6 @@ async def maybe_rebalance(svc: Any, node: Any, waited: int) -> tuple[bool, int]:
     model_dir = sh.model_dir
     shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
     ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
-    svc.shard, svc.ms_per_layer = shard, ms
-    svc.cache = KVCacheManager(shard.cache_layout(), svc.max_cache_tokens)
-    svc._views.clear()
-    svc.moves += 1
+    svc.replace_shard(shard, KVCacheManager(shard.cache_layout(), svc.max_cache_tokens), ms)
     node.on_hosting_changed()
     return True, 0

@@ -1,0 +1,163 @@
+"""Pipeline generations through the swarm: the client's view of the servers, routes and tokenizers.
+
+``PipelineGenerator`` is the ``Generator`` for ``mode="pipeline"``: it lists the models the swarm
+serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), avoids
+peers it banned or that a signed verdict convicts, fetches a model's tokenizer files from a server
+when the model is not local, and starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``:
+the token loop, failover and verification) for each request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import trio
+
+from swarmlm.models.registry import BUILTINS, cache_dir, resolve
+from swarmlm.models.tokenizer import Tokenizer
+from swarmlm.node.client.failover import Bans
+from swarmlm.node.client.options import ClientOptions
+from swarmlm.node.client.pipeline_generation import PipelineGeneration
+from swarmlm.node.client.routing import Route, plan_route
+from swarmlm.node.client.session import single_leaf
+from swarmlm.node.dial import ensure_connected
+from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
+from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
+from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, VERDICT_KIND
+
+log = logging.getLogger("swarmlm.client")
+
+MAX_PROMPT_TOKENS = 32768
+
+
+class PipelineGenerator:
+    """Plans routes from the swarm state and runs pipeline generations on a running ``SwarmHost``;
+    ``state`` is its ``StateService`` (read-only use)."""
+
+    def __init__(self, host: Any, state: Any, options: ClientOptions | None = None) -> None:
+        self.host = host
+        self.state_service = state
+        self.options = options or ClientOptions()
+        self.bans = Bans(self.options.ban_s)
+        self.tokenizers: dict[str, Any] = {}
+        self.recent_routes: list[dict[str, Any]] = []
+        self.verify_stats: dict[str, Any] = {}
+        self.rng = random.Random()
+
+    # -- swarm view -------------------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        return self.state_service.state
+
+    async def list_models(self) -> list[ModelCard]:
+        cards = []
+        for model_id, info in sorted(self.state.models(time.time()).items()):
+            servers = self.servers(model_id)
+            if not servers:
+                continue
+            gaps = coverage_gaps(servers, info.layers)
+            cards.append(ModelCard(model_id, info.layers, 1.0 - len(gaps) / max(1, info.layers),
+                                   len({s.peer_id for s in servers})))
+        return cards
+
+    def servers(self, model: str) -> list[ServerView]:
+        bad = self.convicted()
+        return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+
+    def convicted(self) -> set[str]:
+        """Peers a recent signed "fail" verdict record in the swarm state names: routing avoids them."""
+        since = time.time() - self.options.verdict_ban_s
+        return {r.body["subject"] for r in self.state.records(kind=VERDICT_KIND)
+                if isinstance(r.body, dict) and r.body.get("verdict") == "fail" and isinstance(r.body.get("subject"), str)
+                and r.created >= since and r.author != r.body["subject"]}
+
+    def n_layers(self, model: str) -> int:
+        info = self.state.models(time.time()).get(model)
+        if info is None:
+            known = sorted(self.state.models(time.time()))
+            raise UnknownModel(f"no peer serves model {model!r}" + (f"; the swarm serves: {', '.join(known)}"
+                                                                     if known else "; the swarm serves no models yet"))
+        return info.layers
+
+    def plan(self, model: str, need_tokens: int, prefer: tuple[str, ...] = ()) -> Route:
+        return plan_route(self.servers(model), self.n_layers(model), need_cache_tokens=need_tokens,
+                          banned=self.bans.active(), mode=self.options.route_mode, rng=self.rng,
+                          prefer=prefer or self.options.prefer)
+
+    async def ensure_connected(self, peer: str) -> bool:
+        return await ensure_connected(self.host, self.state, peer)
+
+    # -- tokenizer ----------------------------------------------------------------------------------
+    async def tokenizer(self, model: str) -> Any:
+        if model in self.tokenizers:
+            return self.tokenizers[model]
+        model_dir = await self._tokenizer_dir(model)
+        tok = await trio.to_thread.run_sync(Tokenizer.from_dir, model_dir)
+        self.tokenizers[model] = tok
+        return tok
+
+    async def _tokenizer_dir(self, model: str) -> Path:
+        if model in BUILTINS or Path(model).expanduser().is_dir():
+            return await trio.to_thread.run_sync(resolve, model)
+        # a model only the swarm has: fetch its tokenizer files (never weights) from a server
+        d = cache_dir() / "remote-tokenizers" / hashlib.sha256(model.encode()).hexdigest()[:16]
+        if (d / "tokenizer.json").exists():
+            return d
+        for s in self.servers(model):
+            try:
+                await self.ensure_connected(s.peer_id)
+                files = await self.host.rpc.call(s.peer_id, SHARD_PROTOCOL, "files", None, timeout=30)
+            except Exception as exc:  # any failure of this server: ask the next one
+                log.debug("tokenizer from %s: %s", s.peer_id[-8:], exc)
+                continue
+            if not isinstance(files, dict) or "tokenizer.json" not in files:
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                if name in TOKENIZER_FILES and isinstance(data, bytes):
+                    (d / name).write_bytes(data)
+            return d
+        raise NoRouteError(f"no server of {model!r} could send its tokenizer")
+
+    # -- generation ------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[PipelineGeneration]:
+        if request.mode != "pipeline":
+            raise BadRequest(f"mode {request.mode!r} is not served by the pipeline")
+        self.n_layers(request.model)  # unknown model -> clear error before anything else
+        tok = await self.tokenizer(request.model)
+        if request.messages is not None:
+            prompt_ids = tok.encode_chat(request.messages)
+        elif request.prompt is not None:
+            prompt_ids = tok.encode(request.prompt)
+        else:
+            raise BadRequest("give a prompt or messages")
+        if not prompt_ids:
+            raise BadRequest("the prompt is empty")
+        if len(prompt_ids) > MAX_PROMPT_TOKENS:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens; at most {MAX_PROMPT_TOKENS} are allowed")
+        request.params.validate()
+        gen = PipelineGeneration(self, request, prompt_ids, tok)
+        # plan now, so "no route" is an error before the first chunk (HTTP: a status, not a broken stream)
+        gen.route = self.plan(request.model, len(prompt_ids) + max(1, request.params.max_new_tokens))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(gen.produce)
+                try:
+                    yield gen
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            leaf = single_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
+
+    def record_route(self, route: dict[str, Any]) -> None:
+        self.recent_routes = (self.recent_routes + [route])[-20:]

@@ -1,0 +1,202 @@
+"""One pipeline generation: the token loop over a route, with failover and optional verification.
+
+``PipelineGeneration.produce`` runs in the background of ``PipelineGenerator.generate`` and feeds a
+channel the caller iterates (text chunks, then ``summary``). Its parts:
+
+- the loop (``_run``): open a ``PipelineSession`` on the planned route, replay the history so far
+  (nothing on the first attempt), then step token by token until EOS, a stop string or the length;
+- text (``models.textstream.TextStream``): detokenization and stop strings; with verification only
+  the text of verified tokens is released;
+- failures (``node/client/failover.py``): a failed, busy or lying hop ends the session; the policy
+  bans or routes around the peer and the loop replays the history on the new route, so the tokens
+  are identical to an undisturbed run;
+- timings (``RouteTimings``): per-hop compute per decode step for the summary and the health page.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+import torch
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.models.textstream import TextStream
+from swarmlm.node.client.failover import Failover
+from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult
+from swarmlm.node.client.verify import SpotChecker, VerificationFailed
+from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
+
+log = logging.getLogger("swarmlm.client")
+
+
+def _ids(ids: list[int]) -> torch.Tensor:
+    return torch.tensor([ids], dtype=torch.long)
+
+
+class RouteTimings:
+    """Per-hop step times; the prompt's prefill is kept apart from the decode steps."""
+
+    def __init__(self) -> None:
+        self.decode: dict[tuple[str, int, int], list[float]] = {}
+        self.prefill: dict[tuple[str, int, int], list[float]] = {}
+
+    def add(self, timings: list[list[Any]], decoding: bool) -> None:
+        acc = self.decode if decoding else self.prefill
+        for peer, a, b, ms in timings:
+            acc.setdefault((peer, a, b), []).append(ms)
+
+    def summary(self, route: Any) -> list[HopTiming]:
+        """Mean per-hop times of the hops of ``route`` (decode steps, or the prefill when none)."""
+        on_route = {h.peer_id for h in route.hops}
+        return sorted((HopTiming(peer, a, b, sum(v) / len(v)) for (peer, a, b), v in (self.decode or self.prefill).items()
+                       if peer in on_route), key=lambda h: h.start)
+
+
+class PipelineGeneration:
+    """One generation: iterate it for chunks; ``summary`` is complete when iteration ends."""
+
+    def __init__(self, client: Any, request: GenerationRequest, prompt_ids: list[int], tokenizer: Any) -> None:
+        self.client = client  # the PipelineGenerator
+        self.request = request
+        self.prompt_ids = list(prompt_ids)
+        self.tok = tokenizer
+        self.summary = GenerationSummary(model=request.model, prompt_tokens=len(prompt_ids))
+        self.route: Any = None
+        self.text = TextStream(tokenizer, request.params.stop)
+        self.timings = RouteTimings()
+        self.checker: SpotChecker | None = None
+        self.verified_n = 0  # tokens whose text may be shown (all of them without verification)
+        self._send, self._recv = trio.open_memory_channel[Any](1024)
+        self._t_first: float | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.text.tokens
+
+    def __aiter__(self) -> "PipelineGeneration":
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        try:
+            item = await self._recv.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def produce(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with self._send:
+            try:
+                await self._run()
+            except (GenerationError, HopFailed) as exc:
+                await self._send.send(exc if isinstance(exc, GenerationError) else GenerationError(str(exc)))
+            except Exception as exc:
+                if not isinstance(exc, SwarmError):
+                    log.exception("generation failed")
+                await self._send.send(GenerationError(f"{type(exc).__name__}: {exc}"))
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _sampling(self) -> dict[str, Any]:
+        p = self.request.params
+        return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
+                "seed": p.seed if p.seed is not None else secrets.randbits(62)}
+
+    async def _run(self) -> None:
+        c, p = self.client, self.request.params
+        if p.max_new_tokens == 0:
+            self.summary.finish_reason = "length"
+            return
+        max_length = len(self.prompt_ids) + p.max_new_tokens
+        sampling = self._sampling()
+        t_start = time.perf_counter()
+        route = self.route or c.plan(self.request.model, max_length)
+        if c.options.check_fraction > 0:
+            self.checker = SpotChecker(c, self.request.model, c.options.check_fraction, sampling, c.rng,
+                                       c.verify_stats)
+        failover = Failover(c.options, c.bans, c.rng)
+        while True:
+            try:
+                await self._session(route, max_length, sampling)
+                break
+            except (HopFailed, VerificationFailed) as exc:
+                if isinstance(exc, VerificationFailed):  # drop what was not verified; replay from there
+                    keep = min(self.verified_n, len(self.token_ids))
+                    log.warning("verification: %s; keeping %d verified tokens of %d", exc, keep, len(self.token_ids))
+                    self.text.truncate(keep)
+                    self.summary.finish_reason = "length"
+                model = self.request.model
+                route = await failover.next_route(exc, route, c.servers(model), c.n_layers(model), max_length,
+                                                  lambda: c.plan(model, max_length))
+        await self._finish(route, t_start, failover.failovers)
+
+    async def _session(self, route: Any, max_length: int, sampling: dict[str, Any]) -> None:
+        """Generate on ``route`` until the generation ends; raises ``HopFailed`` /
+        ``VerificationFailed`` when a hop fails (the caller fails over and calls again)."""
+        c, checker = self.client, self.checker
+        hops = [HopPlan(h.peer_id, h.start, h.end) for h in route.hops]
+        for h in hops:
+            await c.ensure_connected(h.peer_id)
+        async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, sampling,
+                                   step_timeout_s=c.options.step_timeout_s, tap=checker is not None,
+                                   wire=c.options.wire_dtype) as sess:
+            res = await self._replay(sess)
+            while True:
+                if checker is not None and checker.sample():
+                    await checker.check(sess, sess._step - 1)
+                    self.verified_n = len(self.token_ids) + 1
+                if not await self._take(res):
+                    break
+                pos = len(self.prompt_ids) + len(self.token_ids) - 1
+                res = await sess.step(_ids([self.token_ids[-1]]), pos)
+            if checker is not None and c.options.verify_final and self.verified_n < len(self.token_ids) + 1:
+                await checker.check(sess, sess._step - 1)
+
+    async def _take(self, res: StepResult) -> bool:
+        """Use the head's answer to a step: record timings, stream text; False once the generation ended."""
+        self.timings.add(res.timings, decoding=bool(self.token_ids))
+        tok = int(res.token)
+        if tok in self.tok.eos_token_ids:
+            self.summary.finish_reason = "stop"
+            return False
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+        self.text.push(tok)
+        chunk = self.text.release(self.verified_n if self.checker is not None else None)
+        if chunk:
+            await self._send.send(GenerationChunk(chunk, [tok]))
+        if self.text.stopped:
+            self.summary.finish_reason = "stop"
+            return False
+        if len(self.token_ids) >= self.request.params.max_new_tokens:
+            self.summary.finish_reason = "length"
+            return False
+        return True
+
+    async def _replay(self, sess: PipelineSession) -> StepResult:
+        """Rebuild the caches of a fresh session exactly as first computed; the next token's answer."""
+        n_prompt, gen = len(self.prompt_ids), self.token_ids
+        res = await sess.step(_ids(self.prompt_ids), 0, want=not gen)
+        for i, t in enumerate(gen):
+            res = await sess.step(_ids([t]), n_prompt + i, want=i == len(gen) - 1)
+        return res
+
+    async def _finish(self, route: Any, t_start: float, failovers: int) -> None:
+        rest = self.text.finish()
+        if rest:
+            await self._send.send(GenerationChunk(rest, []))
+        s, now = self.summary, time.perf_counter()
+        s.text = self.text.text
+        s.completion_tokens = len(self.token_ids)
+        s.failovers = failovers
+        s.ttft_ms = ((self._t_first or now) - t_start) * 1000.0
+        decode_s = now - (self._t_first or t_start)
+        s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
+        s.route = self.timings.summary(route)
+        self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
+                                  "tokens_per_s": s.tokens_per_s, "at": time.time()})

@@ -1,0 +1,1 @@
+"""swarmlm.node.server"""

@@ -1,0 +1,178 @@
+"""One inference session on a shard server: its KV cache, its inbox, and the loop that computes it.
+
+A session is opened by a client's ``session`` call (``node/server/shard.py``); its inputs arrive on
+that stream (the first hop, or when the client relays) or on a ``relay`` stream from the previous
+server. ``SessionRunner.process`` computes each input in a worker thread (behind the service's
+compute limiter, so stream readers keep reading while torch works), then either samples a token
+(the hop holding the LM head) and answers the client, or sends the hidden states on to the next
+server over a ``relay`` stream. When the next server cannot be reached, outputs go back to the client
+(``relay_failed``), which relays them itself. Message shapes are in ``swarmlm.node.wire``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import trio
+
+from swarmlm.errors import SwarmError
+from swarmlm.models.sampling import Sampler, SamplingParams
+from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
+from swarmlm.net.rpc_server import ServerCall
+from swarmlm.node.wire import (SHARD_PROTOCOL, SessionOpen, StepItem, WireError, hidden_answer, logits_answer,
+                               relay_failed_notice, step_seed, tap_digest, tap_message, token_answer)
+
+log = logging.getLogger("swarmlm.shard")
+
+WIRE_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ServerSession:
+    session_id: str
+    client: str
+    prev: str | None
+    next: str | None
+    next_session: str | None
+    view: Any
+    cache: Any
+    sampling: dict | None
+    want_logits: bool
+    inbox_send: trio.MemorySendChannel
+    inbox_recv: trio.MemoryReceiveChannel
+    relay: Any = None
+    relay_failed: bool = False
+    tap: bool = False  # send the client a signed copy of each step's input and output (verification)
+    wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
+    steps: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def open(cls, o: SessionOpen, client: str, view: Any, cache: Any, inbox_size: int = 64) -> "ServerSession":
+        send, recv = trio.open_memory_channel[Any](inbox_size)
+        return cls(o.session_id, client, o.prev, o.next, o.next_session, view, cache, o.sampling, o.logits,
+                   send, recv, tap=o.tap, wire=o.wire)
+
+
+def sample_token(sess: ServerSession, logits: Any, pos: int) -> int:
+    """The token at ``pos`` with the session's sampling, seeded per position (``wire.step_seed``)."""
+    sp = dict(sess.sampling or {})
+    seed = int(sp.get("seed") or 0)
+    params = SamplingParams.from_dict({**sp, "seed": step_seed(seed, pos), "max_new_tokens": 1})
+    return Sampler(params).sample(logits[0, -1])
+
+
+class SessionRunner:
+    """Computes one session's inputs in order and sends each result where it goes.
+
+    ``svc`` is the ``ShardService`` (its compute limiter, fault injection, counters and the node);
+    ``call`` the client's stream."""
+
+    def __init__(self, svc: Any, call: ServerCall, sess: ServerSession) -> None:
+        self.svc, self.call, self.sess = svc, call, sess
+        self.node = svc.node
+
+    async def pump_client(self) -> None:
+        async for item in self.call:
+            await self.sess.inbox_send.send(item)
+        await self.sess.inbox_send.send(None)  # the client ended the session
+
+    async def _send_tap(self, item: StepItem, x_out: Any, token: int | None) -> None:
+        sess = self.sess
+        sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token))
+        await self.call.send(tap_message(item.step, item.pos, item.x, x_out, token, sig))
+
+    async def _watch_relay(self) -> None:
+        """The next server answers a relay stream only when it ends or fails: tell the client."""
+        sess = self.sess
+        reason, busy = "the next server closed the relay", False
+        try:
+            async for _ in sess.relay:
+                pass
+        except Exception as exc:
+            reason, busy = f"{type(exc).__name__}: {exc}", getattr(exc, "code", None) == BUSY
+        sess.relay_failed = True
+        log.warning("session %s: relay to %s ended: %s", sess.session_id[:8], sess.next[-8:], reason)
+        try:
+            await self.call.send(relay_failed_notice(sess.next, reason, busy))
+        except Exception:
+            pass
+
+    async def _compute(self, item: StepItem) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        try:
+            out = await trio.to_thread.run_sync(self.svc.forward, self.sess, item.x, item.pos,
+                                                limiter=self.svc.compute_limiter)
+        except SwarmError as exc:  # bad positions, wrong hidden size...: the client's error
+            raise RpcError(BAD_REQUEST, str(exc)) from None
+        return out, (time.perf_counter() - t0) * 1000.0
+
+    async def process(self, stack: AsyncExitStack, nursery: trio.Nursery,
+                      on_step: Callable[[float, bool], None]) -> None:
+        sess, svc = self.sess, self.svc
+        me = self.node.peer_id
+        while True:
+            raw = await sess.inbox_recv.receive()
+            if raw is None:
+                return
+            try:
+                item = StepItem.parse(raw)
+            except WireError as exc:
+                raise RpcError(BAD_REQUEST, str(exc)) from None
+            if svc.fault == "drop":
+                continue  # swallow the step: the client's deadline and failover must handle it
+            if svc.fault == "slow":
+                await trio.sleep(2.0)
+            out, ms = await self._compute(item)
+            sess.steps += 1
+            svc.count_step(item.x.shape[1])
+            on_step(ms / 1000.0, item.want and sess.view.has_head)
+            timings = item.timings + [[me, sess.view.start, sess.view.end, round(ms, 3)]]
+            if sess.view.has_head:
+                await self._answer_head(item, out, timings)
+            else:
+                await self._pass_on(item, out, timings, stack, nursery)
+
+    async def _answer_head(self, item: StepItem, out: Any, timings: list) -> None:
+        sess = self.sess
+        tok = None
+        if item.want and not (sess.want_logits or sess.sampling is None):
+            tok = await trio.to_thread.run_sync(sample_token, sess, out, item.pos)
+        if sess.tap:
+            await self._send_tap(item, None, tok)
+        if not item.want:
+            return
+        if tok is None:
+            await self.call.send(logits_answer(item.step, out[0, -1].float(), timings))
+        else:
+            await self.call.send(token_answer(item.step, tok, timings))
+
+    async def _pass_on(self, item: StepItem, out: Any, timings: list, stack: AsyncExitStack,
+                       nursery: trio.Nursery) -> None:
+        sess = self.sess
+        if sess.wire:  # before the tap: what verification sees is what the next hop gets
+            out = out.to(WIRE_TORCH_DTYPES[sess.wire])
+        if sess.tap:
+            await self._send_tap(item, out, None)
+        if sess.next and not sess.relay_failed:
+            try:
+                if sess.relay is None:
+                    log.debug("session %s: opening relay to %s", sess.session_id[:8], sess.next[-8:])
+                    cm = self.node.host.rpc.stream(sess.next, SHARD_PROTOCOL, "relay",
+                                                   {"session_id": sess.next_session})
+                    sess.relay = await stack.enter_async_context(cm)
+                    nursery.start_soon(self._watch_relay)
+                await sess.relay.send(hidden_answer(item, out, timings))
+                return
+            except Exception as exc:
+                log.warning("session %s: relay to %s failed (%s); the client relays from now on",
+                            sess.session_id[:8], sess.next[-8:], exc)
+                sess.relay_failed = True
+                await self.call.send(hidden_answer(item, out, timings, relay_failed=sess.next))
+                return
+        await self.call.send(hidden_answer(item, out, timings))

@@ -1,0 +1,222 @@
+"""What clients and servers of the swarm say to each other: protocol ids and message shapes.
+
+Both sides import this module and nothing of each other (``node/client`` never imports
+``node/server``). It holds no I/O and no policy, only names, shapes and their checks:
+
+* ``/swarmlm/shard/1`` (``SHARD_PROTOCOL``): ``SessionOpen`` opens a KV-cache session on a layer
+  range; ``StepItem`` feeds it one input; the server answers with ``token_answer`` /
+  ``logits_answer`` (the hop holding the LM head), forwards ``hidden_answer`` to the next server
+  (or back to the client when the relay broke), tells the client ``relay_failed_notice`` when the
+  next server went away, and, for verified sessions, sends a signed ``tap_message`` per step
+  (``tap_digest`` is what it signs). ``step_seed`` makes sampling identical on any server.
+* ``/swarmlm/consensus/1`` (``CONSENSUS_PROTOCOL``): ``task_text`` / ``parse_task`` are the canonical
+  task a round is about (its hash goes into the signed spec); ``MAX_K`` candidates per round.
+* ``VERDICT_KIND``: the swarm-state record kind of a shard-verification verdict.
+* ``ee_model_id``: the id under which an equivariant-encryption variant is served (``ee:<variant id>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from swarmlm.errors import SwarmError
+
+SHARD_PROTOCOL = "/swarmlm/shard/1"
+CONSENSUS_PROTOCOL = "/swarmlm/consensus/1"
+VERDICT_KIND = "verdict"
+
+MAX_STEP_TOKENS = 4096  # input positions of one step
+MAX_SESSION_ID = 128
+MAX_LENGTH = 1 << 20  # a session's max_length
+MAX_TIMINGS = 64  # per-hop timing rows a step carries
+WIRE_DTYPES = (None, "fp16", "bf16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
+                   "special_tokens_map.json", "chat_template.jinja")
+
+MAX_K = 5  # candidates per consensus round: a round record must fit a swarm-state record (16 KiB)
+TASK_VERSION = 1
+MAX_TASK_TOKENS = 8192
+MAX_NEW_TOKENS = 1024
+
+
+EE_PREFIX = "ee:"
+
+
+def ee_model_id(variant: str) -> str:
+    return f"{EE_PREFIX}{variant}"
+
+
+class WireError(SwarmError, ValueError):
+    """A message that does not have the shape its protocol says; the server answers bad_request."""
+
+
+# -- /swarmlm/shard/1 ---------------------------------------------------------------------------------
+
+def step_seed(seed: int, position: int) -> int:
+    """The sampling seed for the token at ``position``: the same on any server, after any failover."""
+    h = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1
+
+
+@dataclass
+class SessionOpen:
+    """The arguments of a ``session`` call: layers ``[start, end)`` of ``model`` for ``max_length``
+    positions; ``prev``/``next`` name the neighbouring servers (``next_session``: the session id the
+    client opened there); ``sampling`` only for the hop holding the LM head."""
+
+    session_id: str
+    model: str
+    start: int
+    end: int
+    max_length: int
+    prev: str | None = None
+    next: str | None = None
+    next_session: str | None = None
+    sampling: dict | None = None
+    logits: bool = False  # answer logits instead of a sampled token
+    tap: bool = False  # send a signed tap of every step (verification)
+    wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
+
+    def to_args(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, args: Any) -> "SessionOpen":
+        if not isinstance(args, dict):
+            raise WireError("session: expected a map of arguments")
+        try:
+            sid, model = args["session_id"], args.get("model")
+            start, end, max_length = int(args["start"]), int(args["end"]), int(args["max_length"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"session: missing or bad argument {exc}") from None
+        if not isinstance(sid, str) or not 0 < len(sid) <= MAX_SESSION_ID:
+            raise WireError(f"session: session_id must be a string of 1..{MAX_SESSION_ID} characters")
+        if not isinstance(model, str):
+            raise WireError("session: model must be a string")
+        if not 0 <= start < end:
+            raise WireError(f"session: bad layer range [{start}, {end})")
+        if not 0 < max_length <= MAX_LENGTH:
+            raise WireError(f"max_length {max_length} out of range")
+        for key in ("prev", "next", "next_session"):
+            if args.get(key) is not None and not isinstance(args.get(key), str):
+                raise WireError(f"session: {key} must be a string or absent")
+        sampling = args.get("sampling")
+        if sampling is not None and not isinstance(sampling, dict):
+            raise WireError("sampling must be a map")
+        wire = args.get("wire")
+        if wire not in WIRE_DTYPES:
+            raise WireError("wire must be fp16, bf16 or absent")
+        return cls(sid, model, start, end, max_length, args.get("prev"), args.get("next"), args.get("next_session"),
+                   sampling, bool(args.get("logits")), bool(args.get("tap")), wire)
+
+
+@dataclass
+class StepItem:
+    """One input of a session: ``x`` ([1, T] ids, or [1, T, H] hidden states) at position ``pos``;
+    ``want``: the client waits for this step's answer; ``timings``: per-hop rows so far."""
+
+    step: int
+    pos: int
+    x: Any
+    want: bool = True
+    timings: list | None = None
+
+    def to_msg(self) -> dict[str, Any]:
+        msg = {"step": self.step, "pos": self.pos, "x": self.x, "want": self.want}
+        if self.timings:
+            msg["timings"] = self.timings
+        return msg
+
+    @classmethod
+    def parse(cls, item: Any) -> "StepItem":
+        if not isinstance(item, dict):
+            raise WireError("step: expected a map")
+        step, pos, x = item.get("step"), item.get("pos"), item.get("x")
+        if not isinstance(step, int) or not isinstance(pos, int) or not isinstance(x, torch.Tensor):
+            raise WireError("step: needs int step, int pos and tensor x")
+        if x.dim() < 2 or x.shape[0] != 1 or not 0 < x.shape[1] <= MAX_STEP_TOKENS:
+            raise WireError(f"step: bad input shape {tuple(x.shape)}")
+        timings = item.get("timings") or []
+        if not isinstance(timings, list) or len(timings) > MAX_TIMINGS:
+            raise WireError("step: bad timings")
+        return cls(step, pos, x, bool(item.get("want", True)), timings)
+
+
+def token_answer(step: int, token: int, timings: list) -> dict[str, Any]:
+    return {"step": step, "token": token, "timings": timings}
+
+
+def logits_answer(step: int, logits: Any, timings: list) -> dict[str, Any]:
+    return {"step": step, "logits": logits, "timings": timings}
+
+
+def hidden_answer(item: StepItem, out: Any, timings: list, relay_failed: str | None = None) -> dict[str, Any]:
+    """A middle hop's output, for the next server (or for the client when ``relay_failed`` names it)."""
+    msg = {"step": item.step, "pos": item.pos, "x": out, "want": item.want, "timings": timings}
+    if relay_failed:
+        msg["relay_failed"] = relay_failed
+    return msg
+
+
+def relay_failed_notice(next_peer: str, error: str, busy: bool) -> dict[str, Any]:
+    """The server's relay stream to ``next_peer`` ended: the client fails over around it."""
+    return {"step": -1, "relay_failed": next_peer, "error": error, "busy": busy}
+
+
+def tensor_bytes(x: Any) -> bytes:
+    if x is None:
+        return b""
+    t = x.detach().contiguous().cpu()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def tap_digest(session_id: str, step: int, pos: int, x_in: Any, x_out: Any, token: int | None) -> bytes:
+    """What a server signs for one tapped step: its input, its output (or token), where and when."""
+    h = hashlib.blake2b(digest_size=32, person=b"swarmlm-tap-v1")
+    h.update(f"{session_id}|{step}|{pos}|{token}|".encode())
+    for t in (x_in, x_out):
+        h.update(str(None if t is None else (str(t.dtype), tuple(t.shape))).encode())
+        h.update(tensor_bytes(t))
+    return h.digest()
+
+
+def tap_message(step: int, pos: int, x_in: Any, x_out: Any, token: int | None, sig: bytes) -> dict[str, Any]:
+    return {"step": step, "tap": True, "pos": pos, "in": x_in, "out": x_out, "token": token, "sig": sig}
+
+
+# -- /swarmlm/consensus/1 -----------------------------------------------------------------------------
+
+def task_text(model: str, prompt: str | None, messages: list[dict[str, str]] | None, max_new_tokens: int,
+              stop: list[str]) -> str:
+    """The canonical text of a round's task (its SHA-256 goes into the signed spec)."""
+    body: dict[str, Any] = {"v": TASK_VERSION, "model": model, "max_new_tokens": int(max_new_tokens),
+                            "stop": list(stop)}
+    if messages is not None:
+        body["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    elif prompt is not None:
+        body["prompt"] = prompt
+    else:
+        raise WireError("a consensus task needs a prompt or messages")
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_task(text: str) -> dict[str, Any]:
+    """Check and parse a task text; raises WireError."""
+    try:
+        t = json.loads(text)
+    except ValueError:
+        raise WireError("the round's task is not JSON") from None
+    ok = (isinstance(t, dict) and t.get("v") == TASK_VERSION and isinstance(t.get("model"), str)
+          and isinstance(t.get("max_new_tokens"), int) and 0 < t["max_new_tokens"] <= MAX_NEW_TOKENS
+          and isinstance(t.get("stop"), list) and all(isinstance(s, str) and s for s in t["stop"])
+          and (isinstance(t.get("prompt"), str) or (isinstance(t.get("messages"), list) and all(
+              isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+              for m in t["messages"]))))
+    if not ok:
+        raise WireError("the round's task is malformed")
+    return t
