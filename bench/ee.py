@@ -86,7 +86,7 @@ def _rates(pr: list[float], er: list[float], same: bool) -> dict[str, Any]:
 
 def pipeline(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int, base_dir: str) -> dict[str, Any]:
     from swarmlm.models.config import ModelConfig
-    from swarmlm.models.generate import split_layers
+    from swarmlm.models.partition import split_layers
     from swarmlm.models.registry import resolve
     from swarmlm.node.sdk import Client
     from swarmlm.testnet.local import LocalTestnet

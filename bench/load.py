@@ -81,7 +81,7 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
     from swarmlm.testnet.local import LocalTestnet
 
     from swarmlm.models.config import ModelConfig
-    from swarmlm.models.generate import split_layers
+    from swarmlm.models.partition import split_layers
     from swarmlm.models.registry import resolve
 
     n_layers = ModelConfig.from_dir(resolve(ns.model)).num_hidden_layers
