@@ -1,6 +1,6 @@
 """`swarmlm bench crdt`: swarm-state convergence time and bytes sent for 10, 50 and 100 replicas.
 
-In one process over the in-memory transport (``swarmlm.net.state_memnet``): build N engines on a
+In one process over the in-memory transport (``swarmlm.testnet.memnet``): build N engines on a
 random graph (ring + chords, ``--degree`` links each), sync them, then make ``--updates`` random
 writes (entry changes 70 %, signed records 20 %, model entries 10 %) on random nodes and deliver
 until every replica holds identical state (anti-entropy rounds if messages were dropped).
@@ -20,8 +20,8 @@ from swarmlm.bench.common import emit, log, parser
 
 
 def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float, lazy: bool = True) -> dict[str, Any]:
-    from swarmlm.net.state_memnet import make_swarm, random_write
-    from swarmlm.net.state_wire import Limits
+    from swarmlm.testnet.memnet import make_swarm, random_write
+    from swarmlm.net.state.wire import Limits
 
     t0 = time.perf_counter()
     net = make_swarm(n, seed=seed, degree=degree, limits=Limits(lazy_forward=lazy))
@@ -55,8 +55,8 @@ def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float, lazy
 def entry_size() -> dict[str, int]:
     """Bytes of one typical peer entry: its Yjs full state, and as a signed snapshot envelope."""
     from swarmlm.crypto.identity import Identity
-    from swarmlm.net.state_sync import StateSync
-    from swarmlm.net.swarm_state import HostedRange, ModelInfo
+    from swarmlm.net.state.sync import StateSync
+    from swarmlm.net.state.schema import HostedRange, ModelInfo
 
     eng = StateSync(Identity.from_seed(b"\x07" * 32), now=1_764_000_000.0, rng=random.Random(0))
     eng.publish_local(1_764_000_000.0, addrs=["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"],
@@ -84,9 +84,9 @@ def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = 
 
         from swarmlm.crypto.identity import Identity
         from swarmlm.net.host import HostConfig, SwarmHost
-        from swarmlm.net.state_memnet import random_local_write
+        from swarmlm.testnet.memnet import random_local_write
         from swarmlm.net.state_service import StateService
-        from swarmlm.net.swarm_state import doc_owner
+        from swarmlm.net.state.rights import doc_owner
     except ImportError as exc:
         log(f"libp2p part skipped: {exc}")
         return None

@@ -86,7 +86,7 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     from swarmlm.models.kvcache import KVCacheManager
     from swarmlm.models.registry import resolve, shard_bytes
     from swarmlm.models.shard import load_shard
-    from swarmlm.net.swarm_state import ModelInfo
+    from swarmlm.net.state.schema import ModelInfo
 
     t0 = time.monotonic()
     if node.config.threads:
