@@ -15,7 +15,7 @@ Measured in ``--rounds`` interleaved rounds (both transports see the same machin
 
 NAT traversal (relay, DCUtR, dial-back) is off on these loopback hosts.
 
-``--stock`` builds both hosts from unmodified py-libp2p components (no ``net.fastpath``), for the
+``--stock`` builds both hosts from unmodified py-libp2p components (no ``net.transport`` fast path), for the
 before/after comparison. With ``--json`` exactly one JSON object goes to stdout.
 """
 

@@ -73,7 +73,7 @@ class FrameStream:
         self.peer = peer
         self.bytes_in = 0
         self.bytes_out = 0
-        # fewer copies where the stream offers them (net.fastpath's yamux streams, also under a
+        # fewer copies where the stream offers them (net.transport's yamux streams, also under a
         # py-libp2p NetStream): scatter writes, and reads straight into a frame-sized buffer
         inner = getattr(stream, "muxed_stream", stream)
         self._write_parts = getattr(inner, "write_parts", None)
