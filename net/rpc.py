@@ -156,7 +156,7 @@ def _uninitialized(n: int) -> Any:
     receive cost of a megabyte frame); tensors decoded from it share its memory."""
     if n < 65536:
         return bytearray(n)
-    import numpy
+    import numpy  # lazy: ~0.1 s to import, and only frames of 64 KiB or more need it
 
     return numpy.empty(n, dtype=numpy.uint8)
 
