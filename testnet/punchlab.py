@@ -24,6 +24,7 @@ import trio
 
 from swarmlm.testnet.holepunch import (PunchError, bound_socket, dial_from, fmt_addr, parse_addr, reuse_listener,
                                        tcp_simultaneous_open, udp_keepalive, udp_punch)
+from swarmlm.testnet.netns import PUBLIC_IP
 
 MAX_LINE = 1024
 RENDEZVOUS_PORT = 7000
@@ -276,8 +277,6 @@ def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: f
 
     A rendezvous must already serve on the public host (``start_rendezvous``).
     """
-    from swarmlm.testnet.netns import PUBLIC_IP
-
     rv = rendezvous or f"{PUBLIC_IP}:{RENDEZVOUS_PORT}"
     session = f"{proto}-{x}{y}-{time.monotonic_ns()}"
     procs = []
