@@ -13,13 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from swarmlm.bench.common import emit, log, median, parser, percentile
+from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int) -> dict[str, Any]:
-    from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
-
     base = SimConfig(rounds=rounds, malicious_share=share, seed=seed)
     log(f"main: {rounds} rounds, {base.pool} nodes, k={base.k}, malicious share {share:.0%}")
     main = simulate(base)

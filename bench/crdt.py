@@ -1,28 +1,36 @@
 """`swarmlm bench crdt`: swarm-state convergence time and bytes sent for 10, 50 and 100 replicas.
 
-In one process over the in-memory transport (``swarmlm.net.state_memnet``): build N engines on a
+In one process over the in-memory transport (``swarmlm.testnet.memnet``): build N engines on a
 random graph (ring + chords, ``--degree`` links each), sync them, then make ``--updates`` random
 writes (entry changes 70 %, signed records 20 %, model entries 10 %) on random nodes and deliver
 until every replica holds identical state (anti-entropy rounds if messages were dropped).
 ``converge_ms`` is the wall time of the whole simulated swarm in this one process (all nodes'
 signature checks and CRDT work run one after another), so real swarms converge faster than this
 per node. ``bytes_sent`` counts every sync message of that phase. ``libp2p_10`` runs 10 nodes
-over real libp2p on loopback when the state service exists (see ``bench_libp2p``).
+over real libp2p on loopback (see ``bench_libp2p``; ``--no-libp2p`` skips it).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import Any
 
+import trio
+
 from swarmlm.bench.common import emit, log, parser
+from swarmlm.crypto.identity import Identity
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.state.rights import doc_owner
+from swarmlm.net.state.schema import HostedRange, ModelInfo
+from swarmlm.net.state.sync import StateSync
+from swarmlm.net.state.wire import Limits
+from swarmlm.net.state_service import StateService
+from swarmlm.testnet.memnet import make_swarm, random_local_write, random_write
 
 
 def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float, lazy: bool = True) -> dict[str, Any]:
-    from swarmlm.net.state_memnet import make_swarm, random_write
-    from swarmlm.net.state_wire import Limits
-
     t0 = time.perf_counter()
     net = make_swarm(n, seed=seed, degree=degree, limits=Limits(lazy_forward=lazy))
     for pid in sorted(net.nodes):  # everyone announces itself once, as at start-up
@@ -54,10 +62,6 @@ def bench_memory(n: int, updates: int, seed: int, degree: int, drop: float, lazy
 
 def entry_size() -> dict[str, int]:
     """Bytes of one typical peer entry: its Yjs full state, and as a signed snapshot envelope."""
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.state_sync import StateSync
-    from swarmlm.net.swarm_state import HostedRange, ModelInfo
-
     eng = StateSync(Identity.from_seed(b"\x07" * 32), now=1_764_000_000.0, rng=random.Random(0))
     eng.publish_local(1_764_000_000.0, addrs=["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"],
                       agent="swarmlm/0.1.0", hosted=[HostedRange("builtin:smollm2-135m", 0, 15)],
@@ -70,26 +74,14 @@ def entry_size() -> dict[str, int]:
     return {"yjs": len(update), "envelope": len(snap.raw)}
 
 
-def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = True) -> dict[str, Any] | None:
+def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = True) -> dict[str, Any]:
     """### LIBP2P PART: ``n`` nodes over real libp2p on loopback, protocol /swarmlm/state/1.
 
     ``SwarmHost`` + ``StateService`` per node in this process (trio), linked as a ring plus random
     chords; the same random writes as the in-memory part, each followed by a yield so the link
     writers run; converged when every engine's vector digest is equal. ``bytes_sent`` counts the
     state messages handed to the streams (as in memory; Noise/Yamux/framing overhead excluded).
-    None when libp2p or the state service is not available.
     """
-    try:
-        import trio
-
-        from swarmlm.crypto.identity import Identity
-        from swarmlm.net.host import HostConfig, SwarmHost
-        from swarmlm.net.state_memnet import random_local_write
-        from swarmlm.net.state_service import StateService
-        from swarmlm.net.swarm_state import doc_owner
-    except ImportError as exc:
-        log(f"libp2p part skipped: {exc}")
-        return None
 
     def converged(svcs: list[Any]) -> bool:
         d = svcs[0].sync.digest()
@@ -149,8 +141,6 @@ def bench_libp2p(n: int, updates: int, seed: int, degree: int = 4, lazy: bool = 
             nursery.cancel_scope.cancel()
         return out
 
-    import logging
-
     logging.getLogger("swarmlm").setLevel(logging.WARNING)
     return trio.run(run)
 
@@ -177,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  libp2p 10 nodes: {lp['converge_ms']:.0f} ms, {lp['bytes_sent']} bytes")
     result["libp2p_10"] = lp
     if lp is None:
-        result["libp2p_note"] = "skipped" if ns.no_libp2p else "libp2p or the state service not available"
+        result["libp2p_note"] = "skipped"
     sizes = entry_size()
     result["bytes_per_peer_entry"] = sizes["yjs"]
     result["bytes_per_peer_entry_envelope"] = sizes["envelope"]

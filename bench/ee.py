@@ -14,13 +14,26 @@ per-pair ratios ee/plain (each pair back to back). Target: ratio >= 0.95.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from swarmlm.bench.common import emit, log, parser
+from swarmlm.crypto.ee import EEKey
+from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint
+from swarmlm.crypto.ee_codec import EEClientCodec
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.generate import load_chain, run_chain
+from swarmlm.models.partition import split_layers
+from swarmlm.models.registry import resolve
+from swarmlm.models.tokenizer import Tokenizer
+from swarmlm.node.client.sdk import Client
+from swarmlm.testnet.local import LocalTestnet
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
 
@@ -31,10 +44,6 @@ def _step_pair(plain: Any, ee: Any, ids: list[int], enc_ids: list[int], tokens: 
 
     A shared, noisy machine drifts over seconds; interleaving single steps puts both variants under
     the same load. Returns (plain tok/s, ee tok/s, plain ids, ee ids)."""
-    import torch
-
-    from swarmlm.models.generate import run_chain
-
     n = len(ids) + tokens + 1
     runs = {}
     for name, chain, x in (("plain", plain, ids), ("ee", ee, enc_ids)):
@@ -55,13 +64,6 @@ def _step_pair(plain: Any, ee: Any, ids: list[int], enc_ids: list[int], tokens: 
 
 
 def whole(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int) -> dict[str, Any]:
-    import json
-
-    from swarmlm.crypto.ee_codec import EEClientCodec
-    from swarmlm.models.generate import load_chain
-    from swarmlm.models.registry import resolve
-    from swarmlm.models.tokenizer import Tokenizer
-
     base = resolve(model)
     codec = EEClientCodec.from_key_file(key_path, json.loads((base / "config.json").read_text()))
     ids = Tokenizer.from_dir(base).encode_chat(PROMPT)
@@ -85,12 +87,6 @@ def _rates(pr: list[float], er: list[float], same: bool) -> dict[str, Any]:
 
 
 def pipeline(model: str, ee_dir: Path, key_path: Path, tokens: int, runs: int, base_dir: str) -> dict[str, Any]:
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.generate import split_layers
-    from swarmlm.models.registry import resolve
-    from swarmlm.node.client.sdk import Client
-    from swarmlm.testnet.local import LocalTestnet
-
     n = ModelConfig.from_dir(resolve(model)).num_hidden_layers
     ranges = [f"{a}:{b}" for a, b in split_layers(n, 3)]
     per_node = {i: ["--model", model, "--layers", r] for i, r in enumerate(ranges)}
@@ -125,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--whole-only", action="store_true", help="skip the 3-node pipeline")
     ns = p.parse_args(argv)
-    from swarmlm.crypto.ee import EEKey
-    from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint
-
     with tempfile.TemporaryDirectory(prefix="swarmlm-bench-ee-") as tmp:
         key_path = EEKey.generate().save(Path(tmp) / "ee.key")
         t0 = time.perf_counter()

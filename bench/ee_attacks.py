@@ -29,7 +29,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from swarmlm.bench.common import emit, log, parser
+from swarmlm.crypto.ee import EEKey, vocab_permutation
+from swarmlm.crypto.ee_attacks import (frequency_attack, hidden_state_attack, match_permuted_rows, match_rotated_rows,
+                                       score_mapping, score_stream, unigram_counts)
+from swarmlm.crypto.ee_checkpoint import _index, encrypt_checkpoint
+from swarmlm.crypto.ee_codec import EEClientCodec
+from swarmlm.crypto.ee_transform import EETransform
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.registry import resolve
+from swarmlm.models.shard import load_shard
+from swarmlm.models.tokenizer import Tokenizer
 
 OBSERVED_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
 
@@ -67,18 +80,12 @@ def public_texts(limit_chars: int) -> list[str]:
 
 
 def _key(seed: int | None):
-    from swarmlm.crypto.ee import EEKey
-
     if seed is None:
         return EEKey.generate()
     return EEKey(hashlib.sha256(f"ee-attacks-{seed}".encode()).digest())
 
 
 def frequency(tok: Any, vocab: int, perm: Any, smoke: bool) -> dict[str, Any]:
-    import torch
-
-    from swarmlm.crypto.ee_attacks import frequency_attack, score_stream, unigram_counts
-
     docs = attacked_texts(60_000 if smoke else 2_000_000)
     random.Random(0).shuffle(docs)
     stream: list[int] = []
@@ -101,11 +108,6 @@ def frequency(tok: Any, vocab: int, perm: Any, smoke: bool) -> dict[str, Any]:
 
 
 def weight_matching(E: Any, cfg: dict, key: Any, drifts: tuple[float, ...]) -> dict[str, Any]:
-    import torch
-
-    from swarmlm.crypto.ee_attacks import match_permuted_rows, match_rotated_rows, score_mapping
-    from swarmlm.crypto.ee_transform import EETransform
-
     out: dict[str, Any] = {"vocab_rows": int(E.shape[0]), "hidden": int(E.shape[1])}
     tr = EETransform(key, cfg, "permute")
     t0 = time.perf_counter()
@@ -126,15 +128,6 @@ def weight_matching(E: Any, cfg: dict, key: Any, drifts: tuple[float, ...]) -> d
 
 def hidden_state(spec: str, key_seed: int | None, prompts: list[list[int]], layer: int | None,
                  candidates: int | None) -> dict[str, Any]:
-    import torch
-
-    from swarmlm.crypto.ee_attacks import hidden_state_attack
-    from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint
-    from swarmlm.crypto.ee_codec import EEClientCodec
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.registry import resolve
-    from swarmlm.models.shard import load_shard
-
     base = resolve(spec)
     cfg = ModelConfig.from_dir(base)
     a = layer if layer is not None else cfg.num_hidden_layers // 2
@@ -181,13 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="derive the key from this seed (default: random key)")
     p.add_argument("--smoke", action="store_true", help="builtin:tiny only, small corpora (seconds)")
     ns = p.parse_args(argv)
-    from safetensors import safe_open
-
-    from swarmlm.crypto.ee import vocab_permutation
-    from swarmlm.crypto.ee_checkpoint import _index
-    from swarmlm.models.registry import resolve
-    from swarmlm.models.tokenizer import Tokenizer
-
     model = "builtin:tiny" if ns.smoke else ns.model
     base = resolve(model)
     cfg = json.loads((base / "config.json").read_text())

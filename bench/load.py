@@ -16,7 +16,20 @@ import tempfile
 import time
 from typing import Any
 
+import trio
+
 from swarmlm.bench.common import emit, log, parser, percentile
+from swarmlm.crypto.identity import Identity
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.partition import split_layers
+from swarmlm.models.registry import resolve
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.state_service import StateService
+from swarmlm.node.client.options import ClientOptions
+from swarmlm.node.client.pipeline import PipelineGenerator
+from swarmlm.node.generation import BusyError, GenerationRequest
+from swarmlm.testnet.local import LocalTestnet
 
 PROMPT = "Tell me about the swarm"
 
@@ -33,11 +46,6 @@ def _vmhwm_mb(pid: int) -> float:
 
 
 async def _level(client: Any, model: str, n: int, tokens: int) -> dict[str, Any]:
-    import trio
-
-    from swarmlm.models.sampling import SamplingParams
-    from swarmlm.node.generation import BusyError, GenerationRequest
-
     gaps: list[float] = []
     out = {"completed": 0, "rejected": 0, "failed": 0, "tokens": 0, "errors": []}
 
@@ -72,19 +80,6 @@ async def _level(client: Any, model: str, n: int, tokens: int) -> dict[str, Any]
 
 
 async def _run(ns: Any, result: dict[str, Any]) -> None:
-    import trio
-
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import HostConfig, SwarmHost
-    from swarmlm.net.state_service import StateService
-    from swarmlm.node.client.options import ClientOptions
-    from swarmlm.node.client.pipeline import PipelineGenerator
-    from swarmlm.testnet.local import LocalTestnet
-
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.generate import split_layers
-    from swarmlm.models.registry import resolve
-
     n_layers = ModelConfig.from_dir(resolve(ns.model)).num_hidden_layers
     ranges = split_layers(n_layers, 3)
     base = tempfile.mkdtemp(prefix="swarmlm-bench-load-")
@@ -126,8 +121,6 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import trio
-
     p = parser("load", "concurrent clients through a 3-node local pipeline: throughput, latency, RSS, shedding")
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrency levels")

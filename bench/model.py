@@ -18,14 +18,17 @@ import inspect
 import time
 import warnings
 
+import torch
+
 from swarmlm.bench.common import emit, log, median, parser, peak_rss_mb
+from swarmlm.models.generate import load_chain
+from swarmlm.models.registry import resolve
+from swarmlm.models.tokenizer import Tokenizer
 
 PROMPT = "What is the capital of France? Answer in one sentence, then name two famous landmarks there."
 
 
 def _ours_batch(shard, ids, steps: int, n: int) -> float:
-    import torch
-
     sessions = [shard.new_session(ids.shape[1] + steps + 1) for _ in range(n)]
     toks = []
     for i, s in enumerate(sessions):  # slightly different prompts, as real traffic
@@ -43,8 +46,7 @@ class _HFDecoder:
     """transformers' forward with its own KV cache, one greedy step at a time."""
 
     def __init__(self, hf, ids) -> None:
-        import torch
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: heavy, and ours_peak_rss_mb is measured before it loads
 
         params = inspect.signature(hf.forward).parameters
         self.key = "cache" if "cache" in params else "past_key_values"
@@ -54,8 +56,6 @@ class _HFDecoder:
         self.tok = int(out.logits[0, -1].argmax())
 
     def step(self) -> None:
-        import torch
-
         with torch.inference_mode():
             out = self.hf(torch.tensor([[self.tok]]), use_cache=True, **{self.key: self.cache})
         self.tok = int(out.logits[0, -1].argmax())
@@ -71,8 +71,6 @@ class _OursDecoder:
         self.tok = int(logits[0, -1].argmax())
 
     def step(self) -> None:
-        import torch
-
         logits = self.shard.forward(torch.tensor([[self.tok]]), self.sess, None, last_only=True)
         self.tok = int(logits[0, -1].argmax())
 
@@ -97,12 +95,6 @@ def _interleaved(shard, hf, ids, steps: int) -> tuple[float, float, float | None
 
 
 def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool, spec: str = "builtin:smollm2-135m") -> dict:
-    import torch
-
-    from swarmlm.models.generate import load_chain
-    from swarmlm.models.registry import resolve
-    from swarmlm.models.tokenizer import Tokenizer
-
     model_dir = resolve(spec)
     tok = Tokenizer.from_dir(model_dir)
     ids = torch.tensor([tok.encode_chat([{"role": "user", "content": PROMPT}])])
@@ -121,8 +113,8 @@ def run(steps: int, rounds: int, dtypes: list[str], skip_hf: bool, spec: str = "
     result["ours_peak_rss_mb"] = round(peak_rss_mb(), 1)
     hfs = {}
     if not skip_hf:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForCausalLM  # lazy: heavy; ours_peak_rss_mb is measured before it loads
+        from transformers.utils import logging as hf_logging  # lazy: as above
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -177,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="builtin:smollm2-135m", help="model spec (default builtin:smollm2-135m)")
     ns = p.parse_args(argv)
     if ns.threads:
-        import torch
-
         torch.set_num_threads(ns.threads)
     dtypes = [d.strip() for d in ns.dtypes.split(",") if d.strip()]
     emit(run(ns.steps, ns.rounds, dtypes, ns.skip_hf, ns.model), ns.json, _summary)

@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from swarmlm.bench.common import emit, log, median, parser, percentile
+from swarmlm.testnet.natlab import Lab
+from swarmlm.testnet.netns import NetnsError, Topology, unavailable_reason
 
 
 def run(trials: int, rtt_trials: int = 3) -> dict[str, Any]:
-    from swarmlm.testnet.natlab import Lab
-    from swarmlm.testnet.netns import NetnsError, Topology, unavailable_reason
-
     reason = unavailable_reason()
     if reason:
         raise NetnsError(f"bench nat: {reason}")

@@ -7,6 +7,7 @@ JSON: {"local_tok_s", "pipeline_tok_s", "ratio", "ttft_ms", "per_hop_ms", "failo
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import tempfile
@@ -14,17 +15,18 @@ import time
 from typing import Any
 
 from swarmlm.bench.common import emit, log, parser
+from swarmlm.models.generate import generate_stream, load_chain
+from swarmlm.models.registry import resolve
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.models.tokenizer import Tokenizer
+from swarmlm.node.client.sdk import Client
+from swarmlm.testnet.local import LocalTestnet
 
 MODEL = "builtin:smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
 
 
 def _local(tokens: int, runs: int) -> dict[str, float]:
-    from swarmlm.models.generate import generate, load_chain
-    from swarmlm.models.registry import resolve
-    from swarmlm.models.sampling import SamplingParams
-    from swarmlm.models.tokenizer import Tokenizer
-
     tok = Tokenizer.from_dir(resolve(MODEL))
     ids = tok.encode_chat(PROMPT)
     shards = load_chain(MODEL, 1)
@@ -32,19 +34,14 @@ def _local(tokens: int, runs: int) -> dict[str, float]:
     for _ in range(runs):
         t0 = time.perf_counter()
         times: list[float] = []
-        from swarmlm.models.generate import generate_stream
-
         for _ev in generate_stream(shards, ids, SamplingParams(max_new_tokens=tokens), tok, eos_ids=[]):
             times.append(time.perf_counter())
         rates.append((len(times) - 1) / (times[-1] - times[0]))
         del t0
-    del generate
     return {"tok_s": statistics.median(rates)}
 
 
 def _pipeline(net: Any, tokens: int, runs: int, kill_middle: bool = False) -> dict[str, Any]:
-    from swarmlm.node.client.sdk import Client
-
     out: dict[str, Any] = {}
     with Client([net.nodes[0].addr], join_timeout_s=60) as client:
         rates, ttfts, hop_ms = [], [], []
@@ -69,8 +66,6 @@ def _pipeline(net: Any, tokens: int, runs: int, kill_middle: bool = False) -> di
 
 def _failover(net: Any, client: Any, tokens: int) -> dict[str, Any]:
     """Kill the middle hop mid-generation; the slowest inter-token gap is the failover's cost."""
-    import os
-
     route = client.route(MODEL)
     middle = route.hops[1].peer_id
     victim = next(n for n in net.nodes if n.ready["peer_id"] == middle)
@@ -94,9 +89,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-failover", action="store_true", help="skip the failover measurement")
     ns = p.parse_args(argv)
-    from swarmlm.models.registry import resolve
-    from swarmlm.testnet.local import LocalTestnet
-
     resolve(MODEL)
     log("local: whole model in this process")
     local = _local(ns.tokens, ns.runs)

@@ -15,12 +15,13 @@ Measured in ``--rounds`` interleaved rounds (both transports see the same machin
 
 NAT traversal (relay, DCUtR, dial-back) is off on these loopback hosts.
 
-``--stock`` builds both hosts from unmodified py-libp2p components (no ``net.fastpath``), for the
+``--stock`` builds both hosts from unmodified py-libp2p components (no ``net.transport`` fast path), for the
 before/after comparison. With ``--json`` exactly one JSON object goes to stdout.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -32,9 +33,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch  # before any measured call (the server decodes tensors; importing it costs ~1 s)
 import trio
 
 from swarmlm.bench.common import emit, log, median, parser
+from swarmlm.crypto.identity import Identity
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.rawstream import TrioByteStream
+from swarmlm.net.rpc import FrameStream, RpcClient
+from swarmlm.net.rpc_server import RpcServer, ServerLimits
 
 PROTO = "/swarmlm/bench/1"
 PAYLOADS = (64, 16384, 1048576)
@@ -42,8 +49,6 @@ RAW_PEER = "raw-tcp"
 
 
 def make_server():
-    from swarmlm.net.rpc_server import RpcServer, ServerLimits
-
     srv = RpcServer(ServerLimits(max_calls_per_peer=64))
 
     async def echo(ctx: Any, args: Any) -> Any:
@@ -61,8 +66,6 @@ def make_server():
 
 
 def _host_config(stock: bool):
-    from swarmlm.net.host import HostConfig
-
     cfg = HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], ping_interval_s=3600.0, discovery_interval_s=3600.0,
                      fastpath=not stock)
     for name in ("relay", "hole_punch", "reachability"):  # NAT traversal plays no part on loopback
@@ -73,12 +76,6 @@ def _host_config(stock: bool):
 
 # ---------------------------------------------------------------------------- server process
 async def serve(ready: Path, stock: bool) -> None:
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import SwarmHost
-    from swarmlm.net.rawstream import TrioByteStream
-
-    import torch  # noqa: F401  (imported now, not inside the first measured call)
-
     server = make_server()
     host = SwarmHost(Identity.generate(), _host_config(stock), rpc_server=server)
 
@@ -101,8 +98,6 @@ async def serve(ready: Path, stock: bool) -> None:
 
 # ---------------------------------------------------------------------------- client side
 def _payload(n: int):
-    import torch
-
     return torch.full((n,), 7, dtype=torch.uint8)
 
 
@@ -138,11 +133,6 @@ async def _bulk(client: Any, peer: str, mb: int) -> float:
 
 async def _run(info: dict, args: Any) -> dict[str, dict[str, Any]]:
     """Both transports, interleaved round by round so that both see the same machine load."""
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import SwarmHost
-    from swarmlm.net.rawstream import TrioByteStream
-    from swarmlm.net.rpc import FrameStream, RpcClient
-
     host, port = info["raw"]
     cfg = _host_config(args.stock)
 
@@ -284,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def argparse_hidden() -> str:
-    import argparse
-
     return argparse.SUPPRESS
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from swarmlm.consensus.audit import expected_pairs, open_candidates, open_spec
+from swarmlm.consensus.audit import expected_pairs, open_candidates, open_spec, verify_record
 from swarmlm.consensus.judging import Judge
 from swarmlm.consensus.records import (OUTCOMES, CandidateHeader, Commit, ConsensusError, JudgeRequest, Packet,
                                        Reveal, RevealRequest, RoundRecord, RoundSpec, commitment, new_salt,
@@ -105,6 +105,4 @@ class JudgeSession:
 
 def open_result(packet: Packet) -> RoundRecord:
     """A participant's check of the final record packet (full audit: see ``audit.verify_record``)."""
-    from swarmlm.consensus.audit import verify_record
-
     return verify_record(open_as(RoundRecord, packet.envelope)).record

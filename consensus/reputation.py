@@ -28,11 +28,13 @@ outvote established ones.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.audit import VerifiedRound, verify_record
+from swarmlm.consensus.calibration import CalibrationError, verify_calibration
 from swarmlm.consensus.records import ConsensusError, RoundRecord, Vote
 
 _SCORE = {"A": 1.0, "B": 0.0, "tie": 0.5}
@@ -243,8 +245,6 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
     Records that fail verification are ignored, so the result depends only on the set of valid
     records, never on their order or on duplicates.
     """
-    from swarmlm.consensus.calibration import CalibrationError, verify_calibration
-
     params = params or ReputationParams()
     state = ReputationState(params, anchors=frozenset(anchors))
     for c in calibrations:
@@ -312,8 +312,6 @@ class ReputationBook:
 
     def add_calibration(self, record: object) -> bool:
         """Verify and keep a calibration record; False if invalid, failed or not earlier than known."""
-        from swarmlm.consensus.calibration import CalibrationError, verify_calibration
-
         try:
             cal = verify_calibration(record)  # type: ignore[arg-type]
         except (CalibrationError, ConsensusError):
@@ -327,8 +325,6 @@ class ReputationBook:
 
     def snapshot(self, now: float) -> ReputationState:
         """The reputation as of ``now`` (a copy: the caller may keep or change it)."""
-        import copy
-
         p = self.params
         if self._state is None:
             self._state, self._last = ReputationState(p, anchors=self.anchors), None

@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from swarmlm.crypto.ee import EEError, EEKey, config_hash, variant_id
 from swarmlm.crypto.ee_transform import EETransform
+from swarmlm.models import registry
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
@@ -56,12 +59,7 @@ def resolve_checkpoint(spec_or_dir: str | Path) -> Path:
         if not (path / "config.json").is_file():
             raise EEError(f"{path} has no config.json: not a checkpoint directory")
         return path
-    spec = str(spec_or_dir)
-    try:  # the models layer owns specs such as builtin:tiny; imported lazily
-        from swarmlm.models import registry  # type: ignore[attr-defined]
-    except ImportError:
-        raise EEError(f"{spec!r} is neither a checkpoint directory nor a spec this build can resolve") from None
-    return Path(registry.resolve(spec))
+    return Path(registry.resolve(str(spec_or_dir)))  # the models layer owns specs such as builtin:tiny
 
 
 def _map_special(value: Any, perm: torch.Tensor) -> Any:
@@ -88,8 +86,6 @@ def ee_config(base: dict[str, Any], tr: EETransform, vid: str, hide_special_ids:
 
 def _index(model_dir: Path) -> dict[str, str]:
     """tensor name -> file name (from the index json, else from the safetensors headers)."""
-    from safetensors import safe_open
-
     idx = model_dir / "model.safetensors.index.json"
     if idx.exists():
         return dict(json.loads(idx.read_text())["weight_map"])
@@ -108,9 +104,6 @@ def encrypt_checkpoint(spec_or_dir: str | Path, key_path: str | Path, out_dir: s
                        mode: str = "rotate", include_tokenizer: bool = True,
                        hide_special_ids: bool = False) -> EncryptResult:
     """Write the EE variant of a checkpoint under ``key_path`` to ``out_dir`` (which must not exist)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     t0 = time.perf_counter()
     key = EEKey.load(key_path)
     src = resolve_checkpoint(spec_or_dir)

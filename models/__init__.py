@@ -15,7 +15,8 @@ Modules (import them directly; this package imports nothing heavy):
 - ``tokenizer``: ``Tokenizer.from_dir`` (encode/decode/apply_chat_template/encode_chat/eos_token_ids),
   ``IncrementalDecoder`` for streaming.
 - ``sampling``: ``SamplingParams``, ``Sampler`` (seeded, deterministic).
-- ``generate``: ``generate`` / ``generate_stream`` over a list of shards, ``load_chain``, ``split_layers``.
+- ``generate``: ``generate`` / ``generate_stream`` over a list of shards, ``load_chain``.
+- ``partition``: ``split_layers(n, k)``, the even split of a model's layers into shards.
 - ``tiny``, ``convert``: building the two builtins.
 - ``errors``: ``ModelError`` and subclasses (``CacheBudgetExceeded``, ``SessionError``,
   ``CheckpointError``, ``UnsupportedModelError``, ``UnknownModelError``), all ``SwarmError``.

@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 from swarmlm.models.errors import CheckpointError, ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,7 +42,7 @@ class _Progress:
         self.bar = None
         if enabled:
             try:
-                from tqdm import tqdm
+                from tqdm import tqdm  # lazy: optional (installed with transformers); without it, plain lines
 
                 self.bar = tqdm(total=total, desc="converting GGUF", unit="step", file=sys.stderr)
             except ImportError:
@@ -76,10 +79,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
     if not gguf_path.exists():
         raise CheckpointError(f"{gguf_path}: no such GGUF file")
     try:
-        import torch
-        from safetensors.torch import save_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, and the optional convert extra
+        from transformers.utils import logging as hf_logging  # lazy: as above
     except ImportError as exc:
         raise ModelError(f"GGUF conversion needs transformers, gguf and accelerate ({exc}); "
                          "pip install 'swarmlm[convert]'") from None

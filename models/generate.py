@@ -1,8 +1,7 @@
 """A local generation loop over a chain of shards (tests, the bench, whole-model nodes, consensus).
 
-- ``split_layers(n, k) -> [(start, end), ...]``: ``k`` contiguous, near-even ranges covering ``[0, n)``.
 - ``load_chain(spec_or_dir, n_shards=1, dtype="fp32") -> list[Shard]`` (spec as in
-  :func:`swarmlm.models.registry.resolve`).
+  :func:`swarmlm.models.registry.resolve`; the even split of :func:`swarmlm.models.partition.split_layers`).
 - ``run_chain(shards, sessions, x, positions, last_only=False)``: one forward through every shard.
 - ``generate_stream(shards, prompt_ids, params, tokenizer=None, eos_ids=None)`` yields
   ``StreamEvent(token_id, text)`` per generated token (``text`` is the new printable text, held back
@@ -21,8 +20,11 @@ from typing import Iterator, Sequence
 
 import torch
 
+from swarmlm.models.config import ModelConfig
 from swarmlm.models.errors import SessionError
 from swarmlm.models.kvcache import Session
+from swarmlm.models.partition import split_layers
+from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.models.shard import Shard, load_shard
 from swarmlm.models.textstream import TextStream
@@ -43,17 +45,7 @@ class GenerationResult:
     prompt_tokens: int = 0
 
 
-def split_layers(n: int, k: int) -> list[tuple[int, int]]:
-    if not 1 <= k <= n:
-        raise ValueError(f"cannot split {n} layers into {k} shards")
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(k)]
-
-
 def load_chain(spec: str | Path, n_shards: int = 1, dtype: str = "fp32") -> list[Shard]:
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.registry import resolve
-
     model_dir = resolve(str(spec))
     n = ModelConfig.from_dir(model_dir).num_hidden_layers
     return [load_shard(model_dir, a, b, dtype) for a, b in split_layers(n, n_shards)]

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from swarmlm.models.config import ModelConfig
 from swarmlm.models.errors import CheckpointError
@@ -81,8 +82,6 @@ def expected_shapes(cfg: ModelConfig, start: int, end: int, embedding: bool, hea
 
 def tensor_index(model_dir: str | Path) -> dict[str, Path]:
     """Map every tensor name to its safetensors file (reads headers only)."""
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
@@ -121,8 +120,6 @@ def _check_size(path: Path) -> None:
 
 def read_tensors(model_dir: str | Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Read exactly the named tensors, check their shapes, convert to ``dtype``."""
-    from safetensors import safe_open
-
     index = tensor_index(model_dir)
     missing = [n for n in shapes if n not in index]
     if missing:

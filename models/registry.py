@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from swarmlm.models.config import ModelConfig
+from swarmlm.models.convert import convert_gguf, find_smollm2_gguf
 from swarmlm.models.errors import UnknownModelError
+from swarmlm.models.loading import expected_shapes, parse_dtype
+from swarmlm.models.partition import split_layers
+from swarmlm.models.tiny import write_tiny
 
 TINY = "builtin:tiny"
 SMOLLM2 = "builtin:smollm2-135m"
@@ -98,12 +104,8 @@ def resolve(spec: str, progress: bool = True) -> Path:
     """A model spec -> a checkpoint directory (building builtins on first use)."""
     spec = str(spec)
     if spec == TINY:
-        from swarmlm.models.tiny import write_tiny
-
         return materialize(builtin_path(TINY), write_tiny)
     if spec == SMOLLM2:
-        from swarmlm.models.convert import convert_gguf, find_smollm2_gguf
-
         final = builtin_path(SMOLLM2)
         if _complete(final):
             return final
@@ -135,17 +137,12 @@ def list_models() -> list[ModelEntry]:
 
 
 def _itemsize(dtype: str) -> int:
-    from swarmlm.models.loading import parse_dtype
-    import torch
-
     return torch.empty((), dtype=parse_dtype(dtype)).element_size()
 
 
 def shard_bytes(cfg: ModelConfig, start: int, end: int, dtype: str = "fp32", embedding: bool | None = None,
                 head: bool | None = None) -> tuple[int, int]:
     """(params, bytes) a shard holds in memory; tied embeddings are counted once."""
-    from swarmlm.models.loading import expected_shapes
-
     embedding = start == 0 if embedding is None else embedding
     head = end == cfg.num_hidden_layers if head is None else head
     shapes = expected_shapes(cfg, start, end, embedding, head)
@@ -173,8 +170,6 @@ class ModelInfo:
 
 
 def model_info(spec: str, dtype: str = "fp32", shards: int | None = None) -> ModelInfo:
-    from swarmlm.models.generate import split_layers
-
     path = resolve(spec)
     cfg = ModelConfig.from_dir(path)
     n = cfg.num_hidden_layers

@@ -15,6 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.loading import expected_shapes
 
 TINY_VERSION = 2
 TINY_SEED = 1234
@@ -43,8 +48,6 @@ def tiny_config() -> dict:
 
 def _printable_mask(vocab: int) -> np.ndarray:
     """Token ids of the byte-level symbols for printable ASCII, space and newline."""
-    from tokenizers import pre_tokenizers
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     mask = np.zeros(vocab, dtype=bool)
     for i, c in enumerate(alphabet):
@@ -53,9 +56,6 @@ def _printable_mask(vocab: int) -> np.ndarray:
 
 
 def tiny_weights(cfg_dict: dict) -> dict[str, torch.Tensor]:
-    from swarmlm.models.config import ModelConfig
-    from swarmlm.models.loading import expected_shapes
-
     cfg = ModelConfig.from_dict(cfg_dict)
     shapes = expected_shapes(cfg, 0, cfg.num_hidden_layers, True, True)
     rng = np.random.default_rng(TINY_SEED)
@@ -77,8 +77,6 @@ def tiny_weights(cfg_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def tiny_tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {c: i for i, c in enumerate(alphabet)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -89,8 +87,6 @@ def tiny_tokenizer_json() -> str:
 
 
 def write_tiny(out_dir: str | Path) -> Path:
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config()

@@ -19,6 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as TK
+
 from swarmlm.models.errors import CheckpointError
 
 
@@ -52,8 +56,6 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
-        from tokenizers import Tokenizer as TK
-
         model_dir = Path(model_dir)
         path = model_dir / "tokenizer.json"
         try:
@@ -106,9 +108,6 @@ class Tokenizer:
         if not self.chat_template:
             raise CheckpointError("this checkpoint has no chat template")
         if self._template is None:
-            from jinja2.exceptions import TemplateError
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
             def raise_exception(message: str) -> None:
                 raise TemplateError(message)
 

@@ -23,10 +23,12 @@ import secrets
 import time
 from typing import Any, Callable
 
+import multiaddr
 import trio
 
+from swarmlm.crypto.identity import Identity
 from swarmlm.net.reachability import Answer, Outcome, Reachability, ReachabilityConfig, Verdict
-from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
+from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcClient, RpcError
 
 log = logging.getLogger("swarmlm.nat")
 
@@ -146,15 +148,12 @@ class DialbackService:
 
     async def _dial_back(self, peer: str, addr: str, nonce: bytes) -> bool:
         """Deliver ``nonce`` to ``peer`` at ``addr`` from a throwaway host (new identity, new connection)."""
-        from libp2p.peer.id import ID
-        from libp2p.peer.peerinfo import PeerInfo
-        import multiaddr
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
+        from libp2p.peer.peerinfo import PeerInfo  # lazy: libp2p, as above
 
-        from swarmlm.crypto.identity import Identity
-        from swarmlm.net.host import HostConfig, build_libp2p_host
-        from swarmlm.net.rpc import RpcClient
+        from swarmlm.net.transport.build import build_libp2p_host  # lazy: imports libp2p (~1 s)
 
-        tmp, listen = build_libp2p_host(Identity.generate(), HostConfig(listen=["/ip4/0.0.0.0/tcp/0"]))
+        tmp, listen = build_libp2p_host(Identity.generate(), ["/ip4/0.0.0.0/tcp/0"])
         pid = ID.from_base58(peer)
 
         async def opener(_peer: str, protocol: str) -> Any:

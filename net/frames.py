@@ -58,7 +58,7 @@ DEFAULT_LIMITS = Limits()
 
 
 def _torch():
-    import torch
+    import torch  # lazy: torch takes ~1 s to import; frames without bfloat16 tensors never need it
 
     return torch
 

@@ -1,10 +1,10 @@
 """Our libp2p host: py-libp2p 0.8.1 on trio with Noise only, Yamux, identify, ping, a Kademlia DHT
 (server mode, signed records), optional mDNS, a peer table with RTTs, and the RPC server/client.
 
-Security: the host is built with ``sec_opt`` naming Noise alone, so a peer offering only plaintext
-(or secio, or TLS) fails the handshake. Connection set-up: ``max_connections_per_peer=1`` skips
-py-libp2p's 250 ms happy-eyeballs wait. This is the only module that constructs libp2p objects;
-everything above it talks to ``SwarmHost``.
+The py-libp2p host itself is built by ``swarmlm.net.transport.build`` (Noise as the only security
+transport, our fast path, ``max_connections_per_peer=1``); NAT traversal is ``net.nat`` and
+``net.dialback``. Everything above this module talks to ``SwarmHost``. py-libp2p is imported inside
+the methods that need it (a running host), so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import multiaddr
 import trio
+import trio.testing
 
-from swarmlm import AGENT_VERSION
 from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
 from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
+from swarmlm.net.dialback import DialbackService
+from swarmlm.net.nat import DirectNotifee, NatManager
 from swarmlm.net.peers import PeerTable
+from swarmlm.net.rawstream import TrioByteStream
 from swarmlm.net.rpc import RpcClient
 from swarmlm.net.rpc_server import RpcServer
 
@@ -44,7 +48,7 @@ class HostConfig:
     discovery_interval_s: float = 15.0
     dial_timeout_s: float = 10.0
     announce: list[str] = field(default_factory=list)
-    fastpath: bool = True  # net.fastpath Noise/Yamux subclasses (same wire protocols); False = stock
+    fastpath: bool = True  # net.transport Noise/Yamux/multistream subclasses (same wire protocols); False = stock
     # NAT traversal (net.nat, net.dialback; docs/NAT.md)
     relay: bool = True  # dial /p2p-circuit addresses; reserve on relays unless public; serve when public
     hole_punch: bool = True  # DCUtR after a relayed connection
@@ -57,64 +61,6 @@ class HostConfig:
     relay_max_duration_s: float = 3600.0  # per relayed connection
     relay_max_bytes: int = 1 << 30  # per relayed connection
     relay_reservation_ttl_s: float = 600.0
-
-
-def _libp2p_key_pair(identity: Identity):
-    from libp2p.crypto.ed25519 import create_new_key_pair
-
-    return create_new_key_pair(identity.seed)
-
-
-def build_libp2p_host(identity: Identity, config: HostConfig):
-    """A py-libp2p host with Noise as the only security transport and Yamux as the only muxer."""
-    import multiaddr
-    from libp2p import create_yamux_muxer_option, new_host
-    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
-    from libp2p.identity.identify import identify as identify_mod
-    from libp2p.network.config import ConnectionConfig
-    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-    from libp2p.security.noise.transport import Transport as NoiseTransport
-
-    identify_mod.AGENT_VERSION = AGENT_VERSION  # what identify tells other peers
-    key_pair = _libp2p_key_pair(identity)
-    noise_cls, muxer_opt = NoiseTransport, create_yamux_muxer_option()
-    if config.fastpath:  # same /noise and /yamux/1.0.0 on the wire, several times faster
-        from swarmlm.net.fastpath import FastNoiseTransport, fast_muxer_option
-
-        noise_cls, muxer_opt = FastNoiseTransport, fast_muxer_option()
-    sec = {NOISE_ID: noise_cls(key_pair, noise_privkey=new_x25519().private_key)}
-    listen_strs = list(config.listen)
-    if config.quic and not any("/quic" in a for a in listen_strs):  # experimental: QUIC beside each TCP address
-        listen_strs += [a.replace("/tcp/", "/udp/") + "/quic-v1" for a in config.listen if "/tcp/" in a]
-    try:
-        listen = [multiaddr.Multiaddr(a) for a in listen_strs]
-        announce = [multiaddr.Multiaddr(a) for a in config.announce] or None
-    except Exception as exc:
-        raise HostError(f"bad listen/announce address: {exc}") from None
-    host = new_host(
-        key_pair=key_pair,
-        sec_opt=sec,
-        muxer_opt=muxer_opt,
-        listen_addrs=listen,
-        enable_quic=config.quic,
-        enable_mDNS=config.mdns,
-        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=config.dial_timeout_s),
-        announce_addrs=announce,
-    )
-    if config.fastpath:
-        from swarmlm.net.fastpath import install_fast_muxer
-
-        install_fast_muxer(host)
-    # py-libp2p's auto-connector redials every address in the peerstore (stale ones of departed
-    # peers included) to reach a connection target of ~150; our discovery loop decides whom to
-    # connect to, so it is switched off.
-    network = host.get_network()
-    if hasattr(network, "auto_connector"):
-        async def _no_auto_connect() -> None:
-            return None
-
-        network.auto_connector.maybe_connect = _no_auto_connect
-    return host, listen
 
 
 def split_p2p_addr(maddr: str) -> tuple[str, str]:
@@ -148,8 +94,6 @@ class SwarmHost:
         self.reachability_listeners: list[Any] = []  # callables(verdict) run when the verdict changes
         self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", self._echo)
         if self.config.reachability:
-            from swarmlm.net.dialback import DialbackService
-
             self.dialback = DialbackService(self, on_change=self._on_verdict)
 
     @staticmethod
@@ -240,11 +184,11 @@ class SwarmHost:
     # -- lifecycle -------------------------------------------------------------------------
     @asynccontextmanager
     async def running(self) -> AsyncIterator["SwarmHost"]:
-        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-        from libp2p.records.validator import NamespacedValidator
-        from libp2p.tools.anyio_service import background_trio_service
+        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT  # lazy: libp2p is slow to import (~1 s)
+        from libp2p.records.validator import NamespacedValidator  # lazy: libp2p, as above
+        from libp2p.tools.anyio_service import background_trio_service  # lazy: libp2p, as above
 
-        host, listen = build_libp2p_host(self.identity, self.config)
+        host, listen = self._build()
         self._host = host
         self._register_handlers()
         validator = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
@@ -256,8 +200,6 @@ class SwarmHost:
                     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
                         self._nursery = nursery
                         if self.config.relay or self.config.hole_punch:
-                            from swarmlm.net.nat import DirectNotifee, NatManager
-
                             self.nat = NatManager(self)
                             await self.nat.start(host, stack, nursery)
                             host.get_network().register_notifee(DirectNotifee(self))
@@ -275,6 +217,16 @@ class SwarmHost:
             self._dht = None
             self._nursery = None
             self.nat = None
+
+    def _build(self) -> tuple[Any, list[Any]]:
+        from swarmlm.net.transport.build import AddressError, build_libp2p_host  # lazy: imports libp2p (~1 s)
+
+        cfg = self.config
+        try:
+            return build_libp2p_host(self.identity, cfg.listen, announce=cfg.announce, quic=cfg.quic,
+                                     mdns=cfg.mdns, dial_timeout_s=cfg.dial_timeout_s, fastpath=cfg.fastpath)
+        except AddressError as exc:
+            raise HostError(str(exc)) from None
 
     def _register_handlers(self) -> None:
         for proto in sorted(self.rpc_server.protocols() - self._handled):
@@ -296,8 +248,7 @@ class SwarmHost:
     # -- connections -----------------------------------------------------------------------
     async def connect(self, maddr: str) -> str:
         """Dial a full multiaddr (with /p2p/); returns the peer id. Raises HostError."""
-        from libp2p.peer.peerinfo import info_from_p2p_addr
-        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr  # lazy: libp2p is slow to import (~1 s)
 
         split_p2p_addr(maddr)
         try:
@@ -328,7 +279,7 @@ class SwarmHost:
         return pid
 
     def _peer(self, peer: str) -> Any:
-        from libp2p.peer.id import ID
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
 
         return ID.from_base58(peer)
 
@@ -346,16 +297,12 @@ class SwarmHost:
         if peer == self.peer_id:
             return await self._loopback(protocol)
         if self.config.fastpath:  # the protocol proposal rides with the first request: no round trip
-            from swarmlm.net.fastpath import open_lazy_stream
+            from swarmlm.net.transport.multiselect import open_lazy_stream  # lazy: imports libp2p (~1 s)
 
             return await open_lazy_stream(self._host, self._peer(peer), protocol)
         return await self._host.new_stream(self._peer(peer), [protocol])
 
     async def _loopback(self, protocol: str) -> Any:
-        import trio.testing
-
-        from swarmlm.net.rawstream import TrioByteStream
-
         if protocol not in self.rpc_server.protocols() or self._nursery is None:
             raise HostError(f"no local handler for {protocol}")
         ours, theirs = trio.testing.memory_stream_pair()
@@ -410,7 +357,7 @@ class SwarmHost:
 
     async def discover(self) -> list[str]:
         """One Kademlia lookup of our own id: connect to every peer it finds; returns new peers."""
-        from libp2p.peer.id import ID
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
 
         found = await self._dht.peer_routing.find_closest_peers_network(ID.from_base58(self.peer_id).to_bytes())
         new = []

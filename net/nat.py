@@ -13,6 +13,10 @@
   run DCUtR (timeout, one retry) to get a direct connection. The relayed connection stays as the
   fallback (py-libp2p would close it after 60 s); new streams prefer the direct one, and pooled RPC
   streams are dropped so the next call moves to it.
+
+The changes this needs inside py-libp2p (per-peer connection trimming, advertised addresses, DCUtR's
+relay close) are in ``swarmlm.net.transport.patches``. py-libp2p is imported inside the methods that
+need it (a running host), so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+import multiaddr
 import trio
 
 log = logging.getLogger("swarmlm.nat")
@@ -34,20 +39,6 @@ def is_relayed(conn: Any) -> bool:
         return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
     except Exception:
         return False
-
-
-def _keep_relay_trim(network: Any, allow: int = 4) -> None:
-    """Let a peer keep a relayed connection next to the direct one(s) although ``max_connections_per_peer``
-    is 1 (which we keep: it skips the 250 ms happy-eyeballs wait on every dial). py-libp2p would trim to
-    one, typically closing the relayed fallback when DCUtR's simultaneous open briefly yields two direct
-    connections; we only trim beyond ``allow`` connections."""
-    original = network._trim_connections
-
-    def trim(peer_id: Any) -> None:
-        if len(network.connections.get(peer_id, [])) > allow:
-            original(peer_id)
-
-    network._trim_connections = trim
 
 
 class DirectNotifee:
@@ -109,16 +100,16 @@ class NatManager:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: Any, stack: AsyncExitStack, nursery: Any) -> None:
-        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
-        from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
-        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
-        from libp2p.relay.circuit_v2.resources import RelayLimits
-        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
-        from libp2p.tools.anyio_service import background_trio_service
+        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole  # lazy: libp2p is slow to import (~1 s)
+        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol  # lazy: libp2p, as above
+        from libp2p.relay.circuit_v2.resources import RelayLimits  # lazy: libp2p, as above
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport  # lazy: libp2p, as above
+        from libp2p.tools.anyio_service import background_trio_service  # lazy: libp2p, as above
+
+        from swarmlm.net.transport import patches  # lazy: imports libp2p (~1 s)
 
         self._host, self._nursery = host, nursery
-        network = host.get_network()
-        _keep_relay_trim(network)
+        patches.keep_relayed_connections(host.get_network())
         cfg = self.cfg
         limits = RelayLimits(duration=int(cfg.relay_max_duration_s), data=int(cfg.relay_max_bytes),
                              max_circuit_conns=cfg.relay_max_circuits, max_reservations=cfg.relay_max_reservations,
@@ -127,31 +118,12 @@ class NatManager:
             self._protocol = CircuitV2Protocol(host, limits=limits, allow_hop=False)
             await stack.enter_async_context(background_trio_service(self._protocol))
             self._transport = CircuitV2Transport(host, self._protocol, RelayConfig(roles=RelayRole.STOP, limits=limits))
-            plain_get_addrs = host.get_addrs
-
-            def get_addrs() -> list:  # what identify advertises: ours plus our relay addresses
-                import multiaddr
-
-                mine = f"/p2p/{host.get_id()}"
-                return list(plain_get_addrs()) + [multiaddr.Multiaddr(a + mine) for a in self.circuit_addrs()]
-
-            host.get_addrs = get_addrs  # (an addrs_factory would cut everything after the relay's /p2p/)
+            patches.advertise_extra_addrs(host, self.circuit_addrs)  # identify advertises our relay addresses too
             if cfg.relay_serve == "always":
                 self.set_serving(True)
             nursery.start_soon(self._reserve_loop)
-        if cfg.hole_punch:
-            class KeepRelayDCUtR(DCUtRProtocol):
-                def _schedule_relay_close(self, peer_id: Any) -> None:  # keep the relayed fallback
-                    return None
-
-                async def _try_unilateral_upgrade(self, peer_id: Any) -> bool:
-                    # the plain direct dial before DCUtR waits out the full dial timeout on addresses
-                    # behind a NAT (5 s before every punch); a reachable address answers within 1 s
-                    with trio.move_on_after(1.0):
-                        return await super()._try_unilateral_upgrade(peer_id)
-                    return await self._verify_direct_connection(peer_id)
-
-            self._dcutr = KeepRelayDCUtR(host, dial_timeout=5)
+        if cfg.hole_punch:  # DCUtR keeping the relayed fallback, with a short plain direct dial first
+            self._dcutr = patches.KeepRelayDCUtR(host, dial_timeout=5)
             await stack.enter_async_context(background_trio_service(self._dcutr))
 
     # -- serving ---------------------------------------------------------------------------------
@@ -195,7 +167,7 @@ class NatManager:
         return [a for a, _ in self.reservations.values()]
 
     def _hop_peers(self) -> list[str]:
-        from libp2p.peer.id import ID
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
 
         store = self._host.get_peerstore()
         out = []
@@ -221,7 +193,7 @@ class NatManager:
 
     async def reserve(self, relay: str) -> bool:
         """Reserve a slot on ``relay`` (renews an existing one). True on success."""
-        from libp2p.peer.id import ID
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
 
         addr = self._relay_addr(relay)
         if addr is None:
@@ -278,8 +250,6 @@ class NatManager:
     # -- dialing and punching --------------------------------------------------------------------
     async def dial_relayed(self, maddr: str, peer: str) -> None:
         """Connect to ``peer`` through the relay named in ``maddr`` (…/p2p/R/p2p-circuit/p2p/peer)."""
-        import multiaddr
-
         if self._transport is None:
             raise ConnectionError("relay support is off")
         await self._transport.dial(multiaddr.Multiaddr(maddr))
@@ -304,7 +274,7 @@ class NatManager:
 
     async def _punch(self, peer: str, attempts: int = 2, timeout_s: float = 6.0) -> bool:
         """DCUtR with a timeout, retried once; True when a direct connection exists at the end."""
-        from libp2p.peer.id import ID
+        from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
 
         try:
             t0 = trio.current_time()

@@ -6,6 +6,8 @@ run the RPC over in-memory stream pairs.
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 
@@ -28,6 +30,4 @@ class TrioByteStream:
 
 def tune_socket(stream: trio.SocketStream) -> None:
     """TCP_NODELAY for request/response latency (trio sets it by default; be explicit)."""
-    import socket
-
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)

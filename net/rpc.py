@@ -73,7 +73,7 @@ class FrameStream:
         self.peer = peer
         self.bytes_in = 0
         self.bytes_out = 0
-        # fewer copies where the stream offers them (net.fastpath's yamux streams, also under a
+        # fewer copies where the stream offers them (net.transport's yamux streams, also under a
         # py-libp2p NetStream): scatter writes, and reads straight into a frame-sized buffer
         inner = getattr(stream, "muxed_stream", stream)
         self._write_parts = getattr(inner, "write_parts", None)
@@ -156,7 +156,7 @@ def _uninitialized(n: int) -> Any:
     receive cost of a megabyte frame); tensors decoded from it share its memory."""
     if n < 65536:
         return bytearray(n)
-    import numpy
+    import numpy  # lazy: ~0.1 s to import, and only frames of 64 KiB or more need it
 
     return numpy.empty(n, dtype=numpy.uint8)
 

@@ -21,10 +21,10 @@ from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError
 
 from swarmlm.net.rpc_server import ServerCall
-from swarmlm.net.state_store import StateStore
-from swarmlm.net.state_sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
-from swarmlm.net.state_wire import PROTOCOL_ID, Limits
-from swarmlm.net.swarm_state import InvalidUpdate
+from swarmlm.net.state.schema import InvalidUpdate
+from swarmlm.net.state.store import StateStore
+from swarmlm.net.state.sync import HEARTBEAT_S, SAVE_S, TICK_S, StateSync
+from swarmlm.net.state.wire import PROTOCOL_ID, Limits
 
 log = logging.getLogger("swarmlm.state")
 

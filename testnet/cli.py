@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from swarmlm.testnet.local import STATE_FILE, LocalTestnet, down
+from swarmlm.testnet.netns_testnet import netns_demo_up, netns_down, netns_up
 
 DEFAULT_BASE = ".testnet"
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
-    from swarmlm.testnet.local import LocalTestnet
-
     if ns.netns and ns.demo:
-        from swarmlm.testnet.netns_testnet import netns_demo_up
-
         out = netns_demo_up(ns.base_dir, model=ns.model, timeout=ns.timeout)
         if ns.json:
             print(json.dumps(out))
@@ -23,13 +23,11 @@ def cmd_up(ns: argparse.Namespace) -> int:
                 print(f"{n['name']:<10} site {n['site']:<4} pid {n['pid']:<7} {n['addrs'][0]}")
         return 0
     if ns.netns:
-        from swarmlm.testnet.netns_testnet import netns_up
-
         return netns_up(ns)
     extra = []
     if ns.model:
         extra += ["--model", ns.model]
-        from swarmlm.models.registry import resolve
+        from swarmlm.models.registry import resolve  # lazy: imports torch (~1 s); `swarmlm --help` imports this module
 
         resolve(ns.model)  # convert a builtin once, before N nodes would all try
     if ns.max_layers:
@@ -49,14 +47,8 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from swarmlm.testnet.local import STATE_FILE, down
-
     state = Path(ns.base_dir) / STATE_FILE
     if state.exists() and "netns" in json.loads(state.read_text() or "{}"):
-        from swarmlm.testnet.netns_testnet import netns_down
-
         n = netns_down(ns.base_dir)
     else:
         n = down(ns.base_dir)

@@ -21,6 +21,7 @@ from typing import Any
 
 from swarmlm.testnet.description import (DEMO, HTTP_PORT, P2P_PORT, NodeSpec, Swarm, bootstrap_addr, data_dir,
                                          node_flags, ready_file)
+from swarmlm.testnet.local import node_command
 
 COMPOSE_FILE = Path(__file__).with_name("docker-compose.yml")
 IMAGE = "swarmlm/testnet:dev"
@@ -51,8 +52,6 @@ def nat_rules(swarm: Swarm) -> list[list[str]]:
 
 def node_argv(swarm: Swarm, spec: NodeSpec) -> list[str]:
     """The node's command line in its container (the same ``node_command`` every launcher uses)."""
-    from swarmlm.testnet.local import node_command
-
     boot = [] if spec.name == swarm.bootstrap else [bootstrap_addr(swarm)]
     extra = node_flags(swarm, spec) + ["--announce", f"/ip4/{spec.ip}/tcp/{P2P_PORT}"]
     return node_command(data_dir(spec), ready_file(spec), listen=f"/ip4/0.0.0.0/tcp/{P2P_PORT}", bootstrap=boot,
@@ -113,7 +112,7 @@ def compose_dict(swarm: Swarm = DEMO) -> dict[str, Any]:
 
 
 def render(swarm: Swarm = DEMO) -> str:
-    import yaml
+    import yaml  # lazy: pyyaml is in the test extra only; nothing but rendering the file needs it
 
     return HEADER + yaml.safe_dump(compose_dict(swarm), sort_keys=False, default_flow_style=None, width=1000)
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmlm.crypto.identity import KEY_FILE_NAME, Identity, write_private_file
+from swarmlm.testnet.local import node_command
+from swarmlm.testnet.netns import PUBLIC_IP, Topology
 
 P2P_PORT = 4001
 HTTP_PORT = 8080
@@ -172,9 +174,6 @@ def netns_launches(swarm: Swarm, base_dir: str | Path, python: str | None = None
     Nodes sharing a site share its address, so each gets its own P2P and HTTP port there; call
     ``write_dev_identity`` for nodes with ``dev_identity`` before starting them.
     """
-    from swarmlm.testnet.local import node_command
-    from swarmlm.testnet.netns import PUBLIC_IP, Topology
-
     site_ip = {name: s.host_ip for name, s in Topology(run_id="plan").sites.items()}  # no side effects
     order = start_order(swarm)
     ports = {n.name: P2P_PORT + i for i, n in enumerate(order)}

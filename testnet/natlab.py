@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -28,6 +29,9 @@ import time
 from typing import Any, Sequence
 
 import trio
+
+from swarmlm.crypto.identity import Identity
+from swarmlm.net.host import HostConfig, SwarmHost
 
 
 def _emit(**kw: Any) -> None:
@@ -40,9 +44,6 @@ class Agent:
         self.relay_scope: trio.CancelScope | None = None
 
     async def start_host(self, nursery: Any, cfg: Any, keep: bool = False) -> Any:
-        from swarmlm.crypto.identity import Identity
-        from swarmlm.net.host import SwarmHost
-
         host = SwarmHost(Identity.generate(), cfg)
         scope = trio.CancelScope()
 
@@ -60,8 +61,6 @@ class Agent:
         return host
 
     async def handle(self, nursery: Any, cmd: dict) -> dict:
-        from swarmlm.net.host import HostConfig
-
         op = cmd["op"]
         quiet = dict(ping_interval_s=10.0, discovery_interval_s=3600.0, reachability=False,
                      fastpath=cmd.get("fastpath", True))
@@ -186,8 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("role", choices=["agent"])
     ap.parse_args(argv)
     if os.environ.get("NATLAB_DEBUG"):  # DCUtR and our NAT logs on stderr
-        import logging
-
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
         for name in ("libp2p.relay.circuit_v2.dcutr", "swarmlm.nat"):
             logger = logging.getLogger(name)

@@ -10,6 +10,7 @@ the one ``node_command`` every launcher uses, listening on its own interface add
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from swarmlm.testnet.local import STATE_FILE, NodeProc, TestnetError, _wait_ready, node_command
+from swarmlm.testnet import description as desc
+from swarmlm.testnet.local import STATE_FILE, NodeProc, TestnetError, _wait_ready, down, node_command
+from swarmlm.testnet.netns import NetnsError, delete_namespaces, list_namespaces, start, unavailable_reason
 
 PORT = 4001
 SITES = ("pub", "a", "b", "c")
@@ -122,15 +125,13 @@ def netns_up(ns: argparse.Namespace) -> int:
     """``swarmlm testnet up --netns``: build the topology (detached), start the nodes, print them, exit.
     ``netns_down(base_dir)`` stops them and removes the namespaces (``swarmlm testnet down`` stops the
     nodes; ``python -m swarmlm.testnet.netns down`` removes every detached topology)."""
-    from swarmlm.testnet.netns import NetnsError, start, unavailable_reason
-
     reason = unavailable_reason()
     if reason:
         raise NetnsError(f"testnet up --netns: {reason}")
     extra: list[str] = []
     if getattr(ns, "model", None):
         extra += ["--model", ns.model]
-        from swarmlm.models.registry import resolve
+        from swarmlm.models.registry import resolve  # lazy: imports torch (~1 s); the CLI imports this module
 
         resolve(ns.model)
     if getattr(ns, "max_layers", None):
@@ -159,9 +160,6 @@ def netns_up(ns: argparse.Namespace) -> int:
 def netns_down(base_dir: str | os.PathLike) -> int:
     """Stop the nodes of a ``testnet up --netns`` in ``base_dir`` and delete exactly the namespaces it
     built (recorded in its testnet.json); returns how many node processes were running."""
-    from swarmlm.testnet.local import down
-    from swarmlm.testnet.netns import delete_namespaces, list_namespaces
-
     state_path = Path(base_dir) / STATE_FILE
     names = json.loads(state_path.read_text()).get("netns", {}).get("namespaces", []) if state_path.exists() else []
     n = down(base_dir)
@@ -175,15 +173,10 @@ def netns_demo_up(base_dir: str | os.PathLike, *, model: str | None = None, time
     internet from the very same description: its internet network on ``pub``, its NATed home network
     in home ``a``. ``model`` replaces the model of every node (e.g. ``builtin:tiny`` for a light run).
     Returns what ``testnet up --json`` prints; ``netns_down(base_dir)`` stops it."""
-    import dataclasses
-
-    from swarmlm.testnet import description as desc
-    from swarmlm.testnet.netns import start
-
     swarm = desc.DEMO
     if model:  # same layout and flags, another model: whole-model nodes stay whole, auto caps scale
-        from swarmlm.models.config import ModelConfig
-        from swarmlm.models.registry import resolve
+        from swarmlm.models.config import ModelConfig  # lazy: imports torch (~1 s); the CLI imports this module
+        from swarmlm.models.registry import resolve  # lazy: as above
 
         n_layers = ModelConfig.from_dir(resolve(model)).num_hidden_layers
         scale = n_layers / desc.SMOLLM2_LAYERS

@@ -20,7 +20,10 @@ import sys
 import time
 from typing import Any, Sequence
 
+import multiaddr
 import trio
+
+from swarmlm.testnet.netns import PUBLIC_IP
 
 ECHO = "/swarmlm-lab/echo/1.0.0"
 
@@ -40,17 +43,17 @@ def _conn_addrs(host: Any, peer: Any) -> list[list[str]]:
 
 
 async def _node(ns: argparse.Namespace) -> None:
-    import multiaddr
-    from libp2p import new_host
-    from libp2p.crypto.secp256k1 import create_new_key_pair
-    from libp2p.peer.id import ID
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-    from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
-    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
-    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID, STOP_PROTOCOL_ID, CircuitV2Protocol
-    from libp2p.relay.circuit_v2.resources import RelayLimits
-    from libp2p.relay.circuit_v2.transport import CircuitV2Transport
-    from libp2p.tools.anyio_service import background_trio_service
+    # libp2p takes ~1 s to import; only the lab processes need it, not the tests that drive them
+    from libp2p import new_host  # lazy: libp2p, see above
+    from libp2p.crypto.secp256k1 import create_new_key_pair  # lazy: libp2p
+    from libp2p.peer.id import ID  # lazy: libp2p
+    from libp2p.peer.peerinfo import info_from_p2p_addr  # lazy: libp2p
+    from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole  # lazy: libp2p
+    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol  # lazy: libp2p
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID, STOP_PROTOCOL_ID, CircuitV2Protocol  # lazy: libp2p
+    from libp2p.relay.circuit_v2.resources import RelayLimits  # lazy: libp2p
+    from libp2p.relay.circuit_v2.transport import CircuitV2Transport  # lazy: libp2p
+    from libp2p.tools.anyio_service import background_trio_service  # lazy: libp2p
 
     # slots of peers that died stay taken until they expire: size max_reservations for churn
     limits = RelayLimits(duration=600, data=16 << 20, max_circuit_conns=64, max_reservations=64)
@@ -128,8 +131,6 @@ def _ready(proc: subprocess.Popen) -> dict:
 
 def start_relay(topo: Any, port: int = 4001) -> tuple[subprocess.Popen, str]:
     """Start the lab relay on the public host; returns (process, its /ip4/.../p2p/ID multiaddr)."""
-    from swarmlm.testnet.netns import PUBLIC_IP
-
     proc = topo.python_in("pub", "swarmlm.testnet.p2plab", "relay", "--port", str(port),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return proc, f"/ip4/{PUBLIC_IP}/tcp/{port}/p2p/{_ready(proc)['id']}"

@@ -1,4 +1,4 @@
-"""Helper programs that exercise ``swarmlm.net.holepunch`` inside the netns internet (tests, bench).
+"""Helper programs that exercise ``swarmlm.testnet.holepunch`` inside the netns internet (tests, bench).
 
 ``python -m swarmlm.testnet.punchlab serve --port 7000`` runs on the public host: a rendezvous that
 tells two peers of one session each other's *observed* public ``ip:port`` (TCP and UDP, like the
@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 import trio
 
-from swarmlm.net.holepunch import (PunchError, bound_socket, dial_from, fmt_addr, parse_addr, reuse_listener,
-                                   tcp_simultaneous_open, udp_keepalive, udp_punch)
+from swarmlm.testnet.holepunch import (PunchError, bound_socket, dial_from, fmt_addr, parse_addr, reuse_listener,
+                                       tcp_simultaneous_open, udp_keepalive, udp_punch)
+from swarmlm.testnet.netns import PUBLIC_IP
 
 MAX_LINE = 1024
 RENDEZVOUS_PORT = 7000
@@ -276,8 +277,6 @@ def run_trials(topo: Any, proto: str, x: str, y: str, n: int = 10, *, timeout: f
 
     A rendezvous must already serve on the public host (``start_rendezvous``).
     """
-    from swarmlm.testnet.netns import PUBLIC_IP
-
     rv = rendezvous or f"{PUBLIC_IP}:{RENDEZVOUS_PORT}"
     session = f"{proto}-{x}{y}-{time.monotonic_ns()}"
     procs = []

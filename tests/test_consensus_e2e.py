@@ -155,7 +155,7 @@ def test_the_largest_round_record_fits_a_swarm_state_record():
     from swarmlm.consensus.local import run_local_round
     from swarmlm.consensus.round import Finished
     from swarmlm.crypto.identity import Identity
-    from swarmlm.net.swarm_state import make_record
+    from swarmlm.net.state.schema import make_record
     from swarmlm.node.server.consensus import max_judges
     from swarmlm.node.wire import MAX_K
 

@@ -104,7 +104,7 @@ def _greedy_chain(shards, ids: list[int], n: int) -> tuple[list[int], torch.Tens
 
 def _swarmlm_chain_check(spec: str, tmp_path, mode: str, n_new: int, prompt: list[int]) -> float:
     registry = pytest.importorskip("swarmlm.models.registry")
-    from swarmlm.models.generate import split_layers
+    from swarmlm.models.partition import split_layers
     from swarmlm.models.shard import load_shard
 
     base = registry.resolve(spec)

@@ -11,8 +11,8 @@ from swarmlm.consensus.local import run_local_round
 from swarmlm.consensus.round import Finished
 from swarmlm.crypto.identity import Identity
 from swarmlm.net.peers import PeerTable
-from swarmlm.net.state_sync import StateSync
-from swarmlm.net.swarm_state import ModelInfo
+from swarmlm.net.state.schema import ModelInfo
+from swarmlm.net.state.sync import StateSync
 from swarmlm.node.front.health import HealthTracker, swarm_snapshot
 from swarmlm.node.front.health_page import render_fragment, render_page
 

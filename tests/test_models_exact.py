@@ -7,7 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from swarmlm.models.generate import split_layers  # noqa: E402
+from swarmlm.models.partition import split_layers  # noqa: E402
 from swarmlm.models.shard import load_shard  # noqa: E402
 
 

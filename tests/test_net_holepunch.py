@@ -7,8 +7,8 @@ import socket
 import pytest
 import trio
 
-from swarmlm.net.holepunch import (PunchError, bound_socket, reuse_listener, tcp_simultaneous_open,
-                                   udp_keepalive, udp_punch)
+from swarmlm.testnet.holepunch import (PunchError, bound_socket, reuse_listener, tcp_simultaneous_open,
+                                       udp_keepalive, udp_punch)
 
 LO = "127.0.0.1"
 

@@ -1,5 +1,5 @@
-"""net.fastpath (our Noise session and Yamux subclasses): data intact, flow control, interop with stock
-py-libp2p both ways, protocol errors close one connection only, garbage on the port leaves the node serving.
+"""net.transport's fast path (our Noise session and Yamux subclasses): data intact, flow control, interop
+with stock py-libp2p both ways, protocol errors close one connection only, garbage on the port leaves the node serving.
 
 Functional only: speed is measured by ``swarmlm bench rpc``.
 """
@@ -14,9 +14,10 @@ import torch
 import trio
 import trio.testing
 
-from swarmlm.net.fastpath import FastNoiseSession, FastYamux, FastYamuxStream
 from swarmlm.net.host import ECHO_PROTOCOL
 from swarmlm.net.rpc import RpcError
+from swarmlm.net.transport.fastnoise import FastNoiseSession
+from swarmlm.net.transport.fastyamux import FastYamux, FastYamuxStream
 
 from helpers import running_hosts
 
@@ -189,7 +190,7 @@ async def test_yamux_window_credit_fin_and_reset():
 
 
 async def test_yamux_window_overrun_and_garbage_close_only_that_connection():
-    from swarmlm.net.fastpath import _HDR
+    from swarmlm.net.transport.fastyamux import _HDR
 
     async with trio.open_nursery() as nursery:
         left, right, raw_b = await _pair(nursery)

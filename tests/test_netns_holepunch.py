@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from swarmlm.net.holepunch import UDP_KEEPALIVE_S, fmt_addr, parse_addr
+from swarmlm.testnet.holepunch import UDP_KEEPALIVE_S, fmt_addr, parse_addr
 from swarmlm.testnet.netns import PUBLIC_IP, Topology
 from swarmlm.testnet.punchlab import run_trials, start_rendezvous
 

@@ -14,9 +14,10 @@ from pycrdt import Doc, Map
 
 from swarmlm.crypto.envelope import Envelope
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.state_memnet import MemNet, make_swarm, random_write
-from swarmlm.net.state_sync import DOMAIN, StateSync
-from swarmlm.net.swarm_state import client_id_for, make_record
+from swarmlm.net.state.rights import client_id_for
+from swarmlm.net.state.schema import make_record
+from swarmlm.net.state.sync import DOMAIN, StateSync
+from swarmlm.testnet.memnet import MemNet, make_swarm, random_write
 
 
 @pytest.fixture

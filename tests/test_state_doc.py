@@ -6,8 +6,10 @@ import pycrdt
 import pytest
 
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.swarm_state import (HostedRange, InvalidUpdate, ModelInfo, OwnerDoc, StateError, SwarmState,
-                                     client_id_for, decode_state_vector, doc_owner, make_record, records_key)
+from swarmlm.net.state.doc import OwnerDoc
+from swarmlm.net.state.rights import client_id_for, decode_state_vector, doc_owner, records_key
+from swarmlm.net.state.schema import HostedRange, InvalidUpdate, ModelInfo, StateError, make_record
+from swarmlm.net.state.swarm import SwarmState
 
 A = Identity.from_seed(b"a" * 32)
 B = Identity.from_seed(b"b" * 32)

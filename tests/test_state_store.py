@@ -6,9 +6,10 @@ import logging
 import random
 
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.state_memnet import make_swarm
-from swarmlm.net.state_store import FILE_NAME, MAGIC, StateStore
-from swarmlm.net.swarm_state import HostedRange, doc_owner, records_key
+from swarmlm.net.state.rights import doc_owner, records_key
+from swarmlm.net.state.schema import HostedRange
+from swarmlm.net.state.store import FILE_NAME, MAGIC, StateStore
+from swarmlm.testnet.memnet import make_swarm
 
 
 def _engine_with_state(tmp_path):

@@ -7,10 +7,10 @@ import random
 import msgpack
 
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.state_memnet import MemNet, make_swarm, random_write
-from swarmlm.net.state_store import StateStore
-from swarmlm.net.state_sync import Limits, StateSync
-from swarmlm.net.swarm_state import HostedRange
+from swarmlm.net.state.schema import HostedRange
+from swarmlm.net.state.store import StateStore
+from swarmlm.net.state.sync import Limits, StateSync
+from swarmlm.testnet.memnet import MemNet, make_swarm, random_write
 
 
 def _writes(net: MemNet, n: int, seed: int) -> None:

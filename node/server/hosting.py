@@ -20,7 +20,7 @@ from swarmlm.models.config import ModelConfig
 from swarmlm.models.kvcache import KVCacheManager
 from swarmlm.models.registry import resolve, shard_bytes
 from swarmlm.models.shard import load_shard
-from swarmlm.net.swarm_state import ModelInfo
+from swarmlm.net.state.schema import ModelInfo
 from swarmlm.node.config import parse_layers
 from swarmlm.node.directory import servers_for
 from swarmlm.node.server.placement import choose_range, rebalance_candidates, should_rebalance

@@ -24,11 +24,13 @@ import trio
 from libp2p.exceptions import ParseError
 from libp2p.io.utils import read_exactly
 from libp2p.protocol_muxer.multiselect_client import MULTISELECT_PROTOCOL_ID as _MSS
-from libp2p.utils import read_delim
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _y
+from libp2p.utils import read_delim
 
-from swarmlm.net.fastnoise import FastLock, FastNoiseSession
+from swarmlm.net.transport.buffers import ChunkBuffer
+from swarmlm.net.transport.fastnoise import FastLock, FastNoiseSession
+from swarmlm.net.transport.upstream import replaces
 
 log = logging.getLogger("swarmlm.fastpath")
 
@@ -36,77 +38,20 @@ YAMUX_PROTOCOL_ID = _y.PROTOCOL_ID  # "/yamux/1.0.0": unchanged, so we interoper
 _HDR = struct.Struct(_y.YAMUX_HEADER_FORMAT)
 _HEADER = _HDR.size
 _INITIAL_WINDOW = _y.DEFAULT_WINDOW_SIZE  # 256 KiB, fixed by the yamux spec
-
-
-class ChunkBuffer:
-    """A stream's receive buffer: zero-copy views of decrypted Noise messages, oldest first.
-
-    Stands in for the ``bytearray`` stock keeps in ``Yamux.stream_buffers`` (the inherited code only
-    uses ``len``, truth and ``clear``); a reader copies out of it once, into its own buffer."""
-
-    __slots__ = ("_chunks", "_off", "_size")
-
-    def __init__(self) -> None:
-        self._chunks: deque[memoryview] = deque()
-        self._off = 0
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def append(self, data: Any) -> None:
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        if len(mv):
-            self._chunks.append(mv)
-            self._size += len(mv)
-
-    def __iadd__(self, data: Any) -> "ChunkBuffer":
-        self.append(data)
-        return self
-
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._off = self._size = 0
-
-    def take_into(self, view: memoryview) -> int:
-        """Copy up to ``len(view)`` bytes into ``view``; returns how many."""
-        n = min(len(view), self._size)
-        pos = 0
-        chunks = self._chunks
-        while pos < n:
-            first, off = chunks[0], self._off
-            k = min(n - pos, len(first) - off)
-            view[pos:pos + k] = first[off:off + k]
-            pos += k
-            if off + k == len(first):
-                chunks.popleft()
-                self._off = 0
-            else:
-                self._off = off + k
-        self._size -= n
-        return n
-
-    def take(self, n: int) -> bytes:
-        """Up to ``n`` bytes (all when ``n`` < 0) as ``bytes``."""
-        n = self._size if n < 0 else min(n, self._size)
-        first, off = self._chunks[0], self._off
-        if len(first) - off >= n:  # within one chunk: one copy
-            data = bytes(first[off:off + n])
-            self._off = off + n
-            if self._off == len(first):
-                self._chunks.popleft()
-                self._off = 0
-            self._size -= n
-            return data
-        out = bytearray(n)
-        self.take_into(memoryview(out))
-        return bytes(out)
+replaces("libp2p.stream_muxer.yamux.yamux.PROTOCOL_ID", "f8df0e76746c860e")
+replaces("libp2p.stream_muxer.yamux.yamux.YAMUX_HEADER_FORMAT", "cdc940955bc10554")
+replaces("libp2p.stream_muxer.yamux.yamux.DEFAULT_WINDOW_SIZE", "54faea9b3eeffce2")
 
 
 class YamuxProtocolError(Exception):
     """The peer broke the yamux protocol: its connection is closed."""
 
 
+# py-libp2p 0.8.1 YamuxStream.write polls for credit and sends one frame per chunk; .read sends a
+# window update after every read; send_window is a plain attribute (here a property that wakes writers).
+@replaces("libp2p.stream_muxer.yamux.yamux.YamuxStream.__init__", "ab24c0709285d573")
+@replaces("libp2p.stream_muxer.yamux.yamux.YamuxStream.write", "d87f74dfb53ab194")
+@replaces("libp2p.stream_muxer.yamux.yamux.YamuxStream.read", "ca585f2199fd4e83")
 class FastYamuxStream(_y.YamuxStream):
     """Event-driven send window, up-front receive window, batched credit and batched frames."""
 
@@ -236,6 +181,16 @@ class FastYamuxStream(_y.YamuxStream):
             await self._wait_readable(buf)
 
 
+# py-libp2p 0.8.1 Yamux: its frame loop (handle_incoming) and open_stream build stock streams and
+# buffers; close and _cleanup_on_error are wrapped to wake our writers; the rest is inherited.
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux.__init__", "3b11a2a71ca444ca")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux._write_frame", "16ff969cdd0d2b1b")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux.close", "d80b27e69ccd1b89")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux._cleanup_on_error", "4fed61a999a34989")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux.open_stream", "f3e0ef79ec21d0cb")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux.handle_incoming", "ad15ff6943feac20")
+@replaces("libp2p.stream_muxer.yamux.yamux.Yamux._finalize_stream", "ef7ab7de0fb89264")
+@replaces("libp2p.stream_muxer.yamux.yamux._yamux_data_read_timeout", "0f5873d6b21e00f7")
 class FastYamux(_y.Yamux):
     """Yamux with ``FastYamuxStream`` streams and a lean incoming-frame loop (see module doc)."""
 

@@ -16,7 +16,8 @@ import random
 from pathlib import Path
 
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.state_sync import Limits, StateSync
+from swarmlm.net.state.sync import StateSync
+from swarmlm.net.state.wire import Limits
 
 log = logging.getLogger("swarmlm.state")
 

@@ -1,4 +1,4 @@
-"""An in-memory transport for ``StateSync`` engines: tests and ``swarmlm bench crdt``.
+"""An in-memory transport for ``StateSync`` engines (``swarmlm.net.state``): tests and ``swarmlm bench crdt``.
 
 ``MemNet`` holds engines by peer id, the links between them and one queue of messages in flight.
 It delivers messages (in order, or shuffled to model reordering), can drop a fraction of them,
@@ -12,7 +12,9 @@ import random
 from collections import deque
 from typing import Iterable
 
-from swarmlm.net.state_sync import Out, StateSync
+from swarmlm.crypto.identity import Identity
+from swarmlm.net.state.schema import HostedRange, ModelInfo
+from swarmlm.net.state.sync import Out, StateSync
 
 
 class MemNet:
@@ -132,8 +134,6 @@ class MemNet:
 def make_swarm(n: int, seed: int = 0, *, degree: int = 4, limits=None, drop_rate: float = 0.0,
                reorder: bool = False) -> MemNet:
     """``n`` engines with deterministic identities, connected (ring + random chords), synced."""
-    from swarmlm.crypto.identity import Identity
-
     rng = random.Random(seed)
     net = MemNet(rng, drop_rate=drop_rate, reorder=reorder)
     for i in range(n):
@@ -152,8 +152,6 @@ def random_write(net: MemNet, rng: random.Random, k: int = 0) -> None:
 
 def random_local_write(node: StateSync, rng: random.Random, now: float, k: int = 0) -> Out:
     """One random local write: entry change 70 %, signed record 20 %, model entry 10 %."""
-    from swarmlm.net.swarm_state import HostedRange, ModelInfo
-
     r = rng.random()
     if r < 0.7:
         start = rng.randrange(0, 24)

@@ -13,8 +13,9 @@ from typing import Any
 import msgpack
 
 from swarmlm.crypto.envelope import EnvelopeError
-from swarmlm.net.state_wire import Entry, Replica, decode_entry
-from swarmlm.net.swarm_state import MAX_RECORDS_PER_OWNER, InvalidUpdate, OwnerDoc
+from swarmlm.net.state.doc import OwnerDoc
+from swarmlm.net.state.schema import MAX_RECORDS_PER_OWNER, InvalidUpdate
+from swarmlm.net.state.wire import Entry, Replica, decode_entry
 
 
 class OwnEpochs:

@@ -12,6 +12,9 @@ These are the mechanics DCUtR needs below libp2p. Both peers have learned each o
 
 Against a symmetric NAT (a new random public port per destination) both fail by design: fall back to
 the relay. Keep-alive periods stay under conntrack's UDP timeouts (30 s unreplied, 120 s assured).
+
+Part of the NAT lab (``testnet/punchlab.py`` and the tests), not of the node:
+the node's hole punching is py-libp2p's DCUtR as wired in ``swarmlm.net.nat`` (docs/NAT.md).
 """
 
 from __future__ import annotations

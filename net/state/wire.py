@@ -1,6 +1,6 @@
 """Wire-level pieces of the swarm-state sync: limits, decoded envelopes, per-owner logs, messages.
 
-See ``swarmlm.net.state_sync`` for the protocol; this module holds the parts without policy:
+See ``swarmlm.net.state.sync`` for the protocol; this module holds the parts without policy:
 ``Limits``, ``Entry`` (a decoded state envelope), ``Replica`` (one owner's document and signed
 log), and the message codecs (``decode_entry``, ``parse_vector``, ``batch``).
 """
@@ -13,7 +13,8 @@ from typing import Any
 import msgpack
 
 from swarmlm.crypto.envelope import Envelope
-from swarmlm.net.swarm_state import InvalidUpdate, OwnerDoc
+from swarmlm.net.state.doc import OwnerDoc
+from swarmlm.net.state.schema import InvalidUpdate
 
 PROTOCOL_ID = "/swarmlm/state/1"
 DOMAIN = "swarmlm/state/v1"

@@ -19,6 +19,8 @@ from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
 
+from swarmlm.net.transport.upstream import replaces
+
 _MAX_PLAINTEXT = 65535 - 16  # Noise message minus the Poly1305 tag
 _RECV_GULP = 256 * 1024
 _POOL: list[bytearray] = []  # sealed-output buffers shared by all sessions (one trio thread)
@@ -56,12 +58,24 @@ class FastLock:
         self._lot.unpark()
 
 
+# py-libp2p 0.8.1: RawConnection.stream is a TrioTCPStream whose .stream is the trio socket
+@replaces("libp2p.network.connection.raw_connection.RawConnection.__init__", "89beb8adac60eaa6")
+@replaces("libp2p.io.trio.TrioTCPStream.__init__", "4222fa993846189e")
 def _trio_socket(raw: Any) -> trio.SocketStream | None:
     """The trio socket under py-libp2p's RawConnection -> TrioTCPStream, if that is what it is."""
     inner = getattr(getattr(raw, "stream", None), "stream", None)
     return inner if isinstance(inner, trio.SocketStream) else None
 
 
+# py-libp2p 0.8.1 SecureSession.read / .write over NoiseTransportReadWriter: two exact socket reads
+# per Noise message and one socket write per <= 65519-byte chunk, under locks (see the module doc).
+# The session takes over the read-writer's raw connection and cipher states after the handshake.
+@replaces("libp2p.security.secure_session.SecureSession.__init__", "b076c07a6dc2251b")
+@replaces("libp2p.security.secure_session.SecureSession.read", "eeba14a89cf12325")
+@replaces("libp2p.security.secure_session.SecureSession.write", "0298b065574caeda")
+@replaces("libp2p.security.noise.io.BaseNoiseMsgReadWriter.__init__", "e6b51bace4fa3dda")
+@replaces("libp2p.security.noise.io.NoiseTransportReadWriter", "a84247055c8da4c3")
+@replaces("libp2p.security.noise.io.NoisePacketReadWriter", "a63c219bb2f34949")
 class FastNoiseSession(SecureSession):
     """A Noise transport session: batched receive and decrypt, one encrypted ``send`` per write."""
 
@@ -130,6 +144,8 @@ class FastNoiseSession(SecureSession):
             if off < n:
                 self._tail = bytes(mv[off:])
 
+    # errors mapped as py-libp2p 0.8.1 TrioTCPStream.read / .write map them
+    @replaces("libp2p.io.trio.TrioTCPStream.read", "c606ac89ec9d0eae")
     async def _recv(self) -> bytes:
         if self._sock is None:
             return await self._raw.read(_RECV_GULP)
@@ -140,6 +156,7 @@ class FastNoiseSession(SecureSession):
         except trio.ClosedResourceError:
             return b""
 
+    @replaces("libp2p.io.trio.TrioTCPStream.write", "4b00ddfa20520320")
     async def _send(self, data: memoryview) -> None:
         if self._sock is None:
             await self._raw.write(data)
@@ -275,6 +292,9 @@ class FastNoiseSession(SecureSession):
                 _give_buffer(buf)
 
 
+# py-libp2p 0.8.1 Noise Transport: the handshake is kept as is; its session is wrapped
+@replaces("libp2p.security.noise.transport.Transport.secure_inbound", "4c447c4ea56267b1")
+@replaces("libp2p.security.noise.transport.Transport.secure_outbound", "f5be8851b898cbf1")
 class FastNoiseTransport(NoiseTransport):
     """Noise XX as stock (``/noise``); the session after the handshake is a ``FastNoiseSession``."""
 

@@ -1,17 +1,17 @@
-"""Our fast path through py-libp2p 0.8.1, wire-compatible with stock peers; ``net.host`` installs it.
+"""Pipelined multistream-select for py-libp2p 0.8.1, wire-compatible with stock peers.
 
 ``swarmlm bench rpc`` profiled where an RPC over stock py-libp2p spends its time (docs/BENCHMARKS.md);
-the fixes live in our layer, as subclasses of py-libp2p components:
+besides the Noise session (``fastnoise``) and Yamux (``fastyamux``), negotiation costs round trips.
+The replacements here (subclasses of py-libp2p components, installed by
+``patches.install_fast_muxer``):
 
-* ``net.fastnoise.FastNoiseTransport``: the ``/noise`` session after the handshake batches reads and
-  writes (one ``send`` per write, a 256 KiB ``recv`` decrypting every message in it);
-* ``net.fastyamux.FastYamux``: ``/yamux/1.0.0`` with event-driven flow control instead of 10 ms
-  polling, an 8 MiB window granted up front, one credit update per half window instead of one per
-  read, scatter writes;
-* here: ``FastMuxerMultistream`` (stock builds a stock ``Yamux`` whatever ``muxer_opt`` says),
-  ``PipelinedMultiselectClient`` (header and proposal in one write: one round trip per
-  negotiation instead of two, three negotiations per new connection) and ``open_lazy_stream``
-  (a new RPC stream's protocol proposal rides with its first request: no round trip at all).
+* ``FastMuxerMultistream``: builds the negotiated muxer class (stock builds a stock ``Yamux``
+  whatever ``muxer_opt`` says) and proposes ``FastYamux`` optimistically;
+* ``FastSecurityMultistream``: the ``/noise`` proposal rides with Noise's first handshake message;
+* ``PipelinedMultiselectClient``: header and proposal in one write: one round trip per negotiation
+  instead of two, three negotiations per new connection;
+* ``open_lazy_stream`` / ``LazyStream``: a new RPC stream's protocol proposal rides with its first
+  request: no round trip at all (``SwarmHost.open_stream`` uses it instead of ``BasicHost.new_stream``).
 """
 
 from __future__ import annotations
@@ -32,12 +32,9 @@ from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux import yamux as _y
 from libp2p.utils import encode_delim, read_delim
 
-from swarmlm.net.fastnoise import FastNoiseSession, FastNoiseTransport, _trio_socket
-from swarmlm.net.fastyamux import _HDR, FastYamux, FastYamuxStream, YamuxProtocolError, fast_muxer_option
-
-__all__ = ["FastNoiseSession", "FastNoiseTransport", "FastYamux", "FastYamuxStream", "YamuxProtocolError",
-           "fast_muxer_option", "FastMuxerMultistream", "PipelinedMultiselectClient", "LazyStream",
-           "open_lazy_stream", "install_fast_muxer", "_HDR"]
+from swarmlm.net.transport.fastnoise import FastNoiseSession, FastNoiseTransport, _trio_socket
+from swarmlm.net.transport.fastyamux import FastYamux, FastYamuxStream
+from swarmlm.net.transport.upstream import replaces
 
 
 class FastMuxerMultistream(MuxerMultistream):
@@ -47,6 +44,10 @@ class FastMuxerMultistream(MuxerMultistream):
     before the first frame (a refusal closes the connection). The responder reads in order, so
     this is wire-compatible, and a new connection saves one round trip."""
 
+    # py-libp2p 0.8.1 MuxerMultistream.new_conn waits for the muxer negotiation's answer and then
+    # always builds its own Yamux for /yamux/1.0.0; ours builds FastYamux without waiting.
+    @replaces("libp2p.stream_muxer.muxer_multistream.MuxerMultistream.new_conn", "91d21f40f524ad99")
+    @replaces("libp2p.stream_muxer.muxer_multistream.MuxerMultistream._annotate_connection", "4f2e4803da001756")
     async def new_conn(self, conn: Any, peer_id: Any) -> Any:
         first = next(iter(self.transports), None)
         cls = self.transports.get(first) if first is not None else None
@@ -97,6 +98,9 @@ class FastSecurityMultistream(SecurityMultistream):
     handshake message together and checks the answer ahead of the responder's reply: one round
     trip less per new connection (the responder reads in order: wire-compatible)."""
 
+    # py-libp2p 0.8.1 SecurityMultistream.secure_outbound negotiates /noise (a round trip) before the
+    # handshake starts; ours sends both at once and sets negotiated_security_protocol as it does.
+    @replaces("libp2p.security.security_multistream.SecurityMultistream.secure_outbound", "039685d2adca8ed6")
     async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
         first = next(iter(self.transports), None)
         transport = self.transports.get(first) if first is not None else None
@@ -119,6 +123,10 @@ class PipelinedMultiselectClient(MultiselectClient):
     spec allows pipelining (go-libp2p does it), and the responder reads messages in order, so this
     saves one round trip each; a declined first proposal falls back to trying the others."""
 
+    # py-libp2p 0.8.1 MultiselectClient.select_one_of: handshake, then one proposal per round trip
+    @replaces("libp2p.protocol_muxer.multiselect_client.MultiselectClient.select_one_of", "a0dda8ab1ebd1006")
+    @replaces("libp2p.protocol_muxer.multiselect_client.MultiselectClient.try_select", "0d6c7ecb28d96b5a")
+    @replaces("libp2p.protocol_muxer.multiselect_client.is_valid_handshake", "10a17be95858855f")
     async def select_one_of(self, protocols: Any, communicator: Any,
                             negotiate_timeout: int = _msc.DEFAULT_NEGOTIATE_TIMEOUT) -> Any:
         rw = getattr(communicator, "read_writer", None)
@@ -221,21 +229,14 @@ class LazyStream:
         await self.stream.reset()
 
 
+# py-libp2p 0.8.1 BasicHost.new_stream opens the stream and negotiates its protocol before returning
+# (a round trip per new stream); a lazy stream is opened the same way (Swarm.new_stream) and
+# carries the negotiation with its first write.
+@replaces("libp2p.host.basic_host.BasicHost.new_stream", "df9efa1bac504f42")
+@replaces("libp2p.network.swarm.Swarm.new_stream", "125812a9745b972b")
+@replaces("libp2p.network.stream.net_stream.NetStream.set_protocol", "e8270558e29773a1")
 async def open_lazy_stream(host: Any, peer_id: Any, protocol: str) -> LazyStream:
     """A stream to ``peer_id`` (dialing if needed) whose negotiation rides with its first write."""
     net_stream = await host.get_network().new_stream(peer_id)
     net_stream.set_protocol(protocol)
     return LazyStream(net_stream, protocol)
-
-
-def install_fast_muxer(host: Any) -> None:
-    """Make ``host`` build ``FastYamux`` connections and pipeline multistream-select (call right
-    after ``new_host``)."""
-    upgrader = host.get_network().upgrader
-    old = upgrader.muxer_multistream
-    upgrader.muxer_multistream = FastMuxerMultistream(fast_muxer_option(), old.negotiate_timeout)
-    upgrader.security_multistream = FastSecurityMultistream(upgrader.security_multistream.transports)
-    client = PipelinedMultiselectClient()
-    host.multiselect_client = client
-    upgrader.muxer_multistream._selector.multiselect_client = client
-    upgrader.security_multistream._selector.multiselect_client = client
