@@ -7,8 +7,7 @@ The repository root is this package; its folders install as ``swarmlm.node``,
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-AGENT_VERSION = f"swarmlm/{__version__}"
+from swarmlm.version import AGENT_VERSION, __version__
 
 __all__ = ["__version__", "AGENT_VERSION", "AsyncClient", "Client"]
 

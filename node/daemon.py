@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from swarmlm import AGENT_VERSION
+from swarmlm.version import AGENT_VERSION
 from swarmlm.crypto.identity import Identity, load_or_create
 from swarmlm.net.host import HostConfig, SwarmHost
 from swarmlm.net.state_service import StateService

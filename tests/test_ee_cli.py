@@ -9,7 +9,7 @@ import os
 import pytest
 
 from swarmlm.crypto.ee import EEKey, EEKeyError
-from swarmlm.node import cli_key
+from swarmlm.node.front import cli_key
 
 
 def _parser() -> argparse.ArgumentParser:

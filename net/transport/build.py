@@ -21,7 +21,7 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from swarmlm import AGENT_VERSION
+from swarmlm.version import AGENT_VERSION
 from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
 from swarmlm.net.transport.fastnoise import FastNoiseTransport

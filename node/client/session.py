@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -87,8 +88,6 @@ class PipelineSession:
         self._stack: Any = None
 
     async def __aenter__(self) -> "PipelineSession":
-        from contextlib import AsyncExitStack
-
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from swarmlm import __version__
+from swarmlm.version import __version__
 from swarmlm.errors import SwarmError, UsageError
 
 # Each module registers one or more top-level commands.

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
+
+import httpx
+
+from swarmlm.errors import UsageError as CliError
 
 
 def _sampling(ns: argparse.Namespace) -> dict[str, Any]:
@@ -29,7 +34,7 @@ def _messages(ns: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
-    from swarmlm.node.client.sdk import Client
+    from swarmlm.node.client.sdk import Client  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout, wire_dtype=ns.wire_dtype,
                 check_fraction=ns.check_fraction, route_mode=ns.route_mode) as client:
@@ -44,10 +49,6 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
-    from swarmlm.errors import UsageError as CliError
-
     url = ns.http.rstrip("/")
     headers = {"authorization": f"Bearer {ns.token}"} if ns.token else {}
     model = ns.model
@@ -99,11 +100,7 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ask(ns: argparse.Namespace) -> int:
-    from swarmlm.errors import UsageError as CliError
-
     if not ns.bootstrap and not ns.http:  # like the node's config: SWARMLM_BOOTSTRAP (comma-separated)
-        import os
-
         ns.bootstrap = [a.strip() for a in os.environ.get("SWARMLM_BOOTSTRAP", "").split(",") if a.strip()]
     if bool(ns.bootstrap) == bool(ns.http):
         raise CliError("ask: give --bootstrap MADDR (join the swarm) or --http URL (a node's API), not both")

@@ -13,7 +13,7 @@ import sys
 
 
 def cmd_key_gen(ns: argparse.Namespace) -> int:
-    from swarmlm.crypto.ee import EEKey
+    from swarmlm.crypto.ee import EEKey  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     path = EEKey.generate().save(ns.out)
     print(f"wrote EE key {path} (mode 0600); keep it private: it decrypts every prompt sent with it",
@@ -22,12 +22,12 @@ def cmd_key_gen(ns: argparse.Namespace) -> int:
 
 
 def cmd_key_info(ns: argparse.Namespace) -> int:
-    from swarmlm.crypto.ee import EEKey, variant_id
+    from swarmlm.crypto.ee import EEKey, variant_id  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     key = EEKey.load(ns.key)
     out: dict[str, str] = {"key": str(ns.key), "fingerprint": repr(key)}
     if ns.model:
-        from swarmlm.crypto.ee_checkpoint import resolve_checkpoint
+        from swarmlm.crypto.ee_checkpoint import resolve_checkpoint  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
         cfg = json.loads((resolve_checkpoint(ns.model) / "config.json").read_text())
         out["variant_id"] = variant_id(key, cfg, ns.mode)
@@ -36,7 +36,7 @@ def cmd_key_info(ns: argparse.Namespace) -> int:
 
 
 def cmd_model_encrypt(ns: argparse.Namespace) -> int:
-    from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint
+    from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     res = encrypt_checkpoint(ns.spec, ns.key, ns.out, mode=ns.mode, include_tokenizer=not ns.no_tokenizer,
                              hide_special_ids=ns.hide_special_ids)

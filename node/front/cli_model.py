@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from swarmlm.node.front.cli_key import add_model_encrypt
 
 MODEL_SUBPARSERS: argparse._SubParsersAction | None = None
 
@@ -25,7 +29,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    from swarmlm.models.registry import list_models
+    from swarmlm.models.registry import list_models  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     rows = list_models()
     if ns.json:
@@ -38,12 +42,10 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_convert(ns: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from swarmlm.models.registry import SMOLLM2, materialize, resolve
+    from swarmlm.models.registry import SMOLLM2, materialize, resolve  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     if ns.gguf:
-        from swarmlm.models.convert import convert_gguf
+        from swarmlm.models.convert import convert_gguf  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
         if not ns.out:
             print("swarmlm: error: --out DIR is needed with --gguf", file=sys.stderr)
@@ -56,9 +58,7 @@ def cmd_convert(ns: argparse.Namespace) -> int:
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from swarmlm.models.registry import model_info
+    from swarmlm.models.registry import model_info  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     info = model_info(ns.spec, dtype=ns.dtype, shards=ns.shards)
     if ns.json:
@@ -103,6 +103,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     global MODEL_SUBPARSERS
     MODEL_SUBPARSERS = msub
     add_model_commands(msub)
-    from swarmlm.node.front.cli_key import add_model_encrypt
-
     add_model_encrypt(msub)

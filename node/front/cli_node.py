@@ -7,6 +7,12 @@ import json
 import sys
 from typing import Any
 
+import trio
+
+from swarmlm.crypto.identity import Identity, load_or_create
+from swarmlm.errors import UsageError as CliError
+from swarmlm.node import config, logs
+
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (keys as in docs/CONFIG.md)")
@@ -44,16 +50,11 @@ _FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_f
 
 
 def load_config(ns: argparse.Namespace):
-    from swarmlm.node import config
-
     return config.load(getattr(ns, "config", None), overrides={k: getattr(ns, k, None) for k in _FLAG_KEYS})
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    import trio
-
-    from swarmlm.node import logs
-    from swarmlm.node.assemble import build_node
+    from swarmlm.node.assemble import build_node  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
     cfg = load_config(ns)
     logs.setup(cfg.log_level, cfg.log_format)
@@ -63,8 +64,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_id(ns: argparse.Namespace) -> int:
-    from swarmlm.crypto.identity import load_or_create
-
     cfg = load_config(ns)
     ident, created = load_or_create(cfg.data_path)
     if created:
@@ -75,10 +74,7 @@ def cmd_id(ns: argparse.Namespace) -> int:
 
 async def _with_client_host(bootstrap: list[str], fn, settle_s: float = 2.0):
     """Run ``fn(host)`` on a throwaway host (fresh identity) joined through ``bootstrap``."""
-    import trio
-
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import HostConfig, SwarmHost
+    from swarmlm.net.host import HostConfig, SwarmHost  # lazy: keeps `swarmlm --help` fast
 
     host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[]))
     async with host.running():
@@ -90,10 +86,6 @@ async def _with_client_host(bootstrap: list[str], fn, settle_s: float = 2.0):
 
 
 def cmd_peers(ns: argparse.Namespace) -> int:
-    import trio
-
-    from swarmlm.errors import UsageError as CliError
-
     if not ns.bootstrap:
         raise CliError("peers: give at least one --bootstrap MADDR")
 
@@ -105,7 +97,7 @@ def cmd_peers(ns: argparse.Namespace) -> int:
                 rtt = await host.ping(pid)
             except Exception:
                 rtt = None
-            from libp2p.peer.id import ID
+            from libp2p.peer.id import ID  # lazy: keeps `swarmlm --help` free of torch and libp2p
 
             addrs = [str(a) for a in store.addrs(ID.from_base58(pid))]
             out.append({"peer_id": pid, "addrs": addrs, "rtt_ms": None if rtt is None else round(rtt, 2)})
@@ -123,7 +115,7 @@ def cmd_peers(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from swarmlm.node.front.status import status_command
+    from swarmlm.node.front.status import status_command  # lazy: keeps `swarmlm --help` fast
 
     return status_command(ns)
 

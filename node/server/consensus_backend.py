@@ -20,7 +20,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from swarmlm.consensus.calibration import LETTERS
+from swarmlm.consensus.judging import LogLikelihoodJudge, PromptJudge
 from swarmlm.consensus.records import ConsensusError
+from swarmlm.models.generate import generate
+from swarmlm.models.sampling import SamplingParams
 from swarmlm.node.wire import MAX_TASK_TOKENS
 
 PROFILE_TEMPERATURES = (0.0, 0.4, 0.7, 1.0)
@@ -74,17 +80,12 @@ class ModelBackend:
         return ids
 
     def answer(self, task: dict[str, Any], profile: Profile, seed: int) -> str:
-        from swarmlm.models.generate import generate
-        from swarmlm.models.sampling import SamplingParams
-
         params = SamplingParams(temperature=profile.temperature, top_k=profile.top_k, top_p=profile.top_p,
                                 seed=seed, max_new_tokens=task["max_new_tokens"], stop=list(task["stop"]))
         return generate([self.shard], self.prompt_ids(task), params.validate(), self.tokenizer).text
 
     def loglik(self, prompt_ids: list[int], answer: str) -> float:
         """Mean (or summed) log-probability of the answer's tokens after the prompt."""
-        import torch
-
         ans = self.tokenizer.encode(answer)[: max(1, MAX_TASK_TOKENS - len(prompt_ids))]
         if not ans:
             return -1e9  # an empty answer is the worst answer
@@ -99,17 +100,12 @@ class ModelBackend:
         return float(got.sum() if self.norm == "sum" else got.mean())
 
     def greedy(self, text: str, max_new_tokens: int = 4) -> str:
-        from swarmlm.models.generate import generate
-        from swarmlm.models.sampling import SamplingParams
-
         tok = self.tokenizer
         ids = tok.encode_chat([{"role": "user", "content": text}]) if tok.chat_template else tok.encode(text)
         return generate([self.shard], ids, SamplingParams(max_new_tokens=max_new_tokens), tok).text
 
     def judge(self, task: dict[str, Any], kind: str = "loglik") -> Any:
         """A ``Judge`` for one round (its scores cached per answer)."""
-        from swarmlm.consensus.judging import LogLikelihoodJudge, PromptJudge
-
         if kind == "prompt":
             return PromptJudge(self.greedy)
         pids = self.prompt_ids(task)
@@ -124,10 +120,6 @@ class ModelBackend:
 
     def choose(self, puzzle: Any) -> int:
         """A calibration puzzle's option index: the most likely of the letters A-D as the next token."""
-        import torch
-
-        from swarmlm.consensus.calibration import LETTERS
-
         tok = self.tokenizer
         text = puzzle.prompt()
         ids = tok.encode_chat([{"role": "user", "content": text}]) if tok.chat_template else tok.encode(text)
