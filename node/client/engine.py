@@ -21,7 +21,6 @@ from swarmlm.node.client.encrypted import EncryptedGenerator
 from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline import PipelineGenerator
 from swarmlm.node.generation import MODES, BadRequest, Generator, GenerationRequest, ModelCard
-from swarmlm.node.wire import EE_PREFIX
 
 
 class AsyncClient:
@@ -49,7 +48,7 @@ class AsyncClient:
         if request.mode not in MODES:
             raise BadRequest(f"unknown mode {request.mode!r} (pipeline or consensus)")
         if request.mode == "consensus":
-            if self.encrypted is not None and not request.model.startswith(EE_PREFIX):
+            if self.encrypted is not None:
                 raise BadRequest("consensus mode cannot keep a prompt private (the answering and judging nodes "
                                  "read it as text): ask in pipeline mode, or without the EE key")
             return self.consensus
