@@ -22,9 +22,11 @@ API:
   Needs ``start <= session.length`` (no gaps) and sets ``session.length = start + T``: running from
   an earlier position (replay after failover, rebuild from 0 on a fresh or used session) overwrites.
 - ``Shard.forward_batch([(session, x, positions), ...], last_only=False) -> list[Tensor]``: several
-  sessions' steps (same T each, typically 1) in one forward: the projections and MLP run batched,
-  attention per session. Results equal the unbatched ones up to float rounding (< 1e-5, same argmax
-  in the tests). Sessions must be distinct.
+  sessions' steps in one forward, each with its own number of tokens (decodes of T=1 beside prefill
+  chunks and multi-token steps): every entry's rows are packed into one ``[N, hidden]`` so the
+  projections and MLP run once, attention runs per session against its own cache. ``last_only`` is
+  one flag or one per entry. Results equal the unbatched ones up to float rounding (< 1e-5, same
+  argmax in the tests). Sessions must be distinct.
 
 All calls run under ``torch.inference_mode`` with the caller's ``torch.get_num_threads()``.
 """
@@ -165,22 +167,23 @@ class Shard:
 
     @torch.inference_mode()
     def forward_batch(self, entries: Sequence[tuple[Session, torch.Tensor, int | torch.Tensor | None]],
-                      last_only: bool = False) -> list[torch.Tensor]:
+                      last_only: bool | Sequence[bool] = False) -> list[torch.Tensor]:
         if not entries:
             return []
         cfg = self.config
-        T = entries[0][1].shape[1]
         layout = self.cache_layout()
-        starts, sizes = [], []
+        lasts = [bool(last_only)] * len(entries) if isinstance(last_only, bool) else [bool(v) for v in last_only]
+        if len(lasts) != len(entries):
+            raise SessionError("forward_batch: one last_only flag per entry")
         if len({id(e[0]) for e in entries}) != len(entries):
             raise SessionError("forward_batch needs distinct sessions")
+        starts, sizes, lens = [], [], []
         for sess, x, pos in entries:
-            if x.shape[1] != T:
-                raise SessionError("forward_batch needs the same number of tokens per entry")
             if sess.layout != layout:
                 raise SessionError(f"session {sess.session_id} was opened for another shard layout")
-            if x.shape[0] != sess.batch_size:
-                raise SessionError(f"session {sess.session_id} has batch size {sess.batch_size}, input {x.shape[0]}")
+            if x.dim() < 2 or x.shape[0] != sess.batch_size:
+                raise SessionError(f"session {sess.session_id} has batch size {sess.batch_size}, input {tuple(x.shape)}")
+            T = x.shape[1]
             start = _positions_start(pos, sess, T)
             sess.check_step(start, T)
             if cfg.sliding_window is not None and start + T > cfg.sliding_window:
@@ -188,23 +191,24 @@ class Shard:
                                    f"{cfg.sliding_window} (not supported)")
             starts.append(start)
             sizes.append(x.shape[0])
-        xs = [e[1] for e in entries]
-        x = torch.cat(xs, 0) if len(xs) > 1 else xs[0]
+            lens.append(T)
+        # every entry's rows ([B, T] flattened) packed into one [N, hidden]: projections and MLP run once
         if self.has_embedding:
-            if x.dtype not in (torch.int64, torch.int32):
+            if any(e[1].dtype not in (torch.int64, torch.int32) for e in entries):
                 raise SessionError("the first shard takes token ids (LongTensor [B, T])")
-            h = F.embedding(x, self.embed)
+            flat = [e[1].reshape(-1) for e in entries]
+            h = F.embedding(torch.cat(flat) if len(flat) > 1 else flat[0], self.embed)
         else:
-            if x.dim() != 3 or x.shape[-1] != cfg.hidden_size:
+            if any(e[1].dim() != 3 or e[1].shape[-1] != cfg.hidden_size for e in entries):
                 raise SessionError(f"this shard takes hidden states [B, T, {cfg.hidden_size}]")
-            h = x.to(self.dtype)
+            flat = [e[1].reshape(-1, cfg.hidden_size) for e in entries]
+            h = (torch.cat(flat) if len(flat) > 1 else flat[0]).to(self.dtype)
         # RoPE tables per entry (fp32, then the compute dtype), and the attention masks
         n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         cos_l, sin_l, masks = [], [], []
-        t_idx = torch.arange(T)
-        for start, b in zip(starts, sizes):
-            pos = (t_idx + start).float()
-            freqs = pos[:, None] * self.inv_freq[None, :]
+        for start, T in zip(starts, lens):
+            t_idx = torch.arange(T)
+            freqs = (t_idx + start).float()[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
             cos_l.append((emb.cos() * self.attn_scaling).to(self.dtype)[:, None, :])  # [T, 1, hd]
             sin_l.append((emb.sin() * self.attn_scaling).to(self.dtype)[:, None, :])
@@ -214,26 +218,30 @@ class Shard:
                 m = torch.arange(start + T)[None, :] <= (t_idx + start)[:, None]
                 masks.append(m.repeat(n_rep, 1))
         offsets = [0]
-        for b in sizes:
-            offsets.append(offsets[-1] + b)
+        for b, T in zip(sizes, lens):
+            offsets.append(offsets[-1] + b * T)
         for li, lw in enumerate(self.layers):
-            h = self._layer(li, lw, h, entries, starts, offsets, cos_l, sin_l, masks, T)
-        for (sess, _, _), start in zip(entries, starts):
+            h = self._layer(li, lw, h, entries, starts, offsets, lens, cos_l, sin_l, masks)
+        for (sess, _, _), start, T in zip(entries, starts, lens):
             sess.length = start + T
             sess.touch()
-        if self.has_head:
-            if last_only:
-                h = h[:, -1:]
-            h = rms_norm(h, self.norm, cfg.rms_norm_eps)
-            out = F.linear(h, self.lm_head).float()
-        else:
-            out = h
-        if len(entries) == 1:
-            return [out]
-        return [out[offsets[i]:offsets[i + 1]] for i in range(len(entries))]
+        outs = [h[offsets[i]:offsets[i + 1]].view(b, T, -1) for i, (b, T) in enumerate(zip(sizes, lens))]
+        if not self.has_head:
+            return outs
+        outs = [o[:, -1:] if last else o for o, last in zip(outs, lasts)]
+        rows = [o.shape[0] * o.shape[1] for o in outs]
+        hh = torch.cat([o.reshape(-1, cfg.hidden_size) for o in outs]) if len(outs) > 1 else outs[0]
+        logits = F.linear(rms_norm(hh, self.norm, cfg.rms_norm_eps), self.lm_head).float()
+        if len(outs) == 1:
+            return [logits.view(outs[0].shape[0], outs[0].shape[1], -1)]
+        res, at = [], 0
+        for o, n in zip(outs, rows):
+            res.append(logits[at:at + n].view(o.shape[0], o.shape[1], -1))
+            at += n
+        return res
 
-    def _layer(self, li: int, lw: LayerWeights, h: torch.Tensor, entries, starts, offsets, cos_l, sin_l,
-               masks, T: int) -> torch.Tensor:
+    def _layer(self, li: int, lw: LayerWeights, h: torch.Tensor, entries, starts, offsets, lens, cos_l, sin_l,
+               masks) -> torch.Tensor:
         cfg = self.config
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         g = nh // nkv
@@ -242,15 +250,16 @@ class Shard:
         outs = []
         qk_dim = cfg.q_dim + cfg.kv_dim
         for i, (sess, _, _) in enumerate(entries):
+            T = lens[i]
             part = qkv[offsets[i]:offsets[i + 1]] if len(entries) > 1 else qkv
-            B = part.shape[0]
+            B = part.shape[0] // T
             # RoPE on q and k heads at once: [B, T, nh + nkv, hd]
             qk = part[..., :qk_dim].reshape(B, T, nh + nkv, hd)
             cos, sin = cos_l[i], sin_l[i]
             qk = qk * cos + rotate_half(qk) * sin
             q = qk[:, :, :nh].transpose(1, 2)
             k = qk[:, :, nh:].transpose(1, 2)
-            v = part[..., qk_dim:].view(B, T, nkv, hd).transpose(1, 2)
+            v = part[..., qk_dim:].reshape(B, T, nkv, hd).transpose(1, 2)
             s = starts[i]
             kc, vc = sess.k[li], sess.v[li]
             kc[:, :, s:s + T] = k
@@ -264,7 +273,7 @@ class Shard:
                 o = torch.matmul(att, vals)
             else:
                 o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
-            outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd))
+            outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B * T, nh * hd))
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         h = h + F.linear(o, lw.wo, lw.bo)
         x = rms_norm(h, lw.ln2, cfg.rms_norm_eps)

@@ -24,7 +24,8 @@ def build_node(config: NodeConfig) -> Node:
         node.shard = ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
                                   dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
                                   max_sessions=config.max_sessions, fault=config.fault,
-                                  rebalance_s=config.rebalance_s)
+                                  rebalance_s=config.rebalance_s, max_batch_tokens=config.max_batch_tokens,
+                                  prefill_chunk=config.prefill_chunk)
         node.consensus = ConsensusService(ConsensusOptions(
             profile=config.consensus_sampling, judge=config.consensus_judge,
             calibration=config.consensus_calibration))

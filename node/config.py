@@ -41,6 +41,8 @@ class NodeConfig:
     max_cache_tokens: int = 8192
     dtype: str = "fp32"
     max_sessions: int = 64
+    max_batch_tokens: int = 0  # token positions one batch of the step scheduler computes; 0: from measured speed; 1: no batching
+    prefill_chunk: int = 256  # a prompt is computed in pieces of at most this many tokens, between other sessions' steps
     threads: int = 0  # torch compute threads; 0: torch's default (all cores). Several nodes on one host: fewer
     # NAT traversal (on by default)
     relay: bool = True  # serve circuit relay when public / use relays when private
@@ -66,9 +68,11 @@ class NodeConfig:
             raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.layers != "auto":
             parse_layers(self.layers)
-        for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads"):
+        for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads", "max_batch_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if not 1 <= self.prefill_chunk <= 4096:
+            raise ConfigError(f"prefill_chunk: must be between 1 and 4096, got {self.prefill_chunk}")
         for key in ("heartbeat_s", "state_ttl_s", "rebalance_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")

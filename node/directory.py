@@ -2,8 +2,8 @@
 
 ``ServerView`` is what the route planner (``node/client/routing.py``) and auto placement
 (``node/server/placement.py``) know of one server. ``servers_for(state, model, now, peers)`` turns
-the replicated peer entries (what each peer hosts, its measured throughput, free cache, load,
-heartbeat) into ``ServerView``s, adding the RTTs this node measured itself (``PeerTable``).
+the replicated peer entries (what each peer hosts, its measured throughput, free cache, load and
+open sessions, heartbeat) into ``ServerView``s, adding the RTTs this node measured itself (``PeerTable``).
 ``eligible_hosts`` lists the whole-model hosts a consensus round draws on.
 """
 
@@ -24,7 +24,8 @@ class ServerView:
     end: int
     ms_per_layer: float  # measured compute per layer per token; <= 0 or NaN means "not measured yet"
     free_cache_tokens: int
-    load: float = 0.0  # 0..1 utilisation, or a count of active sessions
+    load: float = 0.0  # 0..1 utilisation (open sessions / max sessions)
+    sessions: int = 0  # sessions open on it now (its heartbeat, or more that this client knows it opened)
     rtt_ms: float | None = None  # the client's measured round trip to it; None if unknown
     alive: bool = True
     relayed: bool = False  # reachable only through a relay
@@ -85,7 +86,7 @@ def servers_for(state: Any, model: str, now: float, peers: Any = None, exclude: 
         out.append(ServerView(peer_id=entry.peer_id, model=model, start=hosted.start, end=hosted.end,
                               ms_per_layer=ms_per_layer_from(entry.throughput, layers),
                               free_cache_tokens=int(entry.free_kv), load=float(entry.load), rtt_ms=rtt,
-                              alive=True, relayed=entry.reach == "relayed"))
+                              alive=True, relayed=entry.reach == "relayed", sessions=int(entry.sessions)))
     return out
 
 

@@ -8,7 +8,8 @@ Both sides import this module and nothing of each other (``node/client`` never i
   ``logits_answer`` (the hop holding the LM head), forwards ``hidden_answer`` to the next server
   (or back to the client when the relay broke), tells the client ``relay_failed_notice`` when the
   next server went away, and, for verified sessions, sends a signed ``tap_message`` per step
-  (``tap_digest`` is what it signs). ``step_seed`` makes sampling identical on any server.
+  (``tap_digest`` is what it signs). ``step_seed`` makes sampling identical on any server. A server
+  that is full answers ``busy`` with a retry hint in its text (``busy_message`` / ``retry_after``).
 * ``/swarmlm/consensus/1`` (``CONSENSUS_PROTOCOL``): ``task_text`` / ``parse_task`` are the canonical
   task a round is about (its hash goes into the signed spec); ``MAX_K`` candidates per round.
 * ``VERDICT_KIND``: the swarm-state record kind of a shard-verification verdict.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -145,6 +147,21 @@ class StepItem:
         if not isinstance(timings, list) or len(timings) > MAX_TIMINGS:
             raise WireError("step: bad timings")
         return cls(step, pos, x, bool(item.get("want", True)), timings)
+
+
+_RETRY_HINT = re.compile(r"retry in (\d{1,6}(?:\.\d{1,3})?) s")
+MAX_RETRY_HINT_S = 60.0
+
+
+def busy_message(reason: str, retry_s: float) -> str:
+    """The text of a ``busy`` answer: why, and when a retry may find room (``retry_after`` reads it)."""
+    return f"{reason}; retry in {min(MAX_RETRY_HINT_S, max(0.1, retry_s)):.1f} s"
+
+
+def retry_after(message: str) -> float | None:
+    """The retry hint of a ``busy`` answer (seconds, at most ``MAX_RETRY_HINT_S``), or None."""
+    m = _RETRY_HINT.search(message or "")
+    return min(MAX_RETRY_HINT_S, float(m.group(1))) if m else None
 
 
 def token_answer(step: int, token: int, timings: list) -> dict[str, Any]:

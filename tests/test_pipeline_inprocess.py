@@ -83,13 +83,13 @@ async def test_activations_can_travel_as_bf16(tmp_path):
             plain, _ = await run_generation(client, "hello swarm", params)
             client.options.wire_dtype = "bf16"
             seen = []
-            orig = nodes[1].shard.forward
+            orig = nodes[1].shard.compute
 
-            def spy(sess, x, pos):
-                seen.append(x.dtype)
-                return orig(sess, x, pos)
+            def spy(pieces):
+                seen.extend(p.work.x.dtype for p in pieces)
+                return orig(pieces)
 
-            nodes[1].shard.forward = spy
+            nodes[1].shard.batcher.compute = spy
             cast, _ = await run_generation(client, "hello swarm", params)
 
             assert seen and all(d == torch.bfloat16 for d in seen)

@@ -2,7 +2,8 @@
 
 The dataclasses callers see instead of Y types: ``PeerEntry`` (an owner's ``peer`` map: addresses,
 agent, hosted layer ranges ``HostedRange``, throughput, free KV tokens, load, heartbeat,
-reachability, RTTs), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
+reachability, RTTs, and the live load of its step scheduler: sessions, queued steps, served and
+sustainable tok/s), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
 of its records document). ``parse_peer`` / ``parse_model`` / ``parse_record`` check raw values
 against the schema and limits and raise ``InvalidUpdate(reason)`` (the counter a rejection is filed
 under); ``make_record`` signs a new record. ``StateError`` is for the caller's own bad writes.
@@ -24,7 +25,8 @@ from swarmlm.errors import SwarmError
 
 RECORD_DOMAIN = "swarmlm/record/v1"
 REACH_VALUES = ("public", "private", "relayed", "unknown")  # relayed: private, reachable via a relay
-PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt")
+PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt",
+               "sessions", "queue", "served", "capacity")
 MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keyed by peer id
 MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
@@ -65,6 +67,10 @@ class PeerEntry:
     heartbeat: float = 0.0  # owner's wall-clock time of its last write
     reach: str = "unknown"  # public / relayed / unknown
     rtt: tuple[tuple[str, float], ...] = ()  # (peer id, ms): what the owner measured to its peers
+    sessions: int = 0  # inference sessions open on it now
+    queue: int = 0  # steps waiting for its step scheduler now
+    served: float = 0.0  # token positions it computed per second lately (a decaying rate)
+    capacity: float = 0.0  # tokens/s it can sustain with its sessions decoding in batches (its estimate)
 
     def age(self, now: float) -> float:
         return now - self.heartbeat
@@ -152,6 +158,10 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
         load=_num(raw.get("load", 0.0), "load"),
         heartbeat=heartbeat,
         reach=reach,
+        sessions=_int(raw.get("sessions", 0), "sessions", 0, 1_000_000),
+        queue=_int(raw.get("queue", 0), "queue", 0, 1_000_000),
+        served=_num(raw.get("served", 0.0), "served", 0.0, 1e9),
+        capacity=_num(raw.get("capacity", 0.0), "capacity", 0.0, 1e9),
     )
 
 

@@ -3,8 +3,8 @@
 ``Bans`` remembers the peers this client avoids for a while. ``Failover`` counts a generation's
 failures and decides: a real fault (a dead, refusing or lying server) bans the peer and re-plans
 around it; a busy server (load shedding) or a broken link between two servers is routed around
-without a ban, and when no other server is left the generation backs off (jittered, doubling) and
-tries again; past ``max_failovers`` faults or ``busy_retries`` busy answers it gives up with a
+without a ban, and when no other server is left the generation backs off (jittered, doubling, and
+at least about the busy server's retry hint) and tries again; past ``max_failovers`` faults or ``busy_retries`` busy answers it gives up with a
 clear error (``GenerationError``, or ``BusyError`` which the HTTP front answers with 429).
 """
 
@@ -23,6 +23,8 @@ from swarmlm.node.client.routing import Route, replan_after_failure
 from swarmlm.node.generation import BusyError, GenerationError, NoRouteError
 
 log = logging.getLogger("swarmlm.client")
+
+MAX_HINT_WAIT_S = 10.0  # a busy server's retry hint is followed up to this long per wait
 
 
 @dataclass
@@ -73,7 +75,10 @@ class Failover:
         except NoRouteError:
             if not soft:
                 raise
-            # no other server: back off (jittered, doubling) and try the same one again
+            # no other server: back off (jittered, doubling, at least the busy server's retry hint) and
+            # try the same one again
             waits = max(self.busy_waits, self.failovers)
-            await trio.sleep(self.options.busy_backoff_s * 2 ** (waits - 1) * (0.5 + self.rng.random()))
+            backoff = self.options.busy_backoff_s * 2 ** (waits - 1) * (0.5 + self.rng.random())
+            hint = getattr(exc, "retry_after", None) or 0.0
+            await trio.sleep(max(backoff, min(hint, MAX_HINT_WAIT_S) * (0.5 + self.rng.random())))
             return plan()

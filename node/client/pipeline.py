@@ -1,7 +1,9 @@
 """Pipeline generations through the swarm: the client's view of the servers, routes and tokenizers.
 
 ``PipelineGenerator`` is the ``Generator`` for ``mode="pipeline"``: it lists the models the swarm
-serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), avoids
+serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), counting
+on each server at least the sessions this client itself has open there (the swarm state lags a
+heartbeat behind, and concurrent requests through one gateway must spread over replicas), avoids
 peers it banned or that a signed verdict convicts, fetches a model's tokenizer files from a server
 when the model is not local, and starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``:
 the token loop, failover and verification) for each request.
@@ -9,10 +11,12 @@ the token loop, failover and verification) for each request.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -49,6 +53,7 @@ class PipelineGenerator:
         self.recent_routes: list[dict[str, Any]] = []
         self.verify_stats: dict[str, Any] = {}
         self.rng = random.Random()
+        self.open_sessions: Counter[str] = Counter()  # per peer: sessions of our generations on it now
 
     # -- swarm view -------------------------------------------------------------------------------
     @property
@@ -68,7 +73,18 @@ class PipelineGenerator:
 
     def servers(self, model: str) -> list[ServerView]:
         bad = self.convicted()
-        return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+        return [dataclasses.replace(s, sessions=max(s.sessions, self.open_sessions[s.peer_id]))
+                for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+
+    def hold(self, gen: Any, route: Route | None) -> None:
+        """``gen`` runs on ``route`` from now on (None: it ended): keeps ``open_sessions`` counted."""
+        for peer in getattr(gen, "held", ()):
+            self.open_sessions[peer] -= 1
+            if self.open_sessions[peer] <= 0:
+                del self.open_sessions[peer]
+        gen.held = [] if route is None else [h.peer_id for h in route.hops]
+        for peer in gen.held:
+            self.open_sessions[peer] += 1
 
     def convicted(self) -> set[str]:
         """Peers a recent signed "fail" verdict record in the swarm state names: routing avoids them."""
@@ -146,6 +162,7 @@ class PipelineGenerator:
         gen = PipelineGeneration(self, request, prompt_ids, tok)
         # plan now, so "no route" is an error before the first chunk (HTTP: a status, not a broken stream)
         gen.route = self.plan(request.model, len(prompt_ids) + max(1, request.params.max_new_tokens))
+        self.hold(gen, gen.route)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(gen.produce)
@@ -158,6 +175,8 @@ class PipelineGenerator:
             if leaf is None:
                 raise
             raise leaf from None
+        finally:
+            self.hold(gen, None)
 
     def record_route(self, route: dict[str, Any]) -> None:
         self.recent_routes = (self.recent_routes + [route])[-20:]

@@ -72,6 +72,7 @@ class PipelineGeneration:
         self.verified_n = 0  # tokens whose text may be shown (all of them without verification)
         self._send, self._recv = trio.open_memory_channel[Any](1024)
         self._t_first: float | None = None
+        self.held: list[str] = []  # the peers the client counts this generation's sessions on
 
     @property
     def token_ids(self) -> list[int]:
@@ -116,6 +117,7 @@ class PipelineGeneration:
         sampling = self._sampling()
         t_start = time.perf_counter()
         route = self.route or c.plan(self.request.model, max_length)
+        c.hold(self, route)
         if c.options.check_fraction > 0:
             self.checker = SpotChecker(c, self.request.model, c.options.check_fraction, sampling, c.rng,
                                        c.verify_stats)
@@ -131,8 +133,10 @@ class PipelineGeneration:
                     self.text.truncate(keep)
                     self.summary.finish_reason = "length"
                 model = self.request.model
+                c.hold(self, None)  # our own session there is over: do not count it against the replan
                 route = await failover.next_route(exc, route, c.servers(model), c.n_layers(model), max_length,
                                                   lambda: c.plan(model, max_length))
+                c.hold(self, route)
         await self._finish(route, t_start, failover.failovers)
 
     async def _session(self, route: Any, max_length: int, sampling: dict[str, Any]) -> None:

@@ -5,7 +5,12 @@ can serve any sub-range of it. ``plan_route`` picks a chain of hops ``[0, a1) [a
 that minimises an estimated per-token cost (see ``docs/ROUTING.md``):
 
     edge cost = hop overhead (rtt, or ``default_rtt_ms`` when unknown, + ``relay_penalty_ms`` if relayed)
-              + layers * ms_per_layer                       (* (1 + load_weight * load) in throughput mode)
+              + layers * ms_per_layer * (1 + session_weight * sessions)
+                                                            (* (1 + load_weight * load) in throughput mode)
+
+``sessions`` are the sessions open on the server: a server's step scheduler batches them, so each
+one makes every step a little slower for all (``session_weight``); concurrent users spread over
+replicas in every mode.
 
 In throughput mode every server's edge cost is also multiplied by one random factor in
 ``[1 - jitter, 1 + jitter]`` drawn from the caller's ``random.Random``, so independent requests spread
@@ -71,6 +76,7 @@ class CostModel:
     relay_penalty_ms: float = 30.0  # added to the hop overhead of a relayed server
     default_ms_per_layer: float = 5.0  # compute estimate when no eligible server has a measurement
     load_weight: float = 1.0  # throughput mode: compute * (1 + load_weight * load)
+    session_weight: float = 0.15  # every mode: compute * (1 + session_weight * open sessions)
     jitter: float = 0.1  # throughput mode: per-server random factor in [1 - jitter, 1 + jitter]
     prefer_discount: float = 0.2  # edges of preferred peers cost (1 - prefer_discount) times as much
 
@@ -161,6 +167,7 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
         overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
         load = s.load if math.isfinite(s.load) and s.load > 0 else 0.0
         load_factor = (1.0 + cost.load_weight * load) if throughput else 1.0
+        load_factor *= 1.0 + cost.session_weight * max(0, s.sessions)
         scale = jitter.get(idx, 1.0) * ((1.0 - cost.prefer_discount) if s.peer_id in prefer else 1.0)
         lines.append((overhead * scale, ms * load_factor * scale, overhead, ms))
 

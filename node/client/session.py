@@ -28,7 +28,7 @@ from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.verification import HopTaps, Tap
-from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, tap_digest
+from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, retry_after, tap_digest
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -42,6 +42,7 @@ class HopFailed(SwarmError):
         self.reason = reason
         self.busy = busy
         self.transient = transient  # a broken link between servers, not proof the peer is down
+        self.retry_after = retry_after(reason) if busy else None  # the busy server's hint (s)
 
 
 @dataclass

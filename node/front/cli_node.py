@@ -27,6 +27,9 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", metavar="START:END|auto", help="layer range to host (default: auto)")
     p.add_argument("--max-layers", type=int, metavar="N", help="host at most N layers")
     p.add_argument("--max-cache-tokens", type=int, metavar="N", help="KV-cache budget in tokens")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N",
+                   help="token positions per batch of concurrent sessions' steps (default: from measured speed; 1: no batching)")
+    p.add_argument("--prefill-chunk", type=int, metavar="N", help="compute prompts in chunks of N tokens (default 256)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute dtype")
     p.add_argument("--threads", type=int, metavar="N", help="torch compute threads (default: all cores)")
     p.add_argument("--mdns", action="store_const", const=True, help="discover peers on the LAN with mDNS")
@@ -44,7 +47,7 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
 
 
 _FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
-              "max_layers", "max_cache_tokens", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
+              "max_layers", "max_cache_tokens", "max_batch_tokens", "prefill_chunk", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
               "log_format", "log_level", "fault", "ee_key",
               "consensus_sampling", "consensus_judge", "consensus_calibration")
 

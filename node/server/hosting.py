@@ -1,5 +1,6 @@
 """Deciding what a node hosts and loading it: model resolution, auto placement, shard loading,
-the per-layer speed measurement, and rebalancing later on (with hysteresis, see placement.py).
+the start-up speed measurement (``measure_speed``, the prior of ``node/server/speed.py``), and
+rebalancing later on (with hysteresis, see placement.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from swarmlm.net.state.schema import ModelInfo
 from swarmlm.node.config import parse_layers
 from swarmlm.node.directory import servers_for
 from swarmlm.node.server.placement import choose_range, rebalance_candidates, should_rebalance
+from swarmlm.node.server.speed import SpeedModel
 from swarmlm.node.wire import ee_model_id
 
 log = logging.getLogger("swarmlm.hosting")
@@ -50,21 +52,35 @@ def config_hash(model_dir: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def measure_ms_per_layer(shard: Any, repeats: int = 5) -> float:
-    """Median decode time of one token through the shard, per layer (ms)."""
-    sess = shard.new_session(repeats + 2)
-    x = torch.zeros((1, 1), dtype=torch.long) if shard.has_embedding else \
-        torch.zeros((1, 1, shard.config.hidden_size), dtype=shard.dtype)
+def _median_ms(fn, repeats: int) -> float:
     times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])  # the first run warms up
+    return times[len(times) // 2] * 1000.0
+
+
+def measure_speed(shard: Any, repeats: int = 5, prefill: int = 32) -> SpeedModel:
+    """The start-up estimate of ``node/server/speed.py``'s cost model: the median time of a one-token
+    decode through the shard, and of a ``prefill``-token step (its extra tokens give the per-token cost)."""
+    layers = max(1, shard.end - shard.start)
+    sess = shard.new_session(max(repeats + 2, prefill))
+    hidden = shard.config.hidden_size
+
+    def x(n: int) -> torch.Tensor:
+        return torch.zeros((1, n), dtype=torch.long) if shard.has_embedding else \
+            torch.zeros((1, n, hidden), dtype=shard.dtype)
+
     try:
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            shard.forward(x, sess, i, last_only=True)
-            times.append(time.perf_counter() - t0)
+        one = x(1)
+        step_ms = _median_ms(lambda: shard.forward(one, sess, 0, last_only=True), repeats)
+        many = x(prefill)
+        prefill_ms = _median_ms(lambda: shard.forward(many, sess, 0, last_only=True), max(1, repeats // 2))
     finally:
         sess.free()
-    times = sorted(times[1:])  # the first run warms up
-    return times[len(times) // 2] * 1000.0 / max(1, shard.end - shard.start)
+    return SpeedModel(layers, step_ms, max(0.0, prefill_ms - step_ms) / (prefill - 1))
 
 
 async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> tuple[int, int]:
@@ -85,7 +101,7 @@ async def choose_layers(svc: Any, node: Any, n_layers: int, max_layers: int) -> 
     return start, end
 
 
-async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
+async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, SpeedModel]:
     t0 = time.monotonic()
     if node.config.threads:
         torch.set_num_threads(node.config.threads)
@@ -105,12 +121,13 @@ async def load_hosted_shard(svc: Any, node: Any) -> tuple[Any, Any, float]:
     start, end = await choose_layers(svc, node, n, max_layers)
     log.info("[3/4] loading layers [%d, %d) of %s (%s)", start, end, svc.model_id, svc.dtype)
     shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
-    ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
+    speed = await trio.to_thread.run_sync(measure_speed, shard)
     cache = KVCacheManager(shard.cache_layout(), svc.max_cache_tokens)
     node.state.publish_now(models=[ModelInfo(svc.model_id, config_hash(model_dir), n, svc.dtype)])
-    log.info("[4/4] serving layers [%d, %d) of %s: %.2f ms/layer/token, %d cache tokens (ready in %.1f s)",
-             start, end, svc.model_id, ms, svc.max_cache_tokens, time.monotonic() - t0)
-    return shard, cache, ms
+    log.info("[4/4] serving layers [%d, %d) of %s: %.2f ms/layer/token (+%.3f ms per extra token in a batch), "
+             "%d cache tokens (ready in %.1f s)", start, end, svc.model_id, speed.ms_per_layer, speed.token_ms,
+             svc.max_cache_tokens, time.monotonic() - t0)
+    return shard, cache, speed
 
 
 def provider_key(model_id: str) -> str:
@@ -150,7 +167,7 @@ async def maybe_rebalance(svc: Any, node: Any, waited: int) -> tuple[bool, int]:
     log.info("rebalancing: layers [%d, %d) -> [%d, %d) of %s", sh.start, sh.end, start, end, svc.model_id)
     model_dir = sh.model_dir
     shard = await trio.to_thread.run_sync(load_shard, model_dir, start, end, svc.dtype)
-    ms = await trio.to_thread.run_sync(measure_ms_per_layer, shard)
-    svc.replace_shard(shard, KVCacheManager(shard.cache_layout(), svc.max_cache_tokens), ms)
+    speed = await trio.to_thread.run_sync(measure_speed, shard)
+    svc.replace_shard(shard, KVCacheManager(shard.cache_layout(), svc.max_cache_tokens), speed)
     node.on_hosting_changed()
     return True, 0

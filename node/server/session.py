@@ -2,10 +2,11 @@
 
 A session is opened by a client's ``session`` call (``node/server/shard.py``); its inputs arrive on
 that stream (the first hop, or when the client relays) or on a ``relay`` stream from the previous
-server. ``SessionRunner.process`` computes each input in a worker thread (behind the service's
-compute limiter, so stream readers keep reading while torch works), then either samples a token
-(the hop holding the LM head) and answers the client, or sends the hidden states on to the next
-server over a ``relay`` stream. When the next server cannot be reached, outputs go back to the client
+server. ``SessionRunner.process`` submits each input, in order, to the service's step scheduler
+(``node/server/batcher.py``), which computes it in a batch with the other sessions' ready steps
+(a long prompt in chunks) while the stream readers keep reading; then it either answers the client
+with the token sampled in the batch's worker thread (the hop holding the LM head), or sends the
+hidden states on to the next server over a ``relay`` stream. When the next server cannot be reached, outputs go back to the client
 (``relay_failed``), which relays them itself. Message shapes are in ``swarmlm.node.wire``.
 """
 
@@ -24,6 +25,7 @@ from swarmlm.errors import SwarmError
 from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
 from swarmlm.net.rpc_server import ServerCall
+from swarmlm.node.server.scheduler import Work
 from swarmlm.node.wire import (SHARD_PROTOCOL, SessionOpen, StepItem, WireError, hidden_answer, logits_answer,
                                relay_failed_notice, step_seed, tap_digest, tap_message, token_answer)
 
@@ -51,6 +53,7 @@ class ServerSession:
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     steps: int = 0
     opened: float = field(default_factory=time.monotonic)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # cancelled when it expires idle
 
     @classmethod
     def open(cls, o: SessionOpen, client: str, view: Any, cache: Any, inbox_size: int = 64) -> "ServerSession":
@@ -103,14 +106,20 @@ class SessionRunner:
         except Exception:
             pass
 
-    async def _compute(self, item: StepItem) -> tuple[Any, float]:
-        t0 = time.perf_counter()
+    async def _compute(self, item: StepItem) -> tuple[Any, int | None, float]:
+        """``item`` computed in a batch: (output, sampled token or None, compute ms)."""
+        sess = self.sess
+        head = sess.view.has_head
+        post = None
+        if head and item.want and not (sess.want_logits or sess.sampling is None):
+            def post(out: Any, pos: int = item.pos) -> int:
+                return sample_token(sess, out, pos)
+        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post)
         try:
-            out = await trio.to_thread.run_sync(self.svc.forward, self.sess, item.x, item.pos,
-                                                limiter=self.svc.compute_limiter)
+            await self.svc.batcher.submit(work)
         except SwarmError as exc:  # bad positions, wrong hidden size...: the client's error
             raise RpcError(BAD_REQUEST, str(exc)) from None
-        return out, (time.perf_counter() - t0) * 1000.0
+        return work.output, work.result, work.seconds * 1000.0
 
     async def process(self, stack: AsyncExitStack, nursery: trio.Nursery,
                       on_step: Callable[[float, bool], None]) -> None:
@@ -128,21 +137,18 @@ class SessionRunner:
                 continue  # swallow the step: the client's deadline and failover must handle it
             if svc.fault == "slow":
                 await trio.sleep(2.0)
-            out, ms = await self._compute(item)
+            out, tok, ms = await self._compute(item)
             sess.steps += 1
             svc.count_step(item.x.shape[1])
             on_step(ms / 1000.0, item.want and sess.view.has_head)
             timings = item.timings + [[me, sess.view.start, sess.view.end, round(ms, 3)]]
             if sess.view.has_head:
-                await self._answer_head(item, out, timings)
+                await self._answer_head(item, out, tok, timings)
             else:
                 await self._pass_on(item, out, timings, stack, nursery)
 
-    async def _answer_head(self, item: StepItem, out: Any, timings: list) -> None:
+    async def _answer_head(self, item: StepItem, out: Any, tok: int | None, timings: list) -> None:
         sess = self.sess
-        tok = None
-        if item.want and not (sess.want_logits or sess.sampling is None):
-            tok = await trio.to_thread.run_sync(sample_token, sess, out, item.pos)
         if sess.tap:
             await self._send_tap(item, None, tok)
         if not item.want:

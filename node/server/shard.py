@@ -3,9 +3,12 @@
 - ``info`` (unary): what this node hosts and how fast it is (model, layer range, ms per layer,
   free cache tokens, load).
 - ``session`` (stream, client -> this server): opens a KV-cache session for layers
-  ``[start, end)`` (any sub-range of the hosted range; ``wire.SessionOpen``). Its items feed inputs
-  (``wire.StepItem``); ``node/server/session.py`` computes them and sends results on (to the next
-  server over a ``relay`` stream, or back to the client). The hop holding the LM head samples the
+  ``[start, end)`` (any sub-range of the hosted range; ``wire.SessionOpen``), admitted against the
+  free cache tokens (``busy`` with a retry hint when full). Its items feed inputs
+  (``wire.StepItem``); ``node/server/session.py`` has them computed by the step scheduler (all
+  sessions' ready steps as one batch, prompts in chunks: ``node/server/scheduler.py`` and
+  ``batcher.py``) and sends results on (to the next server over a ``relay`` stream, or back to the
+  client). The hop holding the LM head samples the
   next token, seeded per position (``wire.step_seed``), so a replay after failover samples the same
   token.
 - ``relay`` (stream, previous server -> this server): inputs for a session the client opened here;
@@ -14,13 +17,15 @@
 - ``files`` (unary): the tokenizer files of the model (never weights).
 - ``report`` (unary): a client's evidence that a peer computed our layers wrongly (``node/server/verify.py``).
 
-Hosting decisions (what to load, auto placement, rebalancing) are in ``node/server/hosting.py``.
+Hosting decisions (what to load, auto placement, rebalancing) are in ``node/server/hosting.py``; the
+advertised speed and load (``hosted_fields``) come from the served batches (``node/server/speed.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -31,10 +36,13 @@ from swarmlm.models.errors import CacheBudgetExceeded, ModelError
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import CallContext, ServerCall
 from swarmlm.node.directory import throughput_from
+from swarmlm.node.server.batcher import Batcher
 from swarmlm.node.server.hosting import announce, load_hosted_shard, maybe_rebalance
+from swarmlm.node.server.scheduler import DEFAULT_PREFILL_CHUNK, BatchQueue, Piece
 from swarmlm.node.server.session import ServerSession, SessionRunner
+from swarmlm.node.server.speed import SpeedModel, default_batch_tokens
 from swarmlm.node.server.verify import handle_report
-from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError
+from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -52,7 +60,8 @@ class ShardService:
 
     def __init__(self, model_spec: str, *, layers: str = "auto", max_layers: int = 0, dtype: str = "fp32",
                  max_cache_tokens: int = 8192, max_sessions: int = 64, fault: str = "",
-                 rebalance_s: float = 30.0) -> None:
+                 rebalance_s: float = 30.0, max_batch_tokens: int = 0,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         self.model_id = model_spec
         self.layers_spec = layers
         self.max_layers = max_layers
@@ -61,11 +70,15 @@ class ShardService:
         self.max_sessions = max_sessions
         self.fault = fault
         self.rebalance_s = rebalance_s
+        self.max_batch_tokens = max_batch_tokens  # 0: from the measured speed (speed.default_batch_tokens)
+        self.prefill_chunk = prefill_chunk
         self.max_layers_effective = 0
         self.moves = 0
         self.shard: Any = None
         self.cache: Any = None
-        self.ms_per_layer = 0.0
+        self.speed: SpeedModel | None = None
+        self.queue: BatchQueue | None = None
+        self.batcher: Batcher | None = None
         self.sessions: dict[str, ServerSession] = {}
         self._session_events: dict[str, trio.Event] = {}
         self.compute_limiter = trio.CapacityLimiter(1)  # one computation at a time: the CPU is the bottleneck
@@ -77,10 +90,24 @@ class ShardService:
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
-            self.shard, self.cache, self.ms_per_layer = await load_hosted_shard(self, node)
+            self.shard, self.cache, self.speed = await load_hosted_shard(self, node)
+        self._start_batching()
         node.on_hosting_changed()
-        task_status.started()
-        await self.run(node)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.batcher.run)
+            task_status.started()
+            await self.run(node)
+
+    def _start_batching(self) -> None:
+        budget = self.max_batch_tokens or default_batch_tokens(self.speed.token_ms)
+        self.queue = BatchQueue(budget, self.prefill_chunk)
+        self.batcher = Batcher(self.queue, self.compute, self.compute_limiter, self._on_batch)
+        log.info("step scheduler: up to %d tokens per batch, prompts in chunks of %d", budget, self.prefill_chunk)
+
+    @property
+    def ms_per_layer(self) -> float:
+        """Live: one decode token at batch 1, per hosted layer (ms), from the steps served."""
+        return self.speed.ms_per_layer if self.speed is not None else 0.0
 
     # -- wiring -----------------------------------------------------------------------------
     def register(self, node: Any) -> None:
@@ -108,8 +135,7 @@ class ShardService:
                 await announce(self, node)
                 last_announce = trio.current_time()
             await trio.sleep(self.rebalance_s * random.uniform(0.8, 1.2))
-            for sid in self.cache.expire_idle():
-                log.info("session %s expired (idle)", sid[:8])
+            self.expire_idle()
             if self.layers_spec == "auto":
                 moved, waited = await maybe_rebalance(self, node, waited)
                 if moved:
@@ -118,6 +144,24 @@ class ShardService:
     async def close(self, node: Any) -> None:
         self.cache.close_all()
 
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """End the sessions whose cache saw no step for the cache's idle timeout (they free it)."""
+        now = time.monotonic() if now is None else now
+        idle = [sid for sid, s in self.sessions.items() if now - s.cache.last_used > self.cache.idle_timeout_s]
+        for sid in idle:
+            log.info("session %s expired (idle)", sid[:8])
+            self.sessions[sid].scope.cancel()
+        return idle
+
+    def load_fields(self) -> dict[str, Any]:
+        """Live load: active sessions, queued steps, token positions served per second, capacity."""
+        now = time.monotonic()
+        sp = self.speed
+        return {"sessions": len(self.sessions), "queue": self.queue.queued if self.queue is not None else 0,
+                "served": round(sp.served_tok_s(now), 2) if sp is not None else 0.0,
+                "capacity": round(sp.capacity_tok_s(min(self.max_sessions, self.queue.max_batch_tokens)), 2)
+                if sp is not None and self.queue is not None else 0.0}
+
     def hosted_fields(self) -> dict[str, Any]:
         """Our part of the swarm-state heartbeat."""
         if self.shard is None:
@@ -125,7 +169,8 @@ class ShardService:
         sh = self.shard
         return {"hosted": [{"model": self.model_id, "start": sh.start, "end": sh.end}],
                 "throughput": throughput_from(self.ms_per_layer, sh.end - sh.start),
-                "free_kv": self.cache.free_tokens, "load": len(self.sessions) / max(1, self.max_sessions)}
+                "free_kv": self.cache.free_tokens, "load": len(self.sessions) / max(1, self.max_sessions),
+                **self.load_fields()}
 
     def info(self) -> dict[str, Any]:
         sh = self.shard
@@ -134,8 +179,9 @@ class ShardService:
         return {"peer_id": self.node.peer_id if self.node else None, "model": self.model_id,
                 "start": sh.start, "end": sh.end, "n_layers": sh.num_layers_total, "dtype": sh.dtype_name,
                 "ms_per_layer": self.ms_per_layer, "free_cache_tokens": self.cache.free_tokens,
-                "sessions": len(self.sessions), "max_sessions": self.max_sessions,
-                "load": len(self.sessions) / max(1, self.max_sessions)}
+                "max_sessions": self.max_sessions, "load": len(self.sessions) / max(1, self.max_sessions),
+                "max_batch_tokens": self.queue.max_batch_tokens if self.queue is not None else 0,
+                **self.load_fields()}
 
     async def _info(self, ctx: CallContext, args: Any) -> Any:
         return self.info()
@@ -157,18 +203,24 @@ class ShardService:
                 out[name] = p.read_bytes()
         return out
 
-    def replace_shard(self, shard: Any, cache: Any, ms_per_layer: float) -> None:
+    def replace_shard(self, shard: Any, cache: Any, speed: SpeedModel) -> None:
         """Serve ``shard`` from now on (rebalancing); sessions already open keep the old weights."""
-        self.shard, self.cache, self.ms_per_layer = shard, cache, ms_per_layer
+        self.shard, self.cache, self.speed = shard, cache, speed
         self._views.clear()
         self.moves += 1
 
-    def forward(self, sess: ServerSession, x: Any, pos: int) -> Any:
-        """One step of ``sess`` through its layers (blocking: run it in a worker thread)."""
-        out = sess.view.forward(x, sess.cache, pos, last_only=sess.view.has_head)
-        if self.fault == "wrong-activations" and not sess.view.has_head:
-            out = out + torch.randn_like(out) * out.abs().mean()
-        return out
+    def compute(self, pieces: list[Piece]) -> list[Any]:
+        """One batch: the pieces' positions through their (common) view, as one ``forward_batch``
+        (blocking: the batcher runs it in a worker thread)."""
+        view = pieces[0].work.group
+        entries = [(p.work.session, p.work.x[:, p.offset:p.offset + p.n], p.work.pos + p.offset) for p in pieces]
+        outs = view.forward_batch(entries, last_only=[p.work.last_only for p in pieces])
+        if self.fault == "wrong-activations" and not view.has_head:
+            outs = [o + torch.randn_like(o) * o.abs().mean() for o in outs]
+        return outs
+
+    def _on_batch(self, pieces: list[Piece], seconds: float) -> None:
+        self.speed.observe(sum(p.n for p in pieces), seconds, time.monotonic())
 
     def count_step(self, tokens: int) -> None:
         self.steps_served += 1
@@ -177,6 +229,13 @@ class ShardService:
     def _on_step(self, seconds: float, sampled: bool) -> None:
         for listener in self.step_listeners:
             listener(seconds, sampled)
+
+    def retry_hint_s(self) -> float:
+        """When a session may end and free its cache: the soonest any open session can reach its
+        max length at the current step time (a hint for ``busy`` answers)."""
+        step_s = (self.speed.predict_ms(len(self.sessions)) / 1000.0) if self.speed is not None else 0.1
+        left = [max(1, s.cache.max_length - s.cache.length) for s in self.sessions.values() if not s.cache.closed]
+        return min(left, default=1) * step_s
 
     def view(self, start: int, end: int) -> Any:
         """The shard restricted to layers ``[start, end)`` (cached per range)."""
@@ -206,13 +265,14 @@ class ShardService:
         if sid in self.sessions:
             raise RpcError(BAD_REQUEST, f"session {sid[:8]} already open")
         if len(self.sessions) >= self.max_sessions:
-            raise RpcError(BUSY, f"node has {len(self.sessions)} sessions open (max {self.max_sessions}); route elsewhere")
+            raise RpcError(BUSY, busy_message(f"node has {len(self.sessions)} sessions open (max {self.max_sessions}); "
+                                              "route elsewhere", self.retry_hint_s()))
         view = self.view(o.start, o.end)
         try:
             view._check_window(o.max_length)
             cache = self.cache.open(sid, o.max_length, layout=view.cache_layout())
         except CacheBudgetExceeded as exc:
-            raise RpcError(BUSY, str(exc)) from None
+            raise RpcError(BUSY, busy_message(str(exc), self.retry_hint_s())) from None
         except ModelError as exc:
             raise RpcError(BAD_REQUEST, str(exc)) from None
         sess = ServerSession.open(o, call.ctx.peer, view, cache)
@@ -221,13 +281,16 @@ class ShardService:
         log.debug("session %s open: layers [%d, %d) for %s", sid[:8], o.start, o.end, call.ctx.peer[-8:])
         runner = SessionRunner(self, call, sess)
         try:
-            async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-                nursery.start_soon(runner.pump_client)
-                await runner.process(stack, nursery, self._on_step)
-                nursery.cancel_scope.cancel()
+            with sess.scope:
+                async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+                    nursery.start_soon(runner.pump_client)
+                    await runner.process(stack, nursery, self._on_step)
+                    nursery.cancel_scope.cancel()
         finally:
             self.sessions.pop(sid, None)
             self._session_events.pop(sid, None)
+            await self.batcher.leave(sid)  # its step may be in the running batch: wait before freeing
+            cache.free()
             self.cache.close(sid)
         return {"steps": sess.steps}
 

@@ -1,0 +1,208 @@
+"""The step scheduler of a shard server, sans-I/O: which queued steps run together as one batch.
+
+Every open session of a ``ShardService`` queues at most one step at a time (a ``Work``: its input,
+its KV cache, the shard view it runs on); whether it is the first, a middle or the last hop of a
+pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch()`` picks the
+``Piece``s of work that run as one ``Shard.forward_batch``:
+
+- only works on the same view (layer range) batch together; the view of the oldest queued work goes;
+- short steps (decodes, and multi-token steps of up to ``short_step`` tokens, e.g. speculative
+  verification) go first, whole, oldest first;
+- then longer steps (prefills) in arrival order, in chunks of at most ``prefill_chunk`` tokens, while
+  the batch has room under ``max_batch_tokens``; a prompt goes on where its last chunk ended, so a
+  long prompt holds up the others' decoding for one chunk at a time;
+- the first piece of a batch is always taken, so ``max_batch_tokens=1`` runs one session per batch
+  (batching off).
+
+``launch_at(now)`` says when the next batch should start: at once, unless sessions of the batch that
+just finished have not queued their next step yet (their answers are on their way round the
+pipeline): then up to ``gather`` of the last batch's duration (at most ``max_gather_s``) is spent
+waiting for them, so that a cohort of decoding sessions stays one batch instead of splitting in two.
+
+``complete(batch, failed, seconds)`` records what each piece computed and returns the works that are
+done (all positions computed, or failed). The queue holds no tensors of its own and does no compute:
+the I/O side (``node/server/batcher.py``) slices inputs per piece and joins the outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+DEFAULT_PREFILL_CHUNK = 256
+SHORT_STEP = 16  # steps of at most this many tokens are never chunked and go before prefills
+MIN_CHUNK = 16  # a prefill piece squeezed into the room left in a batch is at least this long
+
+
+@dataclass(eq=False)
+class Work:
+    """One step of one session: ``x`` ([1, T] ids or [1, T, H] hidden states) at position ``pos``."""
+
+    key: str  # the session id: one queued work per session
+    group: Hashable  # works batch only with works of the same group (the shard view they run on)
+    session: Any  # its KV cache (``models.kvcache.Session``)
+    x: Any
+    pos: int
+    last_only: bool = False  # the head: only the last position's logits
+    post: Callable[[Any], Any] | None = None  # run on the final output in the worker thread (sampling)
+    seq: int = 0  # arrival order (set by the queue)
+    arrived: float = 0.0
+    done: int = 0  # positions computed so far
+    outputs: list = field(default_factory=list)  # per computed piece (the I/O side fills it)
+    output: Any = None  # the whole step's output once done
+    result: Any = None  # what ``post`` returned
+    seconds: float = 0.0  # compute time of the batches this work took part in
+    batches: int = 0
+    error: BaseException | None = None
+
+    @property
+    def tokens(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def remaining(self) -> int:
+        return self.tokens - self.done
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or self.done >= self.tokens
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Positions ``[offset, offset + n)`` of a work's input, computed in one batch."""
+
+    work: Work
+    offset: int
+    n: int
+
+    @property
+    def last(self) -> bool:
+        return self.offset + self.n >= self.work.tokens
+
+
+class BatchQueue:
+    """The queued steps of a server's sessions and the batching policy (see the module docstring)."""
+
+    def __init__(self, max_batch_tokens: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, *,
+                 short_step: int = SHORT_STEP, gather: float = 0.5, max_gather_s: float = 0.05) -> None:
+        if max_batch_tokens < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch_tokens and prefill_chunk must be >= 1")
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.prefill_chunk = int(prefill_chunk)
+        self.short_step = int(short_step)
+        self.gather = float(gather)
+        self.max_gather_s = float(max_gather_s)
+        self._queued: dict[str, Work] = {}
+        self._in_flight: dict[str, Work] = {}
+        self._pending: set[str] = set()  # sessions of the last batch whose next step has not come yet
+        self._pending_since = 0.0
+        self._seq = 0
+        self.last_batch_s = 0.0
+        self.batches = 0
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Steps waiting (not in the running batch)."""
+        return len(self._queued)
+
+    @property
+    def queued_tokens(self) -> int:
+        """Positions the queued steps could put into the next batch (a prompt: one chunk)."""
+        return sum(min(w.remaining, self.prefill_chunk) if self._chunked(w) else w.tokens
+                   for w in self._queued.values())
+
+    def _chunked(self, w: Work) -> bool:
+        return w.tokens > self.short_step or w.done > 0
+
+    def in_flight(self, key: str) -> bool:
+        return key in self._in_flight
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._in_flight)
+
+    # -- sessions come and go -----------------------------------------------------------------------
+    def add(self, work: Work, now: float) -> None:
+        if work.key in self._queued or work.key in self._in_flight:
+            raise ValueError(f"session {work.key[:8]} already has a step queued")
+        if work.tokens < 1:
+            raise ValueError("a step needs at least one position")
+        self._seq += 1
+        work.seq, work.arrived = self._seq, now
+        self._queued[work.key] = work
+        self._pending.discard(work.key)
+
+    def remove(self, key: str) -> Work | None:
+        """Drop a session's queued step (the session left); a step in the running batch stays."""
+        self._pending.discard(key)
+        return self._queued.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """The session is gone: do not wait for its next step."""
+        self._pending.discard(key)
+
+    # -- the policy -------------------------------------------------------------------------------
+    def launch_at(self, now: float) -> float | None:
+        """When to start the next batch (``now`` or later), or None when nothing is queued."""
+        if not self._queued or self._in_flight:
+            return None
+        if not self._pending or self.max_batch_tokens <= 1 or self.queued_tokens >= self.max_batch_tokens:
+            return now
+        return max(now, self._pending_since + min(self.max_gather_s, self.gather * self.last_batch_s))
+
+    def next_batch(self) -> list[Piece]:
+        """The pieces of the next batch (marked as running), or [] when nothing is queued."""
+        if not self._queued or self._in_flight:
+            return []
+        works = sorted(self._queued.values(), key=lambda w: w.seq)
+        group = works[0].group
+        works = [w for w in works if w.group == group]
+        short = [w for w in works if not self._chunked(w)]
+        long = [w for w in works if self._chunked(w)]
+        batch: list[Piece] = []
+        room = self.max_batch_tokens
+        for w in short:
+            if batch and w.tokens > room:
+                continue
+            batch.append(Piece(w, 0, w.tokens))
+            room -= w.tokens
+        for w in long:
+            n = min(self.prefill_chunk, w.remaining)
+            if batch:
+                n = min(n, room)
+                if n < min(MIN_CHUNK, w.remaining, self.prefill_chunk):
+                    continue
+            batch.append(Piece(w, w.done, n))
+            room -= n
+        for p in batch:
+            self._in_flight[p.work.key] = self._queued.pop(p.work.key)
+        return batch
+
+    def complete(self, batch: list[Piece], seconds: float, now: float,
+                 failed: dict[str, BaseException] | None = None) -> list[Work]:
+        """Record a batch that finished at ``now`` after ``seconds``: ``failed`` maps session ids to
+        the error of their piece. Returns the works that are done (to answer); the others go back to
+        the queue for their next chunk."""
+        failed = failed or {}
+        self.last_batch_s = seconds
+        self.batches += 1
+        self._pending, self._pending_since = set(), now
+        done: list[Work] = []
+        for p in batch:
+            w = p.work
+            self._in_flight.pop(w.key, None)
+            w.seconds += seconds
+            w.batches += 1
+            if w.key in failed:
+                w.error = failed[w.key]
+            else:
+                w.done = p.offset + p.n
+            if w.finished:
+                done.append(w)
+                if w.error is None:  # its session will likely send its next step soon
+                    self._pending.add(w.key)
+            else:
+                self._queued[w.key] = w
+        return done

@@ -1,0 +1,130 @@
+"""The step scheduler's batching policy (sans-I/O): decodes batch together, prompts go in chunks between
+them, the token budget, views kept apart, gathering a decoding cohort, sessions leaving; and the speed
+model fed by served batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmlm.node.server.scheduler import BatchQueue, Work
+from swarmlm.node.server.speed import SpeedModel, default_batch_tokens
+
+
+class X:
+    """Stands in for an input tensor: only its shape matters to the policy."""
+
+    def __init__(self, t: int) -> None:
+        self.shape = (1, t)
+
+
+def work(key: str, tokens: int, group: str = "v") -> Work:
+    return Work(key, group, None, X(tokens), 0)
+
+
+def shape(batch) -> list[tuple[str, int, int]]:
+    return [(p.work.key, p.offset, p.n) for p in batch]
+
+
+def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    for k in ("a", "b", "c"):
+        q.add(work(k, 1), 0.0)
+    q.add(work("long", 600), 0.0)
+    seen = []
+    for _ in range(3):
+        batch = q.next_batch()
+        seen.append(shape(batch))
+        done = q.complete(batch, 0.1, 1.0)
+        for w in done:  # the decoding sessions come back with their next token at once
+            if w.key != "long":
+                q.add(work(w.key, 1), 1.0)
+    assert seen[0] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 0, 256)]
+    assert seen[1] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 256, 256)]
+    assert seen[2] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 512, 88)]
+
+
+def test_the_budget_limits_a_batch_and_the_rest_waits_its_turn():
+    q = BatchQueue(max_batch_tokens=4, prefill_chunk=256)
+    for k in "abcdef":
+        q.add(work(k, 1), 0.0)
+    assert [p.work.key for p in q.next_batch()] == list("abcd")
+    assert q.queued == 2
+
+
+def test_budget_one_is_batching_off_but_a_prompt_still_gets_whole_chunks():
+    q = BatchQueue(max_batch_tokens=1, prefill_chunk=8)
+    q.add(work("p", 20), 0.0)
+    q.add(work("d", 1), 0.0)
+    batch = q.next_batch()
+    assert shape(batch) == [("d", 0, 1)]
+    q.complete(batch, 0.01, 0.0)
+    assert shape(q.next_batch()) == [("p", 0, 8)]
+
+
+def test_only_steps_on_the_same_view_batch_together_oldest_view_first():
+    q = BatchQueue(max_batch_tokens=64)
+    q.add(work("a", 1, "v1"), 0.0)
+    q.add(work("b", 1, "v2"), 0.0)
+    q.add(work("c", 1, "v1"), 0.0)
+    batch = q.next_batch()
+    assert [p.work.key for p in batch] == ["a", "c"]
+    q.complete(batch, 0.01, 0.0)
+    assert [p.work.key for p in q.next_batch()] == ["b"]
+
+
+def test_a_multi_token_step_is_one_piece_like_a_decode():
+    q = BatchQueue(max_batch_tokens=64, prefill_chunk=4)
+    q.add(work("verify", 5), 0.0)  # e.g. a speculative step: the last token and 4 drafts
+    q.add(work("d", 1), 0.0)
+    assert shape(q.next_batch()) == [("verify", 0, 5), ("d", 0, 1)]
+
+
+def test_launch_waits_briefly_for_the_cohort_of_the_last_batch():
+    q = BatchQueue(max_batch_tokens=64, gather=0.5, max_gather_s=0.05)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    batch = q.next_batch()
+    assert q.launch_at(0.0) is None  # a batch is running
+    q.complete(batch, 0.04, now=1.0)
+    q.add(work("a", 1), 1.001)
+    assert q.launch_at(1.001) == pytest.approx(1.02)  # b and c are on their way: wait up to half a batch
+    q.add(work("b", 1), 1.002)
+    q.forget("c")  # c's session ended
+    assert q.launch_at(1.003) == 1.003
+
+
+def test_a_session_that_leaves_is_dropped_and_a_failed_piece_fails_only_its_work():
+    q = BatchQueue(max_batch_tokens=64)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    assert q.remove("b") is not None
+    batch = q.next_batch()
+    assert [p.work.key for p in batch] == ["a", "c"]
+    assert q.remove("a") is None and q.in_flight("a")  # running: stays until the batch ends
+    boom = ValueError("bad positions")
+    done = q.complete(batch, 0.01, 0.0, failed={"a": boom})
+    assert {w.key: w.error for w in done} == {"a": boom, "c": None}
+    assert not q.in_flight("a") and q.queued == 0
+    q.add(work("c", 1), 0.0)
+    with pytest.raises(ValueError, match="already has a step queued"):  # one step per session at a time
+        q.add(work("c", 1), 0.0)
+
+
+def test_speed_follows_served_batches_and_a_slower_machine():
+    sp = SpeedModel(layers=10, step_ms=20.0, token_ms=1.0)
+    assert sp.ms_per_layer == pytest.approx(2.0)
+    assert sp.capacity_tok_s(16) == pytest.approx(16 * 1000 / (19 + 16))
+    for i in range(400):  # as predicted: nothing moves; 8 tokens every 0.1 s
+        sp.observe(8, (19 + 8) / 1000.0, now=i * 0.1)
+    assert sp.ms_per_layer == pytest.approx(2.0)
+    assert sp.served_tok_s(40.0) == pytest.approx(80.0, rel=0.05)
+    for i in range(100):  # three times slower, whatever the batch sizes
+        n = 1 + i % 16
+        sp.observe(n, 3 * (19 + n) / 1000.0, now=40 + i * 0.1)
+    assert sp.ms_per_layer == pytest.approx(6.0, rel=0.05)
+    assert sp.served_tok_s(1000.0) < 1e-6  # idle for a long time
+
+
+def test_default_batch_budget_from_measured_speed():
+    assert default_batch_tokens(1.0) == 250  # ~1 ms per token: a quarter second of work
+    assert default_batch_tokens(0.001) == 2048 and default_batch_tokens(100.0) == 64
