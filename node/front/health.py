@@ -220,6 +220,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             "uptime_s": None if uptime is None else round(uptime, 1), "heartbeat_age_s": round(max(0.0, age), 1),
             "hosted": [{"model": h.model, "start": h.start, "end": h.end} for h in e.hosted],
             "throughput": round(e.throughput, 2), "free_kv": e.free_kv, "load": round(e.load, 3),
+            "sessions": e.sessions, "queue": e.queue, "served_tok_s": round(e.served, 1),
             "reputation": None if e.peer_id not in reputation else round(reputation[e.peer_id], 4),
             "verdicts": verdicts.get(e.peer_id, []),
         })
@@ -227,7 +228,8 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
     models = []
     for model in state.models(now).values():
         hosts = [{"peer_id": p["peer_id"], "start": h["start"], "end": h["end"], "throughput": p["throughput"],
-                  "free_kv": p["free_kv"], "status": p["status"], "live": p["status"] == "online"}
+                  "free_kv": p["free_kv"], "sessions": p["sessions"], "queue": p["queue"],
+                  "served_tok_s": p["served_tok_s"], "status": p["status"], "live": p["status"] == "online"}
                  for p in peers for h in p["hosted"] if h["model"] == model.model_id]
         models.append(_coverage(model, hosts))
     routes = [dict(r) for r in reversed(node.client.recent_routes if node.client is not None else [])][:10]

@@ -69,11 +69,13 @@ def _model(m: dict[str, Any], me: str) -> str:
         out.append(f'<td class="{"gap" if i in gaps else "ok"}" title="{title}">{len(hs)}</td>')
     out.append("</tr></tbody></table></div>")
     out.append('<table class="list"><thead><tr><th>host</th><th>layers</th><th>status</th>'
-               '<th>throughput (tok/s)</th><th>free cache (tokens)</th></tr></thead><tbody>')
+               '<th>throughput (tok/s)</th><th>free cache (tokens)</th><th>sessions</th><th>queued steps</th>'
+               '<th>served (tok/s)</th></tr></thead><tbody>')
     for h in m["hosts"]:
         out.append(f'<tr class="{escape(h["status"])}"><td>{_peer(h["peer_id"], me)}</td>'
                    f'<td>[{h["start"]}, {h["end"]})</td><td>{escape(h["status"])}</td>'
-                   f'<td>{_num(h["throughput"])}</td><td>{h["free_kv"]}</td></tr>')
+                   f'<td>{_num(h["throughput"])}</td><td>{h["free_kv"]}</td><td>{h.get("sessions", 0)}</td>'
+                   f'<td>{h.get("queue", 0)}</td><td>{_num(h.get("served_tok_s"))}</td></tr>')
     out.append("</tbody></table></section>")
     return "".join(out)
 
