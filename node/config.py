@@ -31,6 +31,9 @@ class NodeConfig:
     mdns: bool = False
     http: str = ""  # e.g. 127.0.0.1:8080; empty: no HTTP API
     http_token: str = ""  # optional bearer token for the HTTP API
+    http_allow_hosts: list[str] = field(default_factory=list)  # Host names the HTTP API answers besides loopback/IPs; "*": any
+    http_allow_origins: list[str] = field(default_factory=list)  # browser origins (scheme://host[:port]) allowed to call it
+    trust: list[str] = field(default_factory=list)  # peer ids this node trusts as anchors of standing (besides its bootstrap peers)
     ready_file: str = ""
     log_format: str = "text"
     log_level: str = "info"
@@ -81,6 +84,12 @@ class NodeConfig:
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap: {addr!r} needs a /p2p/<peer id> part")
+        for pid in self.trust:
+            if not pid or "/" in pid or len(pid) > 128:
+                raise ConfigError(f"trust: {pid!r} is not a peer id (as `swarmlm id` prints it)")
+        for origin in self.http_allow_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"http_allow_origins: {origin!r} must look like http://host:port (or be *)")
         if self.http:
             parse_hostport(self.http, "http")
         if self.consensus_judge not in ("loglik", "prompt"):

@@ -2,9 +2,10 @@
 
 ``PipelineGenerator`` is the ``Generator`` for ``mode="pipeline"``: it lists the models the swarm
 serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), avoids
-peers it banned or that a signed verdict convicts, fetches a model's tokenizer files from a server
-when the model is not local, and starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``:
-the token loop, failover and verification) for each request.
+peers it banned or that verdicts weighted by standing convict (``node/trust.py``), fetches a model's
+tokenizer files from a server when the model is not local, starts a ``PipelineGeneration``
+(``node/client/pipeline_generation.py``: the token loop, failover and verification) for each
+request, and witnesses the work of the servers that completed one (``node/client/witness.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline_generation import PipelineGeneration
 from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
+from swarmlm.node.client.witness import WitnessLog
 from swarmlm.node.dial import ensure_connected
 from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
 from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
-from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, VERDICT_KIND
+from swarmlm.node.trust import TrustView
+from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES
 
 log = logging.getLogger("swarmlm.client")
 
@@ -49,6 +52,8 @@ class PipelineGenerator:
         self.recent_routes: list[dict[str, Any]] = []
         self.verify_stats: dict[str, Any] = {}
         self.rng = random.Random()
+        self.trust = TrustView.of(host, state)
+        self.witness = WitnessLog()
 
     # -- swarm view -------------------------------------------------------------------------------
     @property
@@ -71,11 +76,12 @@ class PipelineGenerator:
         return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
 
     def convicted(self) -> set[str]:
-        """Peers a recent signed "fail" verdict record in the swarm state names: routing avoids them."""
-        since = time.time() - self.options.verdict_ban_s
-        return {r.body["subject"] for r in self.state.records(kind=VERDICT_KIND)
-                if isinstance(r.body, dict) and r.body.get("verdict") == "fail" and isinstance(r.body.get("subject"), str)
-                and r.created >= since and r.author != r.body["subject"]}
+        """Peers that recent "fail" verdicts convict, each author weighted by its standing (one
+        author without standing changes nothing; see ``consensus/verdicts.py``): routing avoids them.
+        ``options.verdict_ban_s`` <= 0 turns swarm-wide avoidance off."""
+        if self.options.verdict_ban_s <= 0:
+            return set()
+        return self.trust.convicted()
 
     def n_layers(self, model: str) -> int:
         info = self.state.models(time.time()).get(model)
@@ -161,3 +167,8 @@ class PipelineGenerator:
 
     def record_route(self, route: dict[str, Any]) -> None:
         self.recent_routes = (self.recent_routes + [route])[-20:]
+        now = time.time()
+        self.witness.add([h.get("peer_id") for h in route.get("hops", []) if isinstance(h.get("peer_id"), str)],
+                         int(route.get("tokens", 0)), now)
+        if self.witness.due(now):
+            self.witness.flush(self.state_service, now)
