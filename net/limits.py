@@ -105,9 +105,9 @@ class ByteBudget:
 class Penalties:
     """``strikes`` rule breaks within ``window_s`` refuse a peer for ``refuse_s`` seconds."""
 
-    strikes: int = 3
+    strikes: int = 8
     window_s: float = 60.0
-    refuse_s: float = 60.0
+    refuse_s: float = 30.0
     max_peers: int = 4096
     _log: dict[str, deque] = field(default_factory=dict)
     _until: dict[str, float] = field(default_factory=dict)

@@ -32,7 +32,8 @@ def build_node(config: NodeConfig) -> Node:
     node.client = AsyncClient(node.host, node.state, ClientOptions(), ee_key=config.ee_key or None,
                               local_consensus=node.consensus)
     if config.http:
-        node.http = HttpService(config.http, config.http_token or None)
+        node.http = HttpService(config.http, config.http_token or None, tuple(config.http_allow_hosts),
+                                tuple(config.http_allow_origins))
     for svc in node.services:
         svc.register(node)
     return node

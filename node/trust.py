@@ -7,7 +7,8 @@ caches it for ``refresh_s``. ``install`` makes the lower layers use it without i
 
 * the swarm state admits established owners into reserved room and keeps them longer
   (``admission.protected``), and ranks model announcements by their hosts' standing (``weigh``);
-* the RPC server reserves buffer space and decode time for established peers (``trusted``).
+* the RPC server reserves buffer space and decode time for established peers (``trusted``), and
+  the DHT record validator reserved storage (``protected``).
 
 The route planner asks ``convicted()``: the peers that verdicts weighted by standing convict.
 There is one view per state service (``TrustView.of``), shared by the node and its client.
@@ -70,6 +71,9 @@ class TrustView:
         rpc = getattr(host, "rpc_server", None)
         if rpc is not None:
             rpc.trusted = self.is_established
+        validator = getattr(host, "validator", None)  # DHT records: reserved room for established owners
+        if validator is not None:
+            validator.protected = self.is_established
 
     # -- views ------------------------------------------------------------------------------
     def refresh(self, now: float | None = None, force: bool = False) -> None:

@@ -12,11 +12,12 @@ see docs/RELIABILITY.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from swarmlm.consensus.reputation import Verdict
+from swarmlm.consensus.verdicts import parse_verdict
 from swarmlm.node.wire import VERDICT_KIND, tap_digest
 
 # relative error of fp32 prefill vs incremental decode measured on builtin:tiny and SmolLM2 is ~1e-6..1e-5;
@@ -124,11 +125,12 @@ def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
 
 
 
-def verdicts_from_state(state: Any) -> list[Any]:
-    """The signed "fail" verdict records of the swarm state, as the reputation fold takes them."""
+def verdicts_from_state(state: Any, authors: Callable[[str], bool] | None = None) -> list[Any]:
+    """The well-formed signed "fail" verdict records of the swarm state, as the reputation fold takes
+    them; with ``authors``, only those whose author it accepts (e.g. established peers)."""
     out = []
     for rec in state.records(kind=VERDICT_KIND):
-        body = rec.body
-        if isinstance(body, dict) and body.get("verdict") == "fail" and isinstance(body.get("subject"), str):
-            out.append(Verdict(subject=body["subject"], time=float(rec.created), id=rec.key, reporter=rec.author))
+        v = parse_verdict(rec.body)
+        if v is not None and v.verdict == "fail" and v.subject != rec.author and (authors is None or authors(rec.author)):
+            out.append(Verdict(subject=v.subject, time=float(rec.created), id=rec.key, reporter=rec.author))
     return out
