@@ -71,21 +71,27 @@ class RateTable:
 
 
 class ByteBudget:
-    """Bytes held on behalf of keys: at most ``per_key`` each and ``total`` together, of which
-    ``reserved`` can only be used by trusted keys."""
+    """Bytes held on behalf of keys: at most ``per_key`` each and ``total`` together; untrusted
+    keys together at most ``total - reserved``, so the reserve stays free for trusted keys."""
 
     def __init__(self, per_key: int, total: int, reserved: int = 0) -> None:
         self.per_key, self.total, self.reserved = per_key, total, reserved
         self.held: dict[str, int] = {}
+        self._untrusted: dict[str, int] = {}
         self.used = 0
+        self.untrusted_used = 0
 
     def try_acquire(self, key: str, n: int, trusted: bool = False) -> bool:
-        mine = self.held.get(key, 0)
-        cap = self.total if trusted else self.total - self.reserved
         if n <= 0:
             return True
-        if mine + n > self.per_key or self.used + n > cap:
+        mine = self.held.get(key, 0)
+        if mine + n > self.per_key or self.used + n > self.total:
             return False
+        if not trusted:
+            if self.untrusted_used + n > self.total - self.reserved:
+                return False
+            self._untrusted[key] = self._untrusted.get(key, 0) + n
+            self.untrusted_used += n
         self.held[key] = mine + n
         self.used += n
         return True
@@ -93,12 +99,16 @@ class ByteBudget:
     def release(self, key: str, n: int) -> None:
         if n <= 0:
             return
-        left = self.held.get(key, 0) - n
-        self.used = max(0, self.used - n)
-        if left > 0:
-            self.held[key] = left
-        else:
-            self.held.pop(key, None)
+        n = min(n, self.held.get(key, 0))
+        u = min(n, self._untrusted.get(key, 0))
+        for table, k in ((self.held, n), (self._untrusted, u)):
+            left = table.get(key, 0) - k
+            if left > 0:
+                table[key] = left
+            else:
+                table.pop(key, None)
+        self.used -= n
+        self.untrusted_used -= u
 
 
 @dataclass
