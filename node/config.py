@@ -53,6 +53,7 @@ class NodeConfig:
     heartbeat_s: float = 10.0
     state_ttl_s: float = 60.0  # a peer whose heartbeat is older is offline for every reader
     rebalance_s: float = 30.0  # how often an auto-placed node reconsiders its layer range
+    witness_s: float = 120.0  # how often this node's client publishes what servers it saw working (standing)
     # consensus (docs/CONSENSUS.md)
     consensus_sampling: str = ""  # this node's answer profile, e.g. "temperature=0.7 top_p=0.9"; empty: derived
     consensus_judge: str = "loglik"  # loglik | prompt
@@ -72,7 +73,7 @@ class NodeConfig:
         for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("heartbeat_s", "state_ttl_s", "rebalance_s"):
+        for key in ("heartbeat_s", "state_ttl_s", "rebalance_s", "witness_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.state_ttl_s <= self.heartbeat_s:

@@ -53,7 +53,7 @@ class PipelineGenerator:
         self.verify_stats: dict[str, Any] = {}
         self.rng = random.Random()
         self.trust = TrustView.of(host, state)
-        self.witness = WitnessLog()
+        self.witness = WitnessLog(self.options.witness_s)
 
     # -- swarm view -------------------------------------------------------------------------------
     @property
@@ -72,8 +72,14 @@ class PipelineGenerator:
         return cards
 
     def servers(self, model: str) -> list[ServerView]:
+        """Servers of ``model`` to plan over: not convicted, and hosting ranges that fit the model's
+        layer count (a peer claiming layers the model does not have is not routed to)."""
         bad = self.convicted()
-        return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+        now = time.time()
+        info = self.state.models(now).get(model)
+        limit = info.layers if info is not None else None
+        return [s for s in servers_for(self.state, model, now, self.host.peers)
+                if s.peer_id not in bad and (limit is None or s.end <= limit)]
 
     def convicted(self) -> set[str]:
         """Peers that recent "fail" verdicts convict, each author weighted by its standing (one
