@@ -34,7 +34,7 @@ _DTYPES = {
     "i64": ("int64", 8), "i32": ("int32", 4), "u8": ("uint8", 1), "bool": ("bool", 1),
     "raw": ("bytes", 1),  # a large ``bytes`` value, carried out of band and decoded as bytes
 }
-INLINE_BYTES_MAX = 64 * 1024
+INLINE_BYTES_MAX = 16 * 1024  # larger bytes travel out of band: headers stay small (untrusted peers: 32 KiB)
 _TORCH_TO_WIRE = {v[0]: k for k, v in _DTYPES.items()}
 
 
@@ -45,7 +45,7 @@ class FrameError(SwarmError):
 @dataclass(frozen=True)
 class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
-    max_header_bytes: int = 1024 * 1024
+    max_header_bytes: int = 256 * 1024  # tensors and bytes over 16 KiB travel out of band, not in the header
     max_str_len: int = 1024 * 1024
     max_bin_len: int = 1024 * 1024
     max_array_len: int = 65536

@@ -96,12 +96,14 @@ class ServerLimits:
     max_buffered_per_peer: int = 80 << 20  # received item frames a handler has not taken yet (>= 1 max frame)
     max_buffered_total: int = 256 << 20
     reserved_buffered: int = 96 << 20  # of the total, only for trusted peers
-    # msgpack header bytes per second an untrusted peer may make us decode (a hostile 1 MiB header
-    # costs ~0.2 s of GIL-held CPU; tensors travel out of band and cost nothing to decode)
-    header_rate_bps: float = 256 << 10
-    header_burst: float = 1 << 20
-    header_rate_total_bps: float = 1 << 20  # all untrusted peers together
-    header_burst_total: float = 2 << 20
+    # Decoding a msgpack header holds the GIL ~0.2 us per value and a hostile header is one value
+    # per byte (tensors and bytes over 16 KiB travel out of band and cost nothing to decode). So an
+    # untrusted peer's header is at most 32 KiB (a ~6 ms stall) and its header bytes are paced.
+    untrusted_header_bytes: int = 32 << 10
+    header_rate_bps: float = 64 << 10  # per untrusted peer
+    header_burst: float = 256 << 10
+    header_rate_total_bps: float = 256 << 10  # all untrusted peers together (~5% of a core at worst)
+    header_burst_total: float = 512 << 10
 
 
 @dataclass
@@ -263,6 +265,9 @@ class RpcServer:
         if idle.cancelled_caught:
             raise StreamClosedError("stream idle without a call", peer)
         if not self.trusted(peer):
+            if header_len > self.limits.untrusted_header_bytes:
+                raise FrameError(f"frame header of {header_len} bytes: peers without standing send at most "
+                                 f"{self.limits.untrusted_header_bytes}")
             now = trio.current_time()
             wait = max(self._header_rates.bucket(peer).take(header_len, now), self._header_total.take(header_len, now))
             if wait > 0:

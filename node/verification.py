@@ -11,6 +11,7 @@ see docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -92,18 +93,33 @@ def concat_outputs(taps: list[Tap]) -> Any:
     return torch.cat([t.x_out for t in taps], dim=1)
 
 
+_STEP_ROW = struct.Struct(">qqqq64s")  # step, pos, n_in, n_out, Ed25519 signature
+
+
 def evidence(hop: HopTaps, upto_step: int) -> dict[str, Any]:
-    """The accused's own signed taps, packed for a ``report`` call (two tensors, a list of steps)."""
+    """The accused's own signed taps, packed for a ``report`` call: two tensors and the steps as one
+    bytes value of fixed-size rows (large histories then travel out of band, not in the header)."""
     hist = hop.history(upto_step)
+    rows = b"".join(_STEP_ROW.pack(t.step, t.pos, t.x_in.shape[1], t.x_out.shape[1], t.sig) for t in hist)
     return {"accused": hop.peer, "session_id": hop.session_id, "start": hop.start, "end": hop.end,
-            "steps": [[t.step, t.pos, t.x_in.shape[1], t.x_out.shape[1], t.sig] for t in hist],
-            "in": concat_inputs(hist), "out": concat_outputs(hist)}
+            "steps": rows, "in": concat_inputs(hist), "out": concat_outputs(hist)}
+
+
+def evidence_rows(steps: Any) -> list[list[Any]]:
+    """``[[step, pos, n_in, n_out, signature], ...]`` from packed rows (or such a list, as sent before)."""
+    if isinstance(steps, (bytes, bytearray)):
+        if len(steps) % _STEP_ROW.size:
+            raise ValueError("evidence steps are not whole rows")
+        return [list(_STEP_ROW.unpack_from(steps, i)) for i in range(0, len(steps), _STEP_ROW.size)]
+    if not isinstance(steps, list):
+        raise ValueError("evidence needs its steps")
+    return steps
 
 
 def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
     """Split packed evidence back into steps, check each signature; the inputs and outputs (or raise)."""
-    x_in, x_out, steps = ev["in"], ev["out"], ev["steps"]
-    if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor) or not isinstance(steps, list):
+    x_in, x_out, steps = ev["in"], ev["out"], evidence_rows(ev["steps"])
+    if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor):
         raise ValueError("evidence needs tensors in, out and a list of steps")
     if x_in.dim() < 2 or x_out.dim() != 3 or x_in.shape[0] != 1 or x_out.shape[0] != 1 or not steps:
         raise ValueError("evidence tensors must be [1, T, ...] and [1, T, H]")

@@ -109,21 +109,20 @@ async def _slow_reader(host: SwarmHost, peer: str) -> None:
 
 
 async def rpc_attack(hosts: list[SwarmHost], targets: list[str], duration_s: float) -> None:
-    """Every host, against every target, for ``duration_s``: decode bombs, relay holds, trickles and
-    unread answers (each a few at a time, repeated)."""
+    """Host ``i`` against ``targets[i]`` (one list, or one target per host), for ``duration_s``:
+    decode bombs, relay holds, a trickled frame and an unread answer, repeated every second."""
+    pairs = list(zip(hosts, targets)) if len(targets) == len(hosts) else [(h, t) for h in hosts for t in targets]
     with trio.move_on_after(duration_s):
         async with trio.open_nursery() as nursery:
-            for i, host in enumerate(hosts):
-                for peer in targets:
-                    nursery.start_soon(_quietly, _trickle, host, peer)
-                    nursery.start_soon(_quietly, _slow_reader, host, peer)
+            for host, peer in pairs:
+                nursery.start_soon(_quietly, _trickle, host, peer)
+                nursery.start_soon(_quietly, _slow_reader, host, peer)
             k = 0
             while True:
-                for host in hosts:
-                    for peer in targets:
-                        nursery.start_soon(_quietly, _bomb, host, peer)
-                        nursery.start_soon(_quietly, _relay_hold, host, peer, k)
-                        k += 1
+                for host, peer in pairs:
+                    nursery.start_soon(_quietly, _bomb, host, peer)
+                    nursery.start_soon(_quietly, _relay_hold, host, peer, k)
+                    k += 1
                 await trio.sleep(1.0)
 
 
@@ -137,13 +136,15 @@ async def run(targets: list[str], attack: str, identities: int, duration_s: floa
         hosts = [light_host(idents[i] if attack == "rpc" else None) for i in range(n_hosts)]
         for h in hosts:
             await stack.enter_async_context(h.running())
-            for t in targets:
-                try:
-                    await h.connect(t)
-                except Exception as exc:  # a target that refuses us: fine
-                    log.info("connect %s: %s", t, exc)
+        # rpc: each identity its own connection, to one target (round robin); state: one host, all targets
+        plan = [(h, [targets[i % len(targets)]] if attack == "rpc" else targets) for i, h in enumerate(hosts)]
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                for h, ts in plan:
+                    for t in ts:
+                        nursery.start_soon(_quietly, h.connect, t)
         if attack == "rpc":
-            await rpc_attack(hosts, peers, duration_s)
+            await rpc_attack([h for h, _ in plan], [split_p2p_addr(ts[0])[1] for _, ts in plan], duration_s)
         else:
             end = t0 + duration_s
             sent = 0
@@ -162,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--model", default="builtin:tiny")
+    p.add_argument("--wait-go", action="store_true", help="start only after a line on stdin (benches pre-spawn)")
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if ns.wait_go:
+        sys.stdin.readline()
     report = trio.run(run, ns.target, ns.attack, ns.identities, ns.duration, ns.model)
     print(report, file=sys.stderr)
     return 0

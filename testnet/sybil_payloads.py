@@ -122,9 +122,11 @@ def pending_envelopes(idents: Iterable[Identity], now: float, per_identity: int 
     return out
 
 
-def decode_bomb(approx_bytes: int = 1 << 20) -> bytes:
-    """An RPC frame whose ~1 MB header decodes to ~1M empty lists (a request frame ``{m, a}``)."""
-    per = 60_000
+def decode_bomb(approx_bytes: int = 30_000) -> bytes:
+    """An RPC frame whose header (just under the 32 KiB a peer without standing may send, by
+    default) decodes to one empty list per byte (a request frame ``{m, a}``): the most decode work
+    a frame can ask for."""
+    per = min(60_000, approx_bytes)
     header = msgpack.packb({"m": "echo", "a": [[[]] * per for _ in range(max(1, approx_bytes // per))]})
     return struct.pack(">II", len(header), len(header)) + header
 

@@ -31,7 +31,7 @@ def test_a_dtype_given_as_a_map_is_a_frame_error_not_a_type_error():
 
 
 def test_decoding_is_bounded_by_the_frame():
-    bomb = decode_bomb(200_000)
+    bomb = decode_bomb(200_000)  # trusted peers may send headers up to 256 KiB
     total, hlen = struct.unpack(">II", bomb[:8])
     assert isinstance(decode_body(bomb[8:], hlen)["a"], list)  # no tensors: no Python walk at all
     walked = msgpack.packb({"__t": 1, "a": [[[]] * 40_000, [[]] * 40_000]})
@@ -113,12 +113,14 @@ async def test_idle_streams_are_closed_and_decode_bombs_are_paced():
             except Exception:  # reset or EOF error: closed by the server
                 data = b""
         assert not data
-        bomb = decode_bomb(300_000)
-        for _ in range(8):  # 2.4 MB of headers: beyond one peer's burst, so the reader slows down
+        big = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
+        await big.write(decode_bomb(100_000))  # beyond what a peer without standing may send: refused
+        bomb = decode_bomb(30_000)
+        for _ in range(12):  # 360 KB of headers: beyond one peer's burst, so the reader slows down
             s = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
             await s.write(bomb)
         with trio.fail_after(20):
-            while server.rpc_server.stats.throttled == 0:
+            while server.rpc_server.stats.throttled == 0 or server.rpc_server.stats.rejected_frames == 0:
                 await trio.sleep(0.05)
         assert await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "ok", timeout=30) == "ok"
 

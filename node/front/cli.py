@@ -33,6 +33,7 @@ BENCHES = {
     "ee-attacks": "token-recovery rates of attacks on equivariant encryption",
     "nat": "hole-punch success and relayed vs direct RTT in the netns internet (root)",
     "load": "concurrent clients through a 3-node pipeline: throughput, latency, shedding",
+    "sybil": "an honest swarm under Sybil attacks (1..256 identities): success, p95, RSS, recovery",
 }
 
 

@@ -174,6 +174,8 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             reputation = dict(consensus.reputation(now).scores())
         except Exception as exc:  # noqa: BLE001 - the page shows what it can
             log.debug("reputation from the consensus service failed: %s", exc)
+    trust = getattr(node, "trust", None)
+    standing = trust.standing_map() if trust is not None else None  # this node's view (node/trust.py)
     peers, status = [], {}
     listed = state.peers(now, include_offline=True)
     listed = [e for e in listed if e.peer_id == me] + [e for e in listed if e.peer_id != me][:MAX_PEERS]
@@ -207,6 +209,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             "hosted": [{"model": h.model, "start": h.start, "end": h.end} for h in e.hosted],
             "throughput": round(e.throughput, 2), "free_kv": e.free_kv, "load": round(e.load, 3),
             "reputation": None if e.peer_id not in reputation else round(reputation[e.peer_id], 4),
+            "standing": None if standing is None else round(standing.get(e.peer_id, 0.0), 3),
             "verdicts": verdicts.get(e.peer_id, []),
         })
     peers.sort(key=lambda p: (not p["self"], p["peer_id"]))  # this node first

@@ -243,8 +243,9 @@ class ShardService:
         sess = self.sessions.get(sid)
         if sess is None:  # the client may still be opening it: wait, a bounded number of relays at a time
             peer = call.ctx.peer
-            if (self._relay_waits.get(peer, 0) >= RELAY_WAITS_PER_PEER
-                    or sum(self._relay_waits.values()) >= RELAY_WAITS_TOTAL):
+            trusted = self.node is not None and self.node.host.rpc_server.trusted(peer)  # established: no cap
+            if not trusted and (self._relay_waits.get(peer, 0) >= RELAY_WAITS_PER_PEER
+                                or sum(self._relay_waits.values()) >= RELAY_WAITS_TOTAL):
                 raise RpcError(BUSY, f"too many relays waiting for their session; retry (no session {sid[:8]} yet)")
             self._relay_waits[peer] = self._relay_waits.get(peer, 0) + 1
             try:
