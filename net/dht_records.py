@@ -4,12 +4,18 @@ Key layout: ``/swarmlm/<owner peer id>/<name>``. The value is an ``Envelope`` (d
 ``swarmlm/dht/v1``) signed by the owner whose payload is msgpack ``[key, seq, value]``. A record
 is valid only when it decodes, its signature verifies, its author is the owner named in the key
 and it names the key it is stored under; between valid records the highest ``seq`` wins (the
-owner uses a clock, so a newer record replaces an older one). Pure: no networking here.
+owner uses a clock, so a newer record replaces an older one). The validator also bounds what
+other peers can make this node store: at most ``max_names_per_owner`` keys per owner, ``max_keys``
+keys and ``max_bytes`` bytes in total, of which ``reserved`` keys only ``protected`` (established)
+owners may use; keys are forgotten with the DHT's record TTL. Pure: no networking here.
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import msgpack
 
@@ -79,17 +85,50 @@ class SignedRecord:
 
 
 class SignedRecordValidator:
-    """libp2p ``Validator`` for the /swarmlm namespace (duck-typed: validate + select)."""
+    """libp2p ``Validator`` for the /swarmlm namespace (duck-typed: validate + select), with quotas."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_names_per_owner: int = 8, max_keys: int = 4096, max_bytes: int = 64 << 20,
+                 reserved: int = 512, ttl_s: float = 24 * 3600.0) -> None:
         self.rejected = 0
+        self.max_names_per_owner, self.max_keys, self.max_bytes = max_names_per_owner, max_keys, max_bytes
+        self.reserved, self.ttl_s = reserved, ttl_s
+        self.protected: Callable[[str], bool] = lambda owner: False
+        self._keys: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (bytes, last seen)
+        self._names: Counter[str] = Counter()
+        self.bytes = 0
 
     def validate(self, key: str, value: bytes) -> None:
         try:
-            SignedRecord.verify(key, value)
+            rec = SignedRecord.verify(key, value)
+            self._admit(key, rec.author, len(value), time.monotonic())
         except RecordError:
             self.rejected += 1
             raise
+
+    def _drop(self, key: str) -> None:
+        size, _ = self._keys.pop(key)
+        self.bytes -= size
+        owner = owner_of(key)
+        self._names[owner] -= 1
+        if self._names[owner] <= 0:
+            del self._names[owner]
+
+    def _admit(self, key: str, owner: str, size: int, now: float) -> None:
+        while self._keys and now - next(iter(self._keys.values()))[1] > self.ttl_s:
+            self._drop(next(iter(self._keys)))
+        if key in self._keys:
+            self.bytes += size - self._keys[key][0]
+            self._keys[key] = (size, now)
+            self._keys.move_to_end(key)
+            return
+        if self._names[owner] >= self.max_names_per_owner:
+            raise RecordError(f"owner {owner[-8:]} already stores {self.max_names_per_owner} records here")
+        cap = self.max_keys if self.protected(owner) else self.max_keys - self.reserved
+        if len(self._keys) >= cap or self.bytes + size > self.max_bytes:
+            raise RecordError("this node stores no more DHT records (quota reached)")
+        self._keys[key] = (size, now)
+        self._names[owner] += 1
+        self.bytes += size
 
     def select(self, key: str, values: list[bytes]) -> int:
         best, best_seq = 0, -1

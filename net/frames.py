@@ -34,7 +34,7 @@ _DTYPES = {
     "i64": ("int64", 8), "i32": ("int32", 4), "u8": ("uint8", 1), "bool": ("bool", 1),
     "raw": ("bytes", 1),  # a large ``bytes`` value, carried out of band and decoded as bytes
 }
-INLINE_BYTES_MAX = 64 * 1024
+INLINE_BYTES_MAX = 16 * 1024  # larger bytes travel out of band: headers stay small (untrusted peers: 32 KiB)
 _TORCH_TO_WIRE = {v[0]: k for k, v in _DTYPES.items()}
 
 
@@ -45,13 +45,21 @@ class FrameError(SwarmError):
 @dataclass(frozen=True)
 class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
-    max_header_bytes: int = 1024 * 1024
+    max_header_bytes: int = 256 * 1024  # tensors and bytes over 16 KiB travel out of band, not in the header
     max_str_len: int = 1024 * 1024
     max_bin_len: int = 1024 * 1024
     max_array_len: int = 65536
     max_map_len: int = 4096
     max_buffers: int = 64
     max_tensor_dims: int = 8
+    max_walk_nodes: int = 65536  # values visited looking for tensor placeholders, per frame
+    read_timeout_s: float = 30.0  # a frame's body must arrive within this (+ its size at min_rate_bps)
+    write_timeout_s: float = 30.0  # a peer must take a frame within this (+ its size at min_rate_bps)
+    min_rate_bps: float = 256 * 1024
+
+    def io_deadline(self, nbytes: int, base: float) -> float:
+        """Seconds a frame of ``nbytes`` may take on the wire (trickling peers are cut off)."""
+        return base + nbytes / self.min_rate_bps
 
 
 DEFAULT_LIMITS = Limits()
@@ -150,22 +158,35 @@ def _tensor_from(spec: Any, bufs: list[memoryview], limits: Limits) -> Any:
     return torch.frombuffer(buf, dtype=getattr(torch, name)).reshape(shape)
 
 
+_PLACEHOLDER = b"\xa3__t"  # the msgpack encoding of the placeholder key
+
+
 def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Decode one frame body (header + buffers), checking every limit."""
+    """Decode one frame body (header + buffers), checking every limit.
+
+    Container limits are proportional to the header's size (an element takes at least one byte),
+    and a header without a tensor placeholder is never walked in Python: the cost of a hostile
+    header is one C-level msgpack decode of at most ``max_header_bytes``."""
     if header_len > len(body) or header_len > limits.max_header_bytes:
         raise FrameError("frame header length out of range")
     view = memoryview(body)
     try:
         header = msgpack.unpackb(
             view[:header_len], raw=False, strict_map_key=True, use_list=True,
-            max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
-            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len, max_ext_len=0,
+            max_str_len=min(limits.max_str_len, header_len), max_bin_len=min(limits.max_bin_len, header_len),
+            max_array_len=min(limits.max_array_len, header_len), max_map_len=min(limits.max_map_len, header_len // 2),
+            max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
         raise FrameError(f"frame header does not decode: {type(exc).__name__}: {exc}") from None
+    if _PLACEHOLDER not in bytes(view[:header_len]):  # no tensors: nothing to walk
+        if header_len != len(body):
+            raise FrameError(f"{len(body) - header_len} stray bytes after the frame's header")
+        return header
     # split buffers by walking placeholders in index order
     specs: dict[int, int] = {}
-    _collect(header, specs, 0)
+    budget = [limits.max_walk_nodes]
+    _collect(header, specs, 0, budget)
     if len(specs) > limits.max_buffers:
         raise FrameError("too many tensors in one frame")
     bufs: list[memoryview] = []
@@ -183,13 +204,17 @@ def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAU
     return _restore(header, bufs, limits)
 
 
-def _collect(obj: Any, specs: dict[int, int], depth: int) -> None:
+def _collect(obj: Any, specs: dict[int, int], depth: int, budget: list[int]) -> None:
     if depth > 32:
         raise FrameError("frame nests deeper than 32 levels")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FrameError("frame header holds too many values next to its tensors")
     if isinstance(obj, dict):
         t = obj.get("__t") if len(obj) == 1 else None
         if t is not None:
-            if not (isinstance(t, list) and len(t) == 3 and t[0] in _DTYPES and isinstance(t[1], list)
+            if not (isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and t[0] in _DTYPES
+                    and isinstance(t[1], list)
                     and isinstance(t[2], int) and all(isinstance(d, int) and 0 <= d < 2**31 for d in t[1])):
                 raise FrameError("malformed tensor placeholder")
             n = _DTYPES[t[0]][1]
@@ -200,10 +225,10 @@ def _collect(obj: Any, specs: dict[int, int], depth: int) -> None:
             specs[t[2]] = n
             return
         for v in obj.values():
-            _collect(v, specs, depth + 1)
+            _collect(v, specs, depth + 1, budget)
     elif isinstance(obj, list):
         for v in obj:
-            _collect(v, specs, depth + 1)
+            _collect(v, specs, depth + 1, budget)
 
 
 class FrameDecoder:

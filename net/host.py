@@ -26,12 +26,28 @@ from swarmlm.net.dialback import DialbackService
 from swarmlm.net.nat import DirectNotifee, NatManager
 from swarmlm.net.peers import PeerTable
 from swarmlm.net.rawstream import TrioByteStream
-from swarmlm.net.rpc import RpcClient
+from swarmlm.net.rpc import BAD_REQUEST, RpcClient, RpcError
 from swarmlm.net.rpc_server import RpcServer
 
 log = logging.getLogger("swarmlm.host")
 
 ECHO_PROTOCOL = "/swarmlm/echo/1"
+ECHO_MAX_VALUES = 4096
+
+
+def _small(value: Any, budget: int) -> bool:
+    """Whether ``value`` holds at most ``budget`` values (stops counting there)."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > budget:
+            return False
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
 
 
 class HostError(SwarmError):
@@ -98,6 +114,10 @@ class SwarmHost:
 
     @staticmethod
     async def _echo(ctx: Any, args: Any) -> Any:
+        """Answers its argument (keep-alive pings, tests) -- a small one only: echoing a header of a
+        million values would make us encode, and hold until the peer reads it, what it sent."""
+        if not _small(args, ECHO_MAX_VALUES):
+            raise RpcError(BAD_REQUEST, f"echo takes at most {ECHO_MAX_VALUES} values")
         return args
 
     # -- identity and addresses -------------------------------------------------------------

@@ -47,6 +47,24 @@ class RpcError(SwarmError):
         self.peer = peer
 
 
+class FrameTimeout(FrameError):
+    """A frame that did not arrive within its read deadline (a peer trickling bytes)."""
+
+
+OFFLOAD_HEADER_BYTES = 64 * 1024
+_DECODE_LIMITER: trio.lowlevel.RunVar = trio.lowlevel.RunVar("swarmlm_decode_limiter")
+
+
+def _decode_limiter() -> trio.CapacityLimiter:
+    """One large-header decode at a time per trio run (each holds the GIL while msgpack works)."""
+    try:
+        return _DECODE_LIMITER.get()
+    except LookupError:
+        lim = trio.CapacityLimiter(1)
+        _DECODE_LIMITER.set(lim)
+        return lim
+
+
 class StreamClosedError(RpcError):
     def __init__(self, message: str = "stream closed by the other side", peer: str | None = None) -> None:
         super().__init__(UNAVAILABLE, message, peer)
@@ -84,23 +102,28 @@ class FrameStream:
                                 trio.ClosedResourceError)) or type(exc).__name__ in self._CLOSED_NAMES
 
     async def send(self, value: Any) -> None:
+        """Write one frame; a peer that does not take it within the write deadline (it stopped
+        reading) gets ``StreamClosedError`` -- the caller resets the stream."""
         chunks = encode_frame(value, self.limits)
         size = sum(memoryview(c).nbytes for c in chunks)
         # small frames: one write (one muxer frame, one encrypted record); large: no join copy
         data = b"".join(chunks) if size <= 256 * 1024 and self._write_parts is None else None
-        try:
-            if data is not None:
-                await self.stream.write(data)
-            elif self._write_parts is not None:
-                await self._write_parts(chunks)
-            else:
-                for c in chunks:
-                    if memoryview(c).nbytes:
-                        await self.stream.write(c)
-        except Exception as exc:
-            if self._closed(exc):
-                raise StreamClosedError(f"send failed: {type(exc).__name__}", self.peer) from None
-            raise
+        with trio.move_on_after(self.limits.io_deadline(size, self.limits.write_timeout_s)) as late:
+            try:
+                if data is not None:
+                    await self.stream.write(data)
+                elif self._write_parts is not None:
+                    await self._write_parts(chunks)
+                else:
+                    for c in chunks:
+                        if memoryview(c).nbytes:
+                            await self.stream.write(c)
+            except Exception as exc:
+                if self._closed(exc):
+                    raise StreamClosedError(f"send failed: {type(exc).__name__}", self.peer) from None
+                raise
+        if late.cancelled_caught:
+            raise StreamClosedError("the peer stopped reading (write deadline passed)", self.peer)
         self.bytes_out += size
 
     async def _read_exact(self, n: int, into: bytearray) -> None:
@@ -130,7 +153,8 @@ class FrameStream:
                     raise StreamClosedError(peer=self.peer)
                 got += k
 
-    async def recv(self) -> Any:
+    async def recv_prefix(self) -> tuple[int, int]:
+        """Wait for the next frame's length prefix: (total, header length), checked."""
         prefix = bytearray(PREFIX_BYTES) if self._readinto is not None else bytearray()
         if self._readinto is not None:
             await self._fill(prefix)
@@ -141,14 +165,29 @@ class FrameStream:
             raise FrameError(f"frame of {total} bytes exceeds the {self.limits.max_frame_bytes} byte limit")
         if header_len > total:
             raise FrameError("frame header is longer than the frame")
-        if self._readinto is not None:
-            body = _uninitialized(total)  # every byte is written by _fill: skip zeroing it first
-            await self._fill(body)
-        else:
-            body = bytearray()
-            await self._read_exact(total, body)
+        return total, header_len
+
+    async def recv_body(self, total: int, header_len: int) -> Any:
+        """The frame after its prefix: it must arrive within the read deadline (a frame that
+        trickles in is a ``FrameTimeout``); a large header is decoded in a worker thread."""
+        with trio.move_on_after(self.limits.io_deadline(total, self.limits.read_timeout_s)) as late:
+            if self._readinto is not None:
+                body = _uninitialized(total)  # every byte is written by _fill: skip zeroing it first
+                await self._fill(body)
+            else:
+                body = bytearray()
+                await self._read_exact(total, body)
+        if late.cancelled_caught:
+            raise FrameTimeout(f"a frame of {total} bytes did not arrive within the read deadline")
         self.bytes_in += PREFIX_BYTES + total
+        if header_len > OFFLOAD_HEADER_BYTES:  # hostile headers cost CPU: keep the event loop free
+            return await trio.to_thread.run_sync(decode_body, body, header_len, self.limits,
+                                                 limiter=_decode_limiter())
         return decode_body(body, header_len, self.limits)
+
+    async def recv(self) -> Any:
+        total, header_len = await self.recv_prefix()
+        return await self.recv_body(total, header_len)
 
 
 def _uninitialized(n: int) -> Any:

@@ -2,9 +2,13 @@
 
 Wire format and the client are in ``net/rpc.py``. Each server stream has exactly one reader task
 that keeps reading while the handler computes (yamux resets a stream whose receiver stops reading
-for 5 s); handlers that use the CPU must run it in ``trio.to_thread.run_sync``. Limits: frame sizes
-(``frames.Limits``), open streams per peer, concurrent calls per peer and in total; a peer that
-breaks them gets an error frame or a reset, and everyone else keeps being served.
+for 5 s); handlers that use the CPU must run it in ``trio.to_thread.run_sync``. Limits, each per
+peer and in total (``ServerLimits``): open streams, concurrent calls, bytes of received frames not
+yet taken by a handler (with room reserved for ``trusted`` peers), header bytes per second (the
+CPU a peer can make us spend decoding), an idle deadline on streams without a call, and the
+read/write deadlines of ``FrameStream``. A peer that breaks a limit gets an error frame or a reset
+and a strike; enough strikes refuse it for a while (``net.limits.Penalties``); everyone else keeps
+being served.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from swarmlm.errors import SwarmError
-from swarmlm.net.frames import DEFAULT_LIMITS, FrameError, Limits
-from swarmlm.net.rpc import (BAD_REQUEST, BUSY, DEADLINE, INTERNAL, NOT_FOUND, ByteStream, FrameStream, RpcError,
-                             StreamClosedError, _reset_quietly)
+from swarmlm.net.frames import DEFAULT_LIMITS, PREFIX_BYTES, FrameError, Limits
+from swarmlm.net.limits import ByteBudget, Penalties, RateTable, TokenBucket
+from swarmlm.net.rpc import (BAD_REQUEST, BUSY, DEADLINE, INTERNAL, NOT_FOUND, ByteStream, FrameStream,
+                             RpcError, StreamClosedError, _reset_quietly)
 
 log = logging.getLogger("swarmlm.rpc")
 
@@ -38,30 +43,41 @@ class CallContext:
 class ServerCall:
     """The server side of a streaming call: receive the client's items, send items back."""
 
-    def __init__(self, fs: FrameStream, inbox: trio.MemoryReceiveChannel, ctx: CallContext) -> None:
+    def __init__(self, fs: FrameStream, inbox: trio.MemoryReceiveChannel, ctx: CallContext,
+                 budget: ByteBudget | None = None) -> None:
         self._fs = fs
         self._inbox = inbox
+        self._budget = budget
         self.ctx = ctx
 
     async def send(self, item: Any) -> None:
         await self._fs.send({"s": item})
 
+    async def _next(self) -> Any:
+        got = await self._inbox.receive()
+        if got is None:
+            return None
+        item, size = got
+        if self._budget is not None:  # the handler holds it now: no longer a buffered frame
+            self._budget.release(self.ctx.peer, size)
+        return (item,)
+
     async def recv(self) -> Any:
         """Next item from the client; raises StreamClosedError when the client ended its side."""
-        msg = await self._inbox.receive()
-        if msg is None:
+        got = await self._next()
+        if got is None:
             raise StreamClosedError("client ended the stream", self.ctx.peer)
-        return msg
+        return got[0]
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[Any]:
         while True:
-            msg = await self._inbox.receive()
-            if msg is None:
+            got = await self._next()
+            if got is None:
                 return
-            yield msg
+            yield got[0]
 
 
 UnaryHandler = Callable[[CallContext, Any], Awaitable[Any]]
@@ -71,10 +87,23 @@ StreamHandler = Callable[[ServerCall, Any], Awaitable[Any]]
 @dataclass
 class ServerLimits:
     max_streams_per_peer: int = 64
+    max_streams_total: int = 2048
     max_calls_per_peer: int = 32
     max_calls_total: int = 256
     max_deadline_s: float = 600.0
     default_deadline_s: float = 60.0
+    idle_timeout_s: float = 300.0  # a stream with no call open is closed after this long without a frame
+    max_buffered_per_peer: int = 80 << 20  # received item frames a handler has not taken yet (>= 1 max frame)
+    max_buffered_total: int = 256 << 20
+    reserved_buffered: int = 96 << 20  # of the total, only for trusted peers
+    # Decoding a msgpack header holds the GIL ~0.2 us per value and a hostile header is one value
+    # per byte (tensors and bytes over 16 KiB travel out of band and cost nothing to decode). So an
+    # untrusted peer's header is at most 32 KiB (a ~6 ms stall) and its header bytes are paced.
+    untrusted_header_bytes: int = 32 << 10
+    header_rate_bps: float = 64 << 10  # per untrusted peer
+    header_burst: float = 256 << 10
+    header_rate_total_bps: float = 256 << 10  # all untrusted peers together (~5% of a core at worst)
+    header_burst_total: float = 512 << 10
 
 
 @dataclass
@@ -83,6 +112,7 @@ class ServerStats:
     errors: int = 0
     rejected_frames: int = 0
     rejected_streams: int = 0
+    throttled: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -97,9 +127,21 @@ class RpcServer:
         self._unary: dict[tuple[str, str], UnaryHandler] = {}
         self._stream: dict[tuple[str, str], StreamHandler] = {}
         self._streams_per_peer: dict[str, int] = defaultdict(int)
+        self._streams_total = 0
         self._calls_per_peer: dict[str, int] = defaultdict(int)
         self._calls_total = 0
         self.stats = ServerStats()
+        self.trusted: Callable[[str], bool] = lambda peer: False  # the node sets it (standing, anchors)
+        self.penalties = Penalties()
+        lim = self.limits
+        self.buffered = ByteBudget(lim.max_buffered_per_peer, lim.max_buffered_total, lim.reserved_buffered)
+        self._header_rates = RateTable(lim.header_rate_bps, lim.header_burst)
+        self._header_total = TokenBucket(lim.header_rate_total_bps, lim.header_burst_total)
+
+    def _strike(self, peer: str, reason: str) -> None:
+        if self.penalties.strike(peer, trio.current_time(), reason):
+            log.warning("refusing peer %s for %.0f s: it broke the %s limit repeatedly", peer[-8:],
+                        self.penalties.refuse_s, reason)
 
     def protocols(self) -> set[str]:
         return {p for p, _ in self._unary} | {p for p, _ in self._stream}
@@ -112,12 +154,20 @@ class RpcServer:
 
     async def serve_stream(self, stream: ByteStream, protocol: str, peer: str) -> None:
         """Serve calls on one incoming stream until the client closes it. Never raises."""
-        if self._streams_per_peer[peer] >= self.limits.max_streams_per_peer:
+        if self.penalties.refused(peer, trio.current_time()):
             self.stats.rejected_streams += 1
-            log.warning("peer %s opened more than %d streams; resetting", peer[-8:], self.limits.max_streams_per_peer)
+            await _reset_quietly(stream)
+            return
+        if (self._streams_per_peer.get(peer, 0) >= self.limits.max_streams_per_peer
+                or self._streams_total >= self.limits.max_streams_total):
+            self.stats.rejected_streams += 1
+            if self._streams_per_peer.get(peer, 0) >= self.limits.max_streams_per_peer:
+                log.warning("peer %s opened more than %d streams; resetting", peer[-8:], self.limits.max_streams_per_peer)
+                self._strike(peer, "streams")
             await _reset_quietly(stream)
             return
         self._streams_per_peer[peer] += 1
+        self._streams_total += 1
         fs = FrameStream(stream, self.frame_limits, peer)
         try:
             await self._serve(fs, protocol, peer)
@@ -125,6 +175,7 @@ class RpcServer:
             pass
         except FrameError as exc:
             self.stats.rejected_frames += 1
+            self._strike(peer, "frame")
             log.info("bad frame from %s on %s: %s", peer[-8:], protocol, exc)
             with trio.move_on_after(1):
                 try:
@@ -136,6 +187,7 @@ class RpcServer:
             log.exception("RPC stream from %s on %s failed", peer[-8:], protocol)
             await _reset_quietly(stream)
         finally:
+            self._streams_total -= 1
             self._streams_per_peer[peer] -= 1
             if not self._streams_per_peer[peer]:
                 del self._streams_per_peer[peer]
@@ -150,15 +202,25 @@ class RpcServer:
     async def _serve(self, fs: FrameStream, protocol: str, peer: str) -> None:
         # One reader per stream: frames go to `inbox`; it never waits for a handler to finish.
         send_ch, recv_ch = trio.open_memory_channel[Any](16)
-        state: dict[str, Any] = {"scope": None, "items": None, "error": None}
+        state: dict[str, Any] = {"scope": None, "items": None, "error": None, "idle": None}
 
         async def reader() -> None:
             try:
                 while True:
-                    msg = await fs.recv()
+                    msg, size = await self._read(fs, peer, state)
                     items = state["items"]
                     if isinstance(msg, dict) and items is not None and ("s" in msg or "end" in msg):
-                        await items.send(msg.get("s") if "s" in msg else None)
+                        if "s" not in msg:
+                            await items.send(None)
+                            continue
+                        if not self.buffered.try_acquire(peer, size, self.trusted(peer)):
+                            self._strike(peer, "buffered_bytes")
+                            raise FrameError("too many bytes waiting for the handler; slow down")
+                        try:
+                            await items.send((msg["s"], size))
+                        except BaseException:
+                            self.buffered.release(peer, size)
+                            raise
                     elif isinstance(msg, dict) and msg.get("cancel") and state["scope"] is not None:
                         state["scope"].cancel()
                     else:
@@ -191,6 +253,33 @@ class RpcServer:
         if state.get("error") is not None:
             raise state["error"]
 
+    async def _read(self, fs: FrameStream, peer: str, state: dict) -> tuple[Any, int]:
+        """The next frame and its size. Without an open call the stream may idle ``idle_timeout_s``;
+        an untrusted peer's header bytes are paced by its rate (decoding them costs our CPU)."""
+        with trio.CancelScope() as idle:
+            state["idle"] = idle
+            if state["scope"] is None:
+                idle.deadline = trio.current_time() + self.limits.idle_timeout_s
+            total, header_len = await fs.recv_prefix()
+        state["idle"] = None
+        if idle.cancelled_caught:
+            raise StreamClosedError("stream idle without a call", peer)
+        if not self.trusted(peer):
+            if header_len > self.limits.untrusted_header_bytes:
+                raise FrameError(f"frame header of {header_len} bytes: peers without standing send at most "
+                                 f"{self.limits.untrusted_header_bytes}")
+            now = trio.current_time()
+            wait = max(self._header_rates.bucket(peer).take(header_len, now), self._header_total.take(header_len, now))
+            if wait > 0:
+                self.stats.throttled += 1
+                await trio.sleep(min(wait, 30.0))
+        return await fs.recv_body(total, header_len), PREFIX_BYTES + total
+
+    def _call_ended(self, state: dict) -> None:
+        idle = state.get("idle")
+        if idle is not None:
+            idle.deadline = trio.current_time() + self.limits.idle_timeout_s
+
     async def _dispatch(self, fs: FrameStream, protocol: str, peer: str, msg: Any, state: dict) -> None:
         if not (isinstance(msg, dict) and isinstance(msg.get("m"), str)):
             self.stats.rejected_frames += 1
@@ -216,13 +305,21 @@ class RpcServer:
         try:
             with trio.CancelScope(deadline=ctx.deadline) as scope:
                 state["scope"] = scope
+                if state.get("idle") is not None:
+                    state["idle"].deadline = math.inf
                 if streaming is not None:
                     state["items"] = items_send
                 state["taken"].set()
-                if streaming is not None:
-                    result = await streaming(ServerCall(fs, items_recv, ctx), msg.get("a"))
-                else:
-                    result = await unary(ctx, msg.get("a"))
+                try:
+                    if streaming is not None:
+                        result = await streaming(ServerCall(fs, items_recv, ctx, self.buffered), msg.get("a"))
+                    else:
+                        result = await unary(ctx, msg.get("a"))
+                except BaseExceptionGroup as group:  # a handler's nursery: answer for its one real error
+                    leaf = _leaf(group)
+                    if leaf is group:
+                        raise
+                    raise leaf from None
             if scope.cancelled_caught:
                 await self._error(fs, DEADLINE, f"{method} did not finish within {seconds:.1f} s")
             else:
@@ -240,6 +337,8 @@ class RpcServer:
             state["scope"] = None
             state["items"] = None
             items_send.close()
+            _release_queued(items_recv, self.buffered, peer)
+            self._call_ended(state)
             self._calls_per_peer[peer] -= 1
             if not self._calls_per_peer[peer]:
                 del self._calls_per_peer[peer]
@@ -249,3 +348,33 @@ class RpcServer:
         self.stats.errors += 1
         self.stats.by_code[code] += 1
         await fs.send({"e": [code, message]})
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The one exception that matters in a handler's exception group: the first that is not a
+    cancellation (an RpcError/SwarmError answers the caller with its own code); the group itself
+    when there is none."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    for kind in (RpcError, SwarmError):
+        for e in real:
+            if isinstance(e, kind):
+                return e
+    return real[0] if len(real) == 1 else group
+
+
+def _release_queued(items: trio.MemoryReceiveChannel, budget: ByteBudget, peer: str) -> None:
+    """Give back the budget of item frames the handler never took."""
+    while True:
+        try:
+            got = items.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        if got is not None:
+            budget.release(peer, got[1])

@@ -20,6 +20,7 @@ import trio
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError
 
+from swarmlm.net.limits import ip_prefix
 from swarmlm.net.rpc_server import ServerCall
 from swarmlm.net.state.schema import InvalidUpdate
 from swarmlm.net.state.store import StateStore
@@ -76,6 +77,8 @@ class StateService:
         limits = Limits(ttl=ttl_s) if ttl_s else None
         self.sync = (self.store.open_engine(host.identity, now=now, rng=rng, limits=limits) if self.store
                      else StateSync(host.identity, now=now, rng=rng, limits=limits))
+        # new owners are admitted per IP prefix of the connection that brought them (net/state/admission.py)
+        self.sync.admission.group_of = self._group_of
         self.links: dict[str, _Link] = {}
         self._opening: set[str] = set()
         self._first_seen: dict[str, float] = {}
@@ -87,6 +90,13 @@ class StateService:
     @property
     def state(self):
         return self.sync.state
+
+    def _group_of(self, peer: str) -> str:
+        try:
+            ip = self.host.remote_ip(peer)
+        except Exception:  # no live connection (or the host is not running): the peer itself
+            ip = None
+        return ip_prefix(ip) if ip else peer
 
     # -- node service interface ----------------------------------------------------------------
     def register(self, node: Any) -> None:  # the RPC method is added in __init__

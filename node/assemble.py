@@ -30,10 +30,11 @@ def build_node(config: NodeConfig) -> Node:
             profile=config.consensus_sampling, judge=config.consensus_judge,
             calibration=config.consensus_calibration))
     # pipeline generations through the swarm; consensus rounds run here when we can coordinate them
-    node.client = AsyncClient(node.host, node.state, ClientOptions(), ee_key=config.ee_key or None,
+    node.client = AsyncClient(node.host, node.state, ClientOptions(witness_s=config.witness_s), ee_key=config.ee_key or None,
                               local_consensus=node.consensus)
     if config.http:
-        node.http = HttpService(config.http, config.http_token or None)
+        node.http = HttpService(config.http, config.http_token or None, tuple(config.http_allow_hosts),
+                                tuple(config.http_allow_origins))
     for svc in node.services:
         svc.register(node)
     return node

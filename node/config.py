@@ -31,6 +31,9 @@ class NodeConfig:
     mdns: bool = False
     http: str = ""  # e.g. 127.0.0.1:8080; empty: no HTTP API
     http_token: str = ""  # optional bearer token for the HTTP API
+    http_allow_hosts: list[str] = field(default_factory=list)  # Host names the HTTP API answers besides loopback/IPs; "*": any
+    http_allow_origins: list[str] = field(default_factory=list)  # browser origins (scheme://host[:port]) allowed to call it
+    trust: list[str] = field(default_factory=list)  # peer ids this node trusts as anchors of standing (besides its bootstrap peers)
     ready_file: str = ""
     log_format: str = "text"
     log_level: str = "info"
@@ -52,6 +55,7 @@ class NodeConfig:
     heartbeat_s: float = 10.0
     state_ttl_s: float = 60.0  # a peer whose heartbeat is older is offline for every reader
     rebalance_s: float = 30.0  # how often an auto-placed node reconsiders its layer range
+    witness_s: float = 120.0  # how often this node's client publishes what servers it saw working (standing)
     # consensus (docs/CONSENSUS.md)
     consensus_sampling: str = ""  # this node's answer profile, e.g. "temperature=0.7 top_p=0.9"; empty: derived
     consensus_judge: str = "loglik"  # loglik | prompt
@@ -73,7 +77,7 @@ class NodeConfig:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.prefill_chunk <= 4096:
             raise ConfigError(f"prefill_chunk: must be between 1 and 4096, got {self.prefill_chunk}")
-        for key in ("heartbeat_s", "state_ttl_s", "rebalance_s"):
+        for key in ("heartbeat_s", "state_ttl_s", "rebalance_s", "witness_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.state_ttl_s <= self.heartbeat_s:
@@ -85,6 +89,12 @@ class NodeConfig:
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap: {addr!r} needs a /p2p/<peer id> part")
+        for pid in self.trust:
+            if not pid or "/" in pid or len(pid) > 128:
+                raise ConfigError(f"trust: {pid!r} is not a peer id (as `swarmlm id` prints it)")
+        for origin in self.http_allow_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"http_allow_origins: {origin!r} must look like http://host:port (or be *)")
         if self.http:
             parse_hostport(self.http, "http")
         if self.consensus_judge not in ("loglik", "prompt"):

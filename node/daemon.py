@@ -24,6 +24,7 @@ from swarmlm.crypto.identity import Identity, load_or_create
 from swarmlm.net.host import HostConfig, SwarmHost
 from swarmlm.net.state_service import StateService
 from swarmlm.node.config import NodeConfig
+from swarmlm.node.trust import TrustView
 
 if TYPE_CHECKING:  # annotations only: the daemon does not depend on which services a node runs
     from swarmlm.node.client.engine import AsyncClient
@@ -69,6 +70,8 @@ class Node:
             hole_punch=config.hole_punch, reachability=config.reachability))
         self.state = StateService(self.host, self.data_dir, heartbeat_s=config.heartbeat_s,
                                   local_fields=self.heartbeat_fields, ttl_s=config.state_ttl_s)
+        # standing and convictions as this node sees them (anchors: itself, bootstrap peers, --trust)
+        self.trust = TrustView.of(self.host, self.state, config.trust)
         self.shard: ShardService | None = None
         self.consensus: ConsensusService | None = None
         self.http: HttpService | None = None

@@ -11,12 +11,14 @@ see docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from swarmlm.consensus.reputation import Verdict
+from swarmlm.consensus.verdicts import parse_verdict
 from swarmlm.node.wire import VERDICT_KIND, tap_digest
 
 # relative error of fp32 prefill vs incremental decode measured on builtin:tiny and SmolLM2 is ~1e-6..1e-5;
@@ -91,18 +93,33 @@ def concat_outputs(taps: list[Tap]) -> Any:
     return torch.cat([t.x_out for t in taps], dim=1)
 
 
+_STEP_ROW = struct.Struct(">qqqq64s")  # step, pos, n_in, n_out, Ed25519 signature
+
+
 def evidence(hop: HopTaps, upto_step: int) -> dict[str, Any]:
-    """The accused's own signed taps, packed for a ``report`` call (two tensors, a list of steps)."""
+    """The accused's own signed taps, packed for a ``report`` call: two tensors and the steps as one
+    bytes value of fixed-size rows (large histories then travel out of band, not in the header)."""
     hist = hop.history(upto_step)
+    rows = b"".join(_STEP_ROW.pack(t.step, t.pos, t.x_in.shape[1], t.x_out.shape[1], t.sig) for t in hist)
     return {"accused": hop.peer, "session_id": hop.session_id, "start": hop.start, "end": hop.end,
-            "steps": [[t.step, t.pos, t.x_in.shape[1], t.x_out.shape[1], t.sig] for t in hist],
-            "in": concat_inputs(hist), "out": concat_outputs(hist)}
+            "steps": rows, "in": concat_inputs(hist), "out": concat_outputs(hist)}
+
+
+def evidence_rows(steps: Any) -> list[list[Any]]:
+    """``[[step, pos, n_in, n_out, signature], ...]`` from packed rows (or such a list, as sent before)."""
+    if isinstance(steps, (bytes, bytearray)):
+        if len(steps) % _STEP_ROW.size:
+            raise ValueError("evidence steps are not whole rows")
+        return [list(_STEP_ROW.unpack_from(steps, i)) for i in range(0, len(steps), _STEP_ROW.size)]
+    if not isinstance(steps, list):
+        raise ValueError("evidence needs its steps")
+    return steps
 
 
 def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
     """Split packed evidence back into steps, check each signature; the inputs and outputs (or raise)."""
-    x_in, x_out, steps = ev["in"], ev["out"], ev["steps"]
-    if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor) or not isinstance(steps, list):
+    x_in, x_out, steps = ev["in"], ev["out"], evidence_rows(ev["steps"])
+    if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor):
         raise ValueError("evidence needs tensors in, out and a list of steps")
     if x_in.dim() < 2 or x_out.dim() != 3 or x_in.shape[0] != 1 or x_out.shape[0] != 1 or not steps:
         raise ValueError("evidence tensors must be [1, T, ...] and [1, T, H]")
@@ -124,11 +141,12 @@ def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
 
 
 
-def verdicts_from_state(state: Any) -> list[Any]:
-    """The signed "fail" verdict records of the swarm state, as the reputation fold takes them."""
+def verdicts_from_state(state: Any, authors: Callable[[str], bool] | None = None) -> list[Any]:
+    """The well-formed signed "fail" verdict records of the swarm state, as the reputation fold takes
+    them; with ``authors``, only those whose author it accepts (e.g. established peers)."""
     out = []
     for rec in state.records(kind=VERDICT_KIND):
-        body = rec.body
-        if isinstance(body, dict) and body.get("verdict") == "fail" and isinstance(body.get("subject"), str):
-            out.append(Verdict(subject=body["subject"], time=float(rec.created), id=rec.key, reporter=rec.author))
+        v = parse_verdict(rec.body)
+        if v is not None and v.verdict == "fail" and v.subject != rec.author and (authors is None or authors(rec.author)):
+            out.append(Verdict(subject=v.subject, time=float(rec.created), id=rec.key, reporter=rec.author))
     return out

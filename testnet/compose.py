@@ -69,8 +69,8 @@ def _node_service(swarm: Swarm, spec: NodeSpec) -> dict[str, Any]:
         svc["command"] = argv
     svc["environment"] = {"PYTHONUNBUFFERED": "1"}
     svc["networks"] = {spec.network: {"ipv4_address": spec.ip}}
-    if spec.host_http_port:
-        svc["ports"] = [f"{spec.host_http_port}:{HTTP_PORT}"]
+    if spec.host_http_port:  # the host's loopback only: the HTTP API has no token in the demo
+        svc["ports"] = [f"127.0.0.1:{spec.host_http_port}:{HTTP_PORT}"]
     svc["healthcheck"] = _healthcheck(["test", "-s", ready_file(spec)], "120s" if spec.model else "30s")
     if spec.after:
         svc["depends_on"] = {a: {"condition": "service_healthy"} for a in spec.after}

@@ -48,8 +48,9 @@ def test_services_and_their_roles(doc):
     whole = node_argv(s["whole"])
     assert whole[whole.index("--layers") + 1] == "0:30" and "--max-layers" not in whole
     assert "--model" not in node_argv(s["bootstrap"])  # the bootstrap/relay serves no layers
-    assert s["bootstrap"]["ports"] == ["8080:8080"]  # the health page on the host
-    assert sorted(p for svc in s.values() for p in svc.get("ports", [])) == [f"{8080 + i}:8080" for i in range(5)]
+    assert s["bootstrap"]["ports"] == ["127.0.0.1:8080:8080"]  # the health page on the host, loopback only
+    assert sorted(p for svc in s.values() for p in svc.get("ports", [])) == [f"127.0.0.1:{8080 + i}:8080"
+                                                                             for i in range(5)]
 
 
 def test_every_node_runs_the_one_node_command_with_the_dev_bootstrap(doc):

@@ -168,6 +168,7 @@ async def test_fuzz_every_protocol_and_the_http_api(tmp_path):
     async with running_nodes(tmp_path, [["--model", MODEL, "--layers", "0:6"]], http=True) as nodes:
         node = nodes[0]
         server = node.host.rpc_server
+        server.penalties.strikes = 10**9  # fuzz every input (penalties for rule breakers: tests/test_net_limits.py)
         methods = sorted([(p, m, False) for p, m in server._unary] + [(p, m, True) for p, m in server._stream])
         protos = sorted({p for p, _, _ in methods})
         async with swarm_client(node) as client:

@@ -78,7 +78,8 @@ def test_rounds_reputation_and_verdicts_come_from_signed_records():
     sync = own_state()
     sync.add_record("round", signed_round(), NOW - 50)
     sync.add_record("verdict", {"subject": ME.peer_id, "verdict": "pass", "reason": "spot check 3/3"}, NOW - 40)
-    sync.add_record("verdict", {"subject": ME.peer_id, "ok": False}, NOW - 30)
+    sync.add_record("verdict", {"subject": ME.peer_id, "verdict": "fail", "max_err": float("nan")}, NOW - 30)
+    sync.add_record("verdict", {"subject": ME.peer_id, "ok": False}, NOW - 25)  # not a verdict: not shown
     sync.add_record("round", {"round_id": "plain", "winner": NODES[1].peer_id, "scores": {NODES[1].peer_id: 0.9}},
                     NOW - 20)
     snap = swarm_snapshot(fake_node(sync), now=NOW)

@@ -128,7 +128,7 @@ def test_same_epoch_number_reused_moves_above_it():
 
 
 def test_offline_by_ttl_and_compaction_of_long_gone_peers():
-    limits = Limits(ttl=30.0, compact_after=300.0)
+    limits = Limits(ttl=30.0, compact_after=300.0, compact_unprotected_after=300.0)
     net = make_swarm(5, seed=11, limits=limits)
     for pid in sorted(net.nodes):
         net.send(pid, net.nodes[pid].publish_local(net.now, hosted=[HostedRange("m", 0, 4)]))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import trio
 
+from swarmlm.consensus.standing import WITNESS_KIND, witness_body
 from swarmlm.crypto.identity import Identity, verify_by_peer_id
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.kvcache import KVCacheManager
@@ -103,6 +104,11 @@ async def test_a_lying_server_is_detected_reported_banned_and_the_answer_is_corr
     want = local_tokens("verify me", params)
     async with running_nodes(tmp_path, SPECS) as nodes:
         liar = nodes[1].peer_id
+        # the honest replicas earned standing: the bootstrap (every node's anchor) and node 4 witnessed
+        # their work (what their clients publish after generations; see tests/test_sybil_*.py)
+        honest = [n.peer_id for n in nodes if n.peer_id != liar]
+        for n in (nodes[0], nodes[4]):
+            n.state.add_record(WITNESS_KIND, witness_body({p: 1024 for p in honest}, time.time() - 60, time.time()))
         async with swarm_client(nodes[0]) as client:
             client.options.check_fraction = 1.0
             route_through(client, liar, [nodes[2].peer_id, nodes[3].peer_id])
@@ -116,8 +122,10 @@ async def test_a_lying_server_is_detected_reported_banned_and_the_answer_is_corr
             with trio.fail_after(20):
                 while liar not in client.convicted():
                     await trio.sleep(0.1)
-            rec = next(r for r in client.state.records(kind="verdict") if r.body["subject"] == liar)
-            assert rec.author in (nodes[2].peer_id, nodes[3].peer_id) and rec.body["verdict"] == "fail"
+            recs = [r for r in client.state.records(kind="verdict") if r.body["subject"] == liar]
+            # both replicas that re-computed the hop checked the evidence and signed a verdict
+            assert {r.author for r in recs} == {nodes[2].peer_id, nodes[3].peer_id}
+            assert all(r.body["verdict"] == "fail" and len(r.body["evidence"]) == 64 for r in recs)
             # routing avoids it swarm-wide: a fresh client without local bans never plans through it
             async with swarm_client(nodes[4]) as other:
                 with trio.fail_after(20):
@@ -147,6 +155,11 @@ async def test_detection_rate_vs_check_fraction(tmp_path):
     rows = {}
     async with running_nodes(tmp_path, SPECS) as nodes:
         liar = nodes[1].peer_id
+        # the honest replicas earned standing: the bootstrap (every node's anchor) and node 4 witnessed
+        # their work (what their clients publish after generations; see tests/test_sybil_*.py)
+        honest = [n.peer_id for n in nodes if n.peer_id != liar]
+        for n in (nodes[0], nodes[4]):
+            n.state.add_record(WITNESS_KIND, witness_body({p: 1024 for p in honest}, time.time() - 60, time.time()))
         async with swarm_client(nodes[0]) as client:
             route_through(client, liar, [nodes[2].peer_id, nodes[3].peer_id])
             client.options.verdict_ban_s = 0.0  # measure each run on its own: verdicts must not steer routing

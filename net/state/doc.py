@@ -79,7 +79,7 @@ class OwnerDoc:
                 if change.get("action") != "add":
                     raise InvalidUpdate("record_removed", f"record {key[:16]} deleted or changed")
                 if key not in self.records:
-                    self.records[key] = parse_record(self.owner, key, change.get("newValue"))
+                    self.records[key] = parse_record(self.owner, key, change.get("newValue"), now)
         if len(self.records) > MAX_RECORDS_PER_OWNER:
             raise InvalidUpdate("too_large", "too many records")
         self._refresh(now)

@@ -7,8 +7,11 @@ known, before any signature check; an equivocating twin is counted), signature, 
 to ``_offer``, which installs a new epoch from its snapshot or appends the next incremental,
 applying the update to the owner's ``OwnerDoc`` (which checks authorship and schema) and rebuilding
 it from the verified log when that fails. Envelopes that arrive ahead of a gap wait in ``pending``
-(``_defer`` / ``_drain``) while the sender is asked for the gap. Every rejection is counted in
-``rejected[reason]`` and lowers the sender's score (``_reject``); accepted ones raise it.
+(``_defer`` / ``_drain``) while the sender is asked for the gap, bounded in count per owner and
+in bytes per sender and in total. A document of an owner the node does not hold yet must pass
+``Admission`` (``net/state/admission.py``) before its signature is even checked. Every rejection
+is counted in ``rejected[reason]`` and lowers the sender's score (``_reject``) unless the bound
+reached is not the sender's fault; accepted ones raise it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 from swarmlm.crypto.envelope import EnvelopeError
+from swarmlm.net.state.admission import Admission
 from swarmlm.net.state.doc import OwnerDoc
-from swarmlm.net.state.rights import doc_owner
+from swarmlm.net.state.rights import doc_owner, records_key
 from swarmlm.net.state.schema import MAX_RECORDS_PER_OWNER, InvalidUpdate
 from swarmlm.net.state.swarm import SwarmState
 from swarmlm.net.state.wire import Entry, Limits, Replica, decode_entry
 
-NO_PENALTY = {"too_many_owners", "log_full"}  # bounds reached: not the sender's fault
+NO_PENALTY = {"too_many_owners", "log_full", "admission", "pending_full"}  # bounds reached: not the sender's fault
+Pending = dict[str, dict[tuple, tuple[Entry, float, str | None]]]  # owner -> (epoch, seq, snap) -> (entry, when, sender)
 
 
 class Ingest:
@@ -33,7 +38,10 @@ class Ingest:
     limits: Limits
     state: SwarmState
     replicas: dict[str, Replica]
-    pending: dict[str, dict[tuple, tuple[Entry, float]]]
+    pending: Pending
+    admission: Admission
+    pending_bytes: int
+    pending_by_sender: Counter[str]
     tombstones: OrderedDict[str, tuple[int, int]]
     rejected: Counter[str]
     author_faults: Counter[str]
@@ -69,6 +77,12 @@ class Ingest:
         if self._is_stale(ent):
             self.stats["duplicates"] += 1
             return []
+        if ent.owner not in self.replicas and ent.owner not in self.pending and doc_owner(ent.owner) != self.peer_id:
+            reason = self.admission.check(sender, ent.owner, self.replicas, len(self.replicas), now)
+            if reason == "too_many_owners" and self.admission.protected(doc_owner(ent.owner)) and self._evict(now):
+                reason = None
+            if reason is not None:
+                return self._reject(sender, reason)
         if not env.verify():
             return self._reject(sender, "signature")
         if env.author != doc_owner(ent.owner):
@@ -146,10 +160,22 @@ class Ingest:
             raise InvalidUpdate("too_large", "owner document exceeds the size limit")
 
     def _defer(self, sender: str | None, ent: Entry, now: float) -> None:
+        lim, size = self.limits, len(ent.raw)
         slot = self.pending.setdefault(ent.owner, {})
-        if len(slot) < self.limits.max_pending and len(self.pending) <= self.limits.max_owners:
-            slot[(ent.epoch, ent.seq, ent.snap)] = (ent, now)
+        if (len(slot) >= lim.max_pending or len(self.pending) > lim.max_owners
+                or self.pending_bytes + size > lim.max_pending_bytes):
+            self.rejected["pending_full"] += 1
+        elif sender is not None and self.pending_by_sender[sender] + size > lim.max_pending_bytes_per_sender:
+            self._reject(sender, "pending_flood")  # one neighbour handing over a mass of out-of-order updates
+        else:
+            slot[(ent.epoch, ent.seq, ent.snap)] = (ent, now, sender)
+            self.pending_bytes += size
+            if sender is not None:
+                self.pending_by_sender[sender] += size
             self.stats["deferred"] += 1
+        if not slot:
+            del self.pending[ent.owner]
+            return
         if sender is not None:
             rep = self.replicas.get(ent.owner)
             self._wants.setdefault(sender, {})[ent.owner] = [rep.epoch, rep.seq] if rep else None
@@ -158,18 +184,68 @@ class Ingest:
         out: list[Entry] = []
         while self.pending.get(owner):
             slot = self.pending[owner]
-            for k in [k for k, (e, _) in slot.items() if self._is_stale(e)]:
-                del slot[k]
+            for k in [k for k, (e, *_) in slot.items() if self._is_stale(e)]:
+                self._unpend(owner, k)
             rep = self.replicas[owner]
-            nxt = next((e for e, _ in slot.values() if e.epoch == rep.epoch and not e.snap
+            nxt = next((e for e, *_ in slot.values() if e.epoch == rep.epoch and not e.snap
                         and e.seq == rep.seq + 1), None)
             if nxt is None:
                 break
-            del slot[(nxt.epoch, nxt.seq, nxt.snap)]
+            self._unpend(owner, (nxt.epoch, nxt.seq, nxt.snap))
             out += self._offer(None, nxt, now)
         if not self.pending.get(owner):
             self.pending.pop(owner, None)
         return out
+
+    def _unpend(self, owner: str, key: tuple) -> None:
+        """Drop one held envelope and its byte accounting."""
+        slot = self.pending.get(owner)
+        got = slot.pop(key, None) if slot is not None else None
+        if got is None:
+            return
+        ent, _, sender = got
+        self.pending_bytes -= len(ent.raw)
+        if sender is not None:
+            self.pending_by_sender[sender] -= len(ent.raw)
+            if self.pending_by_sender[sender] <= 0:
+                del self.pending_by_sender[sender]
+
+    def _clear_pending(self) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.pending_by_sender.clear()
+
+    def _evict(self, now: float) -> bool:
+        """Room for a protected owner: forget the unprotected owner longest without a heartbeat."""
+        worst, worst_seen = None, None
+        for key, rep in self.replicas.items():
+            owner = doc_owner(key)
+            if owner == self.peer_id or self.admission.protected(owner):
+                continue
+            entry = self.state.peer(owner)
+            seen = entry.heartbeat if entry is not None else rep.since - self.limits.compact_after
+            if worst_seen is None or seen < worst_seen:
+                worst, worst_seen = owner, seen
+        if worst is None:
+            return False
+        for key in (worst, records_key(worst)):
+            self._forget(key)
+        self.stats["evicted"] += 1
+        return True
+
+    def _forget(self, key: str) -> None:
+        """Drop one document (tombstoned at its position, so lagging peers cannot bring it back)."""
+        rep = self.replicas.pop(key, None)
+        if rep is None:
+            return
+        self.state.docs.pop(key, None)
+        self.tombstones[key] = (rep.epoch, rep.seq)
+        while len(self.tombstones) > 4 * self.limits.max_owners:
+            self.tombstones.popitem(last=False)
+        for k in list(self.pending.get(key, {})):
+            self._unpend(key, k)
+        self.pending.pop(key, None)
+        self._changed()
 
     def _reject(self, sender: str | None, reason: str, author: str | None = None) -> list:
         self.rejected[reason] += 1

@@ -108,7 +108,7 @@ class OwnEpochs:
         for o, raws in obj["owners"].items():
             for raw in raws:
                 self._ingest(None, raw, now)
-        self.pending.clear()
+        self._clear_pending()
         olds = []
         for key, log in zip((self.peer_id, self._rkey), own_logs):
             old = None

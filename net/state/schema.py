@@ -31,7 +31,9 @@ MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keye
 MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
 MAX_MODELS_PER_OWNER = 64
-MAX_HEARTBEAT_SKEW_S = 300.0  # a heartbeat further in the future than this is rejected
+MAX_CLOCK_SKEW_S = 60.0  # a heartbeat or record time further in the future than this is rejected
+MAX_HEARTBEAT_SKEW_S = MAX_CLOCK_SKEW_S
+MAX_LAYERS = 1024  # no model has more layers: larger layer counts or ranges are refused at the edge
 
 
 class StateError(SwarmError):
@@ -133,13 +135,13 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
     for h in _list(raw.get("hosted", []), 16, "hosted"):
         if not isinstance(h, dict):
             raise InvalidUpdate("bad_entry", "hosted items are maps")
-        start, end = _int(h.get("start"), "hosted.start", 0, 100_000), _int(h.get("end"), "hosted.end", 1, 100_000)
+        start, end = _int(h.get("start"), "hosted.start", 0, MAX_LAYERS), _int(h.get("end"), "hosted.end", 1, MAX_LAYERS)
         if end <= start:
             raise InvalidUpdate("bad_entry", "hosted range is empty")
         hosted.append(HostedRange(_str(h.get("model"), 128, "hosted.model"), start, end))
     heartbeat = _num(raw.get("heartbeat", 0.0), "heartbeat", 0.0, 1e12)
-    if now is not None and heartbeat > now + MAX_HEARTBEAT_SKEW_S:
-        raise InvalidUpdate("bad_entry", "heartbeat is in the future")
+    if now is not None and heartbeat > now + MAX_CLOCK_SKEW_S:
+        raise InvalidUpdate("bad_entry", f"heartbeat is more than {MAX_CLOCK_SKEW_S:.0f} s in the future")
     reach = _str(raw.get("reach", "unknown"), 16, "reach")
     if reach not in REACH_VALUES:
         raise InvalidUpdate("bad_entry", f"reach must be one of {REACH_VALUES}")
@@ -172,14 +174,15 @@ def parse_model(model_id: str, raw: Any) -> ModelInfo:
     return ModelInfo(
         model_id=model_id,
         config_hash=_str(raw.get("config_hash"), 128, "config_hash"),
-        layers=_int(raw.get("layers"), "layers", 1, 100_000),
+        layers=_int(raw.get("layers"), "layers", 1, MAX_LAYERS),
         dtype=_str(raw.get("dtype"), 16, "dtype"),
         ee_variants=tuple(_str(v, 128, "ee variant") for v in _list(raw.get("ee_variants", []), 16, "ee_variants")),
     )
 
 
-def parse_record(owner: str, key: str, value: Any) -> Record:
-    """Check one record value: owner-signed envelope, keyed by the hash of its payload."""
+def parse_record(owner: str, key: str, value: Any, now: float | None = None) -> Record:
+    """Check one record value: owner-signed envelope, keyed by the hash of its payload, and (given
+    ``now``) not dated more than ``MAX_CLOCK_SKEW_S`` in the future."""
     if not isinstance(value, (bytes, bytearray)) or len(value) > MAX_RECORD_BYTES:
         raise InvalidUpdate("bad_record", f"record values are envelopes of at most {MAX_RECORD_BYTES} bytes")
     try:
@@ -197,7 +200,12 @@ def parse_record(owner: str, key: str, value: Any) -> Record:
         raise InvalidUpdate("bad_record", "record payload does not decode") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or len(obj["kind"]) > 32:
         raise InvalidUpdate("bad_record", "record payload needs a kind")
-    created = _num(obj.get("t", 0.0), "record time", 0.0, 1e12)
+    try:
+        created = _num(obj.get("t", 0.0), "record time", 0.0, 1e12)
+    except InvalidUpdate as exc:
+        raise InvalidUpdate("bad_record", str(exc)) from None
+    if now is not None and created > now + MAX_CLOCK_SKEW_S:
+        raise InvalidUpdate("bad_record", f"record time is more than {MAX_CLOCK_SKEW_S:.0f} s in the future")
     return Record(key, obj["kind"], owner, created, obj.get("body"), bytes(value))
 
 

@@ -3,12 +3,13 @@
 ``SwarmState`` holds the ``OwnerDoc`` of every owner the node replicates (the sync engine adds and
 drops them) and computes the merged view readers use: peers and their liveness (an entry whose
 heartbeat is older than the TTL is offline), who hosts which layers, the model registry (per model
-id, the entry announced by most online peers), verified records, and rows for ``swarmlm status``.
+id, the entry its online hosts announce, weighted by standing), verified records, and rows for
+``swarmlm status``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from swarmlm.net.state.doc import OwnerDoc
 from swarmlm.net.state.schema import HostedRange, ModelInfo, PeerEntry, Record
@@ -20,6 +21,7 @@ class SwarmState:
     def __init__(self, ttl: float = 60.0) -> None:
         self.ttl = ttl
         self.docs: dict[str, OwnerDoc] = {}
+        self.weigh: Callable[[str], float] | None = None  # the node's standing of a peer (registry votes)
 
     def peer(self, peer_id: str) -> PeerEntry | None:
         d = self.docs.get(peer_id)
@@ -38,18 +40,25 @@ class SwarmState:
         return [(e, h) for e in self.peers(now) for h in e.hosted if h.model == model_id]
 
     def models(self, now: float | None = None) -> dict[str, ModelInfo]:
-        """The model registry: per model id, the entry announced by most (online) peers.
+        """The model registry: per model id, the entry that the peers actually serving it announce.
 
-        Ties go to the smallest config hash, so every reader picks the same entry.
+        A peer's announcement counts only for a model it hosts layers of, and only if its ranges fit
+        the layer count it announces (peers hosting nothing have no say). Announcements are ranked
+        by the summed standing of their hosts (``weigh``, set by the node), then by how many hosts
+        announce them; ties go to the smallest config hash, so every reader picks the same entry.
         """
-        votes: dict[str, dict[ModelInfo, int]] = {}
+        votes: dict[str, dict[ModelInfo, list[float]]] = {}
         for owner, d in self.docs.items():
-            if d.is_records or now is not None and not self.is_online(owner, now):
+            if d.is_records or d.entry is None or now is not None and not self.is_online(owner, now):
                 continue
             for mid, info in d.models.items():
-                votes.setdefault(mid, {}).setdefault(info, 0)
-                votes[mid][info] += 1
-        return {mid: min(v, key=lambda i: (-v[i], i.config_hash, i.layers, i.dtype))
+                ranges = [h for h in d.entry.hosted if h.model == mid]
+                if not ranges or any(h.end > info.layers for h in ranges):
+                    continue
+                tally = votes.setdefault(mid, {}).setdefault(info, [0.0, 0])
+                tally[0] += self.weigh(owner) if self.weigh is not None else 0.0
+                tally[1] += 1
+        return {mid: min(v, key=lambda i: (-v[i][0], -v[i][1], i.config_hash, i.layers, i.dtype))
                 for mid, v in sorted(votes.items())}
 
     def records(self, kind: str | None = None, author: str | None = None) -> list[Record]:

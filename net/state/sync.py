@@ -48,7 +48,8 @@ import msgpack
 
 from swarmlm.crypto.envelope import Envelope, canonical_packb
 from swarmlm.crypto.identity import Identity
-from swarmlm.net.state.ingest import Ingest
+from swarmlm.net.state.admission import Admission
+from swarmlm.net.state.ingest import Ingest, Pending
 from swarmlm.net.state.own import OwnEpochs
 from swarmlm.net.state.rights import doc_owner, records_key
 from swarmlm.net.state.schema import ModelInfo, Record, StateError, make_record
@@ -68,7 +69,10 @@ class StateSync(Ingest, OwnEpochs):
         self.state = SwarmState(ttl=self.limits.ttl)
         self.replicas: dict[str, Replica] = {}
         self.neighbours: set[str] = set()
-        self.pending: dict[str, dict[tuple, tuple[Entry, float]]] = {}
+        self.pending: Pending = {}
+        self.pending_bytes = 0
+        self.pending_by_sender: Counter[str] = Counter()
+        self.admission = Admission(self.limits)  # the node sets .protected and the service .group_of
         self.tombstones: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self.rejected: Counter[str] = Counter()  # reason -> count
         self.author_faults: Counter[str] = Counter()  # owner who signed an invalid update
@@ -144,9 +148,10 @@ class StateSync(Ingest, OwnEpochs):
             self._reject(peer, "too_large")
             return []
         try:
-            msg = msgpack.unpackb(data, raw=False, max_bin_len=self.limits.max_message_bytes,
-                                  max_str_len=1024, max_array_len=self.limits.max_message_bytes // 64,
-                                  max_map_len=self.limits.max_owners + 64)
+            n = len(data)  # container limits proportional to the message (an item takes >= 1 byte)
+            msg = msgpack.unpackb(data, raw=False, max_bin_len=min(n, self.limits.max_message_bytes),
+                                  max_str_len=min(n, 1024), max_array_len=min(n, self.limits.max_message_bytes // 64),
+                                  max_map_len=min(n // 2, 2 * self.limits.max_owners + 64))
             kind = msg[0]
         except Exception:
             self._reject(peer, "decode")
@@ -317,25 +322,29 @@ class StateSync(Ingest, OwnEpochs):
         self.dirty = True
 
     def _compact(self, now: float) -> None:
-        """Forget owners (both documents) whose heartbeat is older than ``compact_after``."""
+        """Forget owners (both documents): without any entry after ``empty_after``, offline for
+        ``compact_unprotected_after``, or -- established (protected) ones -- ``compact_after``."""
+        lim = self.limits
         for o, rep in list(self.replicas.items()):
-            entry = self.state.peer(doc_owner(o))
-            seen = entry.heartbeat if entry is not None else rep.since
-            if doc_owner(o) != self.peer_id and now - seen > self.limits.compact_after:
-                del self.replicas[o]
-                self.state.docs.pop(o, None)
-                self.tombstones[o] = (rep.epoch, rep.seq)
-                while len(self.tombstones) > 4 * self.limits.max_owners:
-                    self.tombstones.popitem(last=False)
+            owner = doc_owner(o)
+            if owner == self.peer_id or o not in self.replicas:
+                continue
+            entry = self.state.peer(owner)
+            if entry is None:
+                gone = now - rep.since > lim.empty_after
+            else:
+                keep = lim.compact_after if self.admission.protected(owner) else lim.compact_unprotected_after
+                gone = now - entry.heartbeat > keep
+            if gone:
+                self._forget(o)
                 self.stats["compacted"] += 1
-                self._changed()
         if len(self._asked) > 65536:
             self._asked.clear()
         for o in [o for o, (_, _, at) in self._asked.items() if now - at > self.limits.want_retry_s]:
             del self._asked[o]
         for o in list(self.pending):
             slot = self.pending[o]
-            for k in [k for k, (_, t) in slot.items() if now - t > self.limits.pending_ttl]:
-                del slot[k]
+            for k in [k for k, (_, t, _) in slot.items() if now - t > self.limits.pending_ttl]:
+                self._unpend(o, k)
             if not slot:
                 del self.pending[o]

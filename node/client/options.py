@@ -14,7 +14,8 @@ class ClientOptions:
     wire_dtype: str | None = None  # "fp16"/"bf16": down-cast activations between servers (half the bytes)
     check_fraction: float = 0.0  # verified shards: the share of steps re-run on a replica (docs/RELIABILITY.md)
     verify_final: bool = False  # also check the whole history before a verified generation ends
-    verdict_ban_s: float = 3600.0  # peers with a "fail" verdict record this recent are not routed to
+    verdict_ban_s: float = 3600.0  # > 0: avoid peers recent verdicts with standing convict (node/trust.py); 0: off
+    witness_s: float = 120.0  # publish a witness record of the servers used at most this often (standing)
     prefer: tuple[str, ...] = ()  # peers the first plan favours (tests, benches)
     busy_backoff_s: float = 0.25  # first back-off after a "busy" answer with no other server (then doubling)
     busy_retries: int = 3  # "busy" answers a generation absorbs before it gives up with BusyError (HTTP 429)

@@ -4,9 +4,10 @@
 serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), counting
 on each server at least the sessions this client itself has open there (the swarm state lags a
 heartbeat behind, and concurrent requests through one gateway must spread over replicas), avoids
-peers it banned or that a signed verdict convicts, fetches a model's tokenizer files from a server
-when the model is not local, and starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``:
-the token loop, failover and verification) for each request.
+peers it banned or that verdicts weighted by standing convict (``node/trust.py``), fetches a model's
+tokenizer files from a server when the model is not local, starts a ``PipelineGeneration``
+(``node/client/pipeline_generation.py``: the token loop, failover and verification) for each
+request, and witnesses the work of the servers that completed one (``node/client/witness.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline_generation import PipelineGeneration
 from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
+from swarmlm.node.client.witness import WitnessLog
 from swarmlm.node.dial import ensure_connected
 from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
 from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
-from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, VERDICT_KIND
+from swarmlm.node.trust import TrustView
+from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES
 
 log = logging.getLogger("swarmlm.client")
 
@@ -54,6 +57,8 @@ class PipelineGenerator:
         self.verify_stats: dict[str, Any] = {}
         self.rng = random.Random()
         self.open_sessions: Counter[str] = Counter()  # per peer: sessions of our generations on it now
+        self.trust = TrustView.of(host, state)
+        self.witness = WitnessLog(self.options.witness_s)
 
     # -- swarm view -------------------------------------------------------------------------------
     @property
@@ -72,9 +77,15 @@ class PipelineGenerator:
         return cards
 
     def servers(self, model: str) -> list[ServerView]:
+        """Servers of ``model`` to plan over: not convicted, and hosting ranges that fit the model's
+        layer count (a peer claiming layers the model does not have is not routed to)."""
         bad = self.convicted()
+        now = time.time()
+        info = self.state.models(now).get(model)
+        limit = info.layers if info is not None else None
         return [dataclasses.replace(s, sessions=max(s.sessions, self.open_sessions[s.peer_id]))
-                for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
+                for s in servers_for(self.state, model, now, self.host.peers)
+                if s.peer_id not in bad and (limit is None or s.end <= limit)]
 
     def hold(self, gen: Any, route: Route | None) -> None:
         """``gen`` runs on ``route`` from now on (None: it ended): keeps ``open_sessions`` counted."""
@@ -87,11 +98,12 @@ class PipelineGenerator:
             self.open_sessions[peer] += 1
 
     def convicted(self) -> set[str]:
-        """Peers a recent signed "fail" verdict record in the swarm state names: routing avoids them."""
-        since = time.time() - self.options.verdict_ban_s
-        return {r.body["subject"] for r in self.state.records(kind=VERDICT_KIND)
-                if isinstance(r.body, dict) and r.body.get("verdict") == "fail" and isinstance(r.body.get("subject"), str)
-                and r.created >= since and r.author != r.body["subject"]}
+        """Peers that recent "fail" verdicts convict, each author weighted by its standing (one
+        author without standing changes nothing; see ``consensus/verdicts.py``): routing avoids them.
+        ``options.verdict_ban_s`` <= 0 turns swarm-wide avoidance off."""
+        if self.options.verdict_ban_s <= 0:
+            return set()
+        return self.trust.convicted()
 
     def n_layers(self, model: str) -> int:
         info = self.state.models(time.time()).get(model)
@@ -180,3 +192,8 @@ class PipelineGenerator:
 
     def record_route(self, route: dict[str, Any]) -> None:
         self.recent_routes = (self.recent_routes + [route])[-20:]
+        now = time.time()
+        self.witness.add([h.get("peer_id") for h in route.get("hops", []) if isinstance(h.get("peer_id"), str)],
+                         int(route.get("tokens", 0)), now)
+        if self.witness.due(now):
+            self.witness.flush(self.state_service, now)

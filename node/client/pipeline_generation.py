@@ -203,4 +203,5 @@ class PipelineGeneration:
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
         s.route = self.timings.summary(route)
         self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
-                                  "tokens_per_s": s.tokens_per_s, "at": time.time()})
+                                  "tokens_per_s": s.tokens_per_s, "at": time.time(),
+                                  "tokens": s.prompt_tokens + s.completion_tokens})

@@ -136,12 +136,13 @@ class SpotChecker:
             raise VerificationFailed(hop.peer, "disagrees with a replica and no third one settles it")
         self.stats.setdefault("detected", []).append(hop.peer)
         reported = False
-        if not hop.head:
-            try:
-                ev = dict(evidence(hop, step), model=self.model)
-                r = await self.client.host.rpc.call(cands[1], SHARD_PROTOCOL, "report", ev, timeout=60)
-                reported = isinstance(r, dict) and r.get("verdict") == "fail"
-            except Exception as exc:  # the verdict is a bonus: the client bans and fails over anyway
-                self.stats.setdefault("report_errors", []).append(str(exc)[:200])
+        if not hop.head:  # both replicas that agreed re-check the evidence: two independent verdicts
+            ev = dict(evidence(hop, step), model=self.model)
+            for witness in (cands[1], cands[0]):
+                try:
+                    r = await self.client.host.rpc.call(witness, SHARD_PROTOCOL, "report", ev, timeout=60)
+                    reported = reported or isinstance(r, dict) and r.get("verdict") == "fail"
+                except Exception as exc:  # the verdict is a bonus: the client bans and fails over anyway
+                    self.stats.setdefault("report_errors", []).append(str(exc)[:200])
         self.stats["verdicts"] = self.stats.get("verdicts", 0) + int(reported)
         raise VerificationFailed(hop.peer, f"layers [{hop.start}, {hop.end}) disagree with two replicas", reported)

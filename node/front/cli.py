@@ -34,6 +34,7 @@ BENCHES = {
     "nat": "hole-punch success and relayed vs direct RTT in the netns internet (root)",
     "load": "concurrent clients through a 3-node pipeline: throughput, latency, shedding",
     "serve": "N streaming clients, whole model and 3-node pipeline, continuous batching on vs off",
+    "sybil": "an honest swarm under Sybil attacks (1..256 identities): success, p95, RSS, recovery",
 }
 
 

@@ -23,6 +23,12 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-file", metavar="FILE", help="write {peer_id, addrs, http} here once serving")
     p.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API (OpenAI-compatible) and health page here")
     p.add_argument("--http-token", metavar="TOKEN", help="require this bearer token on the HTTP API")
+    p.add_argument("--http-allow-host", dest="http_allow_hosts", metavar="NAME", action="append",
+                   help="answer HTTP requests for this Host name too (default: loopback and IP addresses; * for any)")
+    p.add_argument("--http-allow-origin", dest="http_allow_origins", metavar="ORIGIN", action="append",
+                   help="let web pages from this origin (http://host:port) call the HTTP API")
+    p.add_argument("--trust", metavar="PEER_ID", action="append",
+                   help="trust this peer as an anchor of standing, like a bootstrap peer (repeatable)")
     p.add_argument("--model", metavar="SPEC", help="model to serve, e.g. builtin:smollm2-135m or builtin:tiny")
     p.add_argument("--layers", metavar="START:END|auto", help="layer range to host (default: auto)")
     p.add_argument("--max-layers", type=int, metavar="N", help="host at most N layers")
@@ -46,7 +52,8 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
 
 
-_FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token", "model", "layers",
+_FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token",
+              "http_allow_hosts", "http_allow_origins", "trust", "model", "layers",
               "max_layers", "max_cache_tokens", "max_batch_tokens", "prefill_chunk", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
               "log_format", "log_level", "fault", "ee_key",
               "consensus_sampling", "consensus_judge", "consensus_calibration")

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from swarmlm.version import AGENT_VERSION
 from swarmlm.consensus.audit import verify_record
 from swarmlm.consensus.reputation import compute_reputation
+from swarmlm.node.front.health_cache import MAX_MODELS, MAX_PEERS, SnapshotCache, round_summary, verdict_rows
 from swarmlm.node.front.health_page import render_fragment, render_page
 from swarmlm.node.front.metrics import CONTENT_TYPE
 from swarmlm.node.verification import verdicts_from_state
@@ -42,7 +43,6 @@ OPEN_PATHS = ("/", "/api/swarm", "/api/swarm/fragment", "/metrics",
               *(f"/static/{name}" for name in STATIC_FILES))
 SHOW_OFFLINE_S = 600.0  # offline peers stay listed (greyed) this long after their last heartbeat
 MAX_ROUNDS = 10
-MAX_VERDICTS = 5
 SCHEMA_VERSION = 1
 REPUTATION_CACHE_S = 30.0
 
@@ -55,6 +55,7 @@ class HealthTracker:
         self.was_connected: set[str] = set()
         self.round_rows: dict[str, dict[str, Any]] = {}  # record key -> its row (verified once)
         self.reputation: tuple[Any, float, dict[str, float]] | None = None  # (records seen, when, scores)
+        self.verdict_authors: Any = None  # whose verdicts count (the node's standing view), None: all
 
     def observe(self, peer: str, live: bool, connected: bool, now: float) -> float | None:
         """Record one observation; returns how long ``peer`` has been up as seen from here."""
@@ -89,21 +90,8 @@ def _reach(entry_reach: str, connection: str) -> str:
 
 
 def _verdicts(state: Any) -> dict[str, list[dict[str, Any]]]:
-    """Verification verdict records by the peer they judge (newest first)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for rec in reversed(state.records(kind="verdict")):
-        body = rec.body if isinstance(rec.body, dict) else {}
-        subject = next((body[k] for k in ("subject", "peer_id", "peer", "target") if isinstance(body.get(k), str)), None)
-        if subject is None:
-            continue
-        verdict = body.get("verdict", body.get("ok", body.get("passed", "?")))
-        if isinstance(verdict, bool):
-            verdict = "pass" if verdict else "fail"
-        rows = out.setdefault(subject, [])
-        if len(rows) < MAX_VERDICTS:
-            rows.append({"by": rec.author, "verdict": str(verdict)[:32], "at": rec.created,
-                         "detail": str(body.get("reason", body.get("detail", "")))[:120]})
-    return out
+    """Verification verdict records by the peer they judge (newest first; schema-checked)."""
+    return verdict_rows(state)
 
 
 def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -128,11 +116,7 @@ def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], d
             except Exception as exc:  # noqa: BLE001 - shown, not trusted
                 row["verified"], row["error"] = False, str(exc)[:120]
         elif isinstance(body, dict):  # a plain summary {"round_id", "winner", "scores": {peer: score}}
-            scores = body.get("scores") or {}
-            if isinstance(scores, dict):
-                scores = [{"peer_id": str(k), "score": v} for k, v in scores.items()]
-            row.update(round_id=str(body.get("round_id", row["round_id"]))[:16], winner=body.get("winner"),
-                       scores=[s for s in scores if isinstance(s, dict)][:16])
+            round_summary(body, row)
         rounds.append(row)
         shown[rec.key] = row
     tracker.round_rows = shown  # only the rows on display are kept
@@ -143,7 +127,7 @@ def _rounds(state: Any, tracker: HealthTracker) -> tuple[list[dict[str, Any]], d
     cached = tracker.reputation
     if recs and cached is not None and cached[0] == key and time.monotonic() - cached[1] < REPUTATION_CACHE_S:
         return rounds, cached[2]  # the fold verifies every record: not on every 2 s refresh
-    verdicts = verdicts_from_state(state)
+    verdicts = verdicts_from_state(state, tracker.verdict_authors)
     if recs or verdicts:
         all_blobs, cals = [bytes(r.body) for r in recs], [bytes(r.body) for r in cal_recs]
         try:
@@ -190,8 +174,12 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             reputation = dict(consensus.reputation(now).scores())
         except Exception as exc:  # noqa: BLE001 - the page shows what it can
             log.debug("reputation from the consensus service failed: %s", exc)
+    trust = getattr(node, "trust", None)
+    standing = trust.standing_map() if trust is not None else None  # this node's view (node/trust.py)
     peers, status = [], {}
-    for e in state.peers(now, include_offline=True):
+    listed = state.peers(now, include_offline=True)
+    listed = [e for e in listed if e.peer_id == me] + [e for e in listed if e.peer_id != me][:MAX_PEERS]
+    for e in listed:
         age = e.age(now)
         if age > SHOW_OFFLINE_S and e.peer_id != me:
             continue
@@ -222,11 +210,12 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             "throughput": round(e.throughput, 2), "free_kv": e.free_kv, "load": round(e.load, 3),
             "sessions": e.sessions, "queue": e.queue, "served_tok_s": round(e.served, 1),
             "reputation": None if e.peer_id not in reputation else round(reputation[e.peer_id], 4),
+            "standing": None if standing is None else round(standing.get(e.peer_id, 0.0), 3),
             "verdicts": verdicts.get(e.peer_id, []),
         })
     peers.sort(key=lambda p: (not p["self"], p["peer_id"]))  # this node first
     models = []
-    for model in state.models(now).values():
+    for model in list(state.models(now).values())[:MAX_MODELS]:
         hosts = [{"peer_id": p["peer_id"], "start": h["start"], "end": h["end"], "throughput": p["throughput"],
                   "free_kv": p["free_kv"], "sessions": p["sessions"], "queue": p["queue"],
                   "served_tok_s": p["served_tok_s"], "status": p["status"], "live": p["status"] == "online"}
@@ -248,16 +237,19 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
 def health_routes(node: Any, metrics: Any) -> list[Any]:
     """The routes above for ``node`` (added to the HTTP app by ``HttpService``); ``metrics``: its ``NodeMetrics``."""
     tracker = HealthTracker()
+    trust = getattr(node, "trust", None)
+    tracker.verdict_authors = trust.is_established if trust is not None else None
     no_cache = {"cache-control": "no-store"}
+    cache = SnapshotCache(lambda: swarm_snapshot(node, tracker))  # one bounded summary per second at most
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(render_page(swarm_snapshot(node, tracker)), headers=no_cache)
+        return HTMLResponse(await cache.rendered("page", render_page), headers=no_cache)
 
     async def fragment(request: Request) -> Response:
-        return HTMLResponse(render_fragment(swarm_snapshot(node, tracker)), headers=no_cache)
+        return HTMLResponse(await cache.rendered("fragment", render_fragment), headers=no_cache)
 
     async def api(request: Request) -> Response:
-        return JSONResponse(swarm_snapshot(node, tracker), headers=no_cache)
+        return JSONResponse(await cache.get(), headers=no_cache)
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

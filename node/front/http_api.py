@@ -3,7 +3,8 @@
 - ``create_app(generator, *, token=None, extra_routes=None, ...) -> Starlette``: ``GET /v1/models``,
   ``GET /v1/models/{id}``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (JSON or SSE
   streaming), OpenAI-style errors for every failure, an optional bearer token (constant-time
-  compare), a request body limit (413), plus any ``extra_routes`` (health page, metrics, ...).
+  compare), a request body limit (413), JSON bodies only (415), ``Host``/``Origin`` checks against
+  DNS rebinding and cross-site requests (``http_guard``), plus any ``extra_routes`` (health page, metrics, ...).
 - ``serve_http(app, host, port, *, shutdown_trigger=None, task_status=...)``: binds the socket itself
   (clear ``HttpServeError`` when it cannot), hands it to ``hypercorn.trio.serve`` as ``fd://N`` and
   reports the bound ``HttpAddress(host, port)`` via ``task_status`` (real port when 0 was asked).
@@ -35,6 +36,7 @@ from starlette.routing import BaseRoute, Route
 
 from swarmlm.errors import SwarmError
 from swarmlm.node.generation import Generator, GenerationSummary, ModelCard
+from swarmlm.node.front.http_guard import HostOriginGuard
 from swarmlm.node.front.http_schema import (
     ApiError, Limits, ParsedRequest, api_error_from, chunk_body, completion_body, dumps, new_id, now,
     parse_chat, parse_completion, swarm_extension, usage_dict,
@@ -110,6 +112,10 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         buf += chunk
     if seen > max_bytes:
         raise too_big
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {ctype or 'none'!r})",
+                       code="unsupported_media_type")
     if not buf.strip():
         raise ApiError(400, "the request body is empty: send a JSON object", code="invalid_json")
     try:
@@ -225,9 +231,12 @@ def _model_obj(card: ModelCard) -> dict[str, Any]:
 
 def create_app(generator: Generator, *, token: str | None = None, extra_routes: list[BaseRoute] | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY, max_tokens_cap: int = 4096, default_max_tokens: int = 256,
-               max_messages: int = 256, open_paths: tuple[str, ...] = ()) -> Starlette:
+               max_messages: int = 256, open_paths: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               allow_origins: tuple[str, ...] = ()) -> Starlette:
     """The HTTP API app. ``token``: require it as a bearer token on every path but ``open_paths``.
-    ``extra_routes`` are appended after the ``/v1`` routes. ``app.state.generator`` / ``.limits`` are set."""
+    ``allow_hosts`` / ``allow_origins``: names and web origins answered besides loopback and IP
+    addresses (``http_guard``). ``extra_routes`` are appended after the ``/v1`` routes.
+    ``app.state.generator`` / ``.limits`` are set."""
     limits = Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens, max_messages=max_messages)
 
     async def list_models(request: Request) -> Response:
@@ -277,7 +286,9 @@ def create_app(generator: Generator, *, token: str | None = None, extra_routes: 
         Route("/v1/completions", completions, methods=["POST"]),
         *(extra_routes or []),
     ]
-    middleware = [Middleware(BearerAuth, token=token, open_paths=frozenset(open_paths))] if token else []
+    middleware = [Middleware(HostOriginGuard, allow_hosts=allow_hosts, allow_origins=allow_origins)]
+    if token:
+        middleware.append(Middleware(BearerAuth, token=token, open_paths=frozenset(open_paths)))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash})
     app.state.generator = generator

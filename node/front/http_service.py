@@ -19,9 +19,11 @@ log = logging.getLogger("swarmlm.http")
 class HttpService:
     name = "http"
 
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(self, address: str, token: str | None = None, allow_hosts: tuple[str, ...] = (),
+                 allow_origins: tuple[str, ...] = ()) -> None:
         self.host, self.port = parse_hostport(address, "http")
         self.token = token
+        self.allow_hosts, self.allow_origins = tuple(allow_hosts), tuple(allow_origins)
         self.extra_routes: list[Any] = []
         self.node: Any = None
         self.metrics: NodeMetrics | None = None
@@ -36,7 +38,7 @@ class HttpService:
         return {}
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        app = create_app(node.client, token=self.token,
+        app = create_app(node.client, token=self.token, allow_hosts=self.allow_hosts, allow_origins=self.allow_origins,
                          extra_routes=self.extra_routes + health_routes(node, self.metrics), open_paths=OPEN_PATHS)
         app = instrument(app, self.metrics)  # the health page, /api/swarm and /metrics; requests counted
         async with trio.open_nursery() as nursery:

@@ -46,6 +46,10 @@ from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, Wire
 
 log = logging.getLogger("swarmlm.shard")
 
+RELAY_WAIT_S = 10.0  # a relay may arrive just before the client's session open: wait this long for it
+RELAY_WAITS_PER_PEER = 8  # relays one peer may have waiting for a session (each holds a call)
+RELAY_WAITS_TOTAL = 64
+
 
 class ShardService:
     """Hosts a shard of one model and serves inference sessions on it.
@@ -81,6 +85,7 @@ class ShardService:
         self.batcher: Batcher | None = None
         self.sessions: dict[str, ServerSession] = {}
         self._session_events: dict[str, trio.Event] = {}
+        self._relay_waits: dict[str, int] = {}  # peer -> relay calls waiting for their session to open
         self.compute_limiter = trio.CapacityLimiter(1)  # one computation at a time: the CPU is the bottleneck
         self._views: dict[tuple[int, int], Any] = {}
         self.node: Any = None
@@ -298,10 +303,23 @@ class ShardService:
         sid = args.get("session_id") if isinstance(args, dict) else None
         if not isinstance(sid, str):
             raise RpcError(BAD_REQUEST, "relay: session_id missing")
-        ev = self._session_events.setdefault(sid, trio.Event())
-        with trio.move_on_after(15):
-            await ev.wait()
         sess = self.sessions.get(sid)
+        if sess is None:  # the client may still be opening it: wait, a bounded number of relays at a time
+            peer = call.ctx.peer
+            trusted = self.node is not None and self.node.host.rpc_server.trusted(peer)  # established: no cap
+            if not trusted and (self._relay_waits.get(peer, 0) >= RELAY_WAITS_PER_PEER
+                                or sum(self._relay_waits.values()) >= RELAY_WAITS_TOTAL):
+                raise RpcError(BUSY, f"too many relays waiting for their session; retry (no session {sid[:8]} yet)")
+            self._relay_waits[peer] = self._relay_waits.get(peer, 0) + 1
+            try:
+                ev = self._session_events.setdefault(sid, trio.Event())
+                with trio.move_on_after(RELAY_WAIT_S):
+                    await ev.wait()
+            finally:
+                self._relay_waits[peer] -= 1
+                if not self._relay_waits[peer]:
+                    del self._relay_waits[peer]
+            sess = self.sessions.get(sid)
         log.debug("relay into session %s from %s: %s", sid[:8], call.ctx.peer[-8:], "found" if sess else "missing")
         if sess is None:
             self._session_events.pop(sid, None)

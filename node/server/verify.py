@@ -17,7 +17,7 @@ import trio
 from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.models.errors import CacheBudgetExceeded
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
-from swarmlm.node.verification import check_evidence, relative_error, tolerance
+from swarmlm.node.verification import check_evidence, evidence_rows, relative_error, tolerance
 from swarmlm.node.wire import MAX_STEP_TOKENS, VERDICT_KIND
 
 log = logging.getLogger("swarmlm.verify")
@@ -62,8 +62,10 @@ async def handle_report(svc: Any, reporter: str, args: Any) -> dict[str, Any]:
     verdict = "fail" if err > tol else "pass"
     if verdict == "fail":
         state = svc.node.state if svc.node is not None else None
-        body = {"subject": accused, "verdict": "fail", "model": svc.model_id, "start": start, "end": end,
-                "max_err": round(err, 6), "tol": tol, "reporter": reporter, "tokens": T,
+        sigs = b"".join(bytes(row[4]) for row in evidence_rows(args["steps"]))
+        body = {"v": 1, "subject": accused, "verdict": "fail", "hop": "middle", "model": svc.model_id,
+                "start": start, "end": end, "max_err": round(err, 6), "tol": tol, "reporter": reporter, "tokens": T,
+                "evidence": hashlib.sha256(sigs).hexdigest(),
                 "reason": f"layers [{start}, {end}) off by {err:.3g} (tolerance {tol:.3g}) over {T} tokens"}
         if state is not None:
             state.add_record(VERDICT_KIND, body)
