@@ -2,7 +2,7 @@
 
 The dataclasses callers see instead of Y types: ``PeerEntry`` (an owner's ``peer`` map: addresses,
 agent, hosted layer ranges ``HostedRange``, throughput, free KV tokens, load, heartbeat,
-reachability, RTTs), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
+reachability, RTTs, and ``left``: the time of its signed "leaving" mark), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
 of its records document). ``parse_peer`` / ``parse_model`` / ``parse_record`` check raw values
 against the schema and limits and raise ``InvalidUpdate(reason)`` (the counter a rejection is filed
 under); ``make_record`` signs a new record. ``StateError`` is for the caller's own bad writes.
@@ -24,7 +24,7 @@ from swarmlm.errors import SwarmError
 
 RECORD_DOMAIN = "swarmlm/record/v1"
 REACH_VALUES = ("public", "private", "relayed", "unknown")  # relayed: private, reachable via a relay
-PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt")
+PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt", "left")
 MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keyed by peer id
 MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
@@ -65,12 +65,19 @@ class PeerEntry:
     heartbeat: float = 0.0  # owner's wall-clock time of its last write
     reach: str = "unknown"  # public / relayed / unknown
     rtt: tuple[tuple[str, float], ...] = ()  # (peer id, ms): what the owner measured to its peers
+    left: float = 0.0  # when the owner announced it stopped (its last write on a clean shutdown); 0: never
 
     def age(self, now: float) -> float:
         return now - self.heartbeat
 
+    @property
+    def has_left(self) -> bool:
+        """The owner's own signed word that it stopped: a later heartbeat (a restart) supersedes it.
+        Only the owner writes its entry, so nobody can make another peer leave."""
+        return self.left > 0 and self.left >= self.heartbeat
+
     def online(self, now: float, ttl: float) -> bool:
-        return self.age(now) <= ttl
+        return self.age(now) <= ttl and not self.has_left
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
     heartbeat = _num(raw.get("heartbeat", 0.0), "heartbeat", 0.0, 1e12)
     if now is not None and heartbeat > now + MAX_HEARTBEAT_SKEW_S:
         raise InvalidUpdate("bad_entry", "heartbeat is in the future")
+    left = _num(raw.get("left", 0.0), "left", 0.0, 1e12)
+    if now is not None and left > now + MAX_HEARTBEAT_SKEW_S:
+        raise InvalidUpdate("bad_entry", "leaving time is in the future")
     reach = _str(raw.get("reach", "unknown"), 16, "reach")
     if reach not in REACH_VALUES:
         raise InvalidUpdate("bad_entry", f"reach must be one of {REACH_VALUES}")
@@ -152,6 +162,7 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
         load=_num(raw.get("load", 0.0), "load"),
         heartbeat=heartbeat,
         reach=reach,
+        left=left,
     )
 
 
