@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -37,6 +39,7 @@ from swarmlm.node.server.verify import handle_report
 from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError
 
 log = logging.getLogger("swarmlm.shard")
+SERVED_KEPT = 32
 
 
 class ShardService:
@@ -74,6 +77,7 @@ class ShardService:
         self.tokens_computed = 0
         self.steps_served = 0
         self.step_listeners: list[Callable[[float, bool], None]] = []  # (seconds, sampled a token): metrics
+        self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)  # recent sessions: the health page's routes
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
@@ -229,6 +233,8 @@ class ShardService:
             self.sessions.pop(sid, None)
             self._session_events.pop(sid, None)
             self.cache.close(sid)
+            self.served.append({"at": time.time(), "client": call.ctx.peer, "model": o.model, "steps": sess.steps,
+                                "route": o.route or [[self.node.peer_id, o.start, o.end]]})
         return {"steps": sess.steps}
 
     async def _relay(self, call: ServerCall, args: Any) -> Any:
