@@ -17,3 +17,24 @@ class ConfigError(SwarmError):
 
 class UsageError(SwarmError):
     """A command line used wrongly (missing or conflicting arguments); the CLI exits with status 2."""
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` once exception groups (trio nurseries) are unwrapped; bare
+    BaseExceptions such as trio's ``Cancelled`` are left out when anything else is there."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    found = [leaf for e in exc.exceptions for leaf in leaves(e)]
+    real = [e for e in found if isinstance(e, (Exception, KeyboardInterrupt))]
+    return real or found
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The one exception a user should hear about: a usage error, else an actionable ``SwarmError``,
+    else Ctrl-C, else the first failure inside ``exc``."""
+    found = leaves(exc)
+    for kind in (UsageError, SwarmError, KeyboardInterrupt):
+        for e in found:
+            if isinstance(e, kind):
+                return e
+    return found[0]

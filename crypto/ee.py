@@ -41,6 +41,7 @@ from swarmlm.errors import SwarmError
 
 EE_KEY_BYTES = 32
 KEY_FILE_HEADER = "swarmlm-ee-key-v1"
+VARIANT_LINE = "variant "  # later lines: "variant <variant id> <base model>" (crypto.ee_keyfile)
 MODES = ("rotate", "permute")
 _DOMAIN = b"swarmlm-ee-v1\x00"
 
@@ -93,7 +94,8 @@ class EEKey:
             check_private_file(path, "EE key file")
         except IdentityError as exc:
             raise EEKeyError(str(exc)) from None
-        lines = path.read_bytes().decode("ascii", "replace").split()
+        lines = [line.strip() for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line.strip()]
+        lines = lines[:2] if all(line.startswith(VARIANT_LINE) for line in lines[2:]) else lines
         if len(lines) != 2 or lines[0] != KEY_FILE_HEADER:
             raise EEKeyError(f"{path} is not an EE key file (expected a '{KEY_FILE_HEADER}' header)")
         try:

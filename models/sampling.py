@@ -61,7 +61,7 @@ class SamplingParams:
             p = cls(**known)
             p.temperature, p.top_k, p.top_p = float(p.temperature), int(p.top_k), float(p.top_p)
             p.max_new_tokens = int(p.max_new_tokens)
-            p.stop = list(p.stop or [])
+            p.stop = [p.stop] if isinstance(p.stop, str) else list(p.stop or [])  # "Paris" is one stop string
         except (TypeError, ValueError) as exc:
             raise SamplingError(f"bad sampling parameters: {exc}") from None
         return p.validate()

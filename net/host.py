@@ -21,6 +21,7 @@ import trio.testing
 
 from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
+from swarmlm.net.addrs import advertised
 from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
 from swarmlm.net.dialback import DialbackService
 from swarmlm.net.nat import DirectNotifee, NatManager
@@ -77,6 +78,9 @@ class HostConfig:
     relay_max_duration_s: float = 3600.0  # per relayed connection
     relay_max_bytes: int = 1 << 30  # per relayed connection
     relay_reservation_ttl_s: float = 600.0
+    # a light client (SDK, `swarmlm ask/status/peers`): DHT in client mode (never in anyone's routing
+    # table, no lookups), the bootstrap joined before ``running()`` yields (HostError when none answers)
+    client_only: bool = False
 
 
 def split_p2p_addr(maddr: str) -> tuple[str, str]:
@@ -208,13 +212,18 @@ class SwarmHost:
         from libp2p.records.validator import NamespacedValidator  # lazy: libp2p, as above
         from libp2p.tools.anyio_service import background_trio_service  # lazy: libp2p, as above
 
+        from swarmlm.net.transport.patches import filter_advertised_addrs  # lazy: imports libp2p (~1 s)
+
         host, listen = self._build()
         self._host = host
+        filter_advertised_addrs(host, advertised)  # never 0.0.0.0 or link-local (net.addrs)
         self._register_handlers()
         validator = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
+        mode = DHTMode.CLIENT if self.config.client_only else DHTMode.SERVER
+        failed: list[BaseException] = []
         try:
             async with host.run(listen_addrs=listen):
-                self._dht = KadDHT(host, DHTMode.SERVER, validator=validator, validator_changed=True,
+                self._dht = KadDHT(host, mode, validator=validator, validator_changed=True,
                                    strict_validation=True, max_peers_per_subnet=0)
                 async with background_trio_service(self._dht):
                     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
@@ -226,10 +235,17 @@ class SwarmHost:
                         if self.dialback is not None:
                             nursery.start_soon(self.dialback.run)  # background: readiness never waits
                         nursery.start_soon(self._ping_loop)
-                        nursery.start_soon(self._bootstrap_and_discover)
+                        if self.config.client_only:
+                            await self.join(self.config.bootstrap)
+                        else:
+                            nursery.start_soon(self._bootstrap_and_discover)
                         log.info("host %s listening on %s", self.peer_id, ", ".join(self.addrs))
                         try:
                             yield self
+                        except BaseException as exc:
+                            if not isinstance(exc, trio.Cancelled):
+                                failed.append(exc)
+                            raise
                         finally:
                             nursery.cancel_scope.cancel()
         finally:
@@ -237,6 +253,8 @@ class SwarmHost:
             self._dht = None
             self._nursery = None
             self.nat = None
+        if failed:  # py-libp2p's service managers can turn the body's exception into a Cancelled that
+            raise failed[0]  # their own scope then absorbs: a failing node would exit 0, saying nothing
 
     def _build(self) -> tuple[Any, list[Any]]:
         from swarmlm.net.transport.build import AddressError, build_libp2p_host  # lazy: imports libp2p (~1 s)
@@ -289,7 +307,13 @@ class SwarmHost:
                     await self._host.connect(info)
         except Exception as exc:
             self.peers.record_failure(pid)
-            raise HostError(f"cannot connect to {maddr}: {type(exc).__name__}: {exc}") from None
+            if isinstance(exc, trio.TooSlowError):
+                why = f"no answer within {self.config.dial_timeout_s:.0f} s"
+            elif type(exc).__name__ == "SwarmDialAllFailedError":
+                why = "nothing accepted a connection there (refused or unreachable)"
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            raise HostError(f"cannot connect to {maddr}: {why}") from None
         self.peers.connected(pid, [str(a) for a in info.addrs], trio.current_time())
         if self._dht is not None:
             try:
@@ -355,15 +379,38 @@ class SwarmHost:
             await trio.sleep(self.config.ping_interval_s)
 
     # -- discovery -------------------------------------------------------------------------
-    async def _bootstrap_and_discover(self) -> None:
-        for addr in self.config.bootstrap:
+    async def join(self, bootstrap: list[str]) -> list[str]:
+        """Connect to every bootstrap address at once; returns the peer ids reached. Raises one
+        HostError naming each failure when none answers (an empty list joins nobody)."""
+        reached: list[str] = []
+        errors: list[str] = []
+
+        async def one(addr: str) -> None:
             try:
-                await self.connect(addr)
-                log.info("connected to bootstrap %s", addr)
+                reached.append(await self.connect(addr))
             except HostError as exc:
-                log.warning("bootstrap %s unreachable: %s", addr, exc)
-        started = trio.current_time()
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for addr in bootstrap:
+                nursery.start_soon(one, addr)
+        if bootstrap and not reached:
+            raise HostError("cannot reach the bootstrap peer: " + "; ".join(errors)
+                            + " (is that node running, and is the address the one it printed?)")
+        return reached
+
+    async def _bootstrap_and_discover(self) -> None:
+        started, first = trio.current_time(), True
         while True:
+            if first or not self.connected_peers():  # retried quietly while this node has no peer
+                for addr in self.config.bootstrap:
+                    try:
+                        await self.connect(addr)
+                        log.info("connected to bootstrap %s", addr)
+                    except HostError as exc:  # reported once, not at every retry
+                        if first:
+                            log.warning("%s; retrying while this node has no peers", exc)
+                first = False
             t0 = trio.current_time()
             try:
                 new = await self.discover()
@@ -417,3 +464,4 @@ class SwarmHost:
 
     async def find_providers(self, key: str, count: int = 20) -> list[str]:
         return [p.peer_id.to_base58() for p in await self._dht.find_providers(key, count)]
+

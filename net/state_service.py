@@ -41,11 +41,15 @@ def _asks_for_state(data: bytes) -> bool:
     return data[1:4] == b"\xa2sv" or data[1:6] == b"\xa4want"
 
 
+LEAVE_GRACE_S = 1.0  # at shutdown: how long the links get to send our leaving mark
+
+
 class _Link:
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.send, self.recv = trio.open_memory_channel[bytes](QUEUE)
         self.dropped = 0
+        self.unsent = 0  # queued and not yet written
         self._tokens = STATE_REQUEST_BURST
         self._last = time.monotonic()
 
@@ -85,6 +89,7 @@ class StateService:
         self._wake = trio.Event()
         self.bytes_out = 0
         self.bytes_in = 0
+        self.left = False  # our leaving mark is published (clean shutdown under way)
         host.rpc_server.add_stream(PROTOCOL_ID, "sync", self._serve)
 
     @property
@@ -115,6 +120,17 @@ class StateService:
     async def close(self, node: Any = None) -> None:
         self.save()
 
+    async def leave(self, grace_s: float = LEAVE_GRACE_S) -> None:
+        """Clean shutdown: publish our signed leaving mark (``left`` in our own entry) and give the
+        links up to ``grace_s`` to send it. Other nodes then list us as "left" at once instead of
+        "online" until our heartbeat times out; only we can write our entry, so only we can do this."""
+        if not self.publish:
+            return
+        self.publish_now(leaving=True)
+        with trio.move_on_after(grace_s):
+            while any(link.unsent for link in self.links.values()):
+                await trio.sleep(0.02)
+
     def save(self) -> None:
         if self.store is not None:
             try:
@@ -123,13 +139,20 @@ class StateService:
                 log.warning("could not save the swarm state: %s", exc)
 
     # -- publishing -------------------------------------------------------------------------------
-    def publish_now(self, **extra: Any) -> None:
-        """Write our entry now (after what we host changed). A field the schema refuses is logged
-        and left out of the swarm state; it never takes the node down."""
+    def publish_now(self, *, leaving: bool = False, **extra: Any) -> None:
+        """Write our entry now (after what we host changed; ``leaving``: with our leaving mark, dated
+        like the heartbeat). A field the schema refuses is logged and left out of the swarm state;
+        it never takes the node down."""
+        if self.left and not leaving:  # after our leaving mark, a heartbeat would take it back
+            return
         fields = dict(self.local_fields())
         fields.update(extra)
+        now = time.time()
+        if leaving:
+            fields["left"] = now
+            self.left = True
         try:
-            out = self.sync.publish_local(time.time(), **fields)
+            out = self.sync.publish_local(now, **fields)
         except (SwarmError, InvalidUpdate) as exc:
             log.error("not publishing our swarm-state entry: %s", exc)
             return
@@ -147,6 +170,7 @@ class StateService:
                 continue
             try:
                 link.send.send_nowait(data)
+                link.unsent += 1
             except trio.WouldBlock:
                 link.dropped += 1
 
@@ -182,6 +206,7 @@ class StateService:
         try:
             async for data in link.recv:
                 await call.send(data)
+                link.unsent -= 1
                 self.bytes_out += len(data)
         except (RpcError, OSError) as exc:  # the neighbour went away: end the link, quietly
             log.debug("state link to %s closed: %s", link.peer[-8:], exc)

@@ -1,6 +1,7 @@
 """The node daemon: a ``Node`` declares its parts (identity, libp2p host, swarm state, services and
-client) and runs them under one trio nursery until SIGINT/SIGTERM, then shuts down cleanly (state
-flushed, ready file removed, connections closed). ``node/assemble.py`` builds one from a config.
+client) and runs them under one trio nursery until SIGINT/SIGTERM, then shuts down cleanly (a signed
+"leaving" mark published first, so other nodes stop listing it at once; state flushed, ready file
+removed, connections closed). One node per data dir (``node/datadir.py``). ``node/assemble.py`` builds one from a config.
 
 Services (``Service``) are the node's roles: shard serving, consensus, the HTTP front. Each
 registers its RPC methods, starts as a task of the node's nursery (reporting when it is ready, so
@@ -25,6 +26,7 @@ from swarmlm.net.host import HostConfig, SwarmHost
 from swarmlm.net.state_service import StateService
 from swarmlm.node.config import NodeConfig
 from swarmlm.node.trust import TrustView
+from swarmlm.node.datadir import DataDirLock
 
 if TYPE_CHECKING:  # annotations only: the daemon does not depend on which services a node runs
     from swarmlm.node.client.engine import AsyncClient
@@ -137,7 +139,7 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at = trio.current_time()
-        with trio.CancelScope() as self._run_scope:  # gets a deadline once a stop signal arrives
+        with DataDirLock(self.data_dir), trio.CancelScope() as self._run_scope:  # a deadline once a stop signal arrives
             await self._run(task_status)
         if self._run_scope.cancelled_caught:
             log.warning("shutdown took longer than %.0f s: stopped the rest", SHUTDOWN_GRACE_S)
@@ -162,6 +164,7 @@ class Node:
                 log.info("shutting down")
                 # shield outside, deadline inside: the deadline must be able to cut a hanging close short
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_S) as cleanup:
+                    await self.state.leave()  # first: the others stop listing us within a second
                     for svc in reversed(self.services):
                         await svc.close(self)
                     await self.state.close(self)

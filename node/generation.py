@@ -53,6 +53,8 @@ class GenerationSummary:
     ttft_ms: float = 0.0
     tokens_per_s: float = 0.0
     failovers: int = 0
+    checks: int = 0  # verified shards (--check-fraction): steps re-run on a second replica
+    unverifiable: int = 0  # hop checks skipped because no second replica serves those layers
     # consensus mode
     round_id: str | None = None
     scores: list[dict[str, Any]] | None = None

@@ -83,6 +83,7 @@ class SessionOpen:
     logits: bool = False  # answer logits instead of a sampled token
     tap: bool = False  # send a signed tap of every step (verification)
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
+    route: list | None = None  # the whole route, [[peer id, start, end], ...]: the health pages show it
 
     def to_args(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +115,25 @@ class SessionOpen:
         if wire not in WIRE_DTYPES:
             raise WireError("wire must be fp16, bf16 or absent")
         return cls(sid, model, start, end, max_length, args.get("prev"), args.get("next"), args.get("next_session"),
-                   sampling, bool(args.get("logits")), bool(args.get("tap")), wire)
+                   sampling, bool(args.get("logits")), bool(args.get("tap")), wire, _route(args.get("route")))
+
+
+MAX_ROUTE_HOPS = 64
+
+
+def _route(raw: Any) -> list | None:
+    """A session's announced route: None, or up to 64 [peer id, start, end] with 0 <= start < end."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_ROUTE_HOPS:
+        raise WireError(f"session: route must be a list of at most {MAX_ROUTE_HOPS} hops")
+    out = []
+    for hop in raw:
+        if not (isinstance(hop, list) and len(hop) == 3 and isinstance(hop[0], str) and 0 < len(hop[0]) <= 64
+                and all(type(x) is int and 0 <= x <= MAX_LENGTH for x in hop[1:]) and hop[1] < hop[2]):
+            raise WireError("session: route hops are [peer id, start, end]")
+        out.append([hop[0], hop[1], hop[2]])
+    return out
 
 
 @dataclass

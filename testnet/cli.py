@@ -1,11 +1,19 @@
-"""`swarmlm testnet up|down`: a local swarm of node processes on 127.0.0.1 (or in network namespaces)."""
+"""`swarmlm testnet up|down|addr`: a local swarm of node processes on 127.0.0.1 (or in network namespaces).
+
+``up --model M`` splits M's layers evenly over the nodes (auto placement, each capped at
+``ceil(layers / nodes)``; ``--max-layers 0`` gives every node the whole model, which consensus
+needs). ``addr`` prints a running node's address for scripts: ``--bootstrap "$(swarmlm testnet addr)"``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+from swarmlm.errors import UsageError
 
 from swarmlm.testnet.local import STATE_FILE, LocalTestnet, down
 from swarmlm.testnet.netns_testnet import netns_demo_up, netns_down, netns_up
@@ -25,13 +33,17 @@ def cmd_up(ns: argparse.Namespace) -> int:
     if ns.netns:
         return netns_up(ns)
     extra = []
+    max_layers = ns.max_layers
     if ns.model:
         extra += ["--model", ns.model]
-        from swarmlm.models.registry import resolve  # lazy: imports torch (~1 s); `swarmlm --help` imports this module
+        from swarmlm.models.config import ModelConfig  # lazy: imports torch (~1 s); `swarmlm --help` imports this module
+        from swarmlm.models.registry import resolve  # lazy: as above
 
-        resolve(ns.model)  # convert a builtin once, before N nodes would all try
-    if ns.max_layers:
-        extra += ["--max-layers", str(ns.max_layers)]
+        layers = ModelConfig.from_dir(resolve(ns.model)).num_hidden_layers  # converts a builtin once, up front
+        if max_layers is None:  # a swarm: each node a share of the layers
+            max_layers = math.ceil(layers / ns.nodes)
+    if max_layers:
+        extra += ["--max-layers", str(max_layers)]
     net = LocalTestnet(ns.nodes, ns.base_dir, extra_args=extra, http=ns.http,
                        sequential=bool(ns.model)).up(timeout=ns.timeout)
     out = [{"index": n.index, "pid": n.pid, **n.ready} for n in net.nodes]
@@ -43,6 +55,18 @@ def cmd_up(ns: argparse.Namespace) -> int:
             print(f"node{n['index']}  pid {n['pid']:<7} {n['addrs'][0]}{http}")
         print(f"testnet of {len(out)} nodes in {net.base}; stop it with `swarmlm testnet down --base-dir {ns.base_dir}`",
               file=sys.stderr)
+    return 0
+
+
+def cmd_addr(ns: argparse.Namespace) -> int:
+    ready = Path(ns.base_dir) / f"node{ns.node}" / "ready.json"
+    try:
+        info = json.loads(ready.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UsageError(f"no running testnet node {ns.node} in {ns.base_dir} (start one: swarmlm testnet up)") from None
+    if ns.http and not info.get("http"):
+        raise UsageError(f"node {ns.node} serves no HTTP API (start the testnet with --http)")
+    print(info["http"] if ns.http else info["addrs"][0])
     return 0
 
 
@@ -63,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=3, metavar="N")
     up.add_argument("--base-dir", default=DEFAULT_BASE, metavar="DIR", help=f"data dirs and logs (default {DEFAULT_BASE})")
     up.add_argument("--model", metavar="SPEC", help="model every node serves (auto layers)")
-    up.add_argument("--max-layers", type=int, metavar="N", help="each node hosts at most N layers (auto placement)")
+    up.add_argument("--max-layers", type=int, metavar="N",
+                    help="each node hosts at most N layers (default: an even share; 0: the whole model)")
     up.add_argument("--http", action="store_true", help="each node serves its HTTP API on a free loopback port")
     up.add_argument("--demo", action="store_true",
                     help="with --netns: the docker compose swarm (testnet/description.py), from the same description")
@@ -71,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each node")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_up)
+    addr = tsub.add_parser("addr", help="print a running node's multiaddr (or with --http its HOST:PORT)")
+    addr.add_argument("--node", type=int, default=0, metavar="N", help="which node (default 0, the bootstrap)")
+    addr.add_argument("--http", action="store_true", help="its HTTP API's HOST:PORT instead")
+    addr.add_argument("--base-dir", default=DEFAULT_BASE, metavar="DIR")
+    addr.set_defaults(func=cmd_addr)
     down = tsub.add_parser("down", help="stop exactly the processes `testnet up` started")
     down.add_argument("--base-dir", default=DEFAULT_BASE, metavar="DIR")
     down.set_defaults(func=cmd_down)

@@ -62,8 +62,9 @@ def _wait_ready(node: NodeProc, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if node.proc is not None and node.proc.poll() is not None:
-            tail = node.log_file.read_text()[-2000:] if node.log_file.exists() else ""
-            raise TestnetError(f"node {node.index} exited with status {node.proc.returncode}:\n{tail}")
+            lines = node.log_file.read_text().strip().splitlines() if node.log_file.exists() else []
+            raise TestnetError(f"node {node.index} exited with status {node.proc.returncode}: "
+                               f"{lines[-1] if lines else 'no output'} (log: {node.log_file})")
         if node.ready_file.exists():
             try:
                 return json.loads(node.ready_file.read_text())

@@ -35,7 +35,7 @@ def test_status_shows_every_node_and_what_it_hosts(testnet):
     assert ids <= {row["peer_id"] for row in rows}
     for row in rows:
         if row["peer_id"] in ids:
-            assert row["online"] and row["hosted"] == ["builtin:tiny[0:6]"]
+            assert row["online"] and row["status"] == "online" and row["hosted"] == ["builtin:tiny[0:6]"]
             assert row["heartbeat_age_s"] < 60
 
 
@@ -51,10 +51,21 @@ def test_ask_p2p_and_http(testnet):
     assert r.returncode == 0, r.stderr
     p2p = json.loads(r.stdout)
     assert p2p["completion_tokens"] == 8 and p2p["route"]
-    r = run("ask", "--http", f"http://{testnet.nodes[2].ready['http']}", "--max-tokens", "8", "--json", "hello")
+    r = run("ask", "--http", testnet.nodes[2].ready["http"], "--max-tokens", "8", "--json", "hello")  # HOST:PORT
     assert r.returncode == 0, r.stderr
     http = json.loads(r.stdout)
     assert http["text"] == p2p["text"]  # greedy: the same answer whichever way it is asked
+    assert http["completion_tokens"] == 8 and http["route"]  # the same fields too
+    r = run("ask", "--http", f"http://{testnet.nodes[2].ready['http']}/", "--max-tokens", "2", "hello")
+    assert r.returncode == 0 and r.stderr.splitlines()[-1].startswith("2 tokens,"), r.stderr
+
+
+def test_status_through_a_nodes_http_api(testnet):
+    r = run("status", "--http", testnet.nodes[0].ready["http"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["peer", "status"] and len(lines) == 4
+    assert all(" online " in line and "builtin:tiny[0:6]" in line for line in lines[1:])
 
 
 def test_bad_cli_input_is_a_clear_error(tmp_path):

@@ -1,6 +1,8 @@
 """The docker testnet without docker: testnet/docker-compose.yml is generated from testnet/description.py and
 up to date; its services, commands, networks, healthchecks and start order are what the demo needs; the
-netns launcher gets the very same node flags; every node command parses with the real CLI and config."""
+netns launcher gets the very same node flags; every node command parses with the real CLI and config;
+host ports and subnets are compose variables whose defaults are the description's values, and every
+address follows its subnet's variable."""
 
 from __future__ import annotations
 
@@ -18,9 +20,14 @@ from swarmlm.testnet.description import DEMO, SMOLLM2, bootstrap_addr, dev_ident
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load(env: dict[str, str] | None = None) -> dict:
+    """The compose file as docker compose reads it with ``env`` (no variables set: the defaults)."""
+    return yaml.safe_load(compose.interpolate((ROOT / "testnet" / "docker-compose.yml").read_text(), env))
+
+
 @pytest.fixture(scope="module")
 def doc() -> dict:
-    return yaml.safe_load((ROOT / "testnet" / "docker-compose.yml").read_text())
+    return load()
 
 
 def node_argv(svc: dict) -> list[str]:
@@ -143,3 +150,34 @@ def test_dockerfile_installs_what_the_services_run():
                    "python -m swarmlm.testnet.description identity bootstrap /srv/swarmlm/bootstrap"):
         assert needle in text, needle
     assert "ENTRYPOINT" not in text.replace("No ENTRYPOINT", "")
+
+
+def test_ports_and_subnets_are_variables_with_todays_values_as_defaults():
+    raw = (ROOT / "testnet" / "docker-compose.yml").read_text()
+    assert compose.variables() == {"SWARMLM_HTTP_PORT_BOOTSTRAP": "8080", "SWARMLM_HTTP_PORT_NODE1": "8081",
+                                   "SWARMLM_HTTP_PORT_NODE2": "8082", "SWARMLM_HTTP_PORT_NODE3": "8083",
+                                   "SWARMLM_HTTP_PORT_WHOLE": "8084", "SWARMLM_SUBNET_INTERNET": "172.30.0",
+                                   "SWARMLM_SUBNET_HOME": "172.31.0"}
+    for var, default in compose.variables().items():
+        assert f"${{{var}:-{default}}}" in raw, var
+    # no literal address or port outside a variable's default
+    bare = raw
+    for var, default in compose.variables().items():
+        bare = bare.replace(f"${{{var}:-{default}}}", var)
+    assert "172.3" not in bare.split("\nname:", 1)[1] and "'8080:" not in bare
+
+
+def test_changing_the_variables_moves_every_port_and_address():
+    env = {"SWARMLM_SUBNET_INTERNET": "10.77.0", "SWARMLM_SUBNET_HOME": "10.78.0",
+           **{f"SWARMLM_HTTP_PORT_{n}": str(9000 + i) for i, n in enumerate(("BOOTSTRAP", "NODE1", "NODE2", "NODE3", "WHOLE"))}}
+    moved, text = load(env), compose.interpolate((ROOT / "testnet" / "docker-compose.yml").read_text(), env)
+    assert "172.30." not in text.split("\nname:", 1)[1] and "172.31." not in text.split("\nname:", 1)[1]
+    assert moved["networks"]["internet"]["ipam"]["config"][0]["subnet"] == "10.77.0.0/24"
+    assert moved["networks"]["home"]["ipam"]["config"][0]["subnet"] == "10.78.0.0/24"
+    assert sorted(p for svc in moved["services"].values() for p in svc.get("ports", [])) == \
+        [f"{9000 + i}:8080" for i in range(5)]
+    boot = node_argv(moved["services"]["node1"])
+    assert boot[boot.index("--bootstrap") + 1].startswith("/ip4/10.77.0.10/tcp/4001/p2p/")
+    assert node_argv(moved["services"]["home"])[-1] == "/ip4/10.78.0.10/tcp/4001"
+    assert "10.78.0.0/24" in moved["services"]["router"]["command"][2]
+    assert moved["services"]["client"]["environment"]["SWARMLM_BOOTSTRAP"].startswith("/ip4/10.77.0.10/")

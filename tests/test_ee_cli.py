@@ -9,6 +9,7 @@ import os
 import pytest
 
 from swarmlm.crypto.ee import EEKey, EEKeyError
+from swarmlm.crypto.ee_keyfile import recorded_variants
 from swarmlm.node.front import cli_key
 
 
@@ -39,6 +40,7 @@ def test_model_encrypt_and_key_info_agree(tmp_path, capsys) -> None:
     made = json.loads(capsys.readouterr().out)
     cfg = json.loads((tmp_path / "ee" / "config.json").read_text())
     assert cfg["swarmlm_ee"]["variant_id"] == made["variant_id"]
+    assert recorded_variants(key) == {made["variant_id"]: "builtin:tiny"}  # `ask --ee-key` finds the base model
     assert cfg["tie_word_embeddings"] is False  # rotation unties the head of builtin:tiny
     ns = _parser().parse_args(["key", "info", str(key), "--model", "builtin:tiny"])
     assert ns.func(ns) == 0

@@ -8,6 +8,7 @@ import pytest
 
 from swarmlm.crypto.ee import EEKey
 from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint
+from swarmlm.crypto.ee_keyfile import record_variant
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
@@ -39,6 +40,12 @@ async def test_ee_variant_over_three_shards_matches_plaintext(tmp_path):
             assert plain_ids == want.token_ids
             assert text == want.text
             assert gen.token_ids != want.token_ids  # what crossed the network were encrypted ids
+
+            # the key file records the base model: asking the variant itself (or nothing) works alike
+            record_variant(key, res.variant_id, MODEL)
+            assert ee.default_base(await ee.list_models()) == MODEL
+            async with ee.generate(GenerationRequest(model=f"ee:{res.variant_id}", messages=msgs, params=params)) as gen:
+                assert "".join([c.text async for c in gen]) == want.text
 
             other = EEKey.generate().save(tmp_path / "other.key")
             with pytest.raises(UnknownModel, match="ee:"):

@@ -3,7 +3,7 @@
 The dataclasses callers see instead of Y types: ``PeerEntry`` (an owner's ``peer`` map: addresses,
 agent, hosted layer ranges ``HostedRange``, throughput, free KV tokens, load, heartbeat,
 reachability, RTTs, and the live load of its step scheduler: sessions, queued steps, served and
-sustainable tok/s), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
+sustainable tok/s), and ``left``: the time of its signed "leaving" mark), ``ModelInfo`` (one entry of its ``models`` map) and ``Record`` (a signed record
 of its records document). ``parse_peer`` / ``parse_model`` / ``parse_record`` check raw values
 against the schema and limits and raise ``InvalidUpdate(reason)`` (the counter a rejection is filed
 under); ``make_record`` signs a new record. ``StateError`` is for the caller's own bad writes.
@@ -26,7 +26,7 @@ from swarmlm.errors import SwarmError
 RECORD_DOMAIN = "swarmlm/record/v1"
 REACH_VALUES = ("public", "private", "relayed", "unknown")  # relayed: private, reachable via a relay
 PEER_FIELDS = ("addrs", "agent", "hosted", "throughput", "free_kv", "load", "heartbeat", "reach", "rtt",
-               "sessions", "queue", "served", "capacity")
+               "sessions", "queue", "served", "capacity", "left")
 MAX_RTT_ENTRIES = 32  # the owner's measured RTT (ms) to its nearest peers, keyed by peer id
 MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORDS_PER_OWNER = 1024
@@ -73,12 +73,19 @@ class PeerEntry:
     queue: int = 0  # steps waiting for its step scheduler now
     served: float = 0.0  # token positions it computed per second lately (a decaying rate)
     capacity: float = 0.0  # tokens/s it can sustain with its sessions decoding in batches (its estimate)
+    left: float = 0.0  # when the owner announced it stopped (its last write on a clean shutdown); 0: never
 
     def age(self, now: float) -> float:
         return now - self.heartbeat
 
+    @property
+    def has_left(self) -> bool:
+        """The owner's own signed word that it stopped: a later heartbeat (a restart) supersedes it.
+        Only the owner writes its entry, so nobody can make another peer leave."""
+        return self.left > 0 and self.left >= self.heartbeat
+
     def online(self, now: float, ttl: float) -> bool:
-        return self.age(now) <= ttl
+        return self.age(now) <= ttl and not self.has_left
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,9 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
     heartbeat = _num(raw.get("heartbeat", 0.0), "heartbeat", 0.0, 1e12)
     if now is not None and heartbeat > now + MAX_CLOCK_SKEW_S:
         raise InvalidUpdate("bad_entry", f"heartbeat is more than {MAX_CLOCK_SKEW_S:.0f} s in the future")
+    left = _num(raw.get("left", 0.0), "left", 0.0, 1e12)
+    if now is not None and left > now + MAX_CLOCK_SKEW_S:
+        raise InvalidUpdate("bad_entry", "leaving time is in the future")
     reach = _str(raw.get("reach", "unknown"), 16, "reach")
     if reach not in REACH_VALUES:
         raise InvalidUpdate("bad_entry", f"reach must be one of {REACH_VALUES}")
@@ -164,6 +174,7 @@ def parse_peer(owner: str, raw: dict[str, Any], now: float | None = None) -> Pee
         queue=_int(raw.get("queue", 0), "queue", 0, 1_000_000),
         served=_num(raw.get("served", 0.0), "served", 0.0, 1e9),
         capacity=_num(raw.get("capacity", 0.0), "capacity", 0.0, 1e9),
+        left=left,
     )
 
 

@@ -1,10 +1,18 @@
 """The whole swarm as one node sees it: read-only typed views over every owner's documents.
 
 ``SwarmState`` holds the ``OwnerDoc`` of every owner the node replicates (the sync engine adds and
-drops them) and computes the merged view readers use: peers and their liveness (an entry whose
-heartbeat is older than the TTL is offline), who hosts which layers, the model registry (per model
-id, the entry its online hosts announce, weighted by standing), verified records, and rows for
-``swarmlm status``.
+drops them) and computes the merged view readers use: peers and their liveness, who hosts which
+layers, the model registry (per model id, the entry its online hosts announce, weighted by
+standing), verified records, and rows for ``swarmlm status`` / ``peers``.
+
+Liveness is one rule, ``peer_status``, used by the state itself (routing and coverage count
+``online`` peers only), `swarmlm status` and `peers`, and the health page:
+
+- ``left``: the peer published its signed leaving mark (clean shutdown: SIGTERM, Ctrl-C);
+- ``offline``: no heartbeat for the TTL (it vanished silently);
+- ``disconnected``: fresh heartbeat, but the viewer's connection to it closed or a dial failed
+  (a killed process: its sockets close at once);
+- ``online``: otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +21,18 @@ from typing import Any, Callable
 
 from swarmlm.net.state.doc import OwnerDoc
 from swarmlm.net.state.schema import HostedRange, ModelInfo, PeerEntry, Record
+
+STATUSES = ("online", "disconnected", "left", "offline")
+LINKS = ("up", "lost", "unknown")  # the viewer's own connection: open / closed or undialable / never tried
+
+
+def peer_status(entry: PeerEntry, now: float, ttl: float, link: str = "unknown") -> str:
+    """The one liveness rule (see the module docstring); ``link`` is one of ``LINKS``."""
+    if entry.has_left:
+        return "left"
+    if entry.age(now) > ttl:
+        return "offline"
+    return "disconnected" if link == "lost" else "online"
 
 
 class SwarmState:
@@ -77,10 +97,15 @@ class SwarmState:
         """Plain-value dump of every owner's document (for equality checks and debugging)."""
         return {o: {"epoch": d.epoch, **d.to_py()} for o, d in sorted(self.docs.items())}
 
-    def status_rows(self, now: float, include_offline: bool = True) -> list[dict[str, Any]]:
-        """Rows for `swarmlm status`: peer, reachability, what it hosts, heartbeat age, online."""
-        return [{"peer_id": e.peer_id, "agent": e.agent, "reach": e.reach, "addrs": list(e.addrs),
-                 "hosted": [f"{h.model}[{h.start}:{h.end}]" for h in e.hosted],
-                 "throughput": e.throughput, "free_kv": e.free_kv, "load": e.load,
-                 "heartbeat_age_s": round(e.age(now), 1), "online": e.online(now, self.ttl)}
-                for e in self.peers(now, include_offline=include_offline)]
+    def status_rows(self, now: float, include_offline: bool = True,
+                    links: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Rows for `swarmlm status`: peer, reachability, what it hosts, heartbeat age, and its
+        ``status`` (``peer_status`` with the viewer's ``links``); ``online`` is status == "online"."""
+        rows = []
+        for e in self.peers(now, include_offline=include_offline):
+            status = peer_status(e, now, self.ttl, (links or {}).get(e.peer_id, "unknown"))
+            rows.append({"peer_id": e.peer_id, "agent": e.agent, "reach": e.reach, "addrs": list(e.addrs),
+                         "hosted": [f"{h.model}[{h.start}:{h.end}]" for h in e.hosted],
+                         "throughput": e.throughput, "free_kv": e.free_kv, "load": e.load,
+                         "heartbeat_age_s": round(e.age(now), 1), "status": status, "online": status == "online"})
+        return rows

@@ -9,9 +9,11 @@ the upstream behaviour it replaces (with the hash of its 0.8.1 source) and a com
 * ``disable_auto_connect(host)``: py-libp2p's auto-connector off;
 * ``keep_relayed_connections(network)``: a relayed connection may stay next to a direct one;
 * ``advertise_extra_addrs(host, extra)``: identify advertises our relay circuit addresses too;
+* ``filter_advertised_addrs(host, keep)``: what the host advertises, filtered (``net.addrs``);
 * ``KeepRelayDCUtR``: DCUtR that keeps the relayed connection and bounds its plain direct dial.
 
-``build.build_libp2p_host`` applies the first three; ``swarmlm.net.nat`` the last three. The end of
+``build.build_libp2p_host`` applies the first three; ``swarmlm.net.nat`` ``keep_relayed_connections``,
+``advertise_extra_addrs`` and ``KeepRelayDCUtR``; ``net/host.py`` ``filter_advertised_addrs``. The end of
 the module records the private py-libp2p API that ``net/nat.py`` and ``net/host.py`` call without
 patching it, so an upgrade that changes it fails the same test.
 """
@@ -103,6 +105,21 @@ def advertise_extra_addrs(host: Any, extra: Callable[[], list[str]]) -> None:
         return list(plain_get_addrs()) + [multiaddr.Multiaddr(a + mine) for a in extra()]
 
     host.get_addrs = get_addrs
+
+
+# py-libp2p 0.8.1 BasicHost.get_addrs passes its candidates (listen, announce and observed addresses)
+# through ``_addrs_factory``; it advertises an unspecified listen address (0.0.0.0) as it is.
+@replaces("libp2p.host.basic_host.BasicHost.__init__", "6a81506e92fbd211")
+def filter_advertised_addrs(host: Any, keep: Callable[[list[str]], list[str]]) -> None:
+    """Make ``host`` advertise ``keep(addresses)`` (as strings, without our /p2p/) instead of its
+    candidate addresses; any factory already set (``announce_addrs``) runs first."""
+    inner = getattr(host, "_addrs_factory", None)
+
+    def factory(candidates: list) -> list:
+        addrs = list(inner(candidates)) if inner is not None else list(candidates)
+        return [multiaddr.Multiaddr(a) for a in keep([str(a) for a in addrs])]
+
+    host._addrs_factory = factory
 
 
 class KeepRelayDCUtR(DCUtRProtocol):

@@ -20,7 +20,8 @@ from swarmlm.node.client.consensus import ConsensusGenerator
 from swarmlm.node.client.encrypted import EncryptedGenerator
 from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline import PipelineGenerator
-from swarmlm.node.generation import MODES, BadRequest, Generator, GenerationRequest, ModelCard
+from swarmlm.node.generation import MODES, BadRequest, Generator, GenerationRequest, ModelCard, UnknownModel
+from swarmlm.node.wire import EE_PREFIX
 
 
 class AsyncClient:
@@ -47,6 +48,9 @@ class AsyncClient:
     def generator_for(self, request: GenerationRequest) -> Generator:
         if request.mode not in MODES:
             raise BadRequest(f"unknown mode {request.mode!r} (pipeline or consensus)")
+        if request.model.startswith(EE_PREFIX) and self.encrypted is None:
+            raise BadRequest(f"{request.model} is an encrypted variant: only a client holding its key can ask it "
+                             "(--ee-key KEYFILE, or Client(ee_key=...)), with the base model as --model")
         if request.mode == "consensus":
             if self.encrypted is not None:
                 raise BadRequest("consensus mode cannot keep a prompt private (the answering and judging nodes "
@@ -55,7 +59,20 @@ class AsyncClient:
         return self.encrypted or self.pipeline
 
     async def list_models(self) -> list[ModelCard]:
-        return await self.pipeline.list_models()
+        return await (self.encrypted or self.pipeline).list_models()
+
+    async def default_model(self) -> str:
+        """The model a request without one goes to: the first the swarm serves fully (with an EE key:
+        the base model of a fully served variant the key file records)."""
+        cards = await self.list_models()
+        if self.encrypted is not None:
+            return self.encrypted.default_base(cards)
+        plain = [c.id for c in cards if c.coverage >= 1.0 and not c.id.startswith(EE_PREFIX)]
+        if not plain:
+            raise UnknownModel("no model is fully served by the swarm yet" + (
+                " (only encrypted variants, which need --ee-key)" if any(c.id.startswith(EE_PREFIX) for c in cards)
+                else ""))
+        return plain[0]
 
     def generate(self, request: GenerationRequest) -> Any:
         """An async context manager yielding a ``Generation`` (see ``node/generation.py``)."""

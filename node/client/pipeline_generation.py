@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import trio
 
-from swarmlm.errors import SwarmError
+from swarmlm.errors import SwarmError, root_cause
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
 from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult
@@ -95,12 +95,15 @@ class PipelineGeneration:
         async with self._send:
             try:
                 await self._run()
-            except (GenerationError, HopFailed) as exc:
-                await self._send.send(exc if isinstance(exc, GenerationError) else GenerationError(str(exc)))
-            except Exception as exc:
-                if not isinstance(exc, SwarmError):
-                    log.exception("generation failed")
-                await self._send.send(GenerationError(f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # a nursery's group is unwrapped: the front end gets one clear error
+                cause = root_cause(exc)
+                if isinstance(cause, GenerationError):
+                    await self._send.send(cause)
+                elif isinstance(cause, SwarmError):  # HopFailed and the like: the message says it all
+                    await self._send.send(GenerationError(str(cause)))
+                else:
+                    log.error("generation failed", exc_info=exc)
+                    await self._send.send(GenerationError(f"{type(cause).__name__}: {cause}"))
 
     # -- the loop -----------------------------------------------------------------------------------
     def _sampling(self) -> dict[str, Any]:
@@ -198,6 +201,8 @@ class PipelineGeneration:
         s.text = self.text.text
         s.completion_tokens = len(self.token_ids)
         s.failovers = failovers
+        if self.checker is not None:
+            s.checks, s.unverifiable = self.checker.checks, self.checker.unverifiable
         s.ttft_ms = ((self._t_first or now) - t_start) * 1000.0
         decode_s = now - (self._t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0

@@ -2,18 +2,22 @@
 
     from swarmlm import Client
     with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3..."]) as c:
-        for text in c.generate("What is the capital of France?", max_new_tokens=32):
+        for text in c.generate("What is the capital of France?", max_tokens=32, stop=["."]):
             print(text, end="", flush=True)
         print(c.last_summary.route)
 
 The client is a light libp2p peer: it joins through the bootstrap addresses, reads the replicated
 swarm state (it publishes nothing) and runs generations through the swarm with an ``AsyncClient``
 (``node/client/engine.py``) on a trio event loop in a background thread. Errors are ``SwarmError`` subclasses with a clear
-message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...).
+message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...), never a trio exception group.
+Sampling arguments take OpenAI's names too (``max_tokens``, ``stop`` as a string or list, ``n=1``);
+an unknown keyword is refused (``node/client/sampling_args.py``). A bootstrap address without
+``/p2p/`` or one nobody answers at fails at once, with one message.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -22,12 +26,12 @@ from typing import Any, Iterator
 import trio
 
 from swarmlm.crypto.identity import Identity
-from swarmlm.errors import SwarmError
-from swarmlm.models.sampling import SamplingParams
+from swarmlm.errors import SwarmError, root_cause
 from swarmlm.net.host import HostConfig, SwarmHost
 from swarmlm.net.state_service import StateService
 from swarmlm.node.client.engine import AsyncClient
 from swarmlm.node.client.options import ClientOptions
+from swarmlm.node.client.sampling_args import sampling_params
 from swarmlm.node.generation import GenerationRequest, GenerationSummary, ModelCard
 
 _DONE = object()
@@ -38,12 +42,18 @@ class ClientError(SwarmError):
 
 
 class Client:
-    def __init__(self, bootstrap: list[str] | str, *, ee_key: str | None = None, join_timeout_s: float = 30.0,
-                 listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
+    def __init__(self, bootstrap: list[str] | str | None = None, *, ee_key: str | None = None,
+                 join_timeout_s: float = 30.0, listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
                  check_fraction: float = 0.0, route_mode: str = "latency") -> None:
+        if bootstrap is None:  # like `swarmlm ask`: $SWARMLM_BOOTSTRAP (comma-separated)
+            bootstrap = [a.strip() for a in os.environ.get("SWARMLM_BOOTSTRAP", "").split(",") if a.strip()]
         self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
         if not self.bootstrap:
-            raise ClientError("Client needs at least one bootstrap address (/ip4/.../tcp/.../p2p/...)")
+            raise ClientError("Client needs a bootstrap address (/ip4/.../tcp/.../p2p/...), or $SWARMLM_BOOTSTRAP")
+        for addr in self.bootstrap:
+            if not addr.startswith("/") or "/p2p/" not in addr:
+                raise ClientError(f"bootstrap address {addr!r} needs the form /ip4/HOST/tcp/PORT/p2p/PEER_ID: "
+                                  "copy the whole address a node prints (its ready file, `swarmlm testnet up`)")
         self.ee_key = ee_key
         self.wire_dtype = wire_dtype  # "fp16"/"bf16": activations travel down-cast between servers
         self.check_fraction = check_fraction  # share of steps re-run on a second replica (docs/RELIABILITY.md)
@@ -67,12 +77,13 @@ class Client:
     def _thread_main(self) -> None:
         try:
             trio.run(self._main)
-        except BaseException as exc:  # reported to the caller thread
-            self._error = exc
+        except BaseException as exc:  # reported to the caller thread: the failure itself, not trio's group
+            self._error = root_cause(exc)
             self._ready.set()
 
     async def _main(self) -> None:
-        host = SwarmHost(Identity.generate(), HostConfig(listen=[self.listen], bootstrap=self.bootstrap))
+        host = SwarmHost(Identity.generate(), HostConfig(listen=[self.listen], bootstrap=self.bootstrap,
+                                                         client_only=True))  # joins, or fails, first
         state = StateService(host, None, publish=False)
         self._stop = trio.Event()
         async with host.running():
@@ -98,19 +109,15 @@ class Client:
             if self._run(self._engine.list_models):
                 return
             time.sleep(0.2)
-        raise ClientError(f"joined {self.bootstrap[0]} but saw no model served within {timeout:.0f} s")
+        raise ClientError(f"joined the swarm through {self.bootstrap[0]}, but no node there serves a model "
+                          f"(waited {timeout:.0f} s): start one with --model, or check the node's log")
 
     # -- public API ---------------------------------------------------------------------------------
     def models(self) -> list[ModelCard]:
         return self._run(self._engine.list_models)
 
     def _default_model(self, model: str | None) -> str:
-        if model:
-            return model
-        cards = [c for c in self.models() if c.coverage >= 1.0]
-        if not cards:
-            raise ClientError("no model is fully served by the swarm yet")
-        return cards[0].id
+        return model or self._run(self._engine.default_model)
 
     def route(self, model: str | None = None, max_length: int = 512) -> Any:
         """The chain of servers a generation of ``model`` would use now."""
@@ -128,17 +135,17 @@ class Client:
         ``mode="consensus"``: ``k`` nodes hosting the whole model answer, their peers judge, and the
         winning answer comes back as one piece; ``last_summary.round_id`` / ``.scores`` tell the rest.
         """
-        return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt,
-                                              params=SamplingParams.from_dict(sampling).validate(),
+        params = sampling_params(sampling)
+        return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt, params=params,
                                               mode=mode, consensus_k=k))
 
     def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False, *,
              mode: str = "pipeline", k: int = 3, **sampling: Any) -> Any:
         """Chat with the model's template; returns the answer text (or an iterator with ``stream``).
         ``mode="consensus"`` as in ``generate``."""
+        params = sampling_params(sampling)
         it = self._stream(GenerationRequest(model=self._default_model(model), messages=list(messages),
-                                            params=SamplingParams.from_dict(sampling).validate(),
-                                            mode=mode, consensus_k=k))
+                                            params=params, mode=mode, consensus_k=k))
         return it if stream else "".join(it)
 
     def _stream(self, request: GenerationRequest) -> Iterator[str]:
@@ -152,7 +159,7 @@ class Client:
                 self.last_summary = gen.summary
                 q.put(_DONE)
             except BaseException as exc:
-                q.put(exc)
+                q.put(root_cause(exc))
                 if isinstance(exc, trio.Cancelled):
                     raise
 

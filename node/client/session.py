@@ -102,14 +102,18 @@ class PipelineSession:
             for i in range(len(self.hops)):
                 self._nursery.start_soon(self._read_hop, i)
         except BaseException as exc:
-            await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, trio.TooSlowError):
-                raise HopFailed(self.hops[-1].peer_id, "opening the session timed out") from None
-            if isinstance(exc, BaseExceptionGroup):  # a hop failed to open (others may have too): fail over
-                failed, rest = exc.split(HopFailed)
-                if failed is not None and (rest is None or not rest.subgroup(trio.Cancelled)):
+            try:  # the session nursery re-raises what it is given, wrapped in a group: look inside that
+                await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseException as wrapped:
+                exc = wrapped
+            group = exc if isinstance(exc, BaseExceptionGroup) else BaseExceptionGroup("", [exc])
+            if not group.subgroup(trio.Cancelled):  # a hop failed to open (others may have too): fail over
+                failed, _ = group.split(HopFailed)
+                if failed is not None:
                     raise _leaves(failed)[0] from None
-            raise
+                if group.subgroup(trio.TooSlowError):
+                    raise HopFailed(self.hops[-1].peer_id, "opening the session timed out") from None
+            raise exc
         return self
 
     async def _open_hop(self, i: int) -> None:
@@ -120,7 +124,8 @@ class PipelineSession:
                            next=None if last else self.hops[i + 1].peer_id,
                            next_session=None if last else self.session_ids[i + 1],
                            sampling=self.sampling if last else None, logits=self.want_logits and last,
-                           tap=self.tap, wire=self.wire).to_args()
+                           tap=self.tap, wire=self.wire,
+                           route=[[h.peer_id, h.start, h.end] for h in self.hops]).to_args()
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)

@@ -68,6 +68,7 @@ class SpotChecker:
                  stats: dict[str, Any]) -> None:
         self.client, self.model, self.fraction, self.sampling, self.rng = client, model, fraction, sampling, rng
         self.stats = stats
+        self.checks = self.unverifiable = 0  # this generation's (the summary reports them)
         self._done: dict[str, int] = {}  # hop session id -> positions already verified
 
     def sample(self) -> bool:
@@ -86,6 +87,7 @@ class SpotChecker:
 
     async def check(self, sess: Any, step: int) -> None:
         self.stats["checks"] = self.stats.get("checks", 0) + 1
+        self.checks += 1
         hops = sess.taps
         for a, b in zip(hops, hops[1:]):  # what hop i signed as output is what hop i+1 signed as input
             for s in range(step + 1):
@@ -103,6 +105,7 @@ class SpotChecker:
         cands = self._replicas(hop.start, hop.end, {hop.peer} | banned)
         if not cands:
             self.stats["unverifiable"] = self.stats.get("unverifiable", 0) + 1
+            self.unverifiable += 1
             return
         if hop.head:
             last = hist[-1]

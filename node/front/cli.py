@@ -2,16 +2,25 @@
 
 Command modules expose ``register(subparsers)`` and set ``func`` on their parsers; handlers import
 heavy dependencies (torch, libp2p) themselves, so ``swarmlm --help`` stays fast.
+
+``main`` is the one boundary every command runs behind: logging is configured first (``node.logs``:
+third-party lines stay out unless ``--log-level debug``), and whatever a command raises becomes an
+exit status and one line on stderr (``cli_errors.describe``); ``--debug`` adds the traceback. Every
+command accepts ``--debug`` and ``--log-level``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from swarmlm.version import __version__
-from swarmlm.errors import SwarmError, UsageError
+from swarmlm.errors import UsageError
+from swarmlm.node import logs
+from swarmlm.node.front.cli_errors import describe
 
 # Each module registers one or more top-level commands.
 COMMAND_MODULES = [
@@ -57,12 +66,32 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser of the tree that runs a command (those without subcommands of their own)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in _leaf_parsers(p)]
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    for p in _leaf_parsers(parser):
+        known = {o for a in p._actions for o in a.option_strings}
+        if "--debug" not in known:
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="on failure, print the traceback too")
+        if "--log-level" not in known:
+            p.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS,
+                           help="log lines to show on stderr (default error; debug also shows libraries' own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarmlm",
         description="swarmlm: a peer-to-peer swarm for LLM inference. Run a node, join a swarm, ask it.",
     )
     parser.add_argument("--version", action="version", version=f"swarmlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -73,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod.register(sub)
     _add_bench(sub)
+    _add_common_flags(parser)
     return parser
 
 
@@ -82,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 2
+    debug = bool(getattr(ns, "debug", False)) or os.environ.get("SWARMLM_DEBUG", "") not in ("", "0")
+    logs.setup(getattr(ns, "log_level", None) or "error")  # `node run` sets up its own from its config
     try:
         return int(ns.func(ns) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except CliError as exc:  # usage errors: exit 2
-        print(f"swarmlm: error: {exc}", file=sys.stderr)
-        return 2
-    except SwarmError as exc:  # user-facing errors from every layer carry a readable message
-        print(f"swarmlm: error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:  # the one boundary: an exit status and one line, never a traceback
+        if isinstance(exc, SystemExit):
+            raise
+        status, line = describe(exc)
+        if debug:
+            traceback.print_exception(exc)
+        print(f"swarmlm: error: {line}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

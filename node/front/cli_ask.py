@@ -1,11 +1,11 @@
 """`swarmlm ask`: send a prompt to the swarm (as a light peer, or through a node's HTTP API) and
-stream the answer; the route and timings follow at the end (``--json``: one object on stdout)."""
+stream the answer; the route and timings follow at the end on stderr (``--json``: one object on
+stdout). Both ways report the same fields (``completion_tokens`` from the API's usage too)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 
 from swarmlm.errors import UsageError as CliError
+from swarmlm.node.front.cli_common import bootstrap_addrs, http_url
 
 
 def _sampling(ns: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"max_new_tokens": ns.max_tokens, "temperature": ns.temperature}
+    """The sampling arguments under their OpenAI names (the SDK and the HTTP API take these)."""
+    out: dict[str, Any] = {"max_tokens": ns.max_tokens, "temperature": ns.temperature}
     if ns.top_p is not None:
         out["top_p"] = ns.top_p
     if ns.top_k is not None:
@@ -49,7 +51,7 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
-    url = ns.http.rstrip("/")
+    url = http_url(ns.http)
     headers = {"authorization": f"Bearer {ns.token}"} if ns.token else {}
     model = ns.model
     with httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=headers) as http:
@@ -57,14 +59,16 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
             r = http.get(f"{url}/v1/models")
             if r.status_code != 200:
                 raise CliError(f"{url}/v1/models answered {r.status_code}: {r.text[:200]}")
-            data = r.json().get("data") or []
-            if not data:
-                raise CliError("the node knows no served model yet")
-            model = data[0]["id"]
+            data = [m for m in r.json().get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            full = [m["id"] for m in data if not m["id"].startswith("ee:")
+                    and float((m.get("swarm") or {}).get("coverage", 1.0)) >= 1.0]
+            if not full:
+                raise CliError(f"{url} knows no fully served model yet" + (
+                    f" (served in part: {', '.join(m['id'] for m in data)})" if data else ""))
+            model = full[0]
         s = _sampling(ns)
         body: dict[str, Any] = {"model": model, "messages": _messages(ns), "stream": True,
-                                "max_tokens": s.pop("max_new_tokens"), "stream_options": {"include_usage": True},
-                                **s}
+                                "stream_options": {"include_usage": True}, **s}
         if ns.mode == "consensus":
             body["swarm"] = {"mode": "consensus", "k": ns.k}
         pieces: list[str] = []
@@ -94,16 +98,18 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
                         final["finish_reason"] = choice["finish_reason"]
                 if chunk.get("usage"):
                     final["usage"] = chunk["usage"]
+                    final["prompt_tokens"] = chunk["usage"].get("prompt_tokens", 0)
+                    final["completion_tokens"] = chunk["usage"].get("completion_tokens", 0)
                 if chunk.get("swarm"):
                     final.update(chunk["swarm"])
         return {"text": "".join(pieces), "model": model, **final}
 
 
 def cmd_ask(ns: argparse.Namespace) -> int:
-    if not ns.bootstrap and not ns.http:  # like the node's config: SWARMLM_BOOTSTRAP (comma-separated)
-        ns.bootstrap = [a.strip() for a in os.environ.get("SWARMLM_BOOTSTRAP", "").split(",") if a.strip()]
-    if bool(ns.bootstrap) == bool(ns.http):
-        raise CliError("ask: give --bootstrap MADDR (join the swarm) or --http URL (a node's API), not both")
+    ns.bootstrap = bootstrap_addrs(ns.bootstrap, "ask", ns.http)
+    if ns.ee_key and ns.http:
+        raise CliError("ask: --ee-key encrypts on this machine, so it joins the swarm itself: use --bootstrap, "
+                       "not --http (or start a gateway node with --ee-key)")
     t0 = time.perf_counter()
     result = _ask_http(ns) if ns.http else _ask_p2p(ns)
     result["wall_ms"] = round((time.perf_counter() - t0) * 1000, 1)
@@ -119,6 +125,8 @@ def cmd_ask(ns: argparse.Namespace) -> int:
         print(f"{result.get('completion_tokens', 0)} tokens, {result['tokens_per_s']:.1f} tok/s, "
               f"first token after {result.get('ttft_ms', 0):.0f} ms, {result.get('failovers', 0)} failovers",
               file=sys.stderr)
+    if ns.check_fraction > 0:
+        print(_checks_line(result), file=sys.stderr)
     if result.get("scores"):
         print(f"consensus round {result.get('round_id')}:", file=sys.stderr)
         for row in result["scores"]:
@@ -129,13 +137,25 @@ def cmd_ask(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _checks_line(result: dict[str, Any]) -> str:
+    """What --check-fraction did: how many steps were re-run on a second replica, or why none was."""
+    checks, unverifiable = result.get("checks", 0), result.get("unverifiable", 0)
+    if checks and not unverifiable:
+        return f"verified: {checks} spot checks on a second replica, all agreed"
+    if checks:
+        return (f"verification: {checks} spot checks, {unverifiable} hop checks skipped: no second replica serves "
+                "those layers (start another node with the same layers to check them)")
+    return "verification: no step was sampled for a check (a larger --check-fraction or a longer answer checks more)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="ask the swarm: stream an answer, then print the route and timings")
     p.add_argument("prompt")
     p.add_argument("--bootstrap", metavar="MADDR", action="append", help="join the swarm through this peer (default: $SWARMLM_BOOTSTRAP)")
-    p.add_argument("--http", metavar="URL", help="use a node's HTTP API instead, e.g. http://127.0.0.1:8080")
+    p.add_argument("--http", metavar="HOST:PORT", help="use a node's HTTP API instead, e.g. 127.0.0.1:8080")
     p.add_argument("--token", help="bearer token for --http")
-    p.add_argument("--model", metavar="SPEC", help="model id (default: the first one the swarm serves fully)")
+    p.add_argument("--model", metavar="SPEC", help="model id (default: the first one the swarm serves fully; "
+                   "with --ee-key, the base model of a served variant your key file records)")
     p.add_argument("--mode", choices=["pipeline", "consensus"], default="pipeline")
     p.add_argument("--k", type=int, default=3, help="consensus: how many nodes answer")
     p.add_argument("--system", help="system message")
@@ -144,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable, up to 4)")
     p.add_argument("--route-mode", choices=["latency", "throughput"], default="latency",
                    help="latency: the fastest chain; throughput: spread requests over replicas by load")
     p.add_argument("--wire-dtype", choices=["fp16", "bf16"], help="down-cast activations between servers")

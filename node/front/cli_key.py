@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def cmd_key_gen(ns: argparse.Namespace) -> int:
@@ -37,9 +38,12 @@ def cmd_key_info(ns: argparse.Namespace) -> int:
 
 def cmd_model_encrypt(ns: argparse.Namespace) -> int:
     from swarmlm.crypto.ee_checkpoint import encrypt_checkpoint  # lazy: keeps `swarmlm --help` free of torch and libp2p
+    from swarmlm.crypto.ee_keyfile import record_variant  # lazy: imports torch
 
     res = encrypt_checkpoint(ns.spec, ns.key, ns.out, mode=ns.mode, include_tokenizer=not ns.no_tokenizer,
                              hide_special_ids=ns.hide_special_ids)
+    base = ns.spec if ns.spec.startswith("builtin:") else str(Path(ns.spec).expanduser().resolve())
+    record_variant(ns.key, res.variant_id, base)  # so `ask --ee-key KEYFILE` knows the base model
     print(json.dumps({"out": str(res.out_dir), "variant_id": res.variant_id, "mode": res.mode,
                       "tensors": res.tensors, "seconds": round(res.seconds, 2)}))
     return 0

@@ -1,21 +1,18 @@
-"""`swarmlm id`, `swarmlm node run`, `swarmlm peers`, `swarmlm status`."""
+"""`swarmlm id` (also `swarmlm node id`), `swarmlm node run`, `swarmlm peers`, `swarmlm status`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
 import trio
 
-from swarmlm.crypto.identity import Identity, load_or_create
-from swarmlm.errors import UsageError as CliError
+from swarmlm.crypto.identity import load_or_create
 from swarmlm.node import config, logs
 
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (keys as in docs/CONFIG.md)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (its keys: docs/CONFIG.md)")
     p.add_argument("--data-dir", metavar="DIR", help="where the identity key and state live")
     p.add_argument("--listen", metavar="MADDR", action="append", help="listen multiaddr (repeatable)")
     p.add_argument("--announce", metavar="MADDR", action="append", help="address to advertise (repeatable)")
@@ -82,46 +79,10 @@ def cmd_id(ns: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_client_host(bootstrap: list[str], fn, settle_s: float = 2.0):
-    """Run ``fn(host)`` on a throwaway host (fresh identity) joined through ``bootstrap``."""
-    from swarmlm.net.host import HostConfig, SwarmHost  # lazy: keeps `swarmlm --help` fast
-
-    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[]))
-    async with host.running():
-        for addr in bootstrap:
-            await host.connect(addr)
-        with trio.move_on_after(settle_s * 4):
-            await host.discover()
-        return await fn(host)
-
-
 def cmd_peers(ns: argparse.Namespace) -> int:
-    if not ns.bootstrap:
-        raise CliError("peers: give at least one --bootstrap MADDR")
+    from swarmlm.node.front.status import peers_command  # lazy: keeps `swarmlm --help` fast
 
-    async def listing(host) -> list[dict[str, Any]]:
-        out = []
-        store = host.libp2p.get_peerstore()
-        for pid in sorted(host.connected_peers()):
-            try:
-                rtt = await host.ping(pid)
-            except Exception:
-                rtt = None
-            from libp2p.peer.id import ID  # lazy: keeps `swarmlm --help` free of torch and libp2p
-
-            addrs = [str(a) for a in store.addrs(ID.from_base58(pid))]
-            out.append({"peer_id": pid, "addrs": addrs, "rtt_ms": None if rtt is None else round(rtt, 2)})
-        return out
-
-    peers = trio.run(_with_client_host, ns.bootstrap, listing)
-    if ns.json:
-        print(json.dumps({"peers": peers}))
-    else:
-        for p in peers:
-            rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
-            print(f"{p['peer_id']}  {rtt:>9}  {' '.join(p['addrs'][:2])}")
-        print(f"{len(peers)} peers", file=sys.stderr)
-    return 0
+    return peers_command(ns)
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
@@ -131,24 +92,23 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("id", help="print this node's peer id (creates the identity key on first use)")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.set_defaults(func=cmd_id)
-
-    node = sub.add_parser("node", help="run a node daemon")
+    id_help = "print this node's peer id (creates the identity key on first use)"
+    node = sub.add_parser("node", help="run a node daemon, or print its peer id")
     nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    for group in (sub, nsub):  # `swarmlm id` and `swarmlm node id` are the same command
+        p = group.add_parser("id", help=id_help)
+        p.add_argument("--config", metavar="FILE", help="TOML config file (its keys: docs/CONFIG.md)")
+        p.add_argument("--data-dir", metavar="DIR", help="where the identity key lives")
+        p.set_defaults(func=cmd_id)
     run = nsub.add_parser("run", help="run the node in the foreground until SIGINT/SIGTERM")
     _add_node_flags(run)
     run.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("peers", help="list peers found through the DHT from a bootstrap peer")
-    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="bootstrap multiaddr with /p2p/ (repeatable)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.set_defaults(func=cmd_peers)
-
-    p = sub.add_parser("status", help="show the swarm state: peers, what they host, heartbeat age")
-    p.add_argument("--bootstrap", metavar="MADDR", action="append", help="join through this peer to read the state")
-    p.add_argument("--http", metavar="URL", help="ask a node's HTTP API instead (e.g. http://127.0.0.1:8080)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.set_defaults(func=cmd_status)
+    for name, func, help_ in (("peers", cmd_peers, "list the live peers of the swarm with their round trip"),
+                              ("status", cmd_status, "show the swarm state: peers, status, what they host")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--bootstrap", metavar="MADDR", action="append",
+                       help="join through this peer (with /p2p/; repeatable; default $SWARMLM_BOOTSTRAP)")
+        p.add_argument("--http", metavar="HOST:PORT", help="read a node's /api/swarm instead (its own view)")
+        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        p.set_defaults(func=func)

@@ -8,11 +8,15 @@
 - ``GET /static/{name}``    the page's CSS and JS, served from ``node/static`` (no CDN, no build step).
 
 Everything is read from this node's view at request time: the swarm state (who hosts which layers,
-heartbeats), the host's peer table and live connections (RTT, whether a peer just left), the signed
-records in the state (consensus rounds, verification verdicts, reputation), and the routes its own
-client used. A peer whose heartbeat is fresh but whose connection to this node dropped is shown as
-``disconnected`` and no longer counts toward coverage: the page reacts to a node leaving at once
-instead of after the state TTL (60 s), when it becomes ``offline``.
+heartbeats, leaving marks), the host's peer table and live connections (RTT, whether a peer just
+left), the signed records in the state (consensus rounds, verification verdicts, reputation), the
+routes its own client used and those of the sessions it served (any client's: `swarmlm ask`, the
+SDK), and the operator's view of this node (``health_node``: the address to hand out, CPU/RAM,
+sessions, request and error counts). A peer's status is ``net.state.swarm.peer_status``, the rule
+`swarmlm status` and `peers` use too: ``left`` at once for a peer that stopped cleanly (its signed
+leaving mark), ``disconnected`` at once for one whose connection to this node dropped (a killed
+process), ``offline`` after the state TTL for one that went silent. Only ``online`` peers count
+toward coverage. Rows: this node, then online peers, then the others by how recently they were seen.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from swarmlm.version import AGENT_VERSION
 from swarmlm.consensus.audit import verify_record
 from swarmlm.consensus.reputation import compute_reputation
 from swarmlm.node.front.health_cache import MAX_MODELS, MAX_PEERS, SnapshotCache, round_summary, verdict_rows
+from swarmlm.net.state.swarm import peer_status
+from swarmlm.node.front.health_node import ProcessStats, operator_view, served_routes
 from swarmlm.node.front.health_page import render_fragment, render_page
 from swarmlm.node.front.metrics import CONTENT_TYPE
 from swarmlm.node.verification import verdicts_from_state
@@ -160,7 +166,17 @@ def _coverage(model: Any, hosts: list[dict[str, Any]]) -> dict[str, Any]:
             "hosts": sorted(hosts, key=lambda h: (h["start"], h["end"], h["peer_id"])), "layer_hosts": layer_hosts}
 
 
-def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float | None = None) -> dict[str, Any]:
+STATUS_ORDER = {"online": 0, "disconnected": 1, "left": 2, "offline": 3}
+
+
+def _sort_key(p: dict[str, Any]) -> tuple:
+    """This node first, then online peers by id, then the others, most recently seen first."""
+    return (not p["self"], STATUS_ORDER.get(p["status"], 4), p["heartbeat_age_s"] if p["status"] != "online" else 0,
+            p["peer_id"])
+
+
+def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float | None = None,
+                   metrics: Any = None, proc: ProcessStats | None = None) -> dict[str, Any]:
     """Everything the health page shows, as plain JSON-ready values (see docs/OPERATIONS.md)."""
     tracker = tracker if tracker is not None else HealthTracker()
     now = time.time() if now is None else now
@@ -185,11 +201,8 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             continue
         is_self = e.peer_id == me
         conn = "self" if is_self else _connection(node, e.peer_id)
-        online = is_self or e.online(now, state.ttl)
-        if is_self or (online and (conn != "none" or e.peer_id not in tracker.was_connected)):
-            st = "online"
-        else:
-            st = "disconnected" if online else "offline"
+        link = "up" if conn != "none" else "lost" if e.peer_id in tracker.was_connected else "unknown"
+        st = "online" if is_self else peer_status(e, now, state.ttl, link)
         status[e.peer_id] = st
         uptime = tracker.observe(e.peer_id, st == "online", conn not in ("none", "self"), now)
         epoch = getattr(state.docs.get(e.peer_id), "epoch", 0) / 1000.0  # its state epoch began at its start
@@ -204,7 +217,8 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
         peers.append({
             "peer_id": e.peer_id, "self": is_self, "agent": e.agent, "status": st,
             "reach": node.reachability if is_self else _reach(e.reach, conn), "connection": conn,
-            "rtt_ms": None if is_self or info is None or info.rtt_ms is None else round(info.rtt_ms, 2),
+            "rtt_ms": None if is_self or st != "online" or info is None or info.rtt_ms is None else round(info.rtt_ms, 2),
+            "last_seen": round(e.heartbeat, 3), "left": round(e.left, 3) if e.has_left else None,
             "uptime_s": None if uptime is None else round(uptime, 1), "heartbeat_age_s": round(max(0.0, age), 1),
             "hosted": [{"model": h.model, "start": h.start, "end": h.end} for h in e.hosted],
             "throughput": round(e.throughput, 2), "free_kv": e.free_kv, "load": round(e.load, 3),
@@ -213,7 +227,7 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
             "standing": None if standing is None else round(standing.get(e.peer_id, 0.0), 3),
             "verdicts": verdicts.get(e.peer_id, []),
         })
-    peers.sort(key=lambda p: (not p["self"], p["peer_id"]))  # this node first
+    peers.sort(key=_sort_key)
     models = []
     for model in list(state.models(now).values())[:MAX_MODELS]:
         hosts = [{"peer_id": p["peer_id"], "start": h["start"], "end": h["end"], "throughput": p["throughput"],
@@ -221,11 +235,13 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
                   "served_tok_s": p["served_tok_s"], "status": p["status"], "live": p["status"] == "online"}
                  for p in peers for h in p["hosted"] if h["model"] == model.model_id]
         models.append(_coverage(model, hosts))
-    routes = [dict(r) for r in reversed(node.client.recent_routes if node.client is not None else [])][:10]
+    own = [dict(r, source="client") for r in (node.client.recent_routes if node.client is not None else [])]
+    routes = sorted(own + served_routes(node), key=lambda r: -float(r.get("at") or 0))[:10]
     return {
         "version": SCHEMA_VERSION, "generated_at": round(now, 3),
         "node": {"peer_id": me, "agent": AGENT_VERSION, "reach": node.reachability, "http": node.http_addr,
-                 "addrs": list(node.host.addrs[:4]), "state_ttl_s": state.ttl},
+                 "addrs": list(node.host.addrs[:4]), "state_ttl_s": state.ttl,
+                 **operator_view(node, metrics, proc)},
         "summary": {"peers": len(peers), "online": sum(1 for p in peers if p["status"] == "online"),
                     "models": len(models), "complete": all(m["complete"] for m in models) if models else False},
         "models": models, "peers": peers, "rounds": rounds, "routes": routes,
@@ -236,11 +252,15 @@ def swarm_snapshot(node: Any, tracker: HealthTracker | None = None, now: float |
 
 def health_routes(node: Any, metrics: Any) -> list[Any]:
     """The routes above for ``node`` (added to the HTTP app by ``HttpService``); ``metrics``: its ``NodeMetrics``."""
-    tracker = HealthTracker()
+    tracker, proc = HealthTracker(), ProcessStats()
     trust = getattr(node, "trust", None)
     tracker.verdict_authors = trust.is_established if trust is not None else None
     no_cache = {"cache-control": "no-store"}
-    cache = SnapshotCache(lambda: swarm_snapshot(node, tracker))  # one bounded summary per second at most
+
+    def snapshot() -> dict[str, Any]:
+        return swarm_snapshot(node, tracker, metrics=metrics, proc=proc)
+
+    cache = SnapshotCache(snapshot)  # one bounded summary per second at most
 
     async def page(request: Request) -> Response:
         return HTMLResponse(await cache.rendered("page", render_page), headers=no_cache)

@@ -1,7 +1,9 @@
-"""`swarmlm status`: the swarm state as a table — peers, what they host, heartbeat age, load.
+"""`swarmlm status` and `swarmlm peers`: the swarm state as a table, with one liveness column.
 
-Joins through ``--bootstrap`` as a light peer (fresh identity, read-only state) and waits until the
-state stops growing, or asks a node's ``/api/swarm`` with ``--http``.
+Both read the swarm through ``swarm_view`` (as a light peer with ``--bootstrap``, or a node's
+``/api/swarm`` with ``--http``). ``status`` lists every peer the state knows -- what it hosts,
+heartbeat age, reachability, load -- and its status (online, disconnected, left, offline);
+``peers`` lists the live ones with the round trip from here and their addresses.
 """
 
 from __future__ import annotations
@@ -9,62 +11,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 import httpx
 import trio
 
-from swarmlm.crypto.identity import Identity
-from swarmlm.errors import UsageError as CliError
+from swarmlm.node.front.cli_common import bootstrap_addrs, http_url
+from swarmlm.node.front.swarm_view import read_swarm, rows_from_api
 
 
-async def _rows_p2p(bootstrap: list[str], settle_s: float = 3.0, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-    from swarmlm.net.host import HostConfig, SwarmHost  # lazy: keeps `swarmlm --help` fast
-    from swarmlm.net.state_service import StateService  # lazy: keeps `swarmlm --help` fast
-
-    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/0.0.0.0/tcp/0"], bootstrap=bootstrap))
-    state = StateService(host, None, publish=False)
-    async with host.running():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(state.run)
-            deadline = trio.current_time() + timeout_s
-            last, stable_since = -1, trio.current_time()
-            while trio.current_time() < deadline:
-                n = len(state.state.peers(time.time(), include_offline=True))
-                if n != last:
-                    last, stable_since = n, trio.current_time()
-                elif n and trio.current_time() - stable_since >= settle_s:
-                    break
-                await trio.sleep(0.2)
-            rows = state.state.status_rows(time.time())
-            nursery.cancel_scope.cancel()
-    return rows
+def _rows(ns: argparse.Namespace, command: str) -> list[dict[str, Any]]:
+    bootstrap = bootstrap_addrs(ns.bootstrap, command, getattr(ns, "http", None))
+    if getattr(ns, "http", None):
+        r = httpx.get(http_url(ns.http) + "/api/swarm", timeout=10)
+        r.raise_for_status()
+        return rows_from_api(r.json())
+    return trio.run(read_swarm, bootstrap)
 
 
-def _rows_http(url: str) -> list[dict[str, Any]]:
-    r = httpx.get(url.rstrip("/") + "/api/swarm", timeout=10)
-    r.raise_for_status()
-    data = r.json()
-    return data.get("status_rows") or data.get("peers") or []
+def _age(v: Any) -> str:
+    return f"{v:.1f}s" if isinstance(v, (int, float)) else "-"
 
 
 def status_command(ns: argparse.Namespace) -> int:
-    if bool(ns.bootstrap) == bool(ns.http):
-        raise CliError("status: give --bootstrap MADDR or --http URL")
-    rows = _rows_http(ns.http) if ns.http else trio.run(_rows_p2p, ns.bootstrap)
+    rows = _rows(ns, "status")
     if ns.json:
         print(json.dumps({"peers": rows}))
         return 0
     if not rows:
         print("no peers in the swarm state yet", file=sys.stderr)
         return 1
-    print(f"{'peer':<14} {'online':<7} {'heartbeat':>9}  {'reach':<8} {'tok/s':>7} {'free kv':>8}  hosts")
+    print(f"{'peer':<14} {'status':<12} {'heartbeat':>9}  {'reach':<8} {'tok/s':>7} {'free kv':>8}  hosts")
     for r in rows:
-        age = r.get("heartbeat_age_s", r.get("age"))
-        age_s = f"{age:.1f}s" if isinstance(age, (int, float)) else "-"
         tp = r.get("throughput")
-        print(f"{'…' + r['peer_id'][-12:]:<14} {('yes' if r.get('online') else 'no'):<7} {age_s:>9}  "
-              f"{r.get('reach', '?'):<8} {tp if tp is None else round(tp, 1)!s:>7} {r.get('free_kv', '-')!s:>8}  "
+        print(f"{'…' + r['peer_id'][-12:]:<14} {r['status']:<12} {_age(r.get('heartbeat_age_s')):>9}  "
+              f"{r.get('reach', '?'):<8} {'-' if tp is None else round(tp, 1)!s:>7} {r.get('free_kv', '-')!s:>8}  "
               f"{', '.join(r.get('hosted') or []) or '-'}")
+    online = sum(r["online"] for r in rows)
+    print(f"{online} of {len(rows)} peers online", file=sys.stderr)
+    return 0
+
+
+def peers_command(ns: argparse.Namespace) -> int:
+    rows = _rows(ns, "peers")
+    live = [r for r in rows if r["online"]]
+    if ns.json:
+        print(json.dumps({"peers": [{k: r.get(k) for k in ("peer_id", "status", "rtt_ms", "addrs", "agent")}
+                                    for r in live]}))
+        return 0
+    for r in live:
+        rtt = "-" if r.get("rtt_ms") is None else f"{r['rtt_ms']:.1f} ms"
+        print(f"{r['peer_id']}  {rtt:>9}  {' '.join(r.get('addrs', [])[:2])}")
+    gone = len(rows) - len(live)
+    print(f"{len(live)} peers online" + (f" ({gone} more not online: `swarmlm status` lists them)" if gone else ""),
+          file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ from swarmlm.node.server.verify import handle_report
 from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
 
 log = logging.getLogger("swarmlm.shard")
+SERVED_KEPT = 32
 
 RELAY_WAIT_S = 10.0  # a relay may arrive just before the client's session open: wait this long for it
 RELAY_WAITS_PER_PEER = 8  # relays one peer may have waiting for a session (each holds a call)
@@ -92,6 +94,7 @@ class ShardService:
         self.tokens_computed = 0
         self.steps_served = 0
         self.step_listeners: list[Callable[[float, bool], None]] = []  # (seconds, sampled a token): metrics
+        self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)  # recent sessions: the health page's routes
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
@@ -297,6 +300,8 @@ class ShardService:
             await self.batcher.leave(sid)  # its step may be in the running batch: wait before freeing
             cache.free()
             self.cache.close(sid)
+            self.served.append({"at": time.time(), "client": call.ctx.peer, "model": o.model, "steps": sess.steps,
+                                "route": o.route or [[self.node.peer_id, o.start, o.end]]})
         return {"steps": sess.steps}
 
     async def _relay(self, call: ServerCall, args: Any) -> Any:
