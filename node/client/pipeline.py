@@ -2,7 +2,8 @@
 
 ``PipelineGenerator`` is the ``Generator`` for ``mode="pipeline"``: it lists the models the swarm
 serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), avoids
-peers it banned or that a signed verdict convicts, fetches a model's tokenizer files from a server
+peers it banned, that a signed verdict convicts or that this process could not reach
+(``node/dial.py``), keeps the standing its checks earned servers (``node/client/standing.py``), fetches a model's tokenizer files from a server
 when the model is not local, and starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``:
 the token loop, failover and verification) for each request.
 """
@@ -26,7 +27,8 @@ from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline_generation import PipelineGeneration
 from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
-from swarmlm.node.dial import ensure_connected
+from swarmlm.node.client.standing import CombinedStanding, LocalStanding
+from swarmlm.node.dial import DOWN, ensure_connected
 from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
 from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
 from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, VERDICT_KIND
@@ -48,6 +50,7 @@ class PipelineGenerator:
         self.tokenizers: dict[str, Any] = {}
         self.recent_routes: list[dict[str, Any]] = []
         self.verify_stats: dict[str, Any] = {}
+        self.standing = CombinedStanding(LocalStanding(threshold=self.options.standing_steps))
         self.rng = random.Random()
 
     # -- swarm view -------------------------------------------------------------------------------
@@ -67,7 +70,8 @@ class PipelineGenerator:
         return cards
 
     def servers(self, model: str) -> list[ServerView]:
-        bad = self.convicted()
+        """The live servers of ``model``, less those convicted by a verdict or that we could not reach."""
+        bad = self.convicted() | DOWN.down_in(self.state)
         return [s for s in servers_for(self.state, model, time.time(), self.host.peers) if s.peer_id not in bad]
 
     def convicted(self) -> set[str]:

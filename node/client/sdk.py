@@ -4,12 +4,16 @@
     with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3..."]) as c:
         for text in c.generate("What is the capital of France?", max_new_tokens=32):
             print(text, end="", flush=True)
-        print(c.last_summary.route)
+        print(c.last_summary.route, c.last_summary.verified_tokens)
 
 The client is a light libp2p peer: it joins through the bootstrap addresses, reads the replicated
 swarm state (it publishes nothing) and runs generations through the swarm with an ``AsyncClient``
 (``node/client/engine.py``) on a trio event loop in a background thread. Errors are ``SwarmError`` subclasses with a clear
 message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...).
+
+Verification is on by default (docs/RELIABILITY.md): servers new to this client are checked on
+every step, established ones on ``check_fraction`` of the steps (0 turns it off, 1 checks every
+step; per call too); ``last_summary.verified_tokens`` says how many tokens every check confirmed.
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ class ClientError(SwarmError):
 class Client:
     def __init__(self, bootstrap: list[str] | str, *, ee_key: str | None = None, join_timeout_s: float = 30.0,
                  listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
-                 check_fraction: float = 0.0, route_mode: str = "latency") -> None:
+                 check_fraction: float | None = None, route_mode: str = "latency") -> None:
         self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
         if not self.bootstrap:
             raise ClientError("Client needs at least one bootstrap address (/ip4/.../tcp/.../p2p/...)")
         self.ee_key = ee_key
         self.wire_dtype = wire_dtype  # "fp16"/"bf16": activations travel down-cast between servers
-        self.check_fraction = check_fraction  # share of steps re-run on a second replica (docs/RELIABILITY.md)
+        if check_fraction is not None and not 0.0 <= check_fraction <= 1.0:
+            raise ClientError(f"check_fraction must be between 0 and 1, got {check_fraction}")
+        self.check_fraction = check_fraction  # None: the default (docs/RELIABILITY.md); 0: no verification
         self.route_mode = route_mode  # "latency": fastest chain; "throughput": spread requests over replicas
         self.listen = listen
         self.last_summary: GenerationSummary | None = None
@@ -79,10 +85,10 @@ class Client:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
                 # mode="consensus": a round run by a node hosting the whole model (RPC ``ask``)
-                self._engine = AsyncClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
-                                                                      check_fraction=self.check_fraction,
-                                                                      route_mode=self.route_mode),
-                                           ee_key=self.ee_key)
+                options = ClientOptions(wire_dtype=self.wire_dtype, route_mode=self.route_mode)
+                if self.check_fraction is not None:
+                    options.check_fraction = self.check_fraction
+                self._engine = AsyncClient(host, state, options, ee_key=self.ee_key)
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
@@ -122,23 +128,24 @@ class Client:
         return self._run(plan)
 
     def generate(self, prompt: str, model: str | None = None, *, mode: str = "pipeline", k: int = 3,
-                 **sampling: Any) -> Iterator[str]:
+                 check_fraction: float | None = None, **sampling: Any) -> Iterator[str]:
         """Stream the completion of ``prompt``: yields text pieces as they are generated.
 
         ``mode="consensus"``: ``k`` nodes hosting the whole model answer, their peers judge, and the
         winning answer comes back as one piece; ``last_summary.round_id`` / ``.scores`` tell the rest.
+        ``check_fraction`` overrides the client's for this call.
         """
         return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt,
                                               params=SamplingParams.from_dict(sampling).validate(),
-                                              mode=mode, consensus_k=k))
+                                              mode=mode, consensus_k=k, check_fraction=check_fraction))
 
     def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False, *,
-             mode: str = "pipeline", k: int = 3, **sampling: Any) -> Any:
+             mode: str = "pipeline", k: int = 3, check_fraction: float | None = None, **sampling: Any) -> Any:
         """Chat with the model's template; returns the answer text (or an iterator with ``stream``).
-        ``mode="consensus"`` as in ``generate``."""
+        ``mode="consensus"`` and ``check_fraction`` as in ``generate``."""
         it = self._stream(GenerationRequest(model=self._default_model(model), messages=list(messages),
                                             params=SamplingParams.from_dict(sampling).validate(),
-                                            mode=mode, consensus_k=k))
+                                            mode=mode, consensus_k=k, check_fraction=check_fraction))
         return it if stream else "".join(it)
 
     def _stream(self, request: GenerationRequest) -> Iterator[str]:

@@ -15,6 +15,16 @@ import httpx
 from swarmlm.errors import UsageError as CliError
 
 
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return f
+
+
 def _sampling(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"max_new_tokens": ns.max_tokens, "temperature": ns.temperature}
     if ns.top_p is not None:
@@ -67,6 +77,8 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
                                 **s}
         if ns.mode == "consensus":
             body["swarm"] = {"mode": "consensus", "k": ns.k}
+        if ns.check_fraction is not None:
+            body.setdefault("swarm", {})["check_fraction"] = ns.check_fraction
         pieces: list[str] = []
         final: dict[str, Any] = {}
         with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
@@ -116,9 +128,9 @@ def cmd_ask(ns: argparse.Namespace) -> int:
         hops = " -> ".join(f"{h['peer_id'][-8:]}[{h['start']}:{h['end']}] {h['ms']:.1f}ms" for h in route)
         print(f"route: {hops}", file=sys.stderr)
     if result.get("tokens_per_s"):
-        print(f"{result.get('completion_tokens', 0)} tokens, {result['tokens_per_s']:.1f} tok/s, "
-              f"first token after {result.get('ttft_ms', 0):.0f} ms, {result.get('failovers', 0)} failovers",
-              file=sys.stderr)
+        print(f"{result.get('completion_tokens', 0)} tokens ({result.get('verified_tokens', 0)} verified), "
+              f"{result['tokens_per_s']:.1f} tok/s, first token after {result.get('ttft_ms', 0):.0f} ms, "
+              f"{result.get('failovers', 0)} failovers", file=sys.stderr)
     if result.get("scores"):
         print(f"consensus round {result.get('round_id')}:", file=sys.stderr)
         for row in result["scores"]:
@@ -148,8 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--route-mode", choices=["latency", "throughput"], default="latency",
                    help="latency: the fastest chain; throughput: spread requests over replicas by load")
     p.add_argument("--wire-dtype", choices=["fp16", "bf16"], help="down-cast activations between servers")
-    p.add_argument("--check-fraction", type=float, default=0.0, metavar="F",
-                   help="verify this share of pipeline steps on a second replica (0..1)")
+    p.add_argument("--check-fraction", type=_fraction, metavar="F",
+                   help="verification: check this share of the steps of servers with standing on another "
+                        "replica (servers new to this client: every step); 0 turns it off (default 0.1)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
     p.add_argument("--join-timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

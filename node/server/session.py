@@ -84,7 +84,8 @@ class SessionRunner:
 
     async def _send_tap(self, item: StepItem, x_out: Any, token: int | None) -> None:
         sess = self.sess
-        sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token))
+        sampling = sess.sampling if sess.view.has_head else None  # the head signs how it sampled
+        sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token, sampling))
         await self.call.send(tap_message(item.step, item.pos, item.x, x_out, token, sig))
 
     async def _watch_relay(self) -> None:

@@ -12,6 +12,7 @@
   only the peer the client named as ``prev`` may feed it.
 - ``progress`` (unary): steps computed in a session (the client's stall diagnosis).
 - ``files`` (unary): the tokenizer files of the model (never weights).
+- ``check`` (stream): a reference session for a client's verification (``node/server/check.py``).
 - ``report`` (unary): a client's evidence that a peer computed our layers wrongly (``node/server/verify.py``).
 
 Hosting decisions (what to load, auto placement, rebalancing) are in ``node/server/hosting.py``.
@@ -24,17 +25,18 @@ import random
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
-import torch
 import trio
 
 from swarmlm.models.errors import CacheBudgetExceeded, ModelError
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import CallContext, ServerCall
 from swarmlm.node.directory import throughput_from
+from swarmlm.node.server.check import CheckLimits, handle_check
+from swarmlm.node.server.faults import Fault
 from swarmlm.node.server.hosting import announce, load_hosted_shard, maybe_rebalance
 from swarmlm.node.server.session import ServerSession, SessionRunner
 from swarmlm.node.server.verify import handle_report
-from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError
+from swarmlm.node.wire import CHECK_METHOD, SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -60,6 +62,8 @@ class ShardService:
         self.max_cache_tokens = max_cache_tokens
         self.max_sessions = max_sessions
         self.fault = fault
+        self.faults = Fault.parse(fault)
+        self.checks = CheckLimits()
         self.rebalance_s = rebalance_s
         self.max_layers_effective = 0
         self.moves = 0
@@ -78,6 +82,7 @@ class ShardService:
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
             self.shard, self.cache, self.ms_per_layer = await load_hosted_shard(self, node)
+            self.faults.prepare(self.shard)
         node.on_hosting_changed()
         task_status.started()
         await self.run(node)
@@ -98,6 +103,7 @@ class ShardService:
         rpc.add_unary(SHARD_PROTOCOL, "progress", self._progress)
         rpc.add_unary(SHARD_PROTOCOL, "files", self._files)
         rpc.add_unary(SHARD_PROTOCOL, "report", self._report)
+        rpc.add_stream(SHARD_PROTOCOL, CHECK_METHOD, self._check)
 
     async def run(self, node: Any) -> None:
         """Housekeeping: expire idle sessions, re-announce, and (auto placement) rebalance."""
@@ -160,15 +166,17 @@ class ShardService:
     def replace_shard(self, shard: Any, cache: Any, ms_per_layer: float) -> None:
         """Serve ``shard`` from now on (rebalancing); sessions already open keep the old weights."""
         self.shard, self.cache, self.ms_per_layer = shard, cache, ms_per_layer
+        self.faults.prepare(shard)
         self._views.clear()
         self.moves += 1
 
-    def forward(self, sess: ServerSession, x: Any, pos: int) -> Any:
-        """One step of ``sess`` through its layers (blocking: run it in a worker thread)."""
-        out = sess.view.forward(x, sess.cache, pos, last_only=sess.view.has_head)
-        if self.fault == "wrong-activations" and not sess.view.has_head:
-            out = out + torch.randn_like(out) * out.abs().mean()
-        return out
+    def forward(self, sess: Any, x: Any, pos: int, last_only: bool | None = None) -> Any:
+        """One step of ``sess`` (a session or a check: its ``view`` and ``cache``) through its layers
+        (blocking: run it in a worker thread). The head answers its last position unless ``last_only``
+        is False. Test faults (``--fault``) act here."""
+        view = sess.view
+        out = view.forward(x, sess.cache, pos, last_only=view.has_head if last_only is None else last_only)
+        return self.faults.apply(view, x, out)
 
     def count_step(self, tokens: int) -> None:
         self.steps_served += 1
@@ -250,6 +258,10 @@ class ShardService:
         return {}
 
     # -- verification ---------------------------------------------------------------------------
+    async def _check(self, call: ServerCall, args: Any) -> Any:
+        """A reference session for a client's verification (see ``node/server/check.py``)."""
+        return await handle_check(self, call, self._parse_open(args))
+
     async def _report(self, ctx: CallContext, args: Any) -> Any:
         """A client's evidence that a peer computed layers we host wrongly (see ``node/server/verify.py``)."""
         return await handle_report(self, ctx.peer, args)
