@@ -6,6 +6,8 @@
 - ``Sampler(params)``: ``sample(logits[V]) -> int``. With a seed the sequence of choices depends only
   on (seed, logits): the draw is one float64 uniform per step from a seeded ``torch.Generator`` and an
   inverse-CDF search over float64 probabilities, so it is the same in every process.
+  ``gap(logits, token)``: how far ``token`` is from the one this sampler draws (0 when it is), in
+  the sampler's own terms (verification accepts a claimed token within a tolerance).
 - ``filter_logits(logits, top_k, top_p)``: the masking used by the sampler (ties at the top-k
   boundary are kept; top-p keeps the smallest prefix of the sorted probabilities reaching ``top_p``).
 """
@@ -92,10 +94,14 @@ class Sampler:
         self.gen = torch.Generator().manual_seed(int(self.seed))
 
     def sample(self, logits: torch.Tensor) -> int:
+        return self._draw(logits)[0]
+
+    def _draw(self, logits: torch.Tensor) -> tuple[int, Any, Any, Any]:
+        """The token, and for sampling the probabilities, their CDF and the drawn point (one draw)."""
         logits = logits.reshape(-1)
         p = self.params
         if p.greedy:
-            return int(torch.argmax(logits))
+            return int(torch.argmax(logits)), None, None, None
         x = filter_logits(logits / p.temperature if p.temperature != 1.0 else logits, p.top_k, p.top_p)
         probs = torch.softmax(x, dim=-1)
         cdf = torch.cumsum(probs, dim=-1)
@@ -104,4 +110,27 @@ class Sampler:
         i = min(i, logits.numel() - 1)
         while probs[i] == 0 and i > 0:  # never land on a masked token through rounding
             i -= 1
-        return i
+        return i, probs, cdf, u
+
+    def gap(self, logits: torch.Tensor, token: int) -> tuple[int, float]:
+        """Draw as ``sample`` does and say how far ``token`` is from the drawn one: ``(drawn, gap)``.
+
+        0 when they are equal. Greedy, or a token sampling masked out: the logit distance to the best
+        (kept) token over the largest ``|logit|``. Sampling: the probability mass between the drawn
+        point and ``token``'s interval of the CDF. A near-tie gives a small gap, another token a large
+        one (``inf`` outside the vocabulary)."""
+        logits = logits.reshape(-1).float()
+        drawn, probs, cdf, u = self._draw(logits)
+        if token == drawn:
+            return drawn, 0.0
+        if not 0 <= token < logits.numel():
+            return drawn, float("inf")
+        scale = float(logits.abs().max()) + 1e-6
+        if probs is None:
+            return drawn, float(logits.max() - logits[token]) / scale
+        if float(probs[token]) == 0.0:
+            kept = logits[probs > 0]
+            return drawn, float(kept.min() - logits[token]) / scale if kept.numel() else float("inf")
+        lo = float(cdf[token - 1]) if token else 0.0
+        hi, at, total = float(cdf[token]), float(u), float(cdf[-1])
+        return drawn, max(lo - at, at - hi, 0.0) / total

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from swarmlm.errors import ConfigError
+from swarmlm.node.server.faults import Fault
 
 ENV_PREFIX = "SWARMLM_"
 LOG_FORMATS = ("text", "json")
@@ -101,8 +102,10 @@ class NodeConfig:
             raise ConfigError(f"consensus_judge: must be loglik or prompt, got {self.consensus_judge!r}")
         if self.consensus_calibration not in ("off", "required"):
             raise ConfigError(f"consensus_calibration: must be off or required, got {self.consensus_calibration!r}")
-        if self.fault and self.fault not in ("wrong-activations", "slow", "drop"):
-            raise ConfigError(f"fault: must be wrong-activations, slow or drop, got {self.fault!r}")
+        try:
+            Fault.parse(self.fault)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def data_path(self) -> Path:

@@ -26,6 +26,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     mode: str = "pipeline"
     consensus_k: int = 3
+    check_fraction: float | None = None  # pipeline verification: None = the client's default, 0 = off
 
 
 @dataclass
@@ -53,8 +54,11 @@ class GenerationSummary:
     ttft_ms: float = 0.0
     tokens_per_s: float = 0.0
     failovers: int = 0
-    checks: int = 0  # verified shards (--check-fraction): steps re-run on a second replica
-    unverifiable: int = 0  # hop checks skipped because no second replica serves those layers
+    # pipeline verification (docs/RELIABILITY.md): tokens every hop's check confirmed, tokens checked
+    # while no replica could answer, and verification rounds; the rest of the tokens were not checked
+    verified_tokens: int = 0
+    unverifiable_steps: int = 0
+    checks: int = 0
     # consensus mode
     round_id: str | None = None
     scores: list[dict[str, Any]] | None = None

@@ -9,7 +9,10 @@ Both sides import this module and nothing of each other (``node/client`` never i
   (or back to the client when the relay broke), tells the client ``relay_failed_notice`` when the
   next server went away, and, for verified sessions, sends a signed ``tap_message`` per step
   (``tap_digest`` is what it signs). ``step_seed`` makes sampling identical on any server. A server
-  that is full answers ``busy`` with a retry hint in its text (``busy_message`` / ``retry_after``).
+  that is full answers ``busy`` with a retry hint in its text (``busy_message`` / ``retry_after``). A
+  ``check`` stream is a reference session for verification: ``SessionOpen`` arguments, then
+  ``CheckItem``s (inputs plus the token claims of the hop being checked); the answer
+  (``check_answer``) carries the outputs of every position, or for the head a token and a gap per claim.
 * ``/swarmlm/consensus/1`` (``CONSENSUS_PROTOCOL``): ``task_text`` / ``parse_task`` are the canonical
   task a round is about (its hash goes into the signed spec); ``MAX_K`` candidates per round.
 * ``VERDICT_KIND``: the swarm-state record kind of a shard-verification verdict.
@@ -29,6 +32,7 @@ import torch
 from swarmlm.errors import SwarmError
 
 SHARD_PROTOCOL = "/swarmlm/shard/1"
+CHECK_METHOD = "check"  # a reference session on SHARD_PROTOCOL (verification)
 CONSENSUS_PROTOCOL = "/swarmlm/consensus/1"
 VERDICT_KIND = "verdict"
 
@@ -211,10 +215,19 @@ def tensor_bytes(x: Any) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def tap_digest(session_id: str, step: int, pos: int, x_in: Any, x_out: Any, token: int | None) -> bytes:
-    """What a server signs for one tapped step: its input, its output (or token), where and when."""
+def sampling_bytes(sampling: dict | None) -> bytes:
+    """The canonical form of a head session's sampling parameters (what its taps sign with the token)."""
+    return json.dumps(sampling, sort_keys=True, separators=(",", ":")).encode() if sampling is not None else b""
+
+
+def tap_digest(session_id: str, step: int, pos: int, x_in: Any, x_out: Any, token: int | None,
+               sampling: dict | None = None) -> bytes:
+    """What a server signs for one tapped step: its input, its output (or token), where and when; the
+    head also signs its sampling parameters, so a third party can re-check its tokens."""
     h = hashlib.blake2b(digest_size=32, person=b"swarmlm-tap-v1")
     h.update(f"{session_id}|{step}|{pos}|{token}|".encode())
+    if sampling is not None:
+        h.update(b"sampling|" + sampling_bytes(sampling) + b"|")
     for t in (x_in, x_out):
         h.update(str(None if t is None else (str(t.dtype), tuple(t.shape))).encode())
         h.update(tensor_bytes(t))
@@ -223,6 +236,45 @@ def tap_digest(session_id: str, step: int, pos: int, x_in: Any, x_out: Any, toke
 
 def tap_message(step: int, pos: int, x_in: Any, x_out: Any, token: int | None, sig: bytes) -> dict[str, Any]:
     return {"step": step, "tap": True, "pos": pos, "in": x_in, "out": x_out, "token": token, "sig": sig}
+
+
+@dataclass
+class CheckItem:
+    """One input of a reference session (``check``): ``x`` at ``pos`` like a ``StepItem``; for the
+    head, ``claims`` are ``[offset, seed_pos, token]``: the token the checked hop sampled from the
+    logits at ``pos + offset`` with the seed of ``seed_pos`` (``step_seed``)."""
+
+    step: int
+    pos: int
+    x: Any
+    claims: list[tuple[int, int, int]]
+
+    def to_msg(self) -> dict[str, Any]:
+        return {"step": self.step, "pos": self.pos, "x": self.x, "claims": [list(c) for c in self.claims]}
+
+    @classmethod
+    def parse(cls, item: Any) -> "CheckItem":
+        s = StepItem.parse(item)
+        claims = item.get("claims") or []
+        T = s.x.shape[1]
+        if not isinstance(claims, list) or len(claims) > T:
+            raise WireError("check: claims must be a list of at most one per position")
+        out = []
+        for c in claims:
+            if not (isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) for v in c)
+                    and 0 <= c[0] < T and 0 <= c[1] <= s.pos + c[0] and c[2] >= 0):
+                raise WireError("check: a claim is [offset, seed_pos, token] within the input")
+            out.append((c[0], c[1], c[2]))
+        return cls(s.step, s.pos, s.x, out)
+
+
+def check_answer(step: int, out: Any = None, tokens: list[int] | None = None,
+                 gaps: list[float] | None = None) -> dict[str, Any]:
+    """A reference's answer: the outputs of every position (a middle hop), or per claim its own token
+    and how far the claimed token is from what it samples (the head; ``verification.sample_gap``)."""
+    if out is not None:
+        return {"step": step, "out": out}
+    return {"step": step, "tokens": list(tokens or []), "gaps": list(gaps or [])}
 
 
 # -- /swarmlm/consensus/1 -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from swarmlm.net.transport.upstream import replaces
 
 _MAX_PLAINTEXT = 65535 - 16  # Noise message minus the Poly1305 tag
 _RECV_GULP = 256 * 1024
+_SEND_BOUND_S = 30.0  # a shielded send (see write_parts) that takes longer closes the connection
 _POOL: list[bytearray] = []  # sealed-output buffers shared by all sessions (one trio thread)
 _POOL_MAX = 8
 _POOL_BUF_MAX = 2 * 1024 * 1024 + 65536
@@ -285,7 +286,17 @@ class FastNoiseSession(SecureSession):
                 if not queue:
                     break
             try:
-                await self._send(out[:pos])
+                # the nonces are spent: a write cut short by a cancellation would leave a partial
+                # message on the wire and every later one undecryptable (the peer drops the whole
+                # connection), so the send finishes shielded, within a bound; past it the
+                # connection is closed, as it is unusable anyway
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + _SEND_BOUND_S
+                    await self._send(out[:pos])
+                if scope.cancelled_caught:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await self.close()
+                    raise ConnectionClosedError(f"a send did not finish within {_SEND_BOUND_S:.0f} s", transport="tcp")
             finally:
                 out.release()
                 scratch.release()

@@ -4,10 +4,12 @@
 serves, plans routes over the servers the swarm state lists (``node/client/routing.py``), counting
 on each server at least the sessions this client itself has open there (the swarm state lags a
 heartbeat behind, and concurrent requests through one gateway must spread over replicas), avoids
-peers it banned or that verdicts weighted by standing convict (``node/trust.py``), fetches a model's
-tokenizer files from a server when the model is not local, starts a ``PipelineGeneration``
-(``node/client/pipeline_generation.py``: the token loop, failover and verification) for each
-request, and witnesses the work of the servers that completed one (``node/client/witness.py``).
+peers it banned, that verdicts weighted by standing convict (``node/trust.py``) or that this process
+could not reach (``node/dial.py``), keeps the standing its own checks earned servers
+(``node/client/standing.py``), fetches a model's tokenizer files from a server when the model is not
+local, starts a ``PipelineGeneration`` (``node/client/pipeline_generation.py``: the token loop,
+failover and verification) for each request, and witnesses the work of the servers that completed
+one (``node/client/witness.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline_generation import PipelineGeneration
 from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
+from swarmlm.node.client.standing import CombinedStanding, LocalStanding
 from swarmlm.node.client.witness import WitnessLog
-from swarmlm.node.dial import ensure_connected
+from swarmlm.node.dial import DOWN, ensure_connected
 from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
 from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
 from swarmlm.node.trust import TrustView
@@ -55,6 +58,7 @@ class PipelineGenerator:
         self.tokenizers: dict[str, Any] = {}
         self.recent_routes: list[dict[str, Any]] = []
         self.verify_stats: dict[str, Any] = {}
+        self.standing = CombinedStanding(LocalStanding(threshold=self.options.standing_steps))
         self.rng = random.Random()
         self.open_sessions: Counter[str] = Counter()  # per peer: sessions of our generations on it now
         self.trust = TrustView.of(host, state)
@@ -77,9 +81,9 @@ class PipelineGenerator:
         return cards
 
     def servers(self, model: str) -> list[ServerView]:
-        """Servers of ``model`` to plan over: not convicted, and hosting ranges that fit the model's
-        layer count (a peer claiming layers the model does not have is not routed to)."""
-        bad = self.convicted()
+        """Servers of ``model`` to plan over: not convicted, not found down by this process, and hosting
+        ranges that fit the model's layer count (a peer claiming layers the model lacks is not routed to)."""
+        bad = self.convicted() | DOWN.down_in(self.state)
         now = time.time()
         info = self.state.models(now).get(model)
         limit = info.layers if info is not None else None

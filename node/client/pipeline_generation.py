@@ -5,11 +5,16 @@ channel the caller iterates (text chunks, then ``summary``). Its parts:
 
 - the loop (``_run``): open a ``PipelineSession`` on the planned route, replay the history so far
   (nothing on the first attempt), then step token by token until EOS, a stop string or the length;
-- text (``models.textstream.TextStream``): detokenization and stop strings; with verification only
-  the text of verified tokens is released;
-- failures (``node/client/failover.py``): a failed, busy or lying hop ends the session; the policy
-  bans or routes around the peer and the loop replays the history on the new route, so the tokens
-  are identical to an undisturbed run;
+- verification (``node/client/verify.py``, on by default): a ``Verifier`` checks the route's hops in
+  the background; ``_on_round`` learns which positions were confirmed. Only tokens sampled from
+  confirmed positions count as verified (``summary.verified_tokens``); text is streamed once its
+  tokens are *settled* (confirmed, or checked while no replica could answer: ``unverifiable_steps``);
+  the tail no round covered is sent at the end and not counted as verified;
+- text (``models.textstream.TextStream``): detokenization and stop strings;
+- failures (``node/client/failover.py``): a failed, busy or lying hop ends the session; with
+  verification the tokens after the last settled one are dropped; the policy bans or routes around
+  the peer and the loop replays the history on the new route, so the tokens are identical to an
+  undisturbed run;
 - timings (``RouteTimings``): per-hop compute per decode step for the summary and the health page.
 """
 
@@ -26,8 +31,8 @@ import trio
 from swarmlm.errors import SwarmError, root_cause
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
-from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult
-from swarmlm.node.client.verify import SpotChecker, VerificationFailed
+from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult, single_leaf
+from swarmlm.node.client.verify import VerificationFailed, Verifier
 from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
 
 log = logging.getLogger("swarmlm.client")
@@ -68,8 +73,11 @@ class PipelineGeneration:
         self.route: Any = None
         self.text = TextStream(tokenizer, request.params.stop)
         self.timings = RouteTimings()
-        self.checker: SpotChecker | None = None
-        self.verified_n = 0  # tokens whose text may be shown (all of them without verification)
+        self.verifier: Verifier | None = None
+        self.settled_n = 0  # with verification: tokens whose check concluded (the text streamed so far)
+        self.verified: list[list[int]] = []  # token ranges [a, b) every hop's check confirmed
+        self._base = 0  # the first token the current route session sampled (earlier ones were replayed)
+        self.sampling: dict[str, Any] = {}
         self._send, self._recv = trio.open_memory_channel[Any](1024)
         self._t_first: float | None = None
         self.held: list[str] = []  # the peers the client counts this generation's sessions on
@@ -77,6 +85,11 @@ class PipelineGeneration:
     @property
     def token_ids(self) -> list[int]:
         return self.text.tokens
+
+    @property
+    def verified_tokens(self) -> int:
+        n = len(self.token_ids)
+        return sum(max(0, min(b, n) - a) for a, b in self.verified)
 
     def __aiter__(self) -> "PipelineGeneration":
         return self
@@ -117,24 +130,22 @@ class PipelineGeneration:
             self.summary.finish_reason = "length"
             return
         max_length = len(self.prompt_ids) + p.max_new_tokens
-        sampling = self._sampling()
+        self.sampling = sampling = self._sampling()
         t_start = time.perf_counter()
         route = self.route or c.plan(self.request.model, max_length)
         c.hold(self, route)
-        if c.options.check_fraction > 0:
-            self.checker = SpotChecker(c, self.request.model, c.options.check_fraction, sampling, c.rng,
-                                       c.verify_stats)
+        fraction = c.options.check_fraction if self.request.check_fraction is None else self.request.check_fraction
+        if fraction > 0:
+            self.verifier = Verifier(c, self.request.model, sampling, max_length, fraction, c.options.verify_final,
+                                     self._on_round)
         failover = Failover(c.options, c.bans, c.rng)
         while True:
             try:
-                await self._session(route, max_length, sampling)
+                await self._session(route, max_length)
                 break
             except (HopFailed, VerificationFailed) as exc:
-                if isinstance(exc, VerificationFailed):  # drop what was not verified; replay from there
-                    keep = min(self.verified_n, len(self.token_ids))
-                    log.warning("verification: %s; keeping %d verified tokens of %d", exc, keep, len(self.token_ids))
-                    self.text.truncate(keep)
-                    self.summary.finish_reason = "length"
+                if self.verifier is not None:
+                    self._roll_back(exc)
                 model = self.request.model
                 c.hold(self, None)  # our own session there is over: do not count it against the replan
                 route = await failover.next_route(exc, route, c.servers(model), c.n_layers(model), max_length,
@@ -142,27 +153,68 @@ class PipelineGeneration:
                 c.hold(self, route)
         await self._finish(route, t_start, failover.failovers)
 
-    async def _session(self, route: Any, max_length: int, sampling: dict[str, Any]) -> None:
+    def _roll_back(self, exc: BaseException) -> None:
+        """Drop the tokens whose check had not concluded: the next route samples them again (the
+        same tokens from honest servers) and its checks cover them."""
+        keep = min(self.settled_n, len(self.token_ids))
+        if keep < len(self.token_ids):
+            log.warning("%s; keeping the %d settled tokens of %d", exc, keep, len(self.token_ids))
+            self.text.truncate(keep)
+            self.summary.finish_reason = "length"
+        self.verified = [[a, min(b, keep)] for a, b in self.verified if a < keep]
+
+    def _on_round(self, end: int, confirmed: bool) -> None:
+        """A verification round checked every position before ``end`` (``confirmed``: on every hop)."""
+        hi = end - len(self.prompt_ids) + 1  # tokens sampled from positions before ``end``
+        self.summary.checks += 1
+        if hi <= self._base:
+            return
+        self.settled_n = max(self.settled_n, hi)
+        if confirmed:
+            if self.verified and self.verified[-1][0] == self._base:
+                self.verified[-1][1] = max(self.verified[-1][1], hi)
+            else:
+                self.verified.append([self._base, hi])
+
+    async def _session(self, route: Any, max_length: int) -> None:
         """Generate on ``route`` until the generation ends; raises ``HopFailed`` /
         ``VerificationFailed`` when a hop fails (the caller fails over and calls again)."""
-        c, checker = self.client, self.checker
+        c, v = self.client, self.verifier
         hops = [HopPlan(h.peer_id, h.start, h.end) for h in route.hops]
         for h in hops:
-            await c.ensure_connected(h.peer_id)
-        async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, sampling,
-                                   step_timeout_s=c.options.step_timeout_s, tap=checker is not None,
-                                   wire=c.options.wire_dtype) as sess:
-            res = await self._replay(sess)
-            while True:
-                if checker is not None and checker.sample():
-                    await checker.check(sess, sess._step - 1)
-                    self.verified_n = len(self.token_ids) + 1
-                if not await self._take(res):
-                    break
-                pos = len(self.prompt_ids) + len(self.token_ids) - 1
-                res = await sess.step(_ids([self.token_ids[-1]]), pos)
-            if checker is not None and c.options.verify_final and self.verified_n < len(self.token_ids) + 1:
-                await checker.check(sess, sess._step - 1)
+            if not await c.ensure_connected(h.peer_id):
+                raise HopFailed(h.peer_id, "unreachable at every address the swarm state lists")
+        async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
+                                   step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
+                                   tap=v is not None, wire=c.options.wire_dtype) as sess:
+            if v is None:
+                await self._loop(sess)
+                return
+            try:
+                async with trio.open_nursery() as nursery:
+                    loop = trio.CancelScope()
+                    await nursery.start(v.run, sess, loop.cancel)
+                    with loop:
+                        await self._loop(sess)
+                        await v.settle()
+            except BaseExceptionGroup as group:  # the loop's own error (a hop failed), unwrapped
+                leaf = single_leaf(group)
+                if leaf is None:
+                    raise
+                raise leaf from None
+            if v.failure is not None:
+                raise v.failure
+
+    async def _loop(self, sess: PipelineSession) -> None:
+        res = await self._replay(sess)
+        self._base = len(self.token_ids)
+        while True:
+            if self.verifier is not None:
+                self.verifier.answered(sess.last_step)
+            if not await self._take(res):
+                break
+            pos = len(self.prompt_ids) + len(self.token_ids) - 1
+            res = await sess.step(_ids([self.token_ids[-1]]), pos)
 
     async def _take(self, res: StepResult) -> bool:
         """Use the head's answer to a step: record timings, stream text; False once the generation ended."""
@@ -174,7 +226,7 @@ class PipelineGeneration:
         if self._t_first is None:
             self._t_first = time.perf_counter()
         self.text.push(tok)
-        chunk = self.text.release(self.verified_n if self.checker is not None else None)
+        chunk = self.text.release(self.settled_n if self.verifier is not None else None)
         if chunk:
             await self._send.send(GenerationChunk(chunk, [tok]))
         if self.text.stopped:
@@ -201,8 +253,9 @@ class PipelineGeneration:
         s.text = self.text.text
         s.completion_tokens = len(self.token_ids)
         s.failovers = failovers
-        if self.checker is not None:
-            s.checks, s.unverifiable = self.checker.checks, self.checker.unverifiable
+        if self.verifier is not None:
+            s.verified_tokens = self.verified_tokens
+            s.unverifiable_steps = max(0, min(self.settled_n, len(self.token_ids)) - s.verified_tokens)
         s.ttft_ms = ((self._t_first or now) - t_start) * 1000.0
         decode_s = now - (self._t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0

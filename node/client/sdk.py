@@ -4,7 +4,7 @@
     with Client(bootstrap=["/ip4/127.0.0.1/tcp/4001/p2p/12D3..."]) as c:
         for text in c.generate("What is the capital of France?", max_tokens=32, stop=["."]):
             print(text, end="", flush=True)
-        print(c.last_summary.route)
+        print(c.last_summary.route, c.last_summary.verified_tokens)
 
 The client is a light libp2p peer: it joins through the bootstrap addresses, reads the replicated
 swarm state (it publishes nothing) and runs generations through the swarm with an ``AsyncClient``
@@ -13,6 +13,10 @@ message (``UnknownModel``, ``NoRouteError``, ``GenerationError``...), never a tr
 Sampling arguments take OpenAI's names too (``max_tokens``, ``stop`` as a string or list, ``n=1``);
 an unknown keyword is refused (``node/client/sampling_args.py``). A bootstrap address without
 ``/p2p/`` or one nobody answers at fails at once, with one message.
+
+Verification is on by default (docs/RELIABILITY.md): servers new to this client are checked on
+every step, established ones on ``check_fraction`` of the steps (0 turns it off, 1 checks every
+step; per call too); ``last_summary.verified_tokens`` says how many tokens every check confirmed.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class ClientError(SwarmError):
 class Client:
     def __init__(self, bootstrap: list[str] | str | None = None, *, ee_key: str | None = None,
                  join_timeout_s: float = 30.0, listen: str = "/ip4/0.0.0.0/tcp/0", wire_dtype: str | None = None,
-                 check_fraction: float = 0.0, route_mode: str = "latency") -> None:
+                 check_fraction: float | None = None, route_mode: str = "latency") -> None:
         if bootstrap is None:  # like `swarmlm ask`: $SWARMLM_BOOTSTRAP (comma-separated)
             bootstrap = [a.strip() for a in os.environ.get("SWARMLM_BOOTSTRAP", "").split(",") if a.strip()]
         self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
@@ -56,7 +60,9 @@ class Client:
                                   "copy the whole address a node prints (its ready file, `swarmlm testnet up`)")
         self.ee_key = ee_key
         self.wire_dtype = wire_dtype  # "fp16"/"bf16": activations travel down-cast between servers
-        self.check_fraction = check_fraction  # share of steps re-run on a second replica (docs/RELIABILITY.md)
+        if check_fraction is not None and not 0.0 <= check_fraction <= 1.0:
+            raise ClientError(f"check_fraction must be between 0 and 1, got {check_fraction}")
+        self.check_fraction = check_fraction  # None: the default (docs/RELIABILITY.md); 0: no verification
         self.route_mode = route_mode  # "latency": fastest chain; "throughput": spread requests over replicas
         self.listen = listen
         self.last_summary: GenerationSummary | None = None
@@ -90,10 +96,10 @@ class Client:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(state.run)
                 # mode="consensus": a round run by a node hosting the whole model (RPC ``ask``)
-                self._engine = AsyncClient(host, state, ClientOptions(wire_dtype=self.wire_dtype,
-                                                                      check_fraction=self.check_fraction,
-                                                                      route_mode=self.route_mode),
-                                           ee_key=self.ee_key)
+                options = ClientOptions(wire_dtype=self.wire_dtype, route_mode=self.route_mode)
+                if self.check_fraction is not None:
+                    options.check_fraction = self.check_fraction
+                self._engine = AsyncClient(host, state, options, ee_key=self.ee_key)
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
@@ -129,23 +135,24 @@ class Client:
         return self._run(plan)
 
     def generate(self, prompt: str, model: str | None = None, *, mode: str = "pipeline", k: int = 3,
-                 **sampling: Any) -> Iterator[str]:
+                 check_fraction: float | None = None, **sampling: Any) -> Iterator[str]:
         """Stream the completion of ``prompt``: yields text pieces as they are generated.
 
         ``mode="consensus"``: ``k`` nodes hosting the whole model answer, their peers judge, and the
         winning answer comes back as one piece; ``last_summary.round_id`` / ``.scores`` tell the rest.
+        ``check_fraction`` overrides the client's for this call.
         """
         params = sampling_params(sampling)
         return self._stream(GenerationRequest(model=self._default_model(model), prompt=prompt, params=params,
-                                              mode=mode, consensus_k=k))
+                                              mode=mode, consensus_k=k, check_fraction=check_fraction))
 
     def chat(self, messages: list[dict[str, str]], model: str | None = None, stream: bool = False, *,
-             mode: str = "pipeline", k: int = 3, **sampling: Any) -> Any:
+             mode: str = "pipeline", k: int = 3, check_fraction: float | None = None, **sampling: Any) -> Any:
         """Chat with the model's template; returns the answer text (or an iterator with ``stream``).
-        ``mode="consensus"`` as in ``generate``."""
+        ``mode="consensus"`` and ``check_fraction`` as in ``generate``."""
         params = sampling_params(sampling)
         it = self._stream(GenerationRequest(model=self._default_model(model), messages=list(messages),
-                                            params=params, mode=mode, consensus_k=k))
+                                            params=params, mode=mode, consensus_k=k, check_fraction=check_fraction))
         return it if stream else "".join(it)
 
     def _stream(self, request: GenerationRequest) -> Iterator[str]:

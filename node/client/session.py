@@ -102,19 +102,31 @@ class PipelineSession:
             for i in range(len(self.hops)):
                 self._nursery.start_soon(self._read_hop, i)
         except BaseException as exc:
-            try:  # the session nursery re-raises what it is given, wrapped in a group: look inside that
+            failure = self._open_failure(exc)
+            try:  # closing the exit stack re-raises exc (wrapped in a group by the nursery): one error out
                 await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
-            except BaseException as wrapped:
-                exc = wrapped
-            group = exc if isinstance(exc, BaseExceptionGroup) else BaseExceptionGroup("", [exc])
-            if not group.subgroup(trio.Cancelled):  # a hop failed to open (others may have too): fail over
-                failed, _ = group.split(HopFailed)
-                if failed is not None:
-                    raise _leaves(failed)[0] from None
-                if group.subgroup(trio.TooSlowError):
-                    raise HopFailed(self.hops[-1].peer_id, "opening the session timed out") from None
-            raise exc
+            except BaseException as again:
+                failure = failure or self._open_failure(again)
+                if failure is None:
+                    raise
+            if failure is not None:
+                raise failure from None
+            raise
         return self
+
+    def _open_failure(self, exc: BaseException) -> HopFailed | None:
+        """The one ``HopFailed`` an error while opening amounts to, or None (a cancellation from
+        outside, or a bug: those propagate as they are)."""
+        if isinstance(exc, HopFailed):
+            return exc
+        if isinstance(exc, trio.TooSlowError):
+            late = next((h for h, c in zip(self.hops, self._calls) if c is None), self.hops[-1])
+            return HopFailed(late.peer_id, f"opening the session took over {self.open_timeout_s:.0f} s")
+        if isinstance(exc, BaseExceptionGroup):
+            failed, rest = exc.split((HopFailed, trio.TooSlowError))
+            if failed is not None and (rest is None or not rest.subgroup(trio.Cancelled)):
+                return self._open_failure(_leaves(failed)[0])
+        return None
 
     async def _open_hop(self, i: int) -> None:
         hop = self.hops[i]
@@ -169,6 +181,11 @@ class PipelineSession:
                 leaf = _leaves(failed)[0]
             raise leaf from None
 
+    @property
+    def last_step(self) -> int:
+        """The number of the last step sent (-1 before the first)."""
+        return self._step - 1
+
     async def step(self, x: torch.Tensor, pos: int, want: bool = True) -> StepResult | None:
         """Feed ``x`` ([1, T] ids) at ``pos``; with ``want`` wait for and return the head's answer."""
         step = self._step
@@ -176,8 +193,8 @@ class PipelineSession:
         try:
             await self._calls[0].send(StepItem(step, pos, x, want).to_msg())
             self._sent_steps += 1
-        except (RpcError, StreamClosedError) as exc:
-            raise HopFailed(self.hops[0].peer_id, str(exc)) from None
+        except Exception as exc:  # RpcError, a closed or reset stream: whatever a vanished peer raises
+            raise HopFailed(self.hops[0].peer_id, f"{type(exc).__name__}: {exc}") from None
         if not want:
             return None
         answer: StepResult | None = None
@@ -208,8 +225,8 @@ class PipelineSession:
                     try:
                         await self._calls[i + 1].send(StepItem(step, msg["pos"], msg["x"], msg.get("want", True),
                                                                msg.get("timings", [])).to_msg())
-                    except (RpcError, StreamClosedError) as exc:
-                        raise HopFailed(self.hops[i + 1].peer_id, str(exc)) from None
+                    except Exception as exc:  # the next server vanished too
+                        raise HopFailed(self.hops[i + 1].peer_id, f"{type(exc).__name__}: {exc}") from None
                     continue
                 raise HopFailed(self.hops[i].peer_id, "sent a malformed answer")
         if not scope.cancelled_caught:
@@ -227,7 +244,8 @@ class PipelineSession:
                 or not isinstance(sig, bytes) or (not hop.head and not isinstance(x_out, torch.Tensor))
                 or step in hop.taps or step >= self._step):
             raise HopFailed(hop.peer, "sent a malformed tap")
-        if not verify_by_peer_id(hop.peer, tap_digest(hop.session_id, step, pos, x_in, x_out, tok), sig):
+        digest = tap_digest(hop.session_id, step, pos, x_in, x_out, tok, self.sampling if hop.head else None)
+        if not verify_by_peer_id(hop.peer, digest, sig):
             raise HopFailed(hop.peer, "sent a tap with a bad signature")
         hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, int) else None, sig)
 

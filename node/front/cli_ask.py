@@ -16,6 +16,16 @@ from swarmlm.errors import UsageError as CliError
 from swarmlm.node.front.cli_common import bootstrap_addrs, http_url
 
 
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return f
+
+
 def _sampling(ns: argparse.Namespace) -> dict[str, Any]:
     """The sampling arguments under their OpenAI names (the SDK and the HTTP API take these)."""
     out: dict[str, Any] = {"max_tokens": ns.max_tokens, "temperature": ns.temperature}
@@ -71,6 +81,8 @@ def _ask_http(ns: argparse.Namespace) -> dict[str, Any]:
                                 "stream_options": {"include_usage": True}, **s}
         if ns.mode == "consensus":
             body["swarm"] = {"mode": "consensus", "k": ns.k}
+        if ns.check_fraction is not None:
+            body.setdefault("swarm", {})["check_fraction"] = ns.check_fraction
         pieces: list[str] = []
         final: dict[str, Any] = {}
         with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
@@ -122,10 +134,10 @@ def cmd_ask(ns: argparse.Namespace) -> int:
         hops = " -> ".join(f"{h['peer_id'][-8:]}[{h['start']}:{h['end']}] {h['ms']:.1f}ms" for h in route)
         print(f"route: {hops}", file=sys.stderr)
     if result.get("tokens_per_s"):
-        print(f"{result.get('completion_tokens', 0)} tokens, {result['tokens_per_s']:.1f} tok/s, "
-              f"first token after {result.get('ttft_ms', 0):.0f} ms, {result.get('failovers', 0)} failovers",
-              file=sys.stderr)
-    if ns.check_fraction > 0:
+        print(f"{result.get('completion_tokens', 0)} tokens ({result.get('verified_tokens', 0)} verified), "
+              f"{result['tokens_per_s']:.1f} tok/s, first token after {result.get('ttft_ms', 0):.0f} ms, "
+              f"{result.get('failovers', 0)} failovers", file=sys.stderr)
+    if ns.check_fraction is None or ns.check_fraction > 0:
         print(_checks_line(result), file=sys.stderr)
     if result.get("scores"):
         print(f"consensus round {result.get('round_id')}:", file=sys.stderr)
@@ -168,8 +180,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--route-mode", choices=["latency", "throughput"], default="latency",
                    help="latency: the fastest chain; throughput: spread requests over replicas by load")
     p.add_argument("--wire-dtype", choices=["fp16", "bf16"], help="down-cast activations between servers")
-    p.add_argument("--check-fraction", type=float, default=0.0, metavar="F",
-                   help="verify this share of pipeline steps on a second replica (0..1)")
+    p.add_argument("--check-fraction", type=_fraction, metavar="F",
+                   help="verification: check this share of the steps of servers with standing on another "
+                        "replica (servers new to this client: every step); 0 turns it off (default 0.1)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
     p.add_argument("--join-timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

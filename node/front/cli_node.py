@@ -46,7 +46,7 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consensus-judge", choices=["loglik", "prompt"], help="how this node judges answers")
     p.add_argument("--consensus-calibration", choices=["off", "required"], help="judges must pass calibration first")
     p.add_argument("--ee-key", metavar="KEYFILE", help="as an HTTP gateway, encrypt prompts with this EE key")
-    p.add_argument("--fault", choices=["wrong-activations", "slow", "drop"], help=argparse.SUPPRESS)
+    p.add_argument("--fault", metavar="KIND[:ARG]", help=argparse.SUPPRESS)  # tests: node/server/faults.py
 
 
 _FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token",

@@ -208,9 +208,10 @@ def _swarm(body: dict) -> tuple[str, int]:
         ext = {}
     if not isinstance(ext, dict):
         raise _bad("'swarm' must be an object like {\"mode\": \"consensus\", \"k\": 3}", "swarm", "invalid_type")
-    unknown = sorted(set(ext) - {"mode", "k"})
+    unknown = sorted(set(ext) - {"mode", "k", "check_fraction"})
     if unknown:
-        raise _bad(f"unknown key(s) in 'swarm': {', '.join(map(str, unknown))} (known: mode, k)", "swarm")
+        raise _bad(f"unknown key(s) in 'swarm': {', '.join(map(str, unknown))} (known: mode, k, check_fraction)",
+                   "swarm")
     top, inner = body.get("mode"), ext.get("mode")
     for where, v in (("mode", top), ("swarm.mode", inner)):
         if v is not None and v not in MODES:
@@ -219,6 +220,12 @@ def _swarm(body: dict) -> tuple[str, int]:
         raise _bad(f"'mode' ({top}) and 'swarm.mode' ({inner}) disagree", "mode")
     k = _integer(ext, "k", 2, MAX_CONSENSUS_K)
     return inner or top or "pipeline", 3 if k is None else k
+
+
+def _check_fraction(body: dict) -> float | None:
+    """``swarm.check_fraction``: verification for this request (0 off, 1 every step; docs/RELIABILITY.md)."""
+    ext = body.get("swarm")
+    return _number(ext, "check_fraction", 0.0, 1.0) if isinstance(ext, dict) else None
 
 
 def _content(msg: dict, i: int) -> str:
@@ -255,7 +262,8 @@ def parse_chat(body: Any, limits: Limits) -> ParsedRequest:
             raise _bad(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
                        f"messages[{i}].role")
         out.append({"role": CHAT_ROLES[role], "content": _content(m, i)})
-    req = GenerationRequest(model=model, messages=out, params=params, mode=mode, consensus_k=k)
+    req = GenerationRequest(model=model, messages=out, params=params, mode=mode, consensus_k=k,
+                            check_fraction=_check_fraction(body))
     return ParsedRequest(req, stream, usage)
 
 
@@ -271,7 +279,8 @@ def parse_completion(body: Any, limits: Limits) -> ParsedRequest:
             raise _unsupported("token-id prompts are not supported: send the prompt as a string", "prompt")
         raise _bad("'prompt' is required and must be a string", "prompt",
                    "missing_required_parameter" if prompt is None else "invalid_type")
-    req = GenerationRequest(model=model, prompt=prompt, params=params, mode=mode, consensus_k=k)
+    req = GenerationRequest(model=model, prompt=prompt, params=params, mode=mode, consensus_k=k,
+                            check_fraction=_check_fraction(body))
     return ParsedRequest(req, stream, usage)
 
 

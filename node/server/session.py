@@ -87,7 +87,8 @@ class SessionRunner:
 
     async def _send_tap(self, item: StepItem, x_out: Any, token: int | None) -> None:
         sess = self.sess
-        sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token))
+        sampling = sess.sampling if sess.view.has_head else None  # the head signs how it sampled
+        sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token, sampling))
         await self.call.send(tap_message(item.step, item.pos, item.x, x_out, token, sig))
 
     async def _watch_relay(self) -> None:
@@ -110,10 +111,8 @@ class SessionRunner:
         """``item`` computed in a batch: (output, sampled token or None, compute ms)."""
         sess = self.sess
         head = sess.view.has_head
-        post = None
-        if head and item.want and not (sess.want_logits or sess.sampling is None):
-            def post(out: Any, pos: int = item.pos) -> int:
-                return sample_token(sess, out, pos)
+        samples = head and item.want and not (sess.want_logits or sess.sampling is None)
+        post = (lambda out, pos=item.pos: sample_token(sess, out, pos)) if samples else None
         work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post)
         try:
             await self.svc.batcher.submit(work)

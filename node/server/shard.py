@@ -15,6 +15,7 @@
   only the peer the client named as ``prev`` may feed it.
 - ``progress`` (unary): steps computed in a session (the client's stall diagnosis).
 - ``files`` (unary): the tokenizer files of the model (never weights).
+- ``check`` (stream): a reference session for a client's verification (``node/server/check.py``).
 - ``report`` (unary): a client's evidence that a peer computed our layers wrongly (``node/server/verify.py``).
 
 Hosting decisions (what to load, auto placement, rebalancing) are in ``node/server/hosting.py``; the
@@ -30,7 +31,6 @@ from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
-import torch
 import trio
 
 from swarmlm.models.errors import CacheBudgetExceeded, ModelError
@@ -38,12 +38,14 @@ from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import CallContext, ServerCall
 from swarmlm.node.directory import throughput_from
 from swarmlm.node.server.batcher import Batcher
+from swarmlm.node.server.check import CheckLimits, handle_check
+from swarmlm.node.server.faults import Fault
 from swarmlm.node.server.hosting import announce, load_hosted_shard, maybe_rebalance
 from swarmlm.node.server.scheduler import DEFAULT_PREFILL_CHUNK, BatchQueue, Piece
 from swarmlm.node.server.session import ServerSession, SessionRunner
 from swarmlm.node.server.speed import SpeedModel, default_batch_tokens
 from swarmlm.node.server.verify import handle_report
-from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
+from swarmlm.node.wire import CHECK_METHOD, SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
 
 log = logging.getLogger("swarmlm.shard")
 SERVED_KEPT = 32
@@ -75,6 +77,8 @@ class ShardService:
         self.max_cache_tokens = max_cache_tokens
         self.max_sessions = max_sessions
         self.fault = fault
+        self.faults = Fault.parse(fault)
+        self.checks = CheckLimits()
         self.rebalance_s = rebalance_s
         self.max_batch_tokens = max_batch_tokens  # 0: from the measured speed (speed.default_batch_tokens)
         self.prefill_chunk = prefill_chunk
@@ -99,6 +103,7 @@ class ShardService:
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
             self.shard, self.cache, self.speed = await load_hosted_shard(self, node)
+            self.faults.prepare(self.shard)
         self._start_batching()
         node.on_hosting_changed()
         async with trio.open_nursery() as nursery:
@@ -133,6 +138,7 @@ class ShardService:
         rpc.add_unary(SHARD_PROTOCOL, "progress", self._progress)
         rpc.add_unary(SHARD_PROTOCOL, "files", self._files)
         rpc.add_unary(SHARD_PROTOCOL, "report", self._report)
+        rpc.add_stream(SHARD_PROTOCOL, CHECK_METHOD, self._check)
 
     async def run(self, node: Any) -> None:
         """Housekeeping: expire idle sessions, re-announce, and (auto placement) rebalance."""
@@ -214,6 +220,7 @@ class ShardService:
     def replace_shard(self, shard: Any, cache: Any, speed: SpeedModel) -> None:
         """Serve ``shard`` from now on (rebalancing); sessions already open keep the old weights."""
         self.shard, self.cache, self.speed = shard, cache, speed
+        self.faults.prepare(shard)
         self._views.clear()
         self.moves += 1
 
@@ -223,12 +230,18 @@ class ShardService:
         view = pieces[0].work.group
         entries = [(p.work.session, p.work.x[:, p.offset:p.offset + p.n], p.work.pos + p.offset) for p in pieces]
         outs = view.forward_batch(entries, last_only=[p.work.last_only for p in pieces])
-        if self.fault == "wrong-activations" and not view.has_head:
-            outs = [o + torch.randn_like(o) * o.abs().mean() for o in outs]
-        return outs
+        return [self.faults.apply(view, x, out) for (_, x, _), out in zip(entries, outs)]
 
     def _on_batch(self, pieces: list[Piece], seconds: float) -> None:
         self.speed.observe(sum(p.n for p in pieces), seconds, time.monotonic())
+
+    def forward(self, sess: Any, x: Any, pos: int, last_only: bool | None = None) -> Any:
+        """One step of a check or report session (its ``view`` and ``cache``) through its layers, alone
+        (blocking: run it in a worker thread); sessions' steps go through the batcher (``compute``).
+        The head answers its last position unless ``last_only`` is False. Test faults act here too."""
+        view = sess.view
+        out = view.forward(x, sess.cache, pos, last_only=view.has_head if last_only is None else last_only)
+        return self.faults.apply(view, x, out)
 
     def count_step(self, tokens: int) -> None:
         self.steps_served += 1
@@ -336,6 +349,10 @@ class ShardService:
         return {}
 
     # -- verification ---------------------------------------------------------------------------
+    async def _check(self, call: ServerCall, args: Any) -> Any:
+        """A reference session for a client's verification (see ``node/server/check.py``)."""
+        return await handle_check(self, call, self._parse_open(args))
+
     async def _report(self, ctx: CallContext, args: Any) -> Any:
         """A client's evidence that a peer computed layers we host wrongly (see ``node/server/verify.py``)."""
         return await handle_report(self, ctx.peer, args)
