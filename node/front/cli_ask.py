@@ -150,13 +150,14 @@ def cmd_ask(ns: argparse.Namespace) -> int:
 
 
 def _checks_line(result: dict[str, Any]) -> str:
-    """What --check-fraction did: how many steps were re-run on a second replica, or why none was."""
-    checks, unverifiable = result.get("checks", 0), result.get("unverifiable", 0)
-    if checks and not unverifiable:
-        return f"verified: {checks} spot checks on a second replica, all agreed"
+    """What verification did: how many tokens every check confirmed, or why not."""
+    checks, verified = result.get("checks", 0), result.get("verified_tokens", 0)
+    unverifiable, total = result.get("unverifiable_steps", 0), result.get("completion_tokens", 0)
+    if unverifiable:
+        return (f"verification: {verified} of {total} tokens verified, {unverifiable} could not be: no second "
+                "replica answered for some layers (start another node with the same layers to check them)")
     if checks:
-        return (f"verification: {checks} spot checks, {unverifiable} hop checks skipped: no second replica serves "
-                "those layers (start another node with the same layers to check them)")
+        return f"verified: {verified} of {total} tokens, {checks} check rounds on a second replica, all agreed"
     return "verification: no step was sampled for a check (a larger --check-fraction or a longer answer checks more)"
 
 
