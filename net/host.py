@@ -24,32 +24,14 @@ from swarmlm.errors import SwarmError
 from swarmlm.net.addrs import advertised
 from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
 from swarmlm.net.dialback import DialbackService
+from swarmlm.net.echo import ECHO_PROTOCOL, echo
 from swarmlm.net.nat import DirectNotifee, NatManager
 from swarmlm.net.peers import PeerTable
 from swarmlm.net.rawstream import TrioByteStream
-from swarmlm.net.rpc import BAD_REQUEST, RpcClient, RpcError
+from swarmlm.net.rpc import RpcClient
 from swarmlm.net.rpc_server import RpcServer
 
 log = logging.getLogger("swarmlm.host")
-
-ECHO_PROTOCOL = "/swarmlm/echo/1"
-ECHO_MAX_VALUES = 4096
-
-
-def _small(value: Any, budget: int) -> bool:
-    """Whether ``value`` holds at most ``budget`` values (stops counting there)."""
-    stack, seen = [value], 0
-    while stack:
-        v = stack.pop()
-        seen += 1
-        if seen > budget:
-            return False
-        if isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return True
-
 
 class HostError(SwarmError):
     """A peer that cannot be reached, an address that does not parse, a failed listen."""
@@ -112,17 +94,9 @@ class SwarmHost:
         self.nat: Any = None  # net.nat.NatManager while running
         self.dialback: Any = None
         self.reachability_listeners: list[Any] = []  # callables(verdict) run when the verdict changes
-        self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", self._echo)
+        self.rpc_server.add_unary(ECHO_PROTOCOL, "echo", echo)
         if self.config.reachability:
             self.dialback = DialbackService(self, on_change=self._on_verdict)
-
-    @staticmethod
-    async def _echo(ctx: Any, args: Any) -> Any:
-        """Answers its argument (keep-alive pings, tests) -- a small one only: echoing a header of a
-        million values would make us encode, and hold until the peer reads it, what it sent."""
-        if not _small(args, ECHO_MAX_VALUES):
-            raise RpcError(BAD_REQUEST, f"echo takes at most {ECHO_MAX_VALUES} values")
-        return args
 
     # -- identity and addresses -------------------------------------------------------------
     @property
