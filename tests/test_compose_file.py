@@ -175,7 +175,7 @@ def test_changing_the_variables_moves_every_port_and_address():
     assert moved["networks"]["internet"]["ipam"]["config"][0]["subnet"] == "10.77.0.0/24"
     assert moved["networks"]["home"]["ipam"]["config"][0]["subnet"] == "10.78.0.0/24"
     assert sorted(p for svc in moved["services"].values() for p in svc.get("ports", [])) == \
-        [f"{9000 + i}:8080" for i in range(5)]
+        [f"127.0.0.1:{9000 + i}:8080" for i in range(5)]
     boot = node_argv(moved["services"]["node1"])
     assert boot[boot.index("--bootstrap") + 1].startswith("/ip4/10.77.0.10/tcp/4001/p2p/")
     assert node_argv(moved["services"]["home"])[-1] == "/ip4/10.78.0.10/tcp/4001"
