@@ -75,9 +75,13 @@ async def test_whole_model_server_batches_cancels_admits_and_measures(tmp_path):
             await client.ensure_connected(peer)
             first = PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 300, {"seed": 1})
             async with first:
+                with trio.fail_after(10):  # the open reaches the server a moment later (headers are paced)
+                    while not svc.sessions:
+                        await trio.sleep(0.01)
                 assert svc.cache.free_tokens == 100
                 try:
-                    async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 300, {"seed": 1}):
+                    async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 300, {"seed": 1}) as more:
+                        await more.step(torch.tensor([[1, 2, 3]]), 0)  # the server's answer to the open comes first
                         raise AssertionError("a session beyond the cache budget was admitted")
                 except HopFailed as exc:
                     assert exc.busy and exc.retry_after is not None and 0 < exc.retry_after <= 60
