@@ -92,7 +92,6 @@ def test_identity_key_is_private_and_stable(tmp_path):
 
 def test_down_stops_exactly_what_up_started(tmp_path):
     net = LocalTestnet(2, tmp_path / "t2").up(timeout=120)
-    pids = [n.pid for n in net.nodes]
     r = run("testnet", "down", "--base-dir", str(net.base))
     assert r.returncode == 0 and "stopped 2 node processes" in r.stderr
     for node in net.nodes:  # our children: reap them; none may still run
