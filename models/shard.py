@@ -21,7 +21,8 @@ API:
   ``last_only``) when the shard has the head, else hidden ``[B, T, hidden]`` in the shard's dtype.
   Needs ``start <= session.length`` (no gaps) and sets ``session.length = start + T``: running from
   an earlier position (replay after failover, rebuild from 0 on a fresh or used session) overwrites.
-- ``Shard.forward_batch([(session, x, positions), ...], last_only=False) -> list[Tensor]``: several
+- ``Shard.forward_batch([(session, x, positions), ...], last_only=False, hidden=False) -> list[Tensor]``
+  (``hidden``: the last layer's output before the final norm even on the head shard): several
   sessions' steps (same T each, typically 1) in one forward: the projections and MLP run batched,
   attention per session. Results equal the unbatched ones up to float rounding (< 1e-5, same argmax
   in the tests). Sessions must be distinct.
@@ -165,7 +166,7 @@ class Shard:
 
     @torch.inference_mode()
     def forward_batch(self, entries: Sequence[tuple[Session, torch.Tensor, int | torch.Tensor | None]],
-                      last_only: bool = False) -> list[torch.Tensor]:
+                      last_only: bool = False, hidden: bool = False) -> list[torch.Tensor]:
         if not entries:
             return []
         cfg = self.config
@@ -221,7 +222,7 @@ class Shard:
         for (sess, _, _), start in zip(entries, starts):
             sess.length = start + T
             sess.touch()
-        if self.has_head:
+        if self.has_head and not hidden:  # hidden: the last layer's output, before the final norm
             if last_only:
                 h = h[:, -1:]
             h = rms_norm(h, self.norm, cfg.rms_norm_eps)
