@@ -9,9 +9,11 @@ fit for 50 candidates x 50 judges. Pure CPU, no model, no network; deterministic
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from typing import Any
 
+from swarmlm.bench import consensus_real
 from swarmlm.bench.common import emit, log, median, parser, percentile
 from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
 
@@ -88,6 +90,8 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--real" in (sys.argv[1:] if argv is None else argv):  # real model on the labeled set
+        return consensus_real.main(argv)
     p = parser("consensus", __doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=800, help="rounds per simulation (default 800)")
     p.add_argument("--malicious", type=float, default=0.2, help="malicious share in the main run (default 0.2)")

@@ -9,7 +9,8 @@ The model call is torch-free here: ``choice_logprobs(texts) -> [(logp_A, logp_B)
 batch of judging texts, so one round's comparisons cost one batched forward.
 
 ``ScreenedJudge`` puts the deterministic screens (``screens.py``) in front of any judge: an
-unscreened answer beats a screened one without asking the model; two screened answers tie.
+unscreened answer beats a screened one without asking the model; two screened answers (a round
+where nothing passed) go to the judge like two clean ones.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class ScreenedJudge:
         ask: list[tuple[str, str]] = []
         for a, b in pairs:
             ra, rb = bool(self.reasons.get(a)), bool(self.reasons.get(b))
-            if a == b or (ra and rb):
+            if a == b:
                 out.append("tie")
             elif ra != rb:
                 out.append("B" if ra else "A")

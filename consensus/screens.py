@@ -9,7 +9,8 @@
   CJK, ... for a Latin-script question, or the reverse), or function words of another of
   en/fr/es/de/it/pt clearly outnumbering the question's language;
 * ``"cut off"``: the answering node reports it hit the token limit (``finish=length`` in its
-  candidate's sampling field, see ``finish_tag``) and the text does not end a sentence.
+  candidate's sampling field, see ``finish_tag``) and the text never ends a sentence (an answer
+  whose first sentences are complete and only the tail is cut keeps them).
 
 Every node computes the same reasons from the same texts; the coordinator records them in the
 round (``dropped`` entries ``(node, "screened: <reason>")``), judges vote a screened answer below
@@ -26,6 +27,7 @@ SCREENED_PREFIX = "screened: "
 REASONS = ("empty", "repetition", "language", "cut off")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE_END = re.compile(r"[.!?。！？](\s|$)")
 _ENDS = tuple(".!?。！？)\"'»”’*`")
 STOPWORDS = {
     "en": "the is are was of and to in it that what which this with for not be how does do has".split(),
@@ -110,7 +112,7 @@ def screen(question: str, answer: str, cut_off: bool = False) -> str:
         return "repetition"
     if wrong_language(question, text):
         return "language"
-    if cut_off and not text.endswith(_ENDS):
+    if cut_off and not text.endswith(_ENDS) and not _SENTENCE_END.search(text):
         return "cut off"
     return ""
 

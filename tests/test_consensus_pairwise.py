@@ -49,8 +49,8 @@ def test_ties_fall_to_the_likelihood_tiebreaker_and_calls_are_batched():
 
 def test_screened_answers_lose_without_asking_the_model():
     calls: list[int] = []
-    inner = PairwiseJudge(fake_model({"good": 0.0, "other": 1.0, "loop": 9.0}, calls=calls))
+    inner = PairwiseJudge(fake_model({"good": 0.0, "other": 1.0, "loop": 9.0, "": 0.0}, calls=calls))
     j = ScreenedJudge(inner, {"loop": "repetition", "": "empty"})
-    assert judge_many(j, "?", [("loop", "good"), ("good", "loop"), ("loop", ""), ("good", "other")]) == \
-        ["B", "A", "tie", "B"]
+    assert judge_many(j, "?", [("loop", "good"), ("good", "loop"), ("good", "other")]) == ["B", "A", "B"]
     assert calls == [2]  # only the unscreened pair reached the model
+    assert judge_many(j, "?", [("loop", "")]) == ["A"]  # two screened answers: the model decides

@@ -20,7 +20,8 @@ def test_each_screen_and_the_answers_that_pass():
     assert screen(Q, "ha" * 60) == "repetition"  # a loop without spaces
     assert screen(Q, "La capitale de la France est Paris, et elle est très belle.") == "language"
     assert screen(Q, "Столица Франции это Париж") == "language"
-    assert screen(Q, "The capital of France is Paris. It is a big city", cut_off=True) == "cut off"
+    assert screen(Q, "The capital of France is Paris and it is a big", cut_off=True) == "cut off"
+    assert screen(Q, "The capital of France is Paris. It is a big", cut_off=True) == ""  # a whole sentence
     for ok in ("Paris", "The capital of France is Paris.", "8", "No.",
                "Paris is the capital of France; it lies on the Seine and is home to the Louvre and the Eiffel Tower."):
         assert screen(Q, ok) == "", ok
