@@ -92,9 +92,16 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
     shared = Shared()
     t0 = time.perf_counter()
 
+    tally = [0, 0, 0, 0]
+
     def progress(k: int, o: Any) -> None:
-        if (k + 1) % 10 == 0 or k + 1 == len(qs):
-            log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s")
+        tally[0] += o.majority
+        tally[1] += o.bt
+        tally[2] += o.bt_rep
+        tally[3] += any(o.correct)
+        if (k + 1) % 5 == 0 or k + 1 == len(qs):
+            log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
+                f"bt {tally[1]}, bt_rep {tally[2]}, some node {tally[3]}")
 
     res = run_eval(qs, answer, [shared] * nodes, progress)  # type: ignore[list-item]
     out = res.summary()
