@@ -19,7 +19,10 @@ What ``sim.py`` leaves out, modelled here (``HardConfig``):
   answer one wrong option and vote for it, and for any wrong answer over the right one.
 * **Defenses** (``defense``): ``"none"``; ``"calibration"``: a node judges with weight only after
   passing 10 puzzles at 7/10, each right with its judging accuracy (colluders are capable and pass);
-  ``"anchors"``: calibration plus ``anchors`` honest founders established from the start.
+  ``"anchors"``: calibration plus ``anchors`` honest founders established from the start;
+  ``"audits"`` (not in the node: what ground truth would buy): a share ``audit_share`` of the
+  rounds carry a known answer, unannounced; there each judge's reputation step uses its agreement
+  with the key instead of with the consensus (same EMA, same stake and slashing).
 
 ``simulate_hard`` runs one seed; ``over_seeds`` runs several and reports every metric's mean,
 standard deviation, min and max (``spread``). Deterministic for a config.
@@ -37,7 +40,7 @@ from swarmlm.consensus.pairs import assign_pairs
 from swarmlm.consensus.reputation import ReputationParams, ReputationState
 
 ATTACKS = ("always", "sleeper", "majority", "adaptive")
-DEFENSES = ("none", "calibration", "anchors")
+DEFENSES = ("none", "calibration", "anchors", "audits")
 METRICS = ("majority_acc", "bt_acc", "bt_rep_acc", "best_node_acc", "rep_honest", "rep_malicious")
 
 
@@ -59,6 +62,7 @@ class HardConfig:
     sleep: float = 0.3
     defense: str = "anchors"
     anchors: int = 3
+    audit_share: float = 0.1
     round_interval: float = 60.0
     seed: int = 0
 
@@ -118,8 +122,9 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
     bad[rng.choice(cfg.pool, size=int(round(cfg.malicious_share * cfg.pool)), replace=False)] = True
     skill[bad] = cfg.colluder_skill
     honest = np.flatnonzero(~bad)
-    state = ReputationState(ReputationParams(require_calibration=cfg.defense != "none"))
-    if cfg.defense != "none":
+    gated = cfg.defense in ("calibration", "anchors")
+    state = ReputationState(ReputationParams(require_calibration=gated))
+    if gated:
         for i in range(cfg.pool):
             p = 0.9 if bad[i] else _judge_acc(float(skill[i]), cfg.judge_gain, 0.5)
             if rng.binomial(10, p) >= 7:
@@ -167,6 +172,8 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
         rep = state.apply_round(r * cfg.round_interval, cands, cands, votes,
                                 answer_keys=[str(answers[c]) for c in cands])
         rep_winner = rep.winner if rep is not None else plain.winner
+        if cfg.defense == "audits" and rng.random() < cfg.audit_share:
+            _audit(state, votes, answers, right)
         hits += [majority == right, answers[cands[plain.winner]] == right, answers[cands[rep_winner]] == right]
     scores = state.scores()
     per_node = np.where(node_asked > 0, node_right / np.maximum(node_asked, 1), 0.0)
@@ -177,6 +184,26 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
             "best_node_acc": float(per_node[honest].max()) if len(honest) else 0.0,
             "rep_honest": float(np.mean(rep_h)) if rep_h else 0.0,
             "rep_malicious": float(np.mean(rep_m)) if rep_m else 0.0}
+
+
+def _audit(state: ReputationState, votes: dict[str, list[tuple[str, str, str]]], answers: dict[str, int],
+           right: int) -> None:
+    """A known-answer round: correct each judge's last step toward its agreement with the key."""
+    p = state.params
+    for judge in sorted(votes):
+        scored = [(answers[a] == right) - (answers[b] == right) for a, b, _ in votes[judge]
+                  if (answers[a] == right) != (answers[b] == right)]
+        if not scored:
+            continue
+        got = [o for (a, b, o) in votes[judge] if (answers[a] == right) != (answers[b] == right)]
+        agree = sum(1.0 if (d > 0 and o == "A") or (d < 0 and o == "B") else 0.5 if o == "tie" else 0.0
+                    for d, o in zip(scored, got)) / len(scored)
+        rep = state.nodes[judge]
+        evidence = max(0.0, 2.0 * agree - 1.0)
+        if agree < p.outlier_below:
+            rep.score -= p.stake_fraction * rep.score
+            evidence = 0.0
+        rep.score = (1.0 - p.judge_rate) * rep.score + p.judge_rate * evidence
 
 
 def over_seeds(cfg: HardConfig, seeds: Sequence[int]) -> dict[str, Any]:
