@@ -73,6 +73,7 @@ class EvalResult:
             "degenerate_winner_share": share([o.degenerate_winner for o in self.outcomes]),
             "degenerate_top_share": share([o.degenerate_top for o in self.outcomes]),
             "screened_candidates": dict(sorted(reasons.items())),
+            "screened_but_right": sum(o.correct[int(n.removeprefix("node"))] for o in self.outcomes for n in o.screened),
         }
 
 

@@ -28,6 +28,7 @@ def test_scores_every_aggregator_against_the_labels():
     assert res["majority_acc"] == 0.0  # the wrong answer is the most common one
     assert res["bt_acc"] == 1.0 and res["bt_rep_acc"] == 1.0  # judges that recognise it pick the right one
     assert res["degenerate_winner_share"] == 0.0 and res["screened_candidates"] == {"repetition": 3}
+    assert res["screened_but_right"] == 0
 
 
 def test_a_loop_the_judges_love_never_wins():
