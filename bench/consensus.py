@@ -9,16 +9,35 @@ fit for 50 candidates x 50 judges. Pure CPU, no model, no network; deterministic
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from typing import Any
 
+from swarmlm.bench import consensus_real
 from swarmlm.bench.common import emit, log, median, parser, percentile
 from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
+from swarmlm.consensus.simhard import DEFENSES, HardConfig, over_seeds
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+HARD_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 
 
-def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int) -> dict[str, Any]:
+def run_hard(rounds: int, seeds: list[int]) -> dict[str, Any]:
+    """The harder simulation (adaptive colluders, correlated judges): every cell a mean over seeds."""
+    cells = []
+    for defense in DEFENSES:
+        for s in HARD_SHARES:
+            r = over_seeds(HardConfig(rounds=rounds, malicious_share=s, defense=defense), seeds)
+            log(f"hard, defense {defense}, share {s:.0%}: majority {r['majority_acc']:.3f} bt {r['bt_acc']:.3f} "
+                f"bt_rep {r['bt_rep_acc']:.3f} (+-{r['spread']['bt_rep_acc']['std']:.3f})")
+            cells.append({"defense": defense, "share": s, **r})
+    c = HardConfig()
+    return {"seeds": seeds, "rounds": rounds, "attack": c.attack, "cells": cells,
+            "config": {k: v for k, v in c.__dict__.items() if k not in ("rounds", "seed", "malicious_share", "defense")}}
+
+
+def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int, seeds: int = 5,
+        hard_rounds: int = 400) -> dict[str, Any]:
     base = SimConfig(rounds=rounds, malicious_share=share, seed=seed)
     log(f"main: {rounds} rounds, {base.pool} nodes, k={base.k}, malicious share {share:.0%}")
     main = simulate(base)
@@ -35,7 +54,11 @@ def run(rounds: int, share: float, warmup: int, seed: int, fit_repeats: int) -> 
     weak = simulate(replace(base, malicious_share=0.0, judge_acc=(0.45, 0.65)))
     log(f"weak judges: majority {weak.majority_acc:.3f} bt {weak.bt_acc:.3f} bt_rep {weak.bt_rep_acc:.3f}")
     times, core = fit_time_ms(50, 50, repeats=fit_repeats, seed=seed)
+    hard = run_hard(hard_rounds, list(range(seed, seed + seeds))) if seeds > 0 else None
     return {
+        "hard": hard,
+        "seeds": hard["seeds"] if hard else [],
+        "spread": {f"{c['defense']}@{c['share']:g}": c["spread"] for c in hard["cells"]} if hard else {},
         "majority_acc": round(main.majority_acc, 4),
         "bt_acc": round(main.bt_acc, 4),
         "bt_rep_acc": round(main.bt_rep_acc, 4),
@@ -84,10 +107,22 @@ def summary(r: dict[str, Any]) -> str:
               f"{pct(w['majority_acc'])}, BT {pct(w['bt_acc'])}, BT+rep {pct(w['bt_rep_acc'])}",
               f"weighted BT fit, 50 candidates x 50 judges (7500 votes): {r['fit_ms']:.2f} ms median from the "
               f"votes, {r['fit_ms_p90']:.2f} ms p90; {r['fit_matrix_ms']:.2f} ms on the win matrix (target < 20 ms)"]
+    h = r.get("hard")
+    if h:
+        lines += ["", f"harder simulation ({h['attack']} colluders, correlated judges, self-preference), "
+                      f"{h['rounds']} rounds, mean over seeds {h['seeds']} (std):",
+                  "defense      share | majority        | BT              | BT+rep"]
+        for c in h["cells"]:
+            sp = c["spread"]
+            lines.append(f"{c['defense']:<12} {c['share']:4.0%} | "
+                         + " | ".join(f"{pct(c[m])} ({100 * sp[m]['std']:4.1f})" for m in ("majority_acc", "bt_acc",
+                                                                                            "bt_rep_acc")))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--real" in (sys.argv[1:] if argv is None else argv):  # real model on the labeled set
+        return consensus_real.main(argv)
     p = parser("consensus", __doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=800, help="rounds per simulation (default 800)")
     p.add_argument("--malicious", type=float, default=0.2, help="malicious share in the main run (default 0.2)")
@@ -95,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="honest-only rounds before attackers join, for the established-swarm curve (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-repeats", type=int, default=50, help="timed BT fits (default 50)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per cell of the harder simulation (default 5; 0: skip)")
+    p.add_argument("--hard-rounds", type=int, default=400, help="rounds per harder-simulation run (default 400)")
     ns = p.parse_args(argv)
     if ns.rounds < 1 or not 0.0 <= ns.malicious <= 1.0:
         p.error("--rounds must be positive and --malicious within 0..1")
-    emit(run(ns.rounds, ns.malicious, ns.warmup, ns.seed, ns.fit_repeats), ns.json, summary)
+    if ns.seeds < 0 or ns.hard_rounds < 1:
+        p.error("--seeds must be at least 0 and --hard-rounds positive")
+    emit(run(ns.rounds, ns.malicious, ns.warmup, ns.seed, ns.fit_repeats, ns.seeds, ns.hard_rounds), ns.json, summary)
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.pairs import assign_pairs
+from swarmlm.consensus.screens import SCREENED_PREFIX
 from swarmlm.consensus.records import (CandidateHeader, ConsensusError, Reveal, RoundRecord, RoundSpec, Vote,
                                        open_as)
 
@@ -109,6 +110,9 @@ def verify_record(rec: RoundRecord | bytes, *, tolerance: float = STRENGTH_TOLER
     for cid, s in zip(ids, fit.strengths):
         if abs(rec.strengths[cid] - s) > tolerance:
             raise ConsensusError(f"round record strength of {cid[:12]} is not the BT fit of its votes")
-    if rec.winner != ids[fit.winner] and abs(rec.strengths[rec.winner] - max(fit.strengths)) > tolerance:
-        raise ConsensusError("round record winner is not the strongest candidate")
+    screened = {n for n, why in rec.dropped if why.startswith(SCREENED_PREFIX)}
+    eligible = [s for h, s in zip(heads, fit.strengths) if h.node not in screened] or list(fit.strengths)
+    if abs(rec.strengths[rec.winner] - max(eligible)) > tolerance or \
+            (len(eligible) < len(ids) and heads[ids.index(rec.winner)].node in screened):
+        raise ConsensusError("round record winner is not the strongest unscreened candidate")
     return VerifiedRound(rec, spec, heads, ids, votes)

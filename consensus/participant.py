@@ -13,9 +13,11 @@ from typing import Sequence
 
 from swarmlm.consensus.audit import expected_pairs, open_candidates, open_spec, verify_record
 from swarmlm.consensus.judging import Judge
+from swarmlm.consensus.pairwise import ScreenedJudge
 from swarmlm.consensus.records import (OUTCOMES, CandidateHeader, Commit, ConsensusError, JudgeRequest, Packet,
                                        Reveal, RevealRequest, RoundRecord, RoundSpec, commitment, new_salt,
                                        open_as, text_hash)
+from swarmlm.consensus.screens import screen_all, was_cut_off
 from swarmlm.crypto.identity import Identity
 
 
@@ -54,6 +56,7 @@ class JudgeSession:
     commit_record: Commit | None = None
     reveal_record: Reveal | None = None
     salt: str = field(default="", repr=False)
+    screened: dict[str, str] = field(default_factory=dict)  # answer text -> screen reason
 
     @classmethod
     def open(cls, identity: Identity, packet: Packet) -> "JudgeSession":
@@ -70,15 +73,19 @@ class JudgeSession:
             if text_hash(answers[cid]) != h.answer_hash:
                 raise ConsensusError(f"the answer of {h.node} does not match its hash")
         pairs = expected_pairs(spec, identity.peer_id, heads, ids)
-        return cls(identity, spec, packet.texts[0], [PairTask(a, b, answers[a], answers[b]) for a, b in pairs])
+        why = screen_all(packet.texts[0], {cid: (answers[cid], was_cut_off(h.sampling)) for h, cid in zip(heads, ids)})
+        return cls(identity, spec, packet.texts[0], [PairTask(a, b, answers[a], answers[b]) for a, b in pairs],
+                   screened={answers[cid]: r for cid, r in why.items()})
 
     @property
     def round_id(self) -> str:
         return self.spec.id
 
     def decide(self, judge: Judge) -> list[str]:
-        """Run a judging backend over every task (blocking; the driver may run it in a thread)."""
-        return [judge.judge(self.prompt, t.answer_a, t.answer_b) for t in self.tasks]
+        """Run a judging backend over every task behind the screens (blocking; the driver may run
+        it in a thread). A judge with ``judge_many`` gets all its pairs in one call (batched)."""
+        return list(ScreenedJudge(judge, self.screened).judge_many(
+            self.prompt, [(t.answer_a, t.answer_b) for t in self.tasks]))
 
     def commit(self, outcomes: Sequence[str], salt: str | None = None) -> Packet:
         """The commit packet for these outcomes (one per task, in order); remembers them for the reveal."""

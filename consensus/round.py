@@ -31,6 +31,7 @@ from swarmlm.consensus.audit import check_votes
 from swarmlm.consensus.pairs import DEFAULT_PAIR_FACTOR
 from swarmlm.consensus.records import (CandidateHeader, Commit, ConsensusError, JudgeRequest, Packet, Reveal,
                                        RevealRequest, RoundRecord, RoundSpec, check_reveal, open_as, text_hash)
+from swarmlm.consensus.screens import SCREENED_PREFIX, screen_all, was_cut_off
 from swarmlm.crypto.identity import Identity
 
 
@@ -230,8 +231,8 @@ class CoordinatorRound:
 
     # -- phase transitions -------------------------------------------------------------------
 
-    def _is_dropped(self, node: str) -> bool:
-        return any(n == node for n, _ in self.dropped)
+    def _is_dropped(self, node: str) -> bool:  # a screened candidate still judges
+        return any(n == node and not why.startswith(SCREENED_PREFIX) for n, why in self.dropped)
 
     def _live_judges(self) -> list[str]:
         return [j for j in self.spec.judges if not self._is_dropped(j)]
@@ -265,6 +266,9 @@ class CoordinatorRound:
             order = sorted(self.heads.values(), key=lambda t: t[0].id)
             self.cand_order = tuple(t[0] for t in order)
             self.cand_ids = tuple(h.id for h in self.cand_order)
+            why = screen_all(self.prompt, {h.node: (t[2], was_cut_off(h.sampling)) for h, t in
+                                           ((t[0], t) for t in order)})
+            self.dropped += [(n, SCREENED_PREFIX + r) for n, r in sorted(why.items())]
             req = JudgeRequest(self.spec.coordinator, self.round_id, (self.spec_packet.envelope.encode(),),
                                tuple(t[1] for t in order))
             self.phase = Phase.COMMITS
@@ -291,10 +295,13 @@ class CoordinatorRound:
         weights = {j: self.weights[j] for j in judges}
         fit = bt.aggregate(self.cand_ids, votes, weights)
         strengths = dict(zip(self.cand_ids, fit.strengths))
+        screened = {n for n, why in self.dropped if why.startswith(SCREENED_PREFIX)}
+        eligible = [h.id for h in self.cand_order if h.node not in screened] or list(self.cand_ids)
+        winner = max(eligible, key=lambda c: (strengths[c], c == self.cand_ids[fit.winner]))
         rec = RoundRecord(self.spec.coordinator, self.round_id, (self.spec_packet.envelope.encode(),),
                           tuple(self.heads[h.node][1] for h in self.cand_order),
                           tuple(self.reveals[j][1] for j in judges), weights, strengths,
-                          self.cand_ids[fit.winner], tuple(self.dropped), float(now))
+                          winner, tuple(self.dropped), float(now))
         self.record = rec
         self.phase = Phase.DONE
         answers = {h.id: self.heads[h.node][2] for h in self.cand_order}

@@ -21,7 +21,8 @@ API:
   ``last_only``) when the shard has the head, else hidden ``[B, T, hidden]`` in the shard's dtype.
   Needs ``start <= session.length`` (no gaps) and sets ``session.length = start + T``: running from
   an earlier position (replay after failover, rebuild from 0 on a fresh or used session) overwrites.
-- ``Shard.forward_batch([(session, x, positions), ...], last_only=False) -> list[Tensor]``: several
+- ``Shard.forward_batch([(session, x, positions), ...], last_only=False, hidden=False) -> list[Tensor]``
+  (``hidden``: the last layer's output before the final norm even on the head shard): several
   sessions' steps in one forward, each with its own number of tokens (decodes of T=1 beside prefill
   chunks and multi-token steps): every entry's rows are packed into one ``[N, hidden]`` so the
   projections and MLP run once, attention runs per session against its own cache. ``last_only`` is
@@ -167,7 +168,7 @@ class Shard:
 
     @torch.inference_mode()
     def forward_batch(self, entries: Sequence[tuple[Session, torch.Tensor, int | torch.Tensor | None]],
-                      last_only: bool | Sequence[bool] = False) -> list[torch.Tensor]:
+                      last_only: bool | Sequence[bool] = False, hidden: bool = False) -> list[torch.Tensor]:
         if not entries:
             return []
         cfg = self.config
@@ -226,7 +227,7 @@ class Shard:
             sess.length = start + T
             sess.touch()
         outs = [h[offsets[i]:offsets[i + 1]].view(b, T, -1) for i, (b, T) in enumerate(zip(sizes, lens))]
-        if not self.has_head:
+        if not self.has_head or hidden:  # hidden: the last layer's output, before the final norm
             return outs
         outs = [o[:, -1:] if last else o for o, last in zip(outs, lasts)]
         rows = [o.shape[0] * o.shape[1] for o in outs]

@@ -59,7 +59,7 @@ class NodeConfig:
     witness_s: float = 120.0  # how often this node's client publishes what servers it saw working (standing)
     # consensus (docs/CONSENSUS.md)
     consensus_sampling: str = ""  # this node's answer profile, e.g. "temperature=0.7 top_p=0.9"; empty: derived
-    consensus_judge: str = "loglik"  # loglik | prompt
+    consensus_judge: str = "pairwise"  # pairwise | loglik | prompt
     consensus_calibration: str = "off"  # off | required (judges must pass calibration first)
     ee_key: str = ""  # HTTP gateway: encrypt prompts with this equivariant-encryption key (docs/EE.md)
     fault: str = ""  # test-only misbehaviour, see docs/RELIABILITY.md
@@ -98,8 +98,8 @@ class NodeConfig:
                 raise ConfigError(f"http_allow_origins: {origin!r} must look like http://host:port (or be *)")
         if self.http:
             parse_hostport(self.http, "http")
-        if self.consensus_judge not in ("loglik", "prompt"):
-            raise ConfigError(f"consensus_judge: must be loglik or prompt, got {self.consensus_judge!r}")
+        if self.consensus_judge not in ("pairwise", "loglik", "prompt"):
+            raise ConfigError(f"consensus_judge: must be pairwise, loglik or prompt, got {self.consensus_judge!r}")
         if self.consensus_calibration not in ("off", "required"):
             raise ConfigError(f"consensus_calibration: must be off or required, got {self.consensus_calibration!r}")
         try:

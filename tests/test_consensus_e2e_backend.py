@@ -57,10 +57,25 @@ def test_greedy_answer_is_the_likeliest_and_judges_prefer_it(backend):
     other = "zebra quantum " * 3
     assert backend.loglik(pids, greedy) > backend.loglik(pids, other)
     assert backend.loglik(pids, "") == -1e9
-    judge = backend.judge(task)
+    judge = backend.judge(task, "loglik")
     assert judge.judge("", greedy, other) == "A" and judge.judge("", other, greedy) == "B"
     assert judge.judge("", greedy, greedy) == "tie"
     assert backend.judge(task, "prompt").judge("", greedy, other) in ("A", "B", "tie")
+
+
+def test_pairwise_judge_reads_both_orders_in_one_batch(backend):
+    task = parse_task(task_text(MODEL, None, [{"role": "user", "content": "hello"}], 6, []))
+    judge = backend.judge(task)  # the default: pairwise
+    pairs = [("Paris", "Lyon"), ("Lyon", "Paris"), ("yes", "no")]
+    verdicts = judge.judge_many("Capital of France?", pairs)
+    mirror = {"A": "B", "B": "A", "tie": "tie"}
+    assert verdicts[1] == mirror[verdicts[0]]  # the two orders are one averaged preference
+    lp = backend.choice_logprobs(["Which? A or B", "Which? B or A"])
+    assert len(lp) == 2 and all(x < 0 for pair in lp for x in pair)
+    assert lp[0] == backend.choice_logprobs(["Which? A or B"])[0] or \
+        all(abs(x - y) < 1e-4 for x, y in zip(lp[0], backend.choice_logprobs(["Which? A or B"])[0]))
+    text, finish = backend.answer_with_finish(task, Profile(), seed=1)
+    assert finish in ("stop", "length")
 
 
 def test_calibration_answers_are_option_indices(backend):

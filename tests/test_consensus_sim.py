@@ -29,12 +29,15 @@ def test_fit_timer_returns_both_figures():
 
 
 def test_bench_prints_one_json_object(capsys):
-    assert bench.main(["--json", "--rounds", "12", "--warmup", "5", "--fit-repeats", "2"]) == 0
+    assert bench.main(["--json", "--rounds", "12", "--warmup", "5", "--fit-repeats", "2", "--seeds", "2",
+                       "--hard-rounds", "8"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     data = json.loads(out)
     assert {"majority_acc", "bt_acc", "bt_rep_acc", "malicious_curve", "fit_ms"} <= set(data)
     assert [row["share"] for row in data["malicious_curve"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all({"share", "majority_acc", "bt_rep_acc"} <= set(row) for row in data["malicious_curve"])
-    assert bench.main(["--rounds", "5", "--warmup", "2", "--fit-repeats", "1"]) == 0
+    assert data["seeds"] == [0, 1] and len(data["hard"]["cells"]) == 20
+    assert all({"majority_acc", "bt_rep_acc", "spread"} <= set(c) for c in data["hard"]["cells"])
+    assert bench.main(["--rounds", "5", "--warmup", "2", "--fit-repeats", "1", "--seeds", "0"]) == 0
     assert "malicious share" in capsys.readouterr().out

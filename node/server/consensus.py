@@ -36,6 +36,7 @@ from swarmlm.consensus.records import (ConsensusError, ConsensusUnavailable, Jud
                                        RoundRecord, RoundSpec, open_as)
 from swarmlm.consensus.reputation import ReputationBook, ReputationParams, ReputationState, compute_reputation
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Rejected, Send, Timeouts
+from swarmlm.consensus.screens import finish_tag
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.net.rpc import BAD_REQUEST, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import CallContext
@@ -55,7 +56,7 @@ PROBE_S = 15.0  # reach a peer (dial + echo) before handing it a packet
 @dataclass
 class ConsensusOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
-    judge: str = "loglik"  # "loglik" (LogLikelihoodJudge) | "prompt" (PromptJudge)
+    judge: str = "pairwise"  # "pairwise" (PairwiseJudge) | "loglik" (LogLikelihoodJudge) | "prompt" (PromptJudge)
     norm: str = "mean"  # log-likelihood per token ("mean") or summed ("sum")
     profile: str = ""  # sampling of our candidates, "temperature=0.7 top_p=0.9"; "" -> by peer id
     calibration: str = "off"  # "required": judges need a passed calibration record (swarm-wide setting)
@@ -86,8 +87,8 @@ class ConsensusService:
 
     def __init__(self, options: ConsensusOptions | None = None) -> None:
         self.options = options or ConsensusOptions()
-        if self.options.judge not in ("loglik", "prompt"):
-            raise ConsensusError(f"consensus judge must be loglik or prompt, got {self.options.judge!r}")
+        if self.options.judge not in ("pairwise", "loglik", "prompt"):
+            raise ConsensusError(f"consensus judge must be pairwise, loglik or prompt, got {self.options.judge!r}")
         if self.options.calibration not in ("required", "off"):
             raise ConsensusError(f"consensus calibration must be required or off, got {self.options.calibration!r}")
         self.node: Any = None
@@ -347,8 +348,8 @@ class ConsensusService:
             await trio.sleep_forever()
         be = await self.backend()
         prof = self.profile
-        answer = await self.compute(be.answer, task, prof, secrets.randbits(62))
-        return answer_packet(self.identity, spec, answer, model=task["model"], sampling=prof.text())
+        answer, finish = await self.compute(be.answer_with_finish, task, prof, secrets.randbits(62))
+        return answer_packet(self.identity, spec, answer, model=task["model"], sampling=prof.text() + finish_tag(finish))
 
     async def _judge(self, pkt: Packet) -> Packet:
         sess = JudgeSession.open(self.identity, pkt)
@@ -357,7 +358,7 @@ class ConsensusService:
         task = self._task_for(sess.prompt)
         be = await self.backend()
         judge = be.judge(task, self.options.judge) if self.options.judge == "prompt" else \
-            await self.compute(be.judge, task, "loglik")
+            await self.compute(be.judge, task, self.options.judge)
         outcomes = await self.compute(sess.decide, judge)
         commit = sess.commit(outcomes)
         self.sessions[sess.round_id] = (sess, time.monotonic())

@@ -7,8 +7,9 @@ limiter, so stream readers keep reading.
 * ``ModelBackend.answer``: a candidate answer with this node's own sampling profile.
 * ``ModelBackend.loglik``: the log-likelihood of an answer given the task (per token by default;
   ``"sum"`` favours the shortest answer, so the mean is what ``LogLikelihoodJudge`` expects).
-* ``ModelBackend.judge(kind)``: a ``Judge``: ``"loglik"`` (``LogLikelihoodJudge``, scores cached per
-  answer) or ``"prompt"`` (``PromptJudge``: the model is asked which answer is better).
+* ``ModelBackend.judge(kind)``: a ``Judge``: ``"pairwise"`` (the default: ``PairwiseJudge``, the
+  model's probabilities of the choice letters A/B in both orders, batched; likelihood breaks ties),
+  ``"loglik"`` (``LogLikelihoodJudge``, scores cached per answer) or ``"prompt"`` (``PromptJudge``).
 * ``ModelBackend.choose``: a calibration puzzle answered by the logits of the option letters.
 * ``default_profile(peer_id)``: a node's sampling profile when none is configured (temperatures
   spread over the swarm by peer id, so candidates differ).
@@ -24,6 +25,8 @@ import torch
 
 from swarmlm.consensus.calibration import LETTERS
 from swarmlm.consensus.judging import LogLikelihoodJudge, PromptJudge
+from swarmlm.consensus.pairwise import PairwiseJudge
+from swarmlm.models.batchgen import next_token_logprobs
 from swarmlm.consensus.records import ConsensusError
 from swarmlm.models.generate import generate
 from swarmlm.models.sampling import SamplingParams
@@ -69,6 +72,7 @@ class ModelBackend:
     norm: str = "mean"  # "mean" | "sum" token log-likelihood
     margin: float = 0.05
     _letters: list[int] | None = field(default=None, repr=False)
+    _choices: list[list[int]] | None = field(default=None, repr=False)
 
     def prompt_ids(self, task: dict[str, Any]) -> list[int]:
         tok = self.tokenizer
@@ -80,9 +84,28 @@ class ModelBackend:
         return ids
 
     def answer(self, task: dict[str, Any], profile: Profile, seed: int) -> str:
+        return self.answer_with_finish(task, profile, seed)[0]
+
+    def answer_with_finish(self, task: dict[str, Any], profile: Profile, seed: int) -> tuple[str, str | None]:
+        """The answer and why it ended (``"stop"`` or ``"length"``: the screens read the latter)."""
         params = SamplingParams(temperature=profile.temperature, top_k=profile.top_k, top_p=profile.top_p,
                                 seed=seed, max_new_tokens=task["max_new_tokens"], stop=list(task["stop"]))
-        return generate([self.shard], self.prompt_ids(task), params.validate(), self.tokenizer).text
+        res = generate([self.shard], self.prompt_ids(task), params.validate(), self.tokenizer)
+        return res.text, res.finish_reason
+
+    def choice_logprobs(self, texts: list[str]) -> list[tuple[float, float]]:
+        """log P("A"), log P("B") as the reply's first token to each judging text (one batched pass)."""
+        tok = self.tokenizer
+        if self._choices is None:
+            self._choices = [sorted({ids[-1] for ids in (tok.encode(c), tok.encode(" " + c)) if ids})
+                             for c in ("A", "B")]
+        seqs = [(tok.encode_chat([{"role": "user", "content": t}]) if tok.chat_template else tok.encode(t))
+                [-MAX_TASK_TOKENS:] for t in texts]
+        out = []
+        for lp in next_token_logprobs(self.shard, seqs):
+            a, b = (float(torch.logsumexp(lp[ids], 0)) for ids in self._choices)
+            out.append((a, b))
+        return out
 
     def loglik(self, prompt_ids: list[int], answer: str) -> float:
         """Mean (or summed) log-probability of the answer's tokens after the prompt."""
@@ -104,7 +127,7 @@ class ModelBackend:
         ids = tok.encode_chat([{"role": "user", "content": text}]) if tok.chat_template else tok.encode(text)
         return generate([self.shard], ids, SamplingParams(max_new_tokens=max_new_tokens), tok).text
 
-    def judge(self, task: dict[str, Any], kind: str = "loglik") -> Any:
+    def judge(self, task: dict[str, Any], kind: str = "pairwise") -> Any:
         """A ``Judge`` for one round (its scores cached per answer)."""
         if kind == "prompt":
             return PromptJudge(self.greedy)
@@ -116,6 +139,8 @@ class ModelBackend:
                 cache[answer] = self.loglik(pids, answer)
             return cache[answer]
 
+        if kind == "pairwise":
+            return PairwiseJudge(self.choice_logprobs, tiebreak=score)
         return LogLikelihoodJudge(score, margin=self.margin)
 
     def choose(self, puzzle: Any) -> int:

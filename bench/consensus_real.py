@@ -1,0 +1,146 @@
+"""`swarmlm bench consensus --real`: consensus rounds with a real model on the shipped labeled set.
+
+N nodes in one process share one whole-model shard but answer with different sampling profiles
+and seeds (one batched lockstep generation per question, ``models.batchgen``), judge each other's
+answers with the node's default judge (pairwise choice-letter probabilities in both orders,
+likelihood as tie-breaker; ``--judge loglik`` for the old mean log-likelihood judge), and
+``consensus.realeval`` scores best single node, majority over normalized answers, BT, BT +
+reputation and the degenerate-winner share against the labels (``consensus/data/questions.jsonl``).
+``--limit N`` takes N questions spread evenly over the set (every category).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from swarmlm.bench.common import emit, log, parser
+from swarmlm.consensus.evalset import Question, load_questions, prompt_of
+from swarmlm.consensus.judging import LogLikelihoodJudge
+from swarmlm.consensus.pairwise import PairwiseJudge
+from swarmlm.consensus.realeval import run_eval
+from swarmlm.models.batchgen import generate_many
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.node.server.consensus_backend import ModelBackend
+
+PROFILES = ((0.0, 1.0), (0.5, 0.9), (0.7, 0.9), (0.9, 0.95), (1.0, 1.0), (0.6, 0.8), (0.8, 1.0))
+
+
+def subset(questions: tuple[Question, ...], limit: int) -> list[Question]:
+    if limit <= 0 or limit >= len(questions):
+        return list(questions)
+    step = len(questions) / limit
+    return [questions[int(i * step)] for i in range(limit)]
+
+
+def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, seed: int) -> dict[str, Any]:
+    import torch  # lazy: only the --real bench needs torch
+
+    from swarmlm.models.generate import load_chain  # lazy: loads torch models
+    from swarmlm.models.registry import resolve  # lazy: with the model
+    from swarmlm.models.tokenizer import Tokenizer  # lazy: with the model
+
+    torch.manual_seed(seed)
+    shard = load_chain(model, 1)[0]
+    tok = Tokenizer.from_dir(resolve(model))
+    be = ModelBackend(shard, tok)
+    qs = subset(load_questions(), limit)
+    timing = {"answer_s": 0.0, "judge_s": 0.0}
+    current: list[Question] = []  # the question being answered and judged
+
+    def task(q: Question) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": prompt_of(q)}], "max_new_tokens": max_tokens, "stop": ["\n"]}
+
+    def answer(q: Question) -> list[tuple[str, bool]]:
+        t = time.perf_counter()
+        current[:] = [q]
+        params = [SamplingParams(temperature=PROFILES[i % len(PROFILES)][0], top_p=PROFILES[i % len(PROFILES)][1],
+                                 seed=seed * 1000 + i, max_new_tokens=max_tokens, stop=["\n"]) for i in range(nodes)]
+        outs = generate_many(shard, be.prompt_ids(task(q)), params, tok)
+        timing["answer_s"] += time.perf_counter() - t
+        return [(o.text, o.finish_reason == "length") for o in outs]
+
+    class Shared:  # every node runs the same model: one judge per question, its verdicts cached
+        def __init__(self) -> None:
+            self.q: Question | None = None
+            self.inner: Any = None
+
+        def judge_many(self, prompt: str, pairs: list[tuple[str, str]]) -> list[str]:
+            t = time.perf_counter()
+            q = current[0]
+            if self.q is not q:
+                pids = be.prompt_ids(task(q))
+                cache: dict[str, float] = {}
+
+                def score(_p: str, a: str) -> float:
+                    if a not in cache:
+                        cache[a] = be.loglik(pids, a)
+                    return cache[a]
+
+                self.q = q
+                self.inner = PairwiseJudge(be.choice_logprobs, tiebreak=score) if judge_kind == "pairwise" \
+                    else LogLikelihoodJudge(score, margin=be.margin)
+            inner = self.inner
+            out = inner.judge_many(prompt, pairs) if hasattr(inner, "judge_many") else \
+                [inner.judge(prompt, a, b) for a, b in pairs]
+            timing["judge_s"] += time.perf_counter() - t
+            return out
+
+        def judge(self, prompt: str, a: str, b: str) -> str:
+            return self.judge_many(prompt, [(a, b)])[0]
+
+    shared = Shared()
+    t0 = time.perf_counter()
+
+    tally = [0, 0, 0, 0]
+
+    def progress(k: int, o: Any) -> None:
+        tally[0] += o.majority
+        tally[1] += o.bt
+        tally[2] += o.bt_rep
+        tally[3] += any(o.correct)
+        if (k + 1) % 5 == 0 or k + 1 == len(qs):
+            log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
+                f"bt {tally[1]}, bt_rep {tally[2]}, some node {tally[3]}")
+
+    res = run_eval(qs, answer, [shared] * nodes, progress)  # type: ignore[list-item]
+    out = res.summary()
+    out.update({"model": model, "judge": judge_kind, "max_tokens": max_tokens, "seed": seed,
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+                "answer_s": round(timing["answer_s"], 1), "judge_s": round(timing["judge_s"], 1),
+                "profiles": [f"temperature={PROFILES[i % len(PROFILES)][0]:g} top_p={PROFILES[i % len(PROFILES)][1]:g}"
+                             for i in range(nodes)]})
+    return out
+
+
+def summary(r: dict[str, Any]) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:5.1f}%"
+
+    return "\n".join([
+        f"consensus on real answers: {r['model']}, {r['nodes']} nodes, {r['questions']} questions, "
+        f"judge {r['judge']}, max_tokens {r['max_tokens']}",
+        f"  best single node     {pct(r['best_single_node_acc'])}   (per node {r['per_node_acc']})",
+        f"  majority (normalized){pct(r['majority_acc'])}",
+        f"  Bradley-Terry        {pct(r['bt_acc'])}",
+        f"  BT + reputation      {pct(r['bt_rep_acc'])}",
+        f"  some node right      {pct(r['any_correct_acc'])}",
+        f"  degenerate winners   {pct(r['degenerate_winner_share'])}   (strongest was screened: "
+        f"{pct(r['degenerate_top_share'])}; screened {r['screened_candidates']})",
+        f"  {r['elapsed_s']} s ({r['answer_s']} s answering, {r['judge_s']} s judging)"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("consensus --real", __doc__.splitlines()[0])
+    p.add_argument("--real", action="store_true", required=True)
+    p.add_argument("--model", default="builtin:smollm2-135m")
+    p.add_argument("--nodes", type=int, default=5, help="answering and judging nodes (default 5)")
+    p.add_argument("--limit", type=int, default=0, help="questions, spread over the set (default: all)")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--judge", choices=("pairwise", "loglik"), default="pairwise")
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args(argv)
+    if not 3 <= ns.nodes <= 16 or not 1 <= ns.max_tokens <= 256 or ns.limit < 0:
+        p.error("--nodes must be 3..16, --max-tokens 1..256 and --limit at least 0")
+    emit(run(ns.model, ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed), ns.json, summary)
+    return 0
