@@ -263,6 +263,7 @@ class Verifier:
             verdict = r.get("verdict") if isinstance(r, dict) else None
             if verdict == "fail":
                 self.stats.setdefault("detected", []).append(hop.peer)
+                self.stats.setdefault("detected_steps", []).append(upto)  # the session step caught at
                 bump(self.stats, "verdicts")
                 c.standing.forfeit(hop.peer)
                 raise VerificationFailed(hop.peer, f"layers [{hop.start}, {hop.end}) disagree with two replicas", True)

@@ -33,6 +33,7 @@ BENCHES = {
     "ee-attacks": "token-recovery rates of attacks on equivariant encryption",
     "nat": "hole-punch success and relayed vs direct RTT in the netns internet (root)",
     "load": "concurrent clients through a 3-node pipeline: throughput, latency, shedding",
+    "verify": "verified shards and failover: liars, dead and busy replicas, tolerance (real node processes)",
 }
 
 
