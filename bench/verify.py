@@ -11,8 +11,9 @@ head ``[4, 6)``, 2 honest replicas each, plus (as separate ``swarmlm node run`` 
 
 Runs (``--runs`` asks each, ``--tokens`` new tokens, greedy):
 
-- **liars**: per lie, hop and ``--fractions`` value a client that prefers the liar (asks the planner
-  routed around it are not counted as runs) and samples
+- **liars**: per lie, hop and ``--fractions`` value a client whose first route goes through the
+  liar (its range's other replicas stay references; once the liar is banned the client plans as
+  usual) and samples
   every hop at that fraction (``standing_steps`` 0, so the fraction alone decides); ``detected``:
   runs where a signed "fail" verdict caught it, ``median_step`` the route session step it was caught
   at (0: the prefill); ``wrong_answers``: runs whose answer differs from the local one (an
@@ -57,6 +58,7 @@ from swarmlm.net.host import HostConfig, SwarmHost
 from swarmlm.net.state_service import StateService
 from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline import PipelineGenerator
+from swarmlm.node.client.routing import plan_route
 from swarmlm.node.dial import DOWN
 from swarmlm.node.generation import GenerationRequest
 from swarmlm.testnet.local import LocalTestnet
@@ -114,6 +116,18 @@ async def _listed(client: Any, peers: list[str]) -> None:
             await trio.sleep(0.2)
 
 
+def _through(client: Any, liar: str) -> Any:
+    """``client.plan`` routing through ``liar`` while it is not banned (the bench's forced first route)."""
+    def plan(model: str, need_tokens: int, prefer: tuple[str, ...] = ()) -> Any:
+        servers = client.servers(model)
+        if liar not in client.bans.active():
+            mine = next(((s.start, s.end) for s in servers if s.peer_id == liar), None)
+            servers = [s for s in servers if s.peer_id == liar or (s.start, s.end) != mine]
+        return plan_route(servers, client.n_layers(model), need_cache_tokens=need_tokens,
+                          banned=client.bans.active(), rng=client.rng)
+    return plan
+
+
 class Run:
     """The bench's state: the swarm, the local tokens and the totals."""
 
@@ -158,21 +172,16 @@ class Run:
                 client.rng = random.Random(20)
                 for (lie, hop), i in self.roles["liars"].items():
                     liar = self.ids[i]
-                    steps, detected, wrong, routed, tries = [], 0, 0, 0, 0
-                    while routed < self.ns.runs and tries < 4 * self.ns.runs:  # prefer only discounts a peer
-                        tries += 1
+                    steps, detected, wrong = [], 0, 0
+                    client.plan = _through(client, liar)
+                    for _ in range(self.ns.runs):
                         self.reset(client, ban=self.liars - {liar})
-                        client.options.prefer = (liar,)
                         gen, _ = await self.ask(client, frac, liar)
-                        caught = liar in client.verify_stats.get("detected", [])
-                        if not caught and (gen is None or liar not in {h.peer_id for h in gen.summary.route}):
-                            continue  # the planner routed around the liar: not a run against it
-                        routed += 1
                         wrong += gen is None or gen.token_ids != self.want  # an undetected lie changes it
-                        if caught:
+                        if liar in client.verify_stats.get("detected", []):
                             detected += 1
                             steps.append(client.verify_stats["detected_steps"][0])
-                    row = {"detected": detected, "runs": routed,
+                    row = {"detected": detected, "runs": self.ns.runs,
                            "median_step": statistics.median(steps) if steps else None, "wrong_answers": wrong}
                     out.setdefault(lie, {}).setdefault(hop, {})[str(frac)] = row
                     log(f"  {lie} liar at the {hop} hop, fraction {frac}: {row}")
