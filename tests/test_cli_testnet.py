@@ -51,10 +51,12 @@ def test_ask_p2p_and_http(testnet):
     assert r.returncode == 0, r.stderr
     p2p = json.loads(r.stdout)
     assert p2p["completion_tokens"] == 8 and p2p["route"]
+    assert p2p["verified_tokens"] == 8  # on by default: servers new to this client are checked every step
     r = run("ask", "--http", f"http://{testnet.nodes[2].ready['http']}", "--max-tokens", "8", "--json", "hello")
     assert r.returncode == 0, r.stderr
     http = json.loads(r.stdout)
     assert http["text"] == p2p["text"]  # greedy: the same answer whichever way it is asked
+    assert http["verified_tokens"] == 8 and http["checks"] >= 1
 
 
 def test_bad_cli_input_is_a_clear_error(tmp_path):
