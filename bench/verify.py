@@ -30,7 +30,8 @@ Runs (``--runs`` asks each, ``--tokens`` new tokens, greedy):
 - **default_cost**: tokens/s of a default client (``ClientOptions()``) over an unverified one
   (``check_fraction`` 0), alternating asks on the honest swarm, once the servers have earned standing
   with it (checked at the default fraction 0.1); ``default_cost_new_servers`` the same while they are
-  new to it (every step checked).
+  new to it (every step checked); with ``--cost-model MODEL`` also on a 4-process swarm of that
+  model (``bench/verify_cost.py``: ``cost_on``).
 - **numerics** (``bench/verify_drift.py``, in this process): honest drift per dtype, the tolerance's
   margin over it and ``min_detected_perturbation`` per dtype.
 """
@@ -41,23 +42,18 @@ import random
 import statistics
 import tempfile
 import time
-from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from swarmlm.bench.common import emit, parser, percentile
 from swarmlm.bench.common import log as _log
+from swarmlm.bench import verify_cost
 from swarmlm.bench.verify_drift import measure
-from swarmlm.crypto.identity import Identity
 from swarmlm.models.generate import generate, load_chain
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
-from swarmlm.net.host import HostConfig, SwarmHost
-from swarmlm.net.state_service import StateService
-from swarmlm.node.client.options import ClientOptions
-from swarmlm.node.client.pipeline import PipelineGenerator
 from swarmlm.node.client.routing import plan_route
 from swarmlm.node.dial import DOWN
 from swarmlm.node.generation import GenerationRequest
@@ -95,25 +91,6 @@ def _layout(ns: Any) -> tuple[dict[int, list[str]], dict[str, Any]]:
             roles["liars"][(lie, hop)] = len(args)
             args[len(args)] = ["--layers", HOPS[hop], "--fault", _lie_fault(lie, hop, ns.eps, ns.trigger)]
     return args, roles
-
-
-@asynccontextmanager
-async def _client(addr: str, **options: Any):
-    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[addr],
-                                                     discovery_interval_s=1.0))
-    state = StateService(host, None, publish=False)
-    async with host.running(), trio.open_nursery() as nursery:
-        nursery.start_soon(state.run)
-        try:
-            yield PipelineGenerator(host, state, ClientOptions(step_timeout_s=30.0, **options))
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def _listed(client: Any, peers: list[str]) -> None:
-    with trio.fail_after(120):
-        while not set(peers) <= {s.peer_id for s in client.servers(MODEL)}:
-            await trio.sleep(0.2)
 
 
 def _through(client: Any, liar: str) -> Any:
@@ -167,8 +144,8 @@ class Run:
     async def liars_runs(self, addr: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for frac in self.ns.fractions:
-            async with _client(addr, standing_steps=0, verdict_ban_s=0.0) as client:
-                await _listed(client, self.ids)
+            async with verify_cost.client(addr, standing_steps=0, verdict_ban_s=0.0) as client:
+                await verify_cost.listed(client, MODEL, self.ids)
                 client.rng = random.Random(20)
                 for (lie, hop), i in self.roles["liars"].items():
                     liar = self.ids[i]
@@ -192,8 +169,8 @@ class Run:
         return self.liars | {self.ids[r["busy"]], self.ids[r["dead_ref"]], self.ids[r["dead_route"]]}
 
     async def honest_runs(self, addr: str) -> None:
-        async with _client(addr, check_fraction=1.0, standing_steps=0) as client:
-            await _listed(client, self.ids)
+        async with verify_cost.client(addr, check_fraction=1.0, standing_steps=0) as client:
+            await verify_cost.listed(client, MODEL, self.ids)
             self.reset(client, ban=self.faulty())
             for _ in range(2):  # warm-up: tokenizer, connections
                 await self.ask(client, 0.0)
@@ -223,8 +200,8 @@ class Run:
         killed = False
         for name, (ban, frac, prefer, calm) in cases.items():  # the dead route first: listed for 60 s
             row: dict[str, Any] = {"ok": 0, "runs": self.ns.runs, "failovers": 0, "verified_tokens": 0}
-            async with _client(addr, check_fraction=frac or 0.1, standing_steps=0) as c:
-                await _listed(c, [ids[i] for i in mid + head] + ([] if killed else [dead_route]))
+            async with verify_cost.client(addr, check_fraction=frac or 0.1, standing_steps=0) as c:
+                await verify_cost.listed(c, MODEL, [ids[i] for i in mid + head] + ([] if killed else [dead_route]))
                 c.rng = random.Random(20)
                 base = []  # the same client and fraction without the fault, just before
                 for _ in range(3):
@@ -254,29 +231,8 @@ class Run:
         return out
 
     async def default_cost(self, addr: str) -> dict[str, Any]:
-        """Alternating asks of a fresh default client and an unverified one: while the servers are new
-        to the default client (every step checked), then once it has seen them earn standing."""
-        out: dict[str, Any] = {}
-        async with _client(addr) as default, _client(addr, check_fraction=0.0) as off:
-            await _listed(default, self.ids[:6])
-            await _listed(off, self.ids[:6])
-            for c in (default, off):
-                self.reset(c, ban=self.faulty())
-            for phase in ("new_servers", "established"):
-                if phase == "established":  # ask on until every server it routes through has standing
-                    for _ in range(20):
-                        gen, _ = await self.ask(default)
-                        if gen is not None and all(default.standing.established(h.peer_id) for h in gen.summary.route):
-                            break
-                rates: dict[str, list[float]] = {"default": [], "unverified": []}
-                for _ in range(self.ns.cost_asks):
-                    for name, c in (("default", default), ("unverified", off)):
-                        gen, wall = await self.ask(c)
-                        if gen is not None:
-                            rates[name].append(len(gen.token_ids) / wall)
-                d, u = statistics.median(rates["default"]), statistics.median(rates["unverified"])
-                out[phase] = {"ratio": round(d / u, 3), "default_tok_s": round(d, 2), "unverified_tok_s": round(u, 2)}
-                log(f"  {phase}: {out[phase]}")
+        out = await verify_cost.measure(addr, MODEL, self.ids[:6], PROMPT, self.ns.tokens, self.ns.cost_asks,
+                                        lambda c: self.reset(c, ban=self.faulty()))
         return {"default_cost": out["established"]["ratio"], "default_cost_new_servers": out["new_servers"]["ratio"],
                 "cost": out}
 
@@ -304,6 +260,8 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
         result.update(run.r)
     finally:
         await trio.to_thread.run_sync(net.down)
+    if ns.cost_model:
+        result["cost_on"] = {ns.cost_model: await verify_cost.on_swarm(ns.cost_model, PROMPT, ns.tokens, ns.cost_asks)}
 
 
 def _summary(r: dict[str, Any]) -> str:
@@ -333,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--honest-asks", type=int, default=48, help="honest asks with every step checked")
     p.add_argument("--concurrency", type=int, default=4, help="honest asks at once (servers batch them)")
     p.add_argument("--cost-asks", type=int, default=6, help="asks per client for default_cost")
+    p.add_argument("--cost-model", help="also measure default_cost on a 4-process swarm of this model "
+                                        "(e.g. builtin:smollm2-135m: a step is real compute there)")
     p.add_argument("--drift-model", default="builtin:tiny", help="model whose middle shard's numerics are measured")
     ns = p.parse_args(argv)
     ns.fractions = [float(x) for x in ns.fractions.split(",") if x.strip()]

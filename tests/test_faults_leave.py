@@ -4,7 +4,8 @@ state TTL) and a client that prefers it answers through the remaining replica wi
 
 The signed leaving mark in the swarm state is issue 17's (``PeerEntry.has_left``, published first on
 a clean shutdown); this file does not build a second one. Until that mechanism is merged the test
-is skipped with a reason naming issue 17; once ``has_left`` exists it runs unchanged."""
+is skipped with a reason naming issue 17; once ``has_left`` exists it runs unchanged (checked on
+issue 20's branch with issue 17's liveness commit 6eb0551 cherry-picked: it passes)."""
 
 from __future__ import annotations
 
