@@ -295,9 +295,18 @@ def main(argv: list[str] | None = None) -> int:
                                         "(e.g. builtin:smollm2-135m: a step is real compute there)")
     p.add_argument("--drift-model", default="builtin:tiny", help="model whose middle shard's numerics are measured")
     ns = p.parse_args(argv)
-    ns.fractions = [float(x) for x in ns.fractions.split(",") if x.strip()]
+    try:
+        ns.fractions = [float(x) for x in ns.fractions.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--fractions: comma-separated numbers between 0 and 1, got {ns.fractions!r}")
     ns.lies = [x for x in ns.lies.split(",") if x.strip()]
     ns.hops = [x for x in ns.hops.split(",") if x.strip()]
+    if not all(0.0 < f <= 1.0 for f in ns.fractions) or not ns.fractions:
+        p.error("--fractions: comma-separated numbers in (0, 1]")
+    if not set(ns.lies) <= {"large", "subtle", "trigger"} or not set(ns.hops) <= set(HOPS):
+        p.error("--lies takes large, subtle, trigger; --hops takes first, middle, head (comma-separated)")
+    if min(ns.runs, ns.tokens, ns.honest_asks, ns.concurrency, ns.cost_asks) < 1 or ns.trigger < 1 or ns.eps <= 0:
+        p.error("--runs, --tokens, --honest-asks, --concurrency, --cost-asks and --trigger must be >= 1, --eps > 0")
     result: dict[str, Any] = {"model": MODEL, "tokens": ns.tokens, "runs": ns.runs, "fractions": ns.fractions,
                               "eps": ns.eps, "trigger": ns.trigger}
     log(f"numerics: honest drift and the smallest detected perturbation ({ns.drift_model})")
