@@ -27,10 +27,11 @@ from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.node.wire import VERDICT_KIND, step_seed, tap_digest
 
 # The largest relative error still counted as agreement, per dtype of the compared tensor. Measured
-# honest drift (swarmlm bench verify, builtin:tiny and SmolLM2-135M middle shards: prefill vs decode,
-# chunked prefill, batches of 2-8 sessions, 1 vs 2 threads): fp32 <= 6e-7, fp16 <= 2e-3, bf16 <= 1.6e-2.
-# The bounds leave >= 80x (fp32), 10x (fp16) and 3.7x (bf16) room over that drift; the smallest
-# perturbation of one weight matrix each detects is in docs/RELIABILITY.md.
+# honest drift (swarmlm bench verify, bench/verify_drift.py: builtin:tiny and SmolLM2-135M middle
+# shards fed real hidden states; prefill vs decode, chunked prefill, batches of 2-8 sessions, 1 vs 2
+# threads): fp32 <= 4.1e-7, fp16 <= 1.5e-3, bf16 <= 1.4e-2. The bounds leave >= 120x (fp32), 13x
+# (fp16) and 4.2x (bf16) room over that drift; the smallest perturbation of one weight matrix each
+# detects is in docs/RELIABILITY.md.
 BASE_TOLERANCE = {"fp32": 5e-5, "float32": 5e-5, "bf16": 6e-2, "bfloat16": 6e-2, "fp16": 2e-2, "float16": 2e-2}
 NOISE_FACTOR = 20.0
 

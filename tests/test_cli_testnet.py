@@ -51,11 +51,13 @@ def test_ask_p2p_and_http(testnet):
     assert r.returncode == 0, r.stderr
     p2p = json.loads(r.stdout)
     assert p2p["completion_tokens"] == 8 and p2p["route"]
+    assert p2p["verified_tokens"] == 8  # on by default: servers new to this client are checked every step
     r = run("ask", "--http", testnet.nodes[2].ready["http"], "--max-tokens", "8", "--json", "hello")  # HOST:PORT
     assert r.returncode == 0, r.stderr
     http = json.loads(r.stdout)
     assert http["text"] == p2p["text"]  # greedy: the same answer whichever way it is asked
     assert http["completion_tokens"] == 8 and http["route"]  # the same fields too
+    assert http["verified_tokens"] == 8 and http["checks"] >= 1
     r = run("ask", "--http", f"http://{testnet.nodes[2].ready['http']}/", "--max-tokens", "2", "hello")
     assert r.returncode == 0 and any(line.startswith("2 tokens (") for line in r.stderr.splitlines()), r.stderr
 

@@ -263,6 +263,7 @@ class Verifier:
             verdict = r.get("verdict") if isinstance(r, dict) else None
             if verdict == "fail":
                 self.stats.setdefault("detected", []).append(hop.peer)
+                self.stats.setdefault("detected_steps", []).append(upto)  # the session step caught at
                 bump(self.stats, "verdicts")
                 await self._second_verdict(ref.peer, ev)
                 c.standing.forfeit(hop.peer)

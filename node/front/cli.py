@@ -44,6 +44,7 @@ BENCHES = {
     "load": "concurrent clients through a 3-node pipeline: throughput, latency, shedding",
     "serve": "N streaming clients, whole model and 3-node pipeline, continuous batching on vs off",
     "sybil": "an honest swarm under Sybil attacks (1..256 identities): success, p95, RSS, recovery",
+    "verify": "verified shards and failover: liars, dead and busy replicas, tolerance (real node processes)",
 }
 
 

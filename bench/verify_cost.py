@@ -1,0 +1,103 @@
+"""The cost half of ``swarmlm bench verify``: tokens/s of a default client over an unverified one.
+
+Two clients ask the same swarm in turn (``asks`` each): a default one (``ClientOptions()``: servers
+new to it are checked on every step, established ones at ``check_fraction`` 0.1) and one with
+verification off. Measured twice: while the servers are new to the default client, and once it has
+seen every server of its route earn standing. ``on_swarm`` starts a swarm of its own (``--cost-model``:
+a real model, 2 ranges x 2 replicas), so the cost is also seen where a step is real compute.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Callable
+
+import trio
+
+from swarmlm.bench.common import log
+from swarmlm.crypto.identity import Identity
+from swarmlm.models.config import ModelConfig
+from swarmlm.models.registry import resolve
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.net.host import HostConfig, SwarmHost
+from swarmlm.net.state_service import StateService
+from swarmlm.node.client.options import ClientOptions
+from swarmlm.node.client.pipeline import PipelineGenerator
+from swarmlm.node.generation import GenerationRequest
+from swarmlm.testnet.local import LocalTestnet
+
+
+@asynccontextmanager
+async def client(addr: str, **options: Any):
+    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[addr],
+                                                     discovery_interval_s=1.0))
+    state = StateService(host, None, publish=False)
+    async with host.running(), trio.open_nursery() as nursery:
+        nursery.start_soon(state.run)
+        try:
+            yield PipelineGenerator(host, state, ClientOptions(step_timeout_s=60.0, **options))
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def listed(c: Any, model: str, peers: list[str]) -> None:
+    with trio.fail_after(120):
+        while not set(peers) <= {s.peer_id for s in c.servers(model)}:
+            await trio.sleep(0.2)
+
+
+async def _ask(c: Any, model: str, prompt: str, tokens: int) -> tuple[Any, float]:
+    req = GenerationRequest(model=model, prompt=prompt, params=SamplingParams(max_new_tokens=tokens))
+    t0 = time.perf_counter()
+    try:
+        async with c.generate(req) as g:
+            async for _ in g:
+                pass
+    except Exception as exc:  # counted out of the rates: a cost bench must not stop on one failure
+        log(f"  ask failed: {type(exc).__name__}: {str(exc)[:160]}")
+        return None, time.perf_counter() - t0
+    return g, time.perf_counter() - t0
+
+
+async def measure(addr: str, model: str, peers: list[str], prompt: str, tokens: int, asks: int,
+                  prepare: Callable[[Any], None] = lambda c: None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with client(addr) as default, client(addr, check_fraction=0.0) as off:
+        for c in (default, off):
+            await listed(c, model, peers)
+            prepare(c)
+        for phase in ("new_servers", "established"):
+            if phase == "established":  # ask on until every server of its route has standing
+                for _ in range(30):
+                    gen, _ = await _ask(default, model, prompt, tokens)
+                    if gen is not None and all(default.standing.established(h.peer_id) for h in gen.summary.route):
+                        break
+            rates: dict[str, list[float]] = {"default": [], "unverified": []}
+            for _ in range(asks):
+                for name, c in (("default", default), ("unverified", off)):
+                    gen, wall = await _ask(c, model, prompt, tokens)
+                    if gen is not None:
+                        rates[name].append(len(gen.token_ids) / wall)
+            d, u = statistics.median(rates["default"]), statistics.median(rates["unverified"])
+            out[phase] = {"ratio": round(d / u, 3), "default_tok_s": round(d, 2), "unverified_tok_s": round(u, 2)}
+            log(f"  {model}, {phase}: {out[phase]}")
+    return out
+
+
+async def on_swarm(model: str, prompt: str, tokens: int, asks: int) -> dict[str, Any]:
+    """The cost on a swarm of ``model`` of its own: 2 ranges x 2 replicas (node processes)."""
+    n = ModelConfig.from_dir(resolve(model)).num_hidden_layers
+    half = f"0:{n // 2}", f"{n // 2}:{n}"
+    args = {i: ["--layers", half[i // 2]] for i in range(4)}
+    net = LocalTestnet(4, tempfile.mkdtemp(prefix="swarmlm-bench-verify-cost-"), extra_args=["--model", model],
+                       per_node_args=args, env={"OMP_NUM_THREADS": "1", "SWARMLM_LOG_QUIET": "1"})
+    log(f"cost on {model}: 4 node processes, layers {half[0]} and {half[1]} x 2")
+    await trio.to_thread.run_sync(net.up)
+    try:
+        ids = [nd.ready["peer_id"] for nd in net.nodes]
+        return await measure(net.nodes[0].addr, model, ids, prompt, tokens, asks)
+    finally:
+        await trio.to_thread.run_sync(net.down)
