@@ -156,3 +156,12 @@ def test_4_5_a_killed_node_then_a_stopped_one(net):
     stopped = net.nodes[1].ready["peer_id"]
     net.kill(1, signal.SIGINT)  # Ctrl-C: a clean shutdown publishes the leaving mark
     _agree_within(net, net.nodes[0], stopped, "left")
+
+
+def test_2_the_demo_prints_no_third_party_line(tmp_path):
+    """`make demo`'s script with builtin:tiny (the real model is the same code, 30 layers slower)."""
+    r = subprocess.run([sys.executable, "-c", "import sys; from swarmlm.node.front.demo import main; "
+                        "sys.exit(main('builtin:tiny', max_layers=2))"], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    clean(r)
+    assert "route and timings" in r.stdout and "demo done" in r.stdout
