@@ -152,7 +152,13 @@ def test_4_5_a_killed_node_then_a_stopped_one(net):
     _agree_within(net, net.nodes[0], victim, "disconnected")
     r = run("ask", "--bootstrap", net.nodes[0].addr, "--max-tokens", "4", "hi")  # 5: its layers' only host died
     one_clear_line(r, "no live server")
-    net.start_node(2)
+    r = run("peers", "--bootstrap", net.nodes[1].addr, "--json")
+    clean(r)
+    assert victim not in {p["peer_id"] for p in json.loads(r.stdout)["peers"]}
+    net.start_node(2)  # back on a new port: the old address is dead in every table, and ask stays clean
+    r = run("ask", "--bootstrap", net.nodes[0].addr, "--max-tokens", "4", "hi")
+    clean(r)
+    assert "4 tokens" in r.stderr
     stopped = net.nodes[1].ready["peer_id"]
     net.kill(1, signal.SIGINT)  # Ctrl-C: a clean shutdown publishes the leaving mark
     _agree_within(net, net.nodes[0], stopped, "left")
