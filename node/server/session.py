@@ -114,7 +114,8 @@ class SessionRunner:
         if head and item.want and not (sess.want_logits or sess.sampling is None):
             def post(out: Any, pos: int = item.pos) -> int:
                 return sample_token(sess, out, pos)
-        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post)
+        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post,
+                    owner=sess.client)
         try:
             await self.svc.batcher.submit(work)
         except SwarmError as exc:  # bad positions, wrong hidden size...: the client's error

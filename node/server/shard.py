@@ -45,6 +45,7 @@ from swarmlm.node.server.verify import handle_report
 from swarmlm.node.wire import SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
 
 log = logging.getLogger("swarmlm.shard")
+PEER_RESERVE = 8  # one peer may not take the last 1/PEER_RESERVE of a server's sessions
 
 
 class ShardService:
@@ -237,6 +238,10 @@ class ShardService:
         left = [max(1, s.cache.max_length - s.cache.length) for s in self.sessions.values() if not s.cache.closed]
         return min(left, default=1) * step_s
 
+    def peer_session_cap(self) -> int:
+        """Sessions one peer may hold: all but an eighth of ``max_sessions`` (kept for other peers)."""
+        return max(1, self.max_sessions - self.max_sessions // PEER_RESERVE)
+
     def view(self, start: int, end: int) -> Any:
         """The shard restricted to layers ``[start, end)`` (cached per range)."""
         key = (start, end)
@@ -267,6 +272,10 @@ class ShardService:
         if len(self.sessions) >= self.max_sessions:
             raise RpcError(BUSY, busy_message(f"node has {len(self.sessions)} sessions open (max {self.max_sessions}); "
                                               "route elsewhere", self.retry_hint_s()))
+        mine = sum(1 for s in self.sessions.values() if s.client == call.ctx.peer)
+        if mine >= self.peer_session_cap():
+            raise RpcError(BUSY, busy_message(f"you have {mine} sessions open here (at most {self.peer_session_cap()} "
+                                              "per peer: the rest is kept for others)", self.retry_hint_s()))
         view = self.view(o.start, o.end)
         try:
             view._check_window(o.max_length)
