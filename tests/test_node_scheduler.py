@@ -17,8 +17,8 @@ class X:
         self.shape = (1, t)
 
 
-def work(key: str, tokens: int, group: str = "v") -> Work:
-    return Work(key, group, None, X(tokens), 0)
+def work(key: str, tokens: int, group: str = "v", owner: str = "") -> Work:
+    return Work(key, group, None, X(tokens), 0, owner=owner)
 
 
 def shape(batch) -> list[tuple[str, int, int]]:
@@ -49,6 +49,21 @@ def test_the_budget_limits_a_batch_and_the_rest_waits_its_turn():
         q.add(work(k, 1), 0.0)
     assert [p.work.key for p in q.next_batch()] == list("abcd")
     assert q.queued == 2
+
+
+def test_peers_take_turns_so_many_sessions_of_one_peer_do_not_crowd_out_another():
+    q = BatchQueue(max_batch_tokens=4, prefill_chunk=64)
+    for k in ("m1", "m2", "m3", "m4", "m5"):
+        q.add(work(k, 1, owner="many"), 0.0)
+        q.add(work(k + "p", 100, owner="many"), 0.0)
+    q.add(work("o1", 1, owner="other"), 0.0)
+    q.add(work("o1p", 100, owner="other"), 0.0)
+    assert [p.work.key for p in q.next_batch()] == ["m1", "o1", "m2", "m3"]  # each peer's oldest first
+    q2 = BatchQueue(max_batch_tokens=128, prefill_chunk=64)
+    for k in ("m1", "m2", "m3"):
+        q2.add(work(k, 100, owner="many"), 0.0)
+    q2.add(work("o1", 100, owner="other"), 0.0)
+    assert shape(q2.next_batch()) == [("m1", 0, 64), ("o1", 0, 64)]  # prompts take turns too
 
 
 def test_budget_one_is_batching_off_but_a_prompt_still_gets_whole_chunks():

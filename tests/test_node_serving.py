@@ -1,12 +1,14 @@
 """Many users at once on in-process nodes (builtin:tiny): concurrent generations are batched and give
 the tokens lone ones give (greedy and seeded, whole model and a pipeline's middle hop), a cancelled one
-leaves the rest correct, admission answers busy with a retry hint and recovers, idle sessions expire,
+leaves the rest correct, admission answers busy with a retry hint and recovers (also beyond a peer's
+share of the sessions), idle sessions expire,
 the advertised speed follows a server made slower, and routing spreads concurrent sessions."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import AsyncExitStack
 
 import torch
 import trio
@@ -90,6 +92,25 @@ async def test_whole_model_server_batches_cancels_admits_and_measures(tmp_path):
                 while svc.sessions:
                     await trio.sleep(0.01)
             assert svc.cache.free_tokens == 400
+            # one peer may not take a server's last sessions: they are kept for other peers
+            svc.max_sessions, cap = 8, 7
+            assert svc.peer_session_cap() == cap
+            async with AsyncExitStack() as stack:
+                for _ in range(cap):
+                    await stack.enter_async_context(PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40))
+                try:
+                    async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40):
+                        raise AssertionError("a peer was admitted beyond its share of the sessions")
+                except HopFailed as exc:
+                    assert exc.busy and "per peer" in str(exc)
+                async with swarm_client(nodes[0]) as other:
+                    await other.ensure_connected(peer)
+                    async with PipelineSession(other.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40) as theirs:
+                        assert (await theirs.step(torch.tensor([[1, 2]]), 0)).token is not None
+            svc.max_sessions = 64
+            with trio.fail_after(10):
+                while svc.sessions:
+                    await trio.sleep(0.01)
             async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 300, {"seed": 1}) as again:
                 assert (await again.step(torch.tensor([[1, 2, 3]]), 0)).token is not None
 

@@ -12,7 +12,11 @@ pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch(
   the batch has room under ``max_batch_tokens``; a prompt goes on where its last chunk ended, so a
   long prompt holds up the others' decoding for one chunk at a time;
 - the first piece of a batch is always taken, so ``max_batch_tokens=1`` runs one session per batch
-  (batching off).
+  (batching off);
+- **fair per peer**: within each of the two kinds, works take turns by ``owner`` (the peer that opened
+  the session): every owner's oldest work before anyone's second, so a peer with many sessions gets no
+  more of a full batch than a peer with one while others wait. A peer's queued steps are bounded by its
+  sessions (one each), and sessions by the server's ``max_sessions`` and per-peer share (``shard.py``).
 
 ``launch_at(now)`` says when the next batch should start: at once, unless sessions of the batch that
 just finished have not queued their next step yet (their answers are on their way round the
@@ -45,6 +49,7 @@ class Work:
     pos: int
     last_only: bool = False  # the head: only the last position's logits
     post: Callable[[Any], Any] | None = None  # run on the final output in the worker thread (sampling)
+    owner: str = ""  # the peer that opened the session: works take turns by owner
     seq: int = 0  # arrival order (set by the queue)
     arrived: float = 0.0
     done: int = 0  # positions computed so far
@@ -79,6 +84,18 @@ class Piece:
     @property
     def last(self) -> bool:
         return self.offset + self.n >= self.work.tokens
+
+
+def _turns(works: list[Work]) -> list[Work]:
+    """``works`` (oldest first) reordered so owners take turns: each owner's first, then each one's
+    second, ...; within a round, oldest first."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for w in works:
+        r = rank.get(w.owner, 0)
+        rank[w.owner] = r + 1
+        keyed.append((r, w.seq, w))
+    return [w for _, _, w in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 class BatchQueue:
@@ -159,8 +176,8 @@ class BatchQueue:
         works = sorted(self._queued.values(), key=lambda w: w.seq)
         group = works[0].group
         works = [w for w in works if w.group == group]
-        short = [w for w in works if not self._chunked(w)]
-        long = [w for w in works if self._chunked(w)]
+        short = _turns([w for w in works if not self._chunked(w)])
+        long = _turns([w for w in works if self._chunked(w)])
         batch: list[Piece] = []
         room = self.max_batch_tokens
         for w in short:

@@ -113,7 +113,8 @@ class SessionRunner:
         head = sess.view.has_head
         samples = head and item.want and not (sess.want_logits or sess.sampling is None)
         post = (lambda out, pos=item.pos: sample_token(sess, out, pos)) if samples else None
-        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post)
+        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post,
+                    owner=sess.client)
         try:
             await self.svc.batcher.submit(work)
         except SwarmError as exc:  # bad positions, wrong hidden size...: the client's error

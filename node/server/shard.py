@@ -53,6 +53,7 @@ SERVED_KEPT = 32
 RELAY_WAIT_S = 10.0  # a relay may arrive just before the client's session open: wait this long for it
 RELAY_WAITS_PER_PEER = 8  # relays one peer may have waiting for a session (each holds a call)
 RELAY_WAITS_TOTAL = 64
+PEER_RESERVE = 8  # one peer may not take the last 1/PEER_RESERVE of a server's sessions
 
 
 class ShardService:
@@ -258,6 +259,10 @@ class ShardService:
         left = [max(1, s.cache.max_length - s.cache.length) for s in self.sessions.values() if not s.cache.closed]
         return min(left, default=1) * step_s
 
+    def peer_session_cap(self) -> int:
+        """Sessions one peer may hold: all but an eighth of ``max_sessions`` (kept for other peers)."""
+        return max(1, self.max_sessions - self.max_sessions // PEER_RESERVE)
+
     def view(self, start: int, end: int) -> Any:
         """The shard restricted to layers ``[start, end)`` (cached per range)."""
         key = (start, end)
@@ -288,6 +293,10 @@ class ShardService:
         if len(self.sessions) >= self.max_sessions:
             raise RpcError(BUSY, busy_message(f"node has {len(self.sessions)} sessions open (max {self.max_sessions}); "
                                               "route elsewhere", self.retry_hint_s()))
+        mine = sum(1 for s in self.sessions.values() if s.client == call.ctx.peer)
+        if mine >= self.peer_session_cap():
+            raise RpcError(BUSY, busy_message(f"you have {mine} sessions open here (at most {self.peer_session_cap()} "
+                                              "per peer: the rest is kept for others)", self.retry_hint_s()))
         view = self.view(o.start, o.end)
         try:
             view._check_window(o.max_length)
