@@ -31,6 +31,7 @@ from typing import Any
 
 from swarmlm.bench.common import emit, log, parser, percentile
 from swarmlm.testnet.local import LocalTestnet
+from swarmlm.testnet.sybil import RPC_PARTS
 from swarmlm.testnet.sybil_payloads import ATTACKS
 
 MODEL = "builtin:tiny"
@@ -132,7 +133,7 @@ def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str
     # the attacker is spawned (and has imported everything) before the baseline window, and runs
     # niced: its own CPU models machines elsewhere, what is measured is what the honest nodes pay
     cmd = ["nice", "-n", "19", sys.executable, "-m", "swarmlm.testnet.sybil", "--wait-go", "--attack", attack,
-           "--identities", str(m), "--duration", str(ns.attack_s), "--model", MODEL]
+           "--identities", str(m), "--duration", str(ns.attack_s), "--model", MODEL, "--parts", ns.rpc_parts]
     cmd += [x for n in net.nodes for x in ("--target", n.addr)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=dict(os.environ))
@@ -200,14 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-s", type=float, default=4.0)
     p.add_argument("--recover-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=90.0)
+    p.add_argument("--rpc-parts", default=",".join(RPC_PARTS),
+                   help=f"the rpc attack's parts, comma-separated, of {', '.join(RPC_PARTS)} (to tell what costs)")
     p.add_argument("--log-level", default="warning", help="the nodes' log level (their logs: --dir)")
     p.add_argument("--dir", help="run the nodes in this directory and keep their logs (default: a temporary one)")
     ns = p.parse_args(argv)
     attacks = [a for a in ns.attacks.split(",") if a]
     sizes = [int(x) for x in ns.identities.split(",") if x]
     bad = [a for a in attacks if a not in ATTACKS]
-    if bad or not sizes or min(sizes) < 1:
-        p.error(f"--attacks takes {', '.join(ATTACKS)}; --identities positive integers")
+    bad_parts = [x for x in ns.rpc_parts.split(",") if x not in RPC_PARTS]
+    if bad or bad_parts or not sizes or min(sizes) < 1:
+        p.error(f"--attacks takes {', '.join(ATTACKS)}; --rpc-parts {', '.join(RPC_PARTS)}; "
+                "--identities positive integers")
     results: dict[str, dict[str, Any]] = {}
     with (contextlib.nullcontext(ns.dir) if ns.dir else tempfile.TemporaryDirectory(prefix="swarmlm-sybil-")) as tmp:
         net = LocalTestnet(5, tmp, extra_args=["--model", MODEL, "--threads", "1", "--no-reachability"],

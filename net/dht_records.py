@@ -105,6 +105,11 @@ class SignedRecordValidator:
             self.rejected += 1
             raise
 
+    @property
+    def stored(self) -> int:
+        """How many keys other peers' records hold here (within ``ttl_s``)."""
+        return len(self._keys)
+
     def _drop(self, key: str) -> None:
         size, _ = self._keys.pop(key)
         self.bytes -= size

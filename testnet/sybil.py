@@ -108,25 +108,34 @@ async def _slow_reader(host: SwarmHost, peer: str) -> None:
     await s.reset()
 
 
-async def rpc_attack(hosts: list[SwarmHost], targets: list[str], duration_s: float) -> None:
+RPC_PARTS = ("bomb", "relay", "trickle", "unread")
+
+
+async def rpc_attack(hosts: list[SwarmHost], targets: list[str], duration_s: float,
+                     parts: tuple[str, ...] = RPC_PARTS) -> None:
     """Host ``i`` against ``targets[i]`` (one list, or one target per host), for ``duration_s``:
     decode bombs, relay holds, a trickled frame and an unread answer, repeated every second."""
     pairs = list(zip(hosts, targets)) if len(targets) == len(hosts) else [(h, t) for h in hosts for t in targets]
     with trio.move_on_after(duration_s):
         async with trio.open_nursery() as nursery:
             for host, peer in pairs:
-                nursery.start_soon(_quietly, _trickle, host, peer)
-                nursery.start_soon(_quietly, _slow_reader, host, peer)
+                if "trickle" in parts:
+                    nursery.start_soon(_quietly, _trickle, host, peer)
+                if "unread" in parts:
+                    nursery.start_soon(_quietly, _slow_reader, host, peer)
             k = 0
             while True:
                 for host, peer in pairs:
-                    nursery.start_soon(_quietly, _bomb, host, peer)
-                    nursery.start_soon(_quietly, _relay_hold, host, peer, k)
+                    if "bomb" in parts:
+                        nursery.start_soon(_quietly, _bomb, host, peer)
+                    if "relay" in parts:
+                        nursery.start_soon(_quietly, _relay_hold, host, peer, k)
                     k += 1
                 await trio.sleep(1.0)
 
 
-async def run(targets: list[str], attack: str, identities: int, duration_s: float, model: str) -> dict[str, Any]:
+async def run(targets: list[str], attack: str, identities: int, duration_s: float, model: str,
+              parts: tuple[str, ...] = RPC_PARTS) -> dict[str, Any]:
     peers = [split_p2p_addr(t)[1] for t in targets]
     t0 = time.monotonic()
     idents = [Identity.generate() for _ in range(identities)]
@@ -144,7 +153,7 @@ async def run(targets: list[str], attack: str, identities: int, duration_s: floa
                     for t in ts:
                         nursery.start_soon(_quietly, h.connect, t)
         if attack == "rpc":
-            await rpc_attack([h for h, _ in plan], [split_p2p_addr(ts[0])[1] for _, ts in plan], duration_s)
+            await rpc_attack([h for h, _ in plan], [split_p2p_addr(ts[0])[1] for _, ts in plan], duration_s, parts)
         else:
             end = t0 + duration_s
             sent = 0
@@ -163,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--model", default="builtin:tiny")
+    p.add_argument("--parts", default=",".join(RPC_PARTS), help="rpc attack: which parts (comma-separated)")
     p.add_argument("--wait-go", action="store_true", help="start only after a line on stdin (benches pre-spawn)")
     ns = p.parse_args(argv)
+    parts = tuple(x for x in ns.parts.split(",") if x)
+    unknown = sorted(set(parts) - set(RPC_PARTS))
+    if unknown or not parts:
+        p.error(f"--parts takes a comma-separated subset of {','.join(RPC_PARTS)}, not {ns.parts!r}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if ns.wait_go:
         sys.stdin.readline()
-    report = trio.run(run, ns.target, ns.attack, ns.identities, ns.duration, ns.model)
+    report = trio.run(run, ns.target, ns.attack, ns.identities, ns.duration, ns.model, parts)
     print(report, file=sys.stderr)
     return 0
 
