@@ -97,15 +97,16 @@ async def test_whole_model_server_batches_cancels_admits_and_measures(tmp_path):
             assert svc.peer_session_cap() == cap
             async with AsyncExitStack() as stack:
                 for _ in range(cap):
-                    await stack.enter_async_context(PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40))
+                    await stack.enter_async_context(PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40, {"seed": 1}))
                 try:
-                    async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40):
+                    async with PipelineSession(client.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40, {"seed": 1}) as more:
+                        await more.step(torch.tensor([[1, 2]]), 0)  # the server's answer to the open comes first
                         raise AssertionError("a peer was admitted beyond its share of the sessions")
                 except HopFailed as exc:
                     assert exc.busy and "per peer" in str(exc)
                 async with swarm_client(nodes[0]) as other:
                     await other.ensure_connected(peer)
-                    async with PipelineSession(other.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40) as theirs:
+                    async with PipelineSession(other.host.rpc, MODEL, [HopPlan(peer, 0, 6)], 40, {"seed": 1}) as theirs:
                         assert (await theirs.step(torch.tensor([[1, 2]]), 0)).token is not None
             svc.max_sessions = 64
             with trio.fail_after(10):
