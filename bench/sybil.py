@@ -135,7 +135,9 @@ def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str
     cmd = ["nice", "-n", "19", sys.executable, "-m", "swarmlm.testnet.sybil", "--wait-go", "--attack", attack,
            "--identities", str(m), "--duration", str(ns.attack_s), "--model", MODEL, "--parts", ns.rpc_parts]
     cmd += [x for n in net.nodes for x in ("--target", n.addr)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # its stderr goes to a file: a pipe nobody reads until it exits fills up and stalls it
+    errf = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf,
                             env=dict(os.environ))
     time.sleep(2.0)  # its imports
     t_base = time.monotonic()
@@ -148,9 +150,14 @@ def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str
     while proc.poll() is None:
         for p in pids:
             peak[p] = max(peak[p], _rss_mb(p))
+        if time.monotonic() - t_attack > ns.attack_s + 60:  # it should have left: make it
+            log("  the attacker overstayed its duration by 60 s: killed")
+            proc.kill()
         time.sleep(0.5)
     t_left = time.monotonic()
-    err = proc.stderr.read().decode(errors="replace")[-300:] if proc.stderr else ""
+    errf.seek(0)
+    err = errf.read().decode(errors="replace")[-300:]
+    errf.close()
     recovered, why = None, ""
     while time.monotonic() - t_left < ns.recover_s:
         for p in pids:
