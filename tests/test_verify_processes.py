@@ -31,6 +31,7 @@ from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline import PipelineGenerator
 from swarmlm.node.dial import DOWN
 from swarmlm.node.generation import GenerationRequest
+from swarmlm.node.trust import TrustView
 from swarmlm.testnet.local import LocalTestnet
 
 MODEL = "builtin:tiny"
@@ -47,14 +48,18 @@ def local_tokens() -> list[int]:
 
 
 @asynccontextmanager
-async def open_client(addr: str, **options):
+async def open_client(addr: str, trust: tuple[str, ...] = (), **options):
+    """A light client of the swarm at ``addr``; ``trust``: peer ids it takes as anchors of standing
+    (what ``--trust`` gives a node: the swarm's founders), whose verdicts count swarm-wide."""
     host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[addr],
                                                      discovery_interval_s=1.0))
     state = StateService(host, None, publish=False)
     async with host.running(), trio.open_nursery() as nursery:
         nursery.start_soon(state.run)
         try:
-            yield PipelineGenerator(host, state, ClientOptions(step_timeout_s=10.0, **options))
+            client = PipelineGenerator(host, state, ClientOptions(step_timeout_s=10.0, **options))
+            TrustView.of(host, state, trust)
+            yield client
         finally:
             nursery.cancel_scope.cancel()
 
@@ -112,9 +117,14 @@ async def test_dead_and_busy_references_and_a_dead_server_on_the_route(tmp_path)
                 gen = await ask(client, check_fraction=fraction)
                 assert gen.token_ids == want  # and the dead peer is not routed to any more
                 assert ids[2] not in [h.peer_id for h in gen.summary.route]
-            async with open_client(net.nodes[0].addr, prefer=(ids[2],)) as other:  # another client
+            async with open_client(net.nodes[0].addr, prefer=(ids[2],)) as other:  # another client, new to it
                 await listed(other, [ids[0], ids[5]])
-                assert ids[2] not in other.plan(MODEL, 32).peer_ids()  # ... of this process knows it too
+                # a dial of the dead peer fails (this client's discovery, or DOWN from the first client's
+                # dials): the peer shows as not reachable and this client answers through the others
+                gen = await ask(other)
+                assert gen.token_ids == want and ids[2] not in [h.peer_id for h in gen.summary.route]
+                assert ids[2] not in {s.peer_id for s in other.servers(MODEL)}
+                assert ids[2] not in other.plan(MODEL, 32).peer_ids()
     finally:
         await trio.to_thread.run_sync(net.down)
 
@@ -122,14 +132,15 @@ async def test_dead_and_busy_references_and_a_dead_server_on_the_route(tmp_path)
 async def test_head_liar_at_a_low_fraction_and_rejoined_under_a_fresh_identity(tmp_path):
     want = local_tokens()
     layers = {0: ["--layers", "0:3"], 1: ["--layers", "3:6"], 2: ["--layers", "3:6"],
-              3: ["--layers", "3:6", "--fault", "wrong-head"]}
-    net = LocalTestnet(4, tmp_path / "net", extra_args=["--model", MODEL], per_node_args=layers, env=ENV)
+              3: ["--layers", "3:6", "--fault", "wrong-head"], 4: ["--layers", "0:3"]}  # 4: every hop checkable
+    net = LocalTestnet(5, tmp_path / "net", extra_args=["--model", MODEL], per_node_args=layers, env=ENV)
     await trio.to_thread.run_sync(net.up)
     try:
         ids = [n.ready["peer_id"] for n in net.nodes]
         liar = ids[3]
-        async with open_client(net.nodes[0].addr, check_fraction=0.1, standing_steps=0, prefer=(liar,),
-                                  verdict_ban_s=0.0) as client:
+        founders = (*ids[:3], ids[4])  # the honest servers: their verdicts count (issue 16's trust model)
+        async with open_client(net.nodes[0].addr, founders, check_fraction=0.1, standing_steps=0, prefer=(liar,),
+                               verdict_ban_s=0.0) as client:
             await listed(client, ids)
             client.rng = random.Random(5)
             caught = 0
@@ -147,8 +158,8 @@ async def test_head_liar_at_a_low_fraction_and_rejoined_under_a_fresh_identity(t
             with trio.fail_after(20):
                 while liar not in client.convicted():
                     await trio.sleep(0.1)
-        async with open_client(net.nodes[0].addr) as fresh:  # convicted swarm-wide
-            await listed(fresh, ids[:3])
+        async with open_client(net.nodes[0].addr, founders) as fresh:  # convicted swarm-wide
+            await listed(fresh, [*ids[:3], ids[4]])
             with trio.fail_after(20):
                 while liar not in fresh.convicted():
                     await trio.sleep(0.1)
