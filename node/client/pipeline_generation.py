@@ -27,6 +27,7 @@ from swarmlm.errors import SwarmError
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
 from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult
+from swarmlm.node.client.speculative import Speculation
 from swarmlm.node.client.verify import SpotChecker, VerificationFailed
 from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
 
@@ -73,6 +74,7 @@ class PipelineGeneration:
         self._send, self._recv = trio.open_memory_channel[Any](1024)
         self._t_first: float | None = None
         self.held: list[str] = []  # the peers the client counts this generation's sessions on
+        self.spec: Speculation | None = None  # speculative decoding (ClientOptions.speculative)
 
     @property
     def token_ids(self) -> list[int]:
@@ -150,6 +152,9 @@ class PipelineGeneration:
                                    step_timeout_s=c.options.step_timeout_s, tap=checker is not None,
                                    wire=c.options.wire_dtype) as sess:
             res = await self._replay(sess)
+            if c.options.speculative and checker is None:  # verify passes of k+1 positions instead of steps
+                self.spec = self.spec or Speculation(c.options.draft_k_max)
+                return await self.spec.run(self, sess, res)
             while True:
                 if checker is not None and checker.sample():
                     await checker.check(sess, sess._step - 1)
@@ -202,5 +207,7 @@ class PipelineGeneration:
         decode_s = now - (self._t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
         s.route = self.timings.summary(route)
+        if self.spec is not None:
+            s.speculative = self.spec.summary()
         self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
                                   "tokens_per_s": s.tokens_per_s, "at": time.time()})
