@@ -62,6 +62,8 @@ class GenerationSummary:
     # consensus mode
     round_id: str | None = None
     scores: list[dict[str, Any]] | None = None
+    # speculative decoding: {"passes", "proposed", "accepted", "acceptance", "tokens_per_pass"}
+    speculative: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -143,18 +143,27 @@ def _route(raw: Any) -> list | None:
 @dataclass
 class StepItem:
     """One input of a session: ``x`` ([1, T] ids, or [1, T, H] hidden states) at position ``pos``;
-    ``want``: the client waits for this step's answer; ``timings``: per-hop rows so far."""
+    ``want``: the client waits for this step's answer; ``timings``: per-hop rows so far.
+    Speculative decoding: ``verify`` asks the head hop for its token at every position of ``x`` (a
+    verify pass of k+1 positions, answered by ``tokens_answer``); ``rollback`` (== ``pos``) tells every
+    hop to drop its cached positions from ``pos`` on (the rejected drafts) before computing."""
 
     step: int
     pos: int
     x: Any
     want: bool = True
     timings: list | None = None
+    verify: bool = False
+    rollback: int | None = None
 
     def to_msg(self) -> dict[str, Any]:
         msg = {"step": self.step, "pos": self.pos, "x": self.x, "want": self.want}
         if self.timings:
             msg["timings"] = self.timings
+        if self.verify:
+            msg["verify"] = True
+        if self.rollback is not None:
+            msg["rollback"] = self.rollback
         return msg
 
     @classmethod
@@ -169,7 +178,10 @@ class StepItem:
         timings = item.get("timings") or []
         if not isinstance(timings, list) or len(timings) > MAX_TIMINGS:
             raise WireError("step: bad timings")
-        return cls(step, pos, x, bool(item.get("want", True)), timings)
+        rollback = item.get("rollback")
+        if rollback is not None and rollback != pos:
+            raise WireError("step: rollback must equal pos (drop the cached positions from pos on)")
+        return cls(step, pos, x, bool(item.get("want", True)), timings, item.get("verify") is True, rollback)
 
 
 _RETRY_HINT = re.compile(r"retry in (\d{1,6}(?:\.\d{1,3})?) s")
@@ -191,6 +203,11 @@ def token_answer(step: int, token: int, timings: list) -> dict[str, Any]:
     return {"step": step, "token": token, "timings": timings}
 
 
+def tokens_answer(step: int, tokens: list[int], timings: list) -> dict[str, Any]:
+    """The head's answer to a verify pass: its token at every position of the step."""
+    return {"step": step, "tokens": tokens, "timings": timings}
+
+
 def logits_answer(step: int, logits: Any, timings: list) -> dict[str, Any]:
     return {"step": step, "logits": logits, "timings": timings}
 
@@ -198,6 +215,10 @@ def logits_answer(step: int, logits: Any, timings: list) -> dict[str, Any]:
 def hidden_answer(item: StepItem, out: Any, timings: list, relay_failed: str | None = None) -> dict[str, Any]:
     """A middle hop's output, for the next server (or for the client when ``relay_failed`` names it)."""
     msg = {"step": item.step, "pos": item.pos, "x": out, "want": item.want, "timings": timings}
+    if item.verify:
+        msg["verify"] = True
+    if item.rollback is not None:
+        msg["rollback"] = item.rollback
     if relay_failed:
         msg["relay_failed"] = relay_failed
     return msg

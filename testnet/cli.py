@@ -30,7 +30,13 @@ def cmd_up(ns: argparse.Namespace) -> int:
             for n in out["nodes"]:
                 print(f"{n['name']:<10} site {n['site']:<4} pid {n['pid']:<7} {n['addrs'][0]}")
         return 0
+    if not 0 <= ns.rtt_ms <= 10_000 or (ns.bandwidth_mbps is not None and not ns.bandwidth_mbps > 0):
+        print("error: --rtt-ms must be in 0..10000 and --bandwidth-mbps positive", file=sys.stderr)
+        return 2
     if ns.netns:
+        if ns.rtt_ms:
+            print("error: --rtt-ms is for the loopback testnet (netns links take delays from the topology)", file=sys.stderr)
+            return 2
         return netns_up(ns)
     extra = []
     max_layers = ns.max_layers
@@ -45,7 +51,8 @@ def cmd_up(ns: argparse.Namespace) -> int:
     if max_layers:
         extra += ["--max-layers", str(max_layers)]
     net = LocalTestnet(ns.nodes, ns.base_dir, extra_args=extra, http=ns.http,
-                       sequential=bool(ns.model)).up(timeout=ns.timeout)
+                       sequential=bool(ns.model), rtt_ms=ns.rtt_ms,
+                       bandwidth_mbps=ns.bandwidth_mbps).up(timeout=ns.timeout)
     out = [{"index": n.index, "pid": n.pid, **n.ready} for n in net.nodes]
     if ns.json:
         print(json.dumps({"base_dir": str(net.base), "nodes": out}))
@@ -93,6 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--demo", action="store_true",
                     help="with --netns: the docker compose swarm (testnet/description.py), from the same description")
     up.add_argument("--netns", action="store_true", help="start the nodes inside the simulated internet (root)")
+    up.add_argument("--rtt-ms", type=float, default=0.0, metavar="MS",
+                    help="every link gets this round trip (a user-space forwarder in front of each node)")
+    up.add_argument("--bandwidth-mbps", type=float, default=None, metavar="MBPS",
+                    help="with --rtt-ms: also cap each direction of each link")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each node")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_up)

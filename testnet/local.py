@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmlm.errors import SwarmError
+from swarmlm.testnet.latency import forwarder_command, free_port
 
 STATE_FILE = "testnet.json"
 
@@ -44,6 +45,7 @@ class NodeProc:
     proc: subprocess.Popen | None = None
     pid: int = 0
     ready: dict = field(default_factory=dict)
+    forwarder_pid: int = 0  # the latency forwarder in front of its listen port (``rtt_ms``)
 
     @property
     def ready_file(self) -> Path:
@@ -77,7 +79,8 @@ def _wait_ready(node: NodeProc, timeout: float) -> dict:
 class LocalTestnet:
     def __init__(self, n: int, base_dir: str | os.PathLike, extra_args: list[str] | None = None,
                  per_node_args: dict[int, list[str]] | None = None, env: dict[str, str] | None = None,
-                 http: bool = False, sequential: bool = False) -> None:
+                 http: bool = False, sequential: bool = False, rtt_ms: float = 0.0,
+                 bandwidth_mbps: float | None = None) -> None:
         if n < 1:
             raise TestnetError("a testnet needs at least one node")
         self.n = n
@@ -87,6 +90,8 @@ class LocalTestnet:
         self.env = env
         self.http = http
         self.sequential = sequential
+        self.rtt_ms = float(rtt_ms)  # > 0: every node listens behind a forwarder adding rtt_ms / 2 each way
+        self.bandwidth_mbps = bandwidth_mbps
         self.nodes: list[NodeProc] = []
 
     def _start(self, i: int, bootstrap: list[str]) -> NodeProc:
@@ -97,8 +102,18 @@ class LocalTestnet:
         extra = self.extra + self.per_node.get(i, [])
         if self.http:
             extra += ["--http", "127.0.0.1:0"]
-        cmd = node_command(str(d), str(node.ready_file), bootstrap=bootstrap, extra=extra)
+        listen = "/ip4/127.0.0.1/tcp/0"
         env = dict(os.environ, **(self.env or {}), PYTHONUNBUFFERED="1")
+        if self.rtt_ms > 0:  # the node announces the forwarder's port: every peer reaches it through the delay
+            port, fport = free_port(), free_port()
+            listen = f"/ip4/127.0.0.1/tcp/{port}"
+            extra += ["--announce", f"/ip4/127.0.0.1/tcp/{fport}"]
+            with open(d / "forwarder.log", "ab") as flog:
+                fwd = subprocess.Popen(forwarder_command(fport, port, self.rtt_ms / 2, self.bandwidth_mbps),
+                                       stdout=flog, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True, env=env)
+            node.forwarder_pid = fwd.pid
+        cmd = node_command(str(d), str(node.ready_file), listen=listen, bootstrap=bootstrap, extra=extra)
         with open(node.log_file, "ab") as log:
             node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=env)
@@ -128,11 +143,14 @@ class LocalTestnet:
         return self
 
     def _save(self) -> None:
-        state = {"nodes": [{"index": n.index, "pid": n.pid, "data_dir": str(n.data_dir)} for n in self.nodes]}
+        state = {"nodes": [{"index": n.index, "pid": n.pid, "data_dir": str(n.data_dir)} for n in self.nodes],
+                 "forwarders": [n.forwarder_pid for n in self.nodes if n.forwarder_pid]}
         (self.base / STATE_FILE).write_text(json.dumps(state))
 
     def start_node(self, i: int, timeout: float = 120.0) -> NodeProc:
         """(Re)start node ``i`` (after a kill) with the same data dir: it rejoins via node 0."""
+        if self.nodes[i].forwarder_pid:
+            _stop_forwarder(self.nodes[i].forwarder_pid)
         node = self._start(i, [self.nodes[0].addr] if i else [])
         self.nodes[i] = node
         self._save()
@@ -196,5 +214,17 @@ def down(base_dir: str | os.PathLike, timeout: float = 10.0) -> int:
             except ChildProcessError:
                 pass
             time.sleep(0.05)
+    for pid in json.loads(state_path.read_text()).get("forwarders", []):
+        _stop_forwarder(int(pid))
     state_path.unlink(missing_ok=True)
     return len(alive)
+
+
+def _stop_forwarder(pid: int) -> None:
+    try:
+        if b"swarmlm.testnet.latency" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return  # not ours (the pid was reused)
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (OSError, ChildProcessError):
+        pass

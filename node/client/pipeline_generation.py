@@ -32,6 +32,7 @@ from swarmlm.errors import SwarmError, root_cause
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
 from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult, single_leaf
+from swarmlm.node.client.speculative import Speculation
 from swarmlm.node.client.verify import VerificationFailed, Verifier
 from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
 
@@ -81,6 +82,7 @@ class PipelineGeneration:
         self._send, self._recv = trio.open_memory_channel[Any](1024)
         self._t_first: float | None = None
         self.held: list[str] = []  # the peers the client counts this generation's sessions on
+        self.spec: Speculation | None = None  # speculative decoding (ClientOptions.speculative)
 
     @property
     def token_ids(self) -> list[int]:
@@ -187,6 +189,12 @@ class PipelineGeneration:
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype) as sess:
+            if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
+                self.spec = self.spec or Speculation(c.options.draft_k_max)
+                res = await self._replay(sess)
+                self._base = len(self.token_ids)
+                await self.spec.run(self, sess, res)
+                return
             if v is None:
                 await self._loop(sess)
                 return
@@ -260,6 +268,8 @@ class PipelineGeneration:
         decode_s = now - (self._t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
         s.route = self.timings.summary(route)
+        if self.spec is not None:
+            s.speculative = self.spec.summary()
         self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
                                   "tokens_per_s": s.tokens_per_s, "at": time.time(),
                                   "tokens": s.prompt_tokens + s.completion_tokens})

@@ -57,6 +57,7 @@ class StepResult:
     token: int | None
     logits: torch.Tensor | None
     timings: list[list[Any]]
+    tokens: list[int] | None = None  # a verify pass: the head's token at every position
 
 
 class PipelineSession:
@@ -186,12 +187,15 @@ class PipelineSession:
         """The number of the last step sent (-1 before the first)."""
         return self._step - 1
 
-    async def step(self, x: torch.Tensor, pos: int, want: bool = True) -> StepResult | None:
-        """Feed ``x`` ([1, T] ids) at ``pos``; with ``want`` wait for and return the head's answer."""
+    async def step(self, x: torch.Tensor, pos: int, want: bool = True, verify: bool = False) -> StepResult | None:
+        """Feed ``x`` ([1, T] ids) at ``pos``; with ``want`` wait for and return the head's answer.
+        ``verify``: a speculative verify pass (every hop first drops its cache from ``pos`` on; the
+        answer's ``tokens`` hold the head's token at every position)."""
         step = self._step
         self._step += 1
         try:
-            await self._calls[0].send(StepItem(step, pos, x, want).to_msg())
+            await self._calls[0].send(StepItem(step, pos, x, want, verify=verify,
+                                               rollback=pos if verify else None).to_msg())
             self._sent_steps += 1
         except Exception as exc:  # RpcError, a closed or reset stream: whatever a vanished peer raises
             raise HopFailed(self.hops[0].peer_id, f"{type(exc).__name__}: {exc}") from None
@@ -215,6 +219,13 @@ class PipelineSession:
                     if isinstance(msg, dict) and isinstance(msg.get("step"), int) and msg["step"] < step:
                         continue  # a late answer to an earlier step
                     raise HopFailed(self.hops[i].peer_id, "answered out of order")
+                if "tokens" in msg:
+                    toks = msg["tokens"]
+                    if not verify or not isinstance(toks, list) or len(toks) != x.shape[1] or not all(
+                            isinstance(t, int) for t in toks):
+                        raise HopFailed(self.hops[i].peer_id, "sent a malformed verify answer")
+                    answer = StepResult(None, None, msg.get("timings") or [], toks)
+                    continue
                 if "token" in msg or "logits" in msg:
                     answer = StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
                     continue
@@ -224,7 +235,8 @@ class PipelineSession:
                                  self.hops[i + 1].peer_id[-8:])
                     try:
                         await self._calls[i + 1].send(StepItem(step, msg["pos"], msg["x"], msg.get("want", True),
-                                                               msg.get("timings", [])).to_msg())
+                                                               msg.get("timings", []), verify=verify,
+                                                               rollback=pos if verify else None).to_msg())
                     except Exception as exc:  # the next server vanished too
                         raise HopFailed(self.hops[i + 1].peer_id, f"{type(exc).__name__}: {exc}") from None
                     continue

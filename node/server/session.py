@@ -27,7 +27,8 @@ from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
 from swarmlm.net.rpc_server import ServerCall
 from swarmlm.node.server.scheduler import Work
 from swarmlm.node.wire import (SHARD_PROTOCOL, SessionOpen, StepItem, WireError, hidden_answer, logits_answer,
-                               relay_failed_notice, step_seed, tap_digest, tap_message, token_answer)
+                               relay_failed_notice, step_seed, tap_digest, tap_message, token_answer,
+                               tokens_answer)
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -68,6 +69,11 @@ def sample_token(sess: ServerSession, logits: Any, pos: int) -> int:
     seed = int(sp.get("seed") or 0)
     params = SamplingParams.from_dict({**sp, "seed": step_seed(seed, pos), "max_new_tokens": 1})
     return Sampler(params).sample(logits[0, -1])
+
+
+def sample_tokens(sess: ServerSession, logits: Any, pos: int) -> list[int]:
+    """A verify pass: the token at every position ``pos + i``, each as ``sample_token`` would pick it."""
+    return [sample_token(sess, logits[:, i:i + 1], pos + i) for i in range(logits.shape[1])]
 
 
 class SessionRunner:
@@ -112,8 +118,17 @@ class SessionRunner:
         sess = self.sess
         head = sess.view.has_head
         samples = head and item.want and not (sess.want_logits or sess.sampling is None)
-        post = (lambda out, pos=item.pos: sample_token(sess, out, pos)) if samples else None
-        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head, post=post,
+        verify = samples and item.verify  # a speculative verify pass: the head's token at every position
+        post = None
+        if samples:
+            post = (lambda out, pos=item.pos: sample_tokens(sess, out, pos)) if verify else \
+                (lambda out, pos=item.pos: sample_token(sess, out, pos))
+        if item.rollback is not None:  # speculative decoding: forget the rejected drafts' positions
+            try:
+                sess.cache.truncate(item.rollback)
+            except SwarmError as exc:
+                raise RpcError(BAD_REQUEST, str(exc)) from None
+        work = Work(sess.session_id, sess.view, sess.cache, item.x, item.pos, last_only=head and not verify, post=post,
                     owner=sess.client)
         try:
             await self.svc.batcher.submit(work)
@@ -153,7 +168,9 @@ class SessionRunner:
             await self._send_tap(item, None, tok)
         if not item.want:
             return
-        if tok is None:
+        if isinstance(tok, list):
+            await self.call.send(tokens_answer(item.step, tok, timings))
+        elif tok is None:
             await self.call.send(logits_answer(item.step, out[0, -1].float(), timings))
         else:
             await self.call.send(token_answer(item.step, tok, timings))
