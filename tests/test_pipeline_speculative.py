@@ -26,6 +26,7 @@ def local_tokens(prompt: str, params: SamplingParams) -> list[int]:
 
 async def run(client, params: SamplingParams, speculative: bool, prompt: str = PROMPT):
     client.options.speculative = speculative
+    client.options.check_fraction = 0.0  # speculative passes run with verification off (not combined yet)
     async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
         async for _ in gen:
             pass
@@ -59,6 +60,7 @@ async def test_speculative_failover_when_a_middle_server_dies_is_exact(tmp_path)
     async with running_nodes(tmp_path, specs) as nodes:
         async with swarm_client(nodes[0]) as client:
             client.options.speculative = True
+            client.options.check_fraction = 0.0
             req = GenerationRequest(model=MODEL, prompt=PROMPT, params=params)
             killed = False
             async with client.generate(req) as gen:
