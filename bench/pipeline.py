@@ -2,7 +2,8 @@
 the same model in one process, in the same run; plus the cost of one failover (a killed middle
 server, replay on its replica).
 
-JSON: {"local_tok_s", "pipeline_tok_s", "ratio", "ttft_ms", "per_hop_ms", "failover": {...}}
+JSON: {"local_tok_s", "pipeline_tok_s", "ratio", "ttft_ms", "per_hop_ms", "failover": {...}}; with
+``--rtt-ms R [R ...]`` also ``"wan": {"<prompt set>": {"<R>": {...}}}`` (``bench/pipeline_wan.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 from swarmlm.bench.common import emit, log, parser
+from swarmlm.bench.pipeline_wan import run_wan
 from swarmlm.models.generate import generate_stream, load_chain
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
@@ -88,8 +90,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-failover", action="store_true", help="skip the failover measurement")
+    p.add_argument("--rtt-ms", type=float, nargs="+", default=[], metavar="R",
+                   help="also run the pipeline with every link at these round trips (client loop vs speculative)")
+    p.add_argument("--wan-only", action="store_true", help="with --rtt-ms: skip the loopback figures")
     ns = p.parse_args(argv)
+    if any(not 0 <= r <= 10_000 for r in ns.rtt_ms):
+        p.error("--rtt-ms values must be in 0..10000")
     resolve(MODEL)
+    if ns.wan_only and ns.rtt_ms:
+        emit({"wan": run_wan(ns.rtt_ms, ns.tokens), "tokens": ns.tokens}, ns.json)
+        return 0
     log("local: whole model in this process")
     local = _local(ns.tokens, ns.runs)
     log(f"local decode {local['tok_s']:.2f} tok/s")
@@ -105,5 +115,7 @@ def main(argv: list[str]) -> int:
               "per_hop_ms": round(pipe["per_hop_ms"], 2), "tokens": ns.tokens, "runs": ns.runs}
     if "failover" in pipe:
         result["failover"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in pipe["failover"].items()}
+    if ns.rtt_ms:
+        result["wan"] = run_wan(ns.rtt_ms, ns.tokens)
     emit(result, ns.json)
     return 0

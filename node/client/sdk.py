@@ -134,6 +134,13 @@ class Client:
 
         return self._run(plan)
 
+    @property
+    def options(self) -> ClientOptions:
+        """The running client's options (e.g. ``speculative``); changes apply to the next generation."""
+        if self._engine is None:
+            raise ClientError("the client is not running (use it as a context manager)")
+        return self._engine.options
+
     def generate(self, prompt: str, model: str | None = None, *, mode: str = "pipeline", k: int = 3,
                  check_fraction: float | None = None, **sampling: Any) -> Iterator[str]:
         """Stream the completion of ``prompt``: yields text pieces as they are generated.
