@@ -51,7 +51,8 @@ def latency_bound(rtt_ms: float, hops: int) -> float | None:
 
 def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool) -> Any:
     client.options.speculative = speculative
-    for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[]):
+    # both modes unverified: speculative passes do not combine with spot checks yet
+    for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
     return client.last_summary
 
