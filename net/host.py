@@ -278,6 +278,7 @@ class SwarmHost:
                     if not self.is_connected(pid):
                         await self.nat.dial_relayed(maddr, pid)
                 else:
+                    self._drop_closed(pid)  # a listed dead connection would make connect() a no-op
                     await self._host.connect(info)
         except Exception as exc:
             self.peers.record_failure(pid)
@@ -301,9 +302,16 @@ class SwarmHost:
 
         return ID.from_base58(peer)
 
+    def _drop_closed(self, peer: str) -> None:
+        """Forget closed connections to ``peer`` py-libp2p still lists (it would not dial past them)."""
+        for conn in self.connections(peer):
+            if getattr(conn, "is_closed", False):
+                self._host.get_network().remove_conn(conn)
+
     def is_connected(self, peer: str) -> bool:
+        """Whether an open connection to ``peer`` exists (a closed one still listed counts as none)."""
         try:
-            return bool(self._host.get_network().get_connections(self._peer(peer)))
+            return any(not getattr(c, "is_closed", False) for c in self.connections(peer))
         except Exception:
             return False
 

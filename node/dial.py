@@ -8,6 +8,8 @@ answers, the peer is marked down in ``DOWN``, which every client in this process
 server that is still listed is routed around by all of them at once, not discovered by each
 generation in turn); a mark lasts until the peer is reached again, its swarm-state entry shows a
 newer heartbeat than the one it had when it failed (it restarted or came back), or ``down_s`` passed.
+``recheck`` is the same dial for a peer that failed in the middle of a session: when its connection
+is gone (it vanished), one re-dial within ``RECHECK_S`` tells the other clients not to route to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trio
 log = logging.getLogger("swarmlm.dial")
 
 DIAL_TIMEOUT_S = 5.0
+RECHECK_S = 2.0  # how long a failover waits at most to learn whether a failed peer is still reachable
 
 
 @dataclass
@@ -84,3 +87,14 @@ async def ensure_connected(host: Any, state: Any, peer: str) -> bool:
         DOWN.mark(peer, entry.heartbeat)
         log.info("peer %s unreachable at its %d listed addresses: routing around it", peer[-8:], len(entry.addrs))
     return False
+
+
+async def recheck(host: Any, state: Any, peer: str) -> None:
+    """``peer`` failed during a session: when no connection to it is left (it vanished rather than
+    answered badly), dial it again, within ``RECHECK_S``; when no listed address answers it is
+    marked in ``DOWN`` (every client of this process routes around it). A dial that outlasts
+    ``RECHECK_S`` marks nothing: the failover does not wait longer to learn it."""
+    if host.is_connected(peer) or peer in DOWN.marks:
+        return
+    with trio.move_on_after(RECHECK_S):
+        await ensure_connected(host, state, peer)

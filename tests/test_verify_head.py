@@ -66,9 +66,11 @@ def test_head_evidence_round_trip_and_forgery():
         check_head_evidence(dict(ev, sampling={**sampling, "temperature": 0.0}), check)
 
 
+# two replicas of every range: a round confirms a hop only against another replica, and a token
+# counts as verified only when every hop of its position was confirmed
 SPECS = [["--model", MODEL, "--layers", "0:3"], ["--model", MODEL, "--layers", "3:6", "--fault", "wrong-head"],
          ["--model", MODEL, "--layers", "3:6"], ["--model", MODEL, "--layers", "3:6"],
-         ["--model", MODEL, "--layers", "0:3"]]  # a second first hop: a round confirms only when every hop has a replica
+         ["--model", MODEL, "--layers", "0:3"]]
 
 
 async def test_a_head_liar_never_gets_a_wrong_token_verified(tmp_path):
@@ -77,11 +79,10 @@ async def test_a_head_liar_never_gets_a_wrong_token_verified(tmp_path):
     want = generate(load_chain(MODEL, 1), tok.encode("head"), params, tok).token_ids
     async with running_nodes(tmp_path, SPECS) as nodes:
         liar = nodes[1].peer_id
-        # the honest servers earned standing: the bootstrap (every node's anchor) and node 4 witnessed
-        # their work, so their verdicts count swarm-wide (docs/RELIABILITY.md, trust model)
+        # the honest replicas earned standing: the bootstrap (every client's anchor here) witnessed
+        # their work (what its client publishes after generations; see tests/test_sybil_swarm.py)
         honest = [n.peer_id for n in nodes if n.peer_id != liar]
-        for n in (nodes[0], nodes[4]):
-            n.state.add_record(WITNESS_KIND, witness_body({p: 1024 for p in honest}, time.time() - 60, time.time()))
+        nodes[0].state.add_record(WITNESS_KIND, witness_body({p: 1024 for p in honest}, time.time() - 60, time.time()))
         async with swarm_client(nodes[0]) as client:
             client.options.check_fraction = 0.1  # sampled: the liar's first wrong token comes long before a check
             client.options.standing_steps = 0

@@ -35,7 +35,7 @@ from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
 from swarmlm.node.client.standing import CombinedStanding, LocalStanding
 from swarmlm.node.client.witness import WitnessLog
-from swarmlm.node.dial import DOWN, ensure_connected
+from swarmlm.node.dial import DOWN, ensure_connected, recheck
 from swarmlm.node.directory import ServerView, coverage_gaps, servers_for
 from swarmlm.node.generation import BadRequest, GenerationRequest, ModelCard, NoRouteError, UnknownModel
 from swarmlm.node.trust import TrustView
@@ -124,6 +124,10 @@ class PipelineGenerator:
 
     async def ensure_connected(self, peer: str) -> bool:
         return await ensure_connected(self.host, self.state, peer)
+
+    async def recheck(self, peer: str) -> None:
+        """``peer`` failed mid-session: if it vanished, find out and tell every client here (``DOWN``)."""
+        await recheck(self.host, self.state, peer)
 
     # -- tokenizer ----------------------------------------------------------------------------------
     async def tokenizer(self, model: str) -> Any:

@@ -150,6 +150,8 @@ class PipelineGeneration:
                     self._roll_back(exc)
                 model = self.request.model
                 c.hold(self, None)  # our own session there is over: do not count it against the replan
+                if isinstance(exc, HopFailed) and not (exc.busy or exc.transient):
+                    await c.recheck(exc.peer)  # a vanished peer: every client here routes around it
                 route = await failover.next_route(exc, route, c.servers(model), c.n_layers(model), max_length,
                                                   lambda: c.plan(model, max_length))
                 c.hold(self, route)
