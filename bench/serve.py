@@ -28,14 +28,11 @@ from typing import Any
 import trio
 
 from swarmlm.bench.common import emit, log, parser, percentile
-from swarmlm.crypto.identity import Identity
+from swarmlm.bench.swarm_client import light_client
 from swarmlm.models.config import ModelConfig
 from swarmlm.models.partition import split_layers
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
-from swarmlm.net.host import HostConfig, SwarmHost
-from swarmlm.net.state_service import StateService
-from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline import PipelineGenerator
 from swarmlm.node.generation import GenerationRequest
 from swarmlm.node.wire import SHARD_PROTOCOL
@@ -113,16 +110,10 @@ def _testnet(kind: str, mode: str, ns: Any, n_layers: int, base: str) -> LocalTe
 
 
 async def _client(stack: AsyncExitStack, net: LocalTestnet, model: str, tokens: int) -> PipelineGenerator:
-    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[net.nodes[0].addr]))
-    state = StateService(host, None, publish=False)
-    await stack.enter_async_context(host.running())
-    nursery = await stack.enter_async_context(trio.open_nursery())
-    stack.callback(nursery.cancel_scope.cancel)
-    nursery.start_soon(state.run)
+    client = await stack.enter_async_context(light_client(net.nodes[0].addr, step_timeout_s=120.0, busy_retries=10))
     with trio.fail_after(60):
-        while len(state.state.peers(time.time())) < len(net.nodes):
+        while len(client.state.peers(time.time())) < len(net.nodes):
             await trio.sleep(0.1)
-    client = PipelineGenerator(host, state, ClientOptions(step_timeout_s=120.0, busy_retries=10))
     client.tokenizers[model] = NoEos(await client.tokenizer(model))
     await _level(client, model, 2, 4)  # warm-up: connections, the first batches
     return client

@@ -12,35 +12,22 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 import trio
 
 from swarmlm.bench.common import log
-from swarmlm.crypto.identity import Identity
+from swarmlm.bench.swarm_client import light_client
 from swarmlm.models.config import ModelConfig
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
-from swarmlm.net.host import HostConfig, SwarmHost
-from swarmlm.net.state_service import StateService
-from swarmlm.node.client.options import ClientOptions
-from swarmlm.node.client.pipeline import PipelineGenerator
 from swarmlm.node.generation import GenerationRequest
 from swarmlm.testnet.local import LocalTestnet
 
 
-@asynccontextmanager
-async def client(addr: str, **options: Any):
-    host = SwarmHost(Identity.generate(), HostConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[addr],
-                                                     discovery_interval_s=1.0))
-    state = StateService(host, None, publish=False)
-    async with host.running(), trio.open_nursery() as nursery:
-        nursery.start_soon(state.run)
-        try:
-            yield PipelineGenerator(host, state, ClientOptions(step_timeout_s=60.0, **options))
-        finally:
-            nursery.cancel_scope.cancel()
+def client(addr: str, **options: Any) -> Any:
+    """A light client of the bench's swarm (``bench/swarm_client.py``), peers discovered every second."""
+    return light_client(addr, discovery_interval_s=1.0, **options)
 
 
 async def listed(c: Any, model: str, peers: list[str]) -> None:
