@@ -25,6 +25,7 @@ from swarmlm.net.addrs import advertised
 from swarmlm.net.dht_records import NAMESPACE, RecordError, SignedRecord, SignedRecordValidator, record_key
 from swarmlm.net.dialback import DialbackService
 from swarmlm.net.echo import ECHO_PROTOCOL, echo
+from swarmlm.net.inbound import InboundLimits
 from swarmlm.net.nat import DirectNotifee, NatManager
 from swarmlm.net.peers import PeerTable
 from swarmlm.net.rawstream import TrioByteStream
@@ -63,6 +64,7 @@ class HostConfig:
     # a light client (SDK, `swarmlm ask/status/peers`): DHT in client mode (never in anyone's routing
     # table, no lookups), the bootstrap joined before ``running()`` yields (HostError when none answers)
     client_only: bool = False
+    inbound: InboundLimits | None = field(default_factory=InboundLimits)  # net.inbound; None: accept all
 
 
 def split_p2p_addr(maddr: str) -> tuple[str, str]:
@@ -235,8 +237,9 @@ class SwarmHost:
 
         cfg = self.config
         try:
-            return build_libp2p_host(self.identity, cfg.listen, announce=cfg.announce, quic=cfg.quic,
-                                     mdns=cfg.mdns, dial_timeout_s=cfg.dial_timeout_s, fastpath=cfg.fastpath)
+            return build_libp2p_host(self.identity, cfg.listen, announce=cfg.announce, quic=cfg.quic, mdns=cfg.mdns,
+                                     dial_timeout_s=cfg.dial_timeout_s, fastpath=cfg.fastpath, inbound=cfg.inbound,
+                                     trusted=lambda peer: self.rpc_server.trusted(peer))  # standing: the node sets it
         except AddressError as exc:
             raise HostError(str(exc)) from None
 
@@ -299,7 +302,6 @@ class SwarmHost:
 
     def _peer(self, peer: str) -> Any:
         from libp2p.peer.id import ID  # lazy: libp2p is slow to import (~1 s)
-
         return ID.from_base58(peer)
 
     def _drop_closed(self, peer: str) -> None:
@@ -372,7 +374,6 @@ class SwarmHost:
                 reached.append(await self.connect(addr))
             except HostError as exc:
                 errors.append(str(exc))
-
         async with trio.open_nursery() as nursery:
             for addr in bootstrap:
                 nursery.start_soon(one, addr)

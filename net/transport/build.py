@@ -11,7 +11,7 @@ auto-connector is off (``patches``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import multiaddr
 from libp2p import create_yamux_muxer_option, new_host
@@ -24,8 +24,10 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from swarmlm.version import AGENT_VERSION
 from swarmlm.crypto.identity import Identity
 from swarmlm.errors import SwarmError
+from swarmlm.net.inbound import InboundAdmission, InboundLimits
 from swarmlm.net.transport.fastnoise import FastNoiseTransport
 from swarmlm.net.transport.fastyamux import fast_muxer_option
+from swarmlm.net.transport.inbound_gate import install_inbound_gate
 from swarmlm.net.transport.patches import disable_auto_connect, install_fast_muxer, set_agent_version
 
 
@@ -40,10 +42,12 @@ def _libp2p_key_pair(identity: Identity) -> Any:
 
 def build_libp2p_host(identity: Identity, listen: Sequence[str], *, announce: Sequence[str] = (),
                       quic: bool = False, mdns: bool = False, dial_timeout_s: float = 10.0,
-                      fastpath: bool = True) -> tuple[Any, list[Any]]:
+                      fastpath: bool = True, inbound: InboundLimits | None = None,
+                      trusted: Callable[[str], bool] = lambda peer: False) -> tuple[Any, list[Any]]:
     """A py-libp2p host with Noise as the only security transport and Yamux as the only muxer,
-    and its listen multiaddrs (``quic`` adds a QUIC address beside each TCP one). Raises
-    AddressError."""
+    and its listen multiaddrs (``quic`` adds a QUIC address beside each TCP one). ``inbound``:
+    bound inbound connections per IP prefix and in total (``net.inbound``; ``trusted(peer)``: peers
+    with standing, never counted). Raises AddressError."""
     set_agent_version(AGENT_VERSION)  # what identify tells other peers
     key_pair = _libp2p_key_pair(identity)
     noise_cls, muxer_opt = NoiseTransport, create_yamux_muxer_option()
@@ -71,4 +75,6 @@ def build_libp2p_host(identity: Identity, listen: Sequence[str], *, announce: Se
     if fastpath:
         install_fast_muxer(host)
     disable_auto_connect(host)  # our discovery loop decides whom to connect to
+    if inbound is not None:
+        install_inbound_gate(host, InboundAdmission(inbound), trusted)
     return host, listen_addrs
