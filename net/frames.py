@@ -17,7 +17,9 @@ declared (and bounded) frame size.
 
 from __future__ import annotations
 
+import gc
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +163,22 @@ def _tensor_from(spec: Any, bufs: list[memoryview], limits: Limits) -> Any:
 _PLACEHOLDER = b"\xa3__t"  # the msgpack encoding of the placeholder key
 
 
+@contextmanager
+def _gc_paused():
+    """Python's cyclic collector off while msgpack builds a header. A hostile header is one
+    container per byte; each allocation counts toward a collection, and the containers (alive
+    until the decode ends) get promoted until a *full* collection runs over the whole process
+    (~260k objects in a node: torch, libp2p), 0.1-1 s of stalled event loop per few frames.
+    msgpack output holds no reference cycles, so reference counting alone frees it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode one frame body (header + buffers), checking every limit.
 
@@ -171,12 +189,13 @@ def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAU
         raise FrameError("frame header length out of range")
     view = memoryview(body)
     try:
-        header = msgpack.unpackb(
-            view[:header_len], raw=False, strict_map_key=True, use_list=True,
-            max_str_len=min(limits.max_str_len, header_len), max_bin_len=min(limits.max_bin_len, header_len),
-            max_array_len=min(limits.max_array_len, header_len), max_map_len=min(limits.max_map_len, header_len // 2),
-            max_ext_len=0,
-        )
+        with _gc_paused():
+            header = msgpack.unpackb(
+                view[:header_len], raw=False, strict_map_key=True, use_list=True,
+                max_str_len=min(limits.max_str_len, header_len), max_bin_len=min(limits.max_bin_len, header_len),
+                max_array_len=min(limits.max_array_len, header_len),
+                max_map_len=min(limits.max_map_len, header_len // 2), max_ext_len=0,
+            )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
         raise FrameError(f"frame header does not decode: {type(exc).__name__}: {exc}") from None
     if _PLACEHOLDER not in bytes(view[:header_len]):  # no tensors: nothing to walk
