@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from swarmlm.errors import ConfigError
+from swarmlm.net.inbound import InboundLimits
 from swarmlm.node.server.faults import Fault
 
 ENV_PREFIX = "SWARMLM_"
@@ -52,6 +53,12 @@ class NodeConfig:
     relay: bool = True  # serve circuit relay when public / use relays when private
     hole_punch: bool = True
     reachability: bool = True
+    # inbound connections per IP prefix (/24, /56; all of loopback is one) and in total (net/inbound.py)
+    inbound_rate: float = 4.0  # new connections per second per prefix, after a burst of inbound_burst
+    inbound_burst: int = 48
+    inbound_handshakes: int = 8  # handshakes in flight per prefix (more wait for a slot; 32 in all)
+    inbound_untrusted: int = 128  # established connections of peers without standing, per prefix
+    inbound_untrusted_total: int = 192
     # state sync
     heartbeat_s: float = 10.0
     state_ttl_s: float = 60.0  # a peer whose heartbeat is older is offline for every reader
@@ -76,6 +83,11 @@ class NodeConfig:
         for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads", "max_batch_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("inbound_burst", "inbound_handshakes", "inbound_untrusted", "inbound_untrusted_total"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.inbound_rate > 0:
+            raise ConfigError(f"inbound_rate: must be > 0 (connections per second), got {self.inbound_rate}")
         if not 1 <= self.prefill_chunk <= 4096:
             raise ConfigError(f"prefill_chunk: must be between 1 and 4096, got {self.prefill_chunk}")
         for key in ("heartbeat_s", "state_ttl_s", "rebalance_s", "witness_s"):
@@ -106,6 +118,14 @@ class NodeConfig:
             Fault.parse(self.fault)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def inbound_limits(self) -> InboundLimits:
+        d = InboundLimits()
+        total = max(d.handshakes_total, self.inbound_handshakes)
+        return InboundLimits(rate_per_prefix=self.inbound_rate, burst=float(self.inbound_burst),
+                             handshakes_per_prefix=self.inbound_handshakes, handshakes_total=total,
+                             unestablished_total=max(d.unestablished_total, total),
+                             untrusted_per_prefix=self.inbound_untrusted, untrusted_total=self.inbound_untrusted_total)
 
     @property
     def data_path(self) -> Path:

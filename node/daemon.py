@@ -70,7 +70,7 @@ class Node:
         self.host = SwarmHost(identity, HostConfig(
             listen=config.listen, bootstrap=config.bootstrap, quic=config.quic, mdns=config.mdns,
             announce=config.announce, relay=config.relay, relay_reserve=config.relay,
-            hole_punch=config.hole_punch, reachability=config.reachability))
+            hole_punch=config.hole_punch, reachability=config.reachability, inbound=config.inbound_limits()))
         self.state = StateService(self.host, self.data_dir, heartbeat_s=config.heartbeat_s,
                                   local_fields=self.heartbeat_fields, ttl_s=config.state_ttl_s)
         # standing and convictions as this node sees them (anchors: itself, bootstrap peers, --trust)

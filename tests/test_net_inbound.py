@@ -137,3 +137,18 @@ async def test_excess_connections_are_refused_and_the_node_keeps_serving(caplog)
         assert await early.rpc.call(target.peer_id, ECHO_PROTOCOL, "echo", "me too", timeout=5) == "me too"
         notes = [r.getMessage() for r in caplog.records if "inbound connections from loopback refused" in r.getMessage()]
         assert len(notes) == 1, notes  # once per prefix per interval, however many refusals
+
+
+def test_the_node_config_sets_the_limits_and_names_a_bad_key():
+    from swarmlm.errors import ConfigError
+    from swarmlm.node import config
+
+    assert config.load(env={}).inbound_limits() == InboundLimits()  # the documented defaults are the class's
+    cfg = config.load(env={"SWARMLM_INBOUND_RATE": "0.5", "SWARMLM_INBOUND_HANDSHAKES": "64"})
+    lim = cfg.inbound_limits()
+    assert (lim.rate_per_prefix, lim.handshakes_per_prefix, lim.handshakes_total) == (0.5, 64, 64)
+    InboundAdmission(lim)  # consistent
+    with pytest.raises(ConfigError, match="inbound_handshakes"):
+        config.load(env={"SWARMLM_INBOUND_HANDSHAKES": "0"})
+    with pytest.raises(ConfigError, match="inbound_rate"):
+        config.load(env={"SWARMLM_INBOUND_RATE": "-1"})
