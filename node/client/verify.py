@@ -38,12 +38,15 @@ import torch
 import trio
 
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
+from swarmlm.node.client.session import HopFailed
 from swarmlm.node.dial import DOWN
 from swarmlm.node.verification import (HopTaps, concat_inputs, concat_outputs, evidence, gaps_agree, head_evidence,
                                        relative_error, tolerance)
 from swarmlm.node.wire import SHARD_PROTOCOL
 
 log = logging.getLogger("swarmlm.verify")
+
+TAP_BATCH = 8  # steps of taps a spot-checked hop sends per message (a hop checked on every step: 1)
 
 
 class VerificationFailed(Exception):
@@ -78,7 +81,7 @@ class Verifier:
         self.client, self.model, self.sampling, self.max_length = client, model, sampling, max_length
         self.fraction, self.final, self.on_round = fraction, final, on_round
         self.stats: dict[str, Any] = client.verify_stats
-        self.failure: VerificationFailed | None = None
+        self.failure: VerificationFailed | HopFailed | None = None
         self.hops: list[HopCheck] = []
         self.sess: Any = None
         self._cancel: Callable[[], None] = lambda: None
@@ -93,6 +96,16 @@ class Verifier:
         c = self.client
         return c.options.standing_steps > 0 and any(not c.standing.established(h.taps.peer) for h in self.hops)
 
+    def tap_batches(self, peers: list[str]) -> list[int]:
+        """Taps per message for each hop of a new route session: ``TAP_BATCH`` for a hop only
+        spot-checked (established, ``fraction < 1``), so its taps cost a message per batch, not per
+        step; 1 for a hop checked on every step. The hop cannot tell which steps get checked either way."""
+        c, new = self.client, self.new_probation_of
+        return [1 if self.fraction >= 1.0 or new(p) else TAP_BATCH for p in peers]
+
+    def new_probation_of(self, peer: str) -> bool:
+        return self.client.options.standing_steps > 0 and not self.client.standing.established(peer)
+
     def answered(self, step: int) -> None:
         """Step ``step`` of the session was answered (its taps are complete): maybe a round is due."""
         self._latest = step
@@ -102,6 +115,7 @@ class Verifier:
 
     async def settle(self) -> None:
         """The route session ends: a final round if one is due, then wait until the rounds are done."""
+        await self.sess.flush_taps()  # every generation asks, checked or not: it tells a hop nothing
         if self._latest > self._checked and (self.final or self.new_probation()):
             self._due = self._latest
         self._closing = True
@@ -120,22 +134,28 @@ class Verifier:
                 if self._due > self._checked:
                     await self._round(self._due)
                     continue
-                if self._closing:
+                if self._closing:  # every tap of the session arrived, its signature checked, before the tail goes out
+                    await sess.taps_through(self._latest)
                     break
                 self._wake = trio.Event()
                 await self._wake.wait()
-        except VerificationFailed as exc:
+        except (VerificationFailed, HopFailed) as exc:  # HopFailed: a hop sent a bad tap, or none in time
             self.failure = exc
             self._cancel()
         finally:
-            for h in self.hops:
-                if h.ref is not None:
-                    await h.ref.aclose()
-                    h.ref = None
+            with trio.CancelScope(shield=True):  # each close is bounded (``ReferenceSession.aclose``)
+                async with trio.open_nursery() as nursery:
+                    for h in self.hops:
+                        if h.ref is not None:
+                            nursery.start_soon(h.ref.aclose)
+                            h.ref = None
             self._done.set()
 
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
+        await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
+        if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
+            upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
         taps0 = self.hops[0].taps.taps[upto]
         end = taps0.pos + taps0.x_in.shape[1]
         self._check_links(self._checked + 1, upto)
