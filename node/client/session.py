@@ -92,6 +92,7 @@ class PipelineSession:
         self._stack: Any = None
         self._tap_arrived = trio.Event()  # set (and replaced) whenever a tap is stored or a hop breaks
         self._broken: HopFailed | None = None  # the first hop failure the readers saw (taps wait on it)
+        self.answered: dict[int, Any] = {}  # with taps: step -> the token the head answered
 
     async def __aenter__(self) -> "PipelineSession":
         self._stack = AsyncExitStack()
@@ -269,6 +270,8 @@ class PipelineSession:
                     continue
                 if "token" in msg or "logits" in msg:
                     answer = StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
+                    if self.tap:  # the head's signed tap must name this same token (``Verifier``)
+                        self.answered[step] = msg.get("token")
                     continue
                 if "x" in msg and i + 1 < len(self.hops):  # the server could not relay: we do it
                     if msg.get("relay_failed"):

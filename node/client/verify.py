@@ -181,7 +181,13 @@ class Verifier:
         self.on_round(end, all(r == "ok" for r in results))
 
     def _check_links(self, first: int, upto: int) -> None:
-        """What hop i signed as output is, bit for bit, what hop i+1 signed as input."""
+        """What hop i signed as output is, bit for bit, what hop i+1 signed as input; the head's
+        signed tokens are the tokens it answered."""
+        head = self.hops[-1].taps
+        for s in range(first, upto + 1):
+            if s in self.sess.answered and head.taps[s].token != self.sess.answered[s]:
+                self.client.bans.ban(head.peer)
+                raise VerificationFailed(head.peer, f"answered a token at step {s} other than the one it signed")
         for a, b in zip(self.hops, self.hops[1:]):
             for s in range(first, upto + 1):
                 ta, tb = a.taps.taps.get(s), b.taps.taps.get(s)
