@@ -1,6 +1,7 @@
 """Verification taps off the token loop: a step never waits for taps, a spot-checked hop sends them
 in batches (held back until the batch is full or the client flushes them), every tap is still
-signed and checked on arrival, and a head whose signed token is not the token it answered is caught."""
+signed and checked on arrival; a head whose signed token is not the token it answered, or a first
+hop that signed another input than it was sent, is caught."""
 
 from __future__ import annotations
 
@@ -58,14 +59,18 @@ def _tap(step: int, token: int | None) -> Tap:
     return Tap(step, step, torch.zeros(1, 1, 8), None, token, b"s" * 64)
 
 
-def test_a_head_that_signs_another_token_than_it_answered_is_caught():
+def test_a_head_signing_another_token_or_a_first_hop_another_input_is_caught():
     client = SimpleNamespace(bans=Bans(60.0), verify_stats={})
     v = Verifier(client, MODEL, SAMPLING, 16, 0.1, False, lambda end, ok: None)
     head = HopTaps("HEAD", "sid", 3, 6, True, {0: _tap(0, 5), 1: _tap(1, 9)})
     v.hops = [HopCheck(head)]
-    v.sess = SimpleNamespace(answered={0: 5, 1: 9})
-    v._check_links(0, 1)  # the same tokens: fine
+    v.sess = SimpleNamespace(answered={0: 5, 1: 9}, sent={0: torch.zeros(1, 1, 8), 1: torch.zeros(1, 1, 8)})
+    v._check_links(0, 1)  # the same tokens and inputs: fine
     v.sess.answered[1] = 8  # it answered 8 but signed 9
-    with pytest.raises(VerificationFailed, match="step 1"):
+    with pytest.raises(VerificationFailed, match="answered a token at step 1"):
         v._check_links(0, 1)
     assert "HEAD" in client.bans.active()
+    v.sess.answered[1], client.bans.until = 9, {}
+    v.sess.sent[1] = torch.ones(1, 1, 8)  # it computed (and signed) another input than it was sent
+    with pytest.raises(VerificationFailed, match="another input of step 1"):
+        v._check_links(0, 1)

@@ -93,6 +93,7 @@ class PipelineSession:
         self._tap_arrived = trio.Event()  # set (and replaced) whenever a tap is stored or a hop breaks
         self._broken: HopFailed | None = None  # the first hop failure the readers saw (taps wait on it)
         self.answered: dict[int, Any] = {}  # with taps: step -> the token the head answered
+        self.sent: dict[int, torch.Tensor] = {}  # with taps: step -> what we fed the first hop
 
     async def __aenter__(self) -> "PipelineSession":
         self._stack = AsyncExitStack()
@@ -238,6 +239,8 @@ class PipelineSession:
         answer's ``tokens`` hold the head's token at every position)."""
         step = self._step
         self._step += 1
+        if self.tap:  # the first hop's signed input must be this (``Verifier``)
+            self.sent[step] = x
         try:
             await self._calls[0].send(StepItem(step, pos, x, want, verify=verify,
                                                rollback=pos if verify else None).to_msg())

@@ -153,7 +153,11 @@ class Verifier:
 
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
-        await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
+        async with trio.open_nursery() as nursery:  # references open while the (batched) taps are on their way
+            for h in self.hops:
+                if h.ref is None:
+                    nursery.start_soon(self._warm, h)
+            await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
         if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
         taps0 = self.hops[0].taps.taps[upto]
@@ -181,10 +185,14 @@ class Verifier:
         self.on_round(end, all(r == "ok" for r in results))
 
     def _check_links(self, first: int, upto: int) -> None:
-        """What hop i signed as output is, bit for bit, what hop i+1 signed as input; the head's
-        signed tokens are the tokens it answered."""
-        head = self.hops[-1].taps
+        """What hop i signed as output is, bit for bit, what hop i+1 signed as input; the first hop
+        signed what we fed it, the head the tokens it answered."""
+        first_hop, head = self.hops[0].taps, self.hops[-1].taps
         for s in range(first, upto + 1):
+            fed = self.sess.sent.get(s)
+            if fed is not None and not torch.equal(first_hop.taps[s].x_in, fed):
+                self.client.bans.ban(first_hop.peer)
+                raise VerificationFailed(first_hop.peer, f"signed another input of step {s} than the one it was sent")
             if s in self.sess.answered and head.taps[s].token != self.sess.answered[s]:
                 self.client.bans.ban(head.peer)
                 raise VerificationFailed(head.peer, f"answered a token at step {s} other than the one it signed")
@@ -229,6 +237,12 @@ class Verifier:
         return relative_error(claimed, ref) <= tol
 
     # -- replicas ---------------------------------------------------------------------------------
+    async def _warm(self, h: HopCheck) -> None:
+        try:
+            await self._reference(h)  # none answering is found again, and counted, by the check itself
+        except Exception:  # a bug must not cost the answer
+            log.exception("opening a reference for %s failed", h.taps.peer[-8:])
+
     def _replicas(self, h: HopCheck, exclude: set[str]) -> list[str]:
         c = self.client
         skip = {h.taps.peer} | h.avoid | exclude | set(c.bans.active()) | DOWN.down_in(c.state)
@@ -247,9 +261,9 @@ class Verifier:
             h.ref = None
         c = self.client
         for peer in self._replicas(h, set()):
-            ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
-                                   self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
-            try:
+            ref = h.ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
+                                           self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
+            try:  # (held in h.ref from here on: closed whatever happens)
                 if not await c.ensure_connected(peer):
                     raise ReferenceUnavailable(peer, "unreachable")
                 await ref.open()
@@ -257,10 +271,8 @@ class Verifier:
                     old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
                     await ref.run(concat_inputs(old), 0, [])
             except ReferenceUnavailable as exc:
-                h.ref = ref
                 await self._drop_reference(h, exc)
                 continue
-            h.ref = ref
             return ref
         return None
 
