@@ -115,9 +115,10 @@ class Verifier:
 
     async def settle(self) -> None:
         """The route session ends: a final round if one is due, then wait until the rounds are done."""
-        await self.sess.flush_taps()  # every generation asks, checked or not: it tells a hop nothing
         if self._latest > self._checked and (self.final or self.new_probation()):
             self._due = self._latest
+        if self._due > self._checked:  # a round waits for taps held back: ask for them (see docs/RELIABILITY.md)
+            await self.sess.flush_taps()
         self._closing = True
         self._wake.set()
         await self._done.wait()
@@ -134,8 +135,7 @@ class Verifier:
                 if self._due > self._checked:
                     await self._round(self._due)
                     continue
-                if self._closing:  # every tap of the session arrived, its signature checked, before the tail goes out
-                    await sess.taps_through(self._latest)
+                if self._closing:
                     break
                 self._wake = trio.Event()
                 await self._wake.wait()
@@ -216,7 +216,7 @@ class Verifier:
                 bump(self.stats, "unverifiable")
                 return "unverifiable"
             try:
-                ans = await ref.run(x_new, lo, claims if h.taps.head else [])
+                ans = await ref.run(x_new, lo, claims if h.taps.head else [], last=self._closing and upto >= self._latest)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
