@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trigger", type=int, default=3, help="the input-triggered liar lies at 1 input in K")
     p.add_argument("--honest-asks", type=int, default=48, help="honest asks with every step checked")
     p.add_argument("--concurrency", type=int, default=4, help="honest asks at once (servers batch them)")
-    p.add_argument("--cost-asks", type=int, default=6, help="asks per client for default_cost")
+    p.add_argument("--cost-asks", type=int, default=20, help="asks per client and phase for default_cost (medians of fewer swing by 0.1)")
     p.add_argument("--cost-model", help="also measure default_cost on a 4-process swarm of this model "
                                         "(e.g. builtin:smollm2-135m: a step is real compute there)")
     p.add_argument("--drift-model", default="builtin:tiny", help="model whose middle shard's numerics are measured")
