@@ -94,7 +94,6 @@ class PipelineSession:
         self._broken: HopFailed | None = None  # the first hop failure the readers saw (taps wait on it)
         self.answered: dict[int, Any] = {}  # with taps: step -> the token the head answered
         self.sent: dict[int, torch.Tensor] = {}  # with taps: step -> what we fed the first hop
-        self.flush_wanted = False  # a round waits for held-back taps: the next step asks for them
 
     async def __aenter__(self) -> "PipelineSession":
         self._stack = AsyncExitStack()
@@ -238,9 +237,6 @@ class PipelineSession:
         """Feed ``x`` ([1, T] ids) at ``pos``; with ``want`` wait for and return the head's answer.
         ``verify``: a speculative verify pass (every hop first drops its cache from ``pos`` on; the
         answer's ``tokens`` hold the head's token at every position)."""
-        if self.flush_wanted:  # sent from the token loop's task: one writer per stream
-            self.flush_wanted = False
-            await self.flush_taps()
         step = self._step
         self._step += 1
         if self.tap:  # the first hop's signed input must be this (``Verifier``)

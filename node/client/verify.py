@@ -157,8 +157,6 @@ class Verifier:
             for h in self.hops:
                 if h.ref is None:
                     nursery.start_soon(self._warm, h)
-            if not all(h.taps.complete(upto) for h in self.hops):
-                self.sess.flush_wanted = True  # held back by a hop: the next step (or the end) asks for them
             await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
         if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
