@@ -31,7 +31,8 @@ Runs (``--runs`` asks each, ``--tokens`` new tokens, greedy):
   (``check_fraction`` 0), alternating asks on the honest swarm, once the servers have earned standing
   with it (checked at the default fraction 0.1); ``default_cost_new_servers`` the same while they are
   new to it (every step checked); with ``--cost-model MODEL`` also on a 4-process swarm of that
-  model (``bench/verify_cost.py``: ``cost_on``).
+  model (``bench/verify_cost.py``: ``cost_on``). ``--only cost`` measures just this, on a swarm of
+  the 6 honest processes (3 ranges x 2, no liars: a quieter machine, a minute).
 - **numerics** (``bench/verify_drift.py``, in this process): honest drift per dtype, the tolerance's
   margin over it and ``min_detected_perturbation`` per dtype.
 """
@@ -290,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trigger", type=int, default=3, help="the input-triggered liar lies at 1 input in K")
     p.add_argument("--honest-asks", type=int, default=48, help="honest asks with every step checked")
     p.add_argument("--concurrency", type=int, default=4, help="honest asks at once (servers batch them)")
-    p.add_argument("--cost-asks", type=int, default=6, help="asks per client for default_cost")
+    p.add_argument("--cost-asks", type=int, default=20, help="asks per client and phase for default_cost (medians of fewer swing by 0.1)")
     p.add_argument("--cost-model", help="also measure default_cost on a 4-process swarm of this model "
                                         "(e.g. builtin:smollm2-135m: a step is real compute there)")
     p.add_argument("--drift-model", default="builtin:tiny", help="model whose middle shard's numerics are measured")
+    p.add_argument("--only", choices=["all", "cost"], default="all",
+                   help="cost: only default_cost, on 6 honest processes of builtin:tiny (3 ranges x 2; no liars)")
     ns = p.parse_args(argv)
     try:
         ns.fractions = [float(x) for x in ns.fractions.split(",") if x.strip()]
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--lies takes large, subtle, trigger; --hops takes first, middle, head (comma-separated)")
     if min(ns.runs, ns.tokens, ns.honest_asks, ns.concurrency, ns.cost_asks) < 1 or ns.trigger < 1 or ns.eps <= 0:
         p.error("--runs, --tokens, --honest-asks, --concurrency, --cost-asks and --trigger must be >= 1, --eps > 0")
+    if ns.only == "cost":
+        return _cost_only(ns)
     result: dict[str, Any] = {"model": MODEL, "tokens": ns.tokens, "runs": ns.runs, "fractions": ns.fractions,
                               "eps": ns.eps, "trigger": ns.trigger}
     log(f"numerics: honest drift and the smallest detected perturbation ({ns.drift_model})")
@@ -315,6 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"min_detected_perturbation": num["min_detected_perturbation"], "honest_drift": num["drift"],
                    "tolerance": num["tolerance"], "margin": num["margin"]})
     emit(result, ns.json, _summary)
+    return 0
+
+
+def _cost_only(ns: Any) -> int:
+    """``--only cost``: the honest half of the swarm (builtin:tiny, 3 ranges x 2) and ``default_cost``."""
+    log(f"default client vs unverified, {ns.cost_asks} asks each of {ns.tokens} tokens")
+    out = trio.run(verify_cost.on_swarm, MODEL, PROMPT, ns.tokens, ns.cost_asks, 3)
+    result = {"model": MODEL, "tokens": ns.tokens, "cost_asks": ns.cost_asks, "default_cost": out["established"]["ratio"],
+              "default_cost_new_servers": out["new_servers"]["ratio"], "cost": out}
+    if ns.cost_model:
+        result["cost_on"] = {ns.cost_model: trio.run(verify_cost.on_swarm, ns.cost_model, PROMPT, ns.tokens, ns.cost_asks)}
+    emit(result, ns.json, lambda r: f"bench verify --only cost ({MODEL}, {ns.tokens} tokens, {ns.cost_asks} asks): "
+                                    f"default_cost {r['default_cost']} ({r['default_cost_new_servers']} while the "
+                                    f"servers are new)")
     return 0
 
 

@@ -57,11 +57,11 @@ async def measure(addr: str, model: str, peers: list[str], prompt: str, tokens: 
             await listed(c, model, peers)
             prepare(c)
         for phase in ("new_servers", "established"):
-            if phase == "established":  # ask on until every server of its route has standing
-                for _ in range(30):
-                    gen, _ = await _ask(default, model, prompt, tokens)
-                    if gen is not None and all(default.standing.established(h.peer_id) for h in gen.summary.route):
+            if phase == "established":  # ask on until every server it may route through has standing
+                for _ in range(60):
+                    if all(default.standing.established(p) for p in peers):
                         break
+                    await _ask(default, model, prompt, tokens)
             rates: dict[str, list[float]] = {"default": [], "unverified": []}
             for _ in range(asks):
                 for name, c in (("default", default), ("unverified", off)):
@@ -74,14 +74,15 @@ async def measure(addr: str, model: str, peers: list[str], prompt: str, tokens: 
     return out
 
 
-async def on_swarm(model: str, prompt: str, tokens: int, asks: int) -> dict[str, Any]:
-    """The cost on a swarm of ``model`` of its own: 2 ranges x 2 replicas (node processes)."""
+async def on_swarm(model: str, prompt: str, tokens: int, asks: int, parts: int = 2) -> dict[str, Any]:
+    """The cost on a swarm of ``model`` of its own: ``parts`` layer ranges x 2 replicas (node
+    processes; ``swarmlm bench verify --only cost`` runs builtin:tiny in the main bench's 3 ranges)."""
     n = ModelConfig.from_dir(resolve(model)).num_hidden_layers
-    half = f"0:{n // 2}", f"{n // 2}:{n}"
-    args = {i: ["--layers", half[i // 2]] for i in range(4)}
-    net = LocalTestnet(4, tempfile.mkdtemp(prefix="swarmlm-bench-verify-cost-"), extra_args=["--model", model],
+    ranges = [f"{n * k // parts}:{n * (k + 1) // parts}" for k in range(parts)]
+    args = {i: ["--layers", ranges[i // 2]] for i in range(2 * parts)}
+    net = LocalTestnet(2 * parts, tempfile.mkdtemp(prefix="swarmlm-bench-verify-cost-"), extra_args=["--model", model],
                        per_node_args=args, env={"OMP_NUM_THREADS": "1", "SWARMLM_LOG_QUIET": "1"})
-    log(f"cost on {model}: 4 node processes, layers {half[0]} and {half[1]} x 2")
+    log(f"cost on {model}: {2 * parts} node processes, layers {', '.join(ranges)} x 2")
     await trio.to_thread.run_sync(net.up)
     try:
         ids = [nd.ready["peer_id"] for nd in net.nodes]

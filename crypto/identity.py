@@ -113,8 +113,8 @@ class Identity:
     def from_seed(cls, seed: bytes) -> "Identity":
         return cls(bytes(seed))
 
-    @property
-    def _private(self) -> Ed25519PrivateKey:
+    @functools.cached_property
+    def _private(self) -> Ed25519PrivateKey:  # built once: a server signs a tap per verified step
         return Ed25519PrivateKey.from_private_bytes(self.seed)
 
     @property

@@ -8,7 +8,8 @@ Both sides import this module and nothing of each other (``node/client`` never i
   ``logits_answer`` (the hop holding the LM head), forwards ``hidden_answer`` to the next server
   (or back to the client when the relay broke), tells the client ``relay_failed_notice`` when the
   next server went away, and, for verified sessions, sends a signed ``tap_message`` per step
-  (``tap_digest`` is what it signs). ``step_seed`` makes sampling identical on any server. A server
+  (``tap_digest`` is what it signs; ``tap_batch`` of them in one ``taps_message``, all held back on
+  ``TAP_FLUSH``). ``step_seed`` makes sampling identical on any server. A server
   that is full answers ``busy`` with a retry hint in its text (``busy_message`` / ``retry_after``). A
   ``check`` stream is a reference session for verification: ``SessionOpen`` arguments, then
   ``CheckItem``s (inputs plus the token claims of the hop being checked); the answer
@@ -86,6 +87,7 @@ class SessionOpen:
     sampling: dict | None = None
     logits: bool = False  # answer logits instead of a sampled token
     tap: bool = False  # send a signed tap of every step (verification)
+    tap_batch: int = 1  # send the taps of this many steps in one message (and on ``TAP_FLUSH``)
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     route: list | None = None  # the whole route, [[peer id, start, end], ...]: the health pages show it
 
@@ -119,7 +121,18 @@ class SessionOpen:
         if wire not in WIRE_DTYPES:
             raise WireError("wire must be fp16, bf16 or absent")
         return cls(sid, model, start, end, max_length, args.get("prev"), args.get("next"), args.get("next_session"),
-                   sampling, bool(args.get("logits")), bool(args.get("tap")), wire, _route(args.get("route")))
+                   sampling, bool(args.get("logits")), bool(args.get("tap")), _tap_batch(args.get("tap_batch", 1)),
+                   wire, _route(args.get("route")))
+
+
+MAX_TAP_BATCH = 16  # 2 tensors per tap: a batch stays well within a frame's tensor limit
+TAP_FLUSH = {"flush_taps": True}  # a client item: send the taps held back so far (before a session ends)
+
+
+def _tap_batch(raw: Any) -> int:
+    if type(raw) is not int or not 1 <= raw <= MAX_TAP_BATCH:
+        raise WireError(f"session: tap_batch must be an integer in 1..{MAX_TAP_BATCH}")
+    return raw
 
 
 MAX_ROUTE_HOPS = 64
@@ -257,6 +270,11 @@ def tap_digest(session_id: str, step: int, pos: int, x_in: Any, x_out: Any, toke
 
 def tap_message(step: int, pos: int, x_in: Any, x_out: Any, token: int | None, sig: bytes) -> dict[str, Any]:
     return {"step": step, "tap": True, "pos": pos, "in": x_in, "out": x_out, "token": token, "sig": sig}
+
+
+def taps_message(taps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several steps' ``tap_message``s in one message (``SessionOpen.tap_batch``)."""
+    return taps[0] if len(taps) == 1 else {"tap": True, "taps": taps}
 
 
 @dataclass

@@ -190,7 +190,8 @@ class PipelineGeneration:
                 raise HopFailed(h.peer_id, "unreachable at every address the swarm state lists")
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
-                                   tap=v is not None, wire=c.options.wire_dtype) as sess:
+                                   tap=v is not None, wire=c.options.wire_dtype,
+                                   tap_batch=v.tap_batches([h.peer_id for h in hops]) if v else None) as sess:
             if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
                 self.spec = self.spec or Speculation(c.options.draft_k_max)
                 res = await self._replay(sess)

@@ -38,6 +38,7 @@ class ReferenceSession:
         self.rpc, self.peer, self.model, self.start, self.end = rpc, peer, model, start, end
         self.max_length, self.sampling, self.head, self.timeout_s = max_length, sampling, head, timeout_s
         self.length = 0
+        self._ended = False  # the last check was sent with the end of the stream
         self._cm: Any = None
         self._call: Any = None
         self._step = 0
@@ -54,15 +55,19 @@ class ReferenceSession:
                                        getattr(exc, "code", "") == "busy") from None
         self._cm = cm
 
-    async def run(self, x: Any, pos: int, claims: list[tuple[int, int, int]]) -> dict[str, Any]:
+    async def run(self, x: Any, pos: int, claims: list[tuple[int, int, int]], last: bool = False) -> dict[str, Any]:
         """Feed ``x`` at ``pos`` (== ``length``); the replica's answer: ``{"out": [1, T, H]}`` or, for
-        the head, ``{"tokens": [...], "gaps": [...]}`` (one per claim)."""
-        if self._call is None or pos != self.length:
+        the head, ``{"tokens": [...], "gaps": [...]}`` (one per claim). ``last``: no check follows (the
+        stream's end goes with it, so closing costs no extra round trip)."""
+        if self._call is None or self._ended or pos != self.length:
             raise ReferenceUnavailable(self.peer, f"fed up to {self.length}, asked at {pos}")
         step, self._step = self._step, self._step + 1
         try:
             with trio.fail_after(self.timeout_s):
                 await self._call.send(CheckItem(step, pos, x, claims).to_msg())
+                if last:
+                    self._ended = True
+                    await self._call.end()
                 msg = await self._call.recv()
         except StopAsyncIteration:
             raise ReferenceUnavailable(self.peer, "ended the session early") from None
@@ -90,7 +95,8 @@ class ReferenceSession:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
-                await call.end()
+                if not self._ended:
+                    await call.end()
                 async for _ in call:
                     pass
                 await cm.__aexit__(None, None, None)

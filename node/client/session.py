@@ -28,7 +28,7 @@ from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.verification import HopTaps, Tap
-from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, retry_after, tap_digest
+from swarmlm.node.wire import SHARD_PROTOCOL, TAP_FLUSH, SessionOpen, StepItem, retry_after, tap_digest
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -65,7 +65,8 @@ class PipelineSession:
 
     def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
                  sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
-                 want_logits: bool = False, tap: bool = False, wire: str | None = None) -> None:
+                 want_logits: bool = False, tap: bool = False, wire: str | None = None,
+                 tap_batch: Sequence[int] | None = None) -> None:
         if not hops:
             raise SwarmError("a route needs at least one hop")
         self.rpc = rpc
@@ -78,6 +79,7 @@ class PipelineSession:
         self.open_timeout_s = open_timeout_s
         self.session_ids = [secrets.token_hex(16) for _ in self.hops]
         self.tap = tap
+        self.tap_batch = list(tap_batch or [1] * len(self.hops))  # per hop: taps it sends per message
         self.wire = wire  # fp16/bf16: activations down-cast on the wire (None: the compute dtype)
         self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
                      for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
@@ -88,6 +90,10 @@ class PipelineSession:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._stack: Any = None
+        self._tap_arrived = trio.Event()  # set (and replaced) whenever a tap is stored or a hop breaks
+        self._broken: HopFailed | None = None  # the first hop failure the readers saw (taps wait on it)
+        self.answered: dict[int, Any] = {}  # with taps: step -> the token the head answered
+        self.sent: dict[int, torch.Tensor] = {}  # with taps: step -> what we fed the first hop
 
     async def __aenter__(self) -> "PipelineSession":
         self._stack = AsyncExitStack()
@@ -137,7 +143,7 @@ class PipelineSession:
                            next=None if last else self.hops[i + 1].peer_id,
                            next_session=None if last else self.session_ids[i + 1],
                            sampling=self.sampling if last else None, logits=self.want_logits and last,
-                           tap=self.tap, wire=self.wire,
+                           tap=self.tap, tap_batch=self.tap_batch[i], wire=self.wire,
                            route=[[h.peer_id, h.start, h.end] for h in self.hops]).to_args()
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
@@ -150,15 +156,55 @@ class PipelineSession:
         call = self._calls[i]
         try:
             async for msg in call:
+                if isinstance(msg, dict) and msg.get("tap"):  # stored here: a step never waits for taps
+                    batch = msg.get("taps", [msg])
+                    if not isinstance(batch, list) or not 0 < len(batch) <= self.tap_batch[i]:
+                        raise HopFailed(self.hops[i].peer_id, "sent a malformed batch of taps")
+                    for tap in batch:
+                        self._store_tap(i, tap)
+                    self._tapped()
+                    continue
                 await self._results_send.send((i, msg, None))
-            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, "session ended early")))
+            await self._fail(HopFailed(self.hops[i].peer_id, "session ended early"))
+        except HopFailed as exc:  # a malformed or badly signed tap
+            await self._fail(exc)
         except (RpcError, StreamClosedError) as exc:
-            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, str(exc),
-                                                             busy=getattr(exc, "code", "") == "busy")))
+            await self._fail(HopFailed(self.hops[i].peer_id, str(exc), busy=getattr(exc, "code", "") == "busy"))
         except trio.Cancelled:
             raise
         except Exception as exc:
-            await self._results_send.send((i, None, HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}")))
+            await self._fail(HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}"))
+
+    def _tapped(self) -> None:
+        self._tap_arrived.set()
+        self._tap_arrived = trio.Event()
+
+    async def _fail(self, exc: HopFailed) -> None:
+        """A hop broke: the step loop (through the results) and whoever waits for taps learn it."""
+        self._broken = self._broken or exc
+        self._tapped()
+        await self._results_send.send((None, None, exc))
+
+    async def flush_taps(self) -> None:
+        """Ask every hop that batches its taps for those it holds back (the session is about to end)."""
+        for i, call in enumerate(self._calls):
+            if self.tap and self.tap_batch[i] > 1:
+                try:
+                    await call.send(TAP_FLUSH)
+                except Exception as exc:  # RpcError, a closed or reset stream
+                    raise HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}") from None
+
+    async def taps_through(self, step: int) -> None:
+        """Wait until every hop's signed taps of steps ``<= step`` are stored (checked as they arrive);
+        ``HopFailed`` when a hop broke or sends none within the step timeout."""
+        with trio.move_on_after(self.step_timeout_s):
+            while not all(h.complete(step) for h in self.taps):
+                if self._broken is not None:
+                    raise self._broken
+                await self._tap_arrived.wait()
+            return
+        late = next(h.peer for h in self.taps if not h.complete(step))
+        raise HopFailed(late, f"sent no tap within {self.step_timeout_s:.0f} s")
 
     async def __aexit__(self, *exc: Any) -> None:
         if self._nursery is not None:
@@ -193,6 +239,8 @@ class PipelineSession:
         answer's ``tokens`` hold the head's token at every position)."""
         step = self._step
         self._step += 1
+        if self.tap:  # the first hop's signed input must be this (``Verifier``)
+            self.sent[step] = x
         try:
             await self._calls[0].send(StepItem(step, pos, x, want, verify=verify,
                                                rollback=pos if verify else None).to_msg())
@@ -203,13 +251,10 @@ class PipelineSession:
             return None
         answer: StepResult | None = None
         with trio.move_on_after(self.step_timeout_s) as scope:
-            while answer is None or (self.tap and not all(h.complete(step) for h in self.taps)):
+            while answer is None:  # taps are stored by the readers (``taps_through``)
                 i, msg, err = await self._results_recv.receive()
                 if err is not None:
                     raise err
-                if isinstance(msg, dict) and msg.get("tap"):
-                    self._store_tap(i, msg)
-                    continue
                 if isinstance(msg, dict) and msg.get("step") == -1 and msg.get("relay_failed"):
                     bad = msg["relay_failed"]
                     raise HopFailed(bad if isinstance(bad, str) else self.hops[min(i + 1, len(self.hops) - 1)].peer_id,
@@ -228,6 +273,8 @@ class PipelineSession:
                     continue
                 if "token" in msg or "logits" in msg:
                     answer = StepResult(msg.get("token"), msg.get("logits"), msg.get("timings") or [])
+                    if self.tap:  # the head's signed tap must name this same token (``Verifier``)
+                        self.answered[step] = msg.get("token")
                     continue
                 if "x" in msg and i + 1 < len(self.hops):  # the server could not relay: we do it
                     if msg.get("relay_failed"):
@@ -243,13 +290,12 @@ class PipelineSession:
                 raise HopFailed(self.hops[i].peer_id, "sent a malformed answer")
         if not scope.cancelled_caught:
             return answer
-        if answer is not None:
-            late = next(h.peer for h in self.taps if not h.complete(step))
-            raise HopFailed(late, f"sent no tap within {self.step_timeout_s:.0f} s")
         raise HopFailed(await self._suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
 
     def _store_tap(self, i: int, msg: dict) -> None:
         hop = self.taps[i]
+        if not isinstance(msg, dict):
+            raise HopFailed(hop.peer, "sent a malformed tap")
         step, pos, x_in, x_out, sig = msg.get("step"), msg.get("pos"), msg.get("in"), msg.get("out"), msg.get("sig")
         tok = msg.get("token")
         if (not isinstance(step, int) or not isinstance(pos, int) or not isinstance(x_in, torch.Tensor)

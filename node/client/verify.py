@@ -38,12 +38,15 @@ import torch
 import trio
 
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
+from swarmlm.node.client.session import HopFailed
 from swarmlm.node.dial import DOWN
 from swarmlm.node.verification import (HopTaps, concat_inputs, concat_outputs, evidence, gaps_agree, head_evidence,
                                        relative_error, tolerance)
 from swarmlm.node.wire import SHARD_PROTOCOL
 
 log = logging.getLogger("swarmlm.verify")
+
+TAP_BATCH = 8  # steps of taps a spot-checked hop sends per message (a hop checked on every step: 1)
 
 
 class VerificationFailed(Exception):
@@ -78,7 +81,7 @@ class Verifier:
         self.client, self.model, self.sampling, self.max_length = client, model, sampling, max_length
         self.fraction, self.final, self.on_round = fraction, final, on_round
         self.stats: dict[str, Any] = client.verify_stats
-        self.failure: VerificationFailed | None = None
+        self.failure: VerificationFailed | HopFailed | None = None
         self.hops: list[HopCheck] = []
         self.sess: Any = None
         self._cancel: Callable[[], None] = lambda: None
@@ -93,6 +96,16 @@ class Verifier:
         c = self.client
         return c.options.standing_steps > 0 and any(not c.standing.established(h.taps.peer) for h in self.hops)
 
+    def tap_batches(self, peers: list[str]) -> list[int]:
+        """Taps per message for each hop of a new route session: ``TAP_BATCH`` for a hop only
+        spot-checked (established, ``fraction < 1``), so its taps cost a message per batch, not per
+        step; 1 for a hop checked on every step. The hop cannot tell which steps get checked either way."""
+        c, new = self.client, self.new_probation_of
+        return [1 if self.fraction >= 1.0 or new(p) else TAP_BATCH for p in peers]
+
+    def new_probation_of(self, peer: str) -> bool:
+        return self.client.options.standing_steps > 0 and not self.client.standing.established(peer)
+
     def answered(self, step: int) -> None:
         """Step ``step`` of the session was answered (its taps are complete): maybe a round is due."""
         self._latest = step
@@ -104,6 +117,8 @@ class Verifier:
         """The route session ends: a final round if one is due, then wait until the rounds are done."""
         if self._latest > self._checked and (self.final or self.new_probation()):
             self._due = self._latest
+        if self._due > self._checked:  # a round waits for taps held back: ask for them (see docs/RELIABILITY.md)
+            await self.sess.flush_taps()
         self._closing = True
         self._wake.set()
         await self._done.wait()
@@ -124,18 +139,27 @@ class Verifier:
                     break
                 self._wake = trio.Event()
                 await self._wake.wait()
-        except VerificationFailed as exc:
+        except (VerificationFailed, HopFailed) as exc:  # HopFailed: a hop sent a bad tap, or none in time
             self.failure = exc
             self._cancel()
         finally:
-            for h in self.hops:
-                if h.ref is not None:
-                    await h.ref.aclose()
-                    h.ref = None
+            with trio.CancelScope(shield=True):  # each close is bounded (``ReferenceSession.aclose``)
+                async with trio.open_nursery() as nursery:
+                    for h in self.hops:
+                        if h.ref is not None:
+                            nursery.start_soon(h.ref.aclose)
+                            h.ref = None
             self._done.set()
 
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
+        async with trio.open_nursery() as nursery:  # references open while the (batched) taps are on their way
+            for h in self.hops:
+                if h.ref is None:
+                    nursery.start_soon(self._warm, h)
+            await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
+        if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
+            upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
         taps0 = self.hops[0].taps.taps[upto]
         end = taps0.pos + taps0.x_in.shape[1]
         self._check_links(self._checked + 1, upto)
@@ -161,7 +185,17 @@ class Verifier:
         self.on_round(end, all(r == "ok" for r in results))
 
     def _check_links(self, first: int, upto: int) -> None:
-        """What hop i signed as output is, bit for bit, what hop i+1 signed as input."""
+        """What hop i signed as output is, bit for bit, what hop i+1 signed as input; the first hop
+        signed what we fed it, the head the tokens it answered."""
+        first_hop, head = self.hops[0].taps, self.hops[-1].taps
+        for s in range(first, upto + 1):
+            fed = self.sess.sent.get(s)
+            if fed is not None and not torch.equal(first_hop.taps[s].x_in, fed):
+                self.client.bans.ban(first_hop.peer)
+                raise VerificationFailed(first_hop.peer, f"signed another input of step {s} than the one it was sent")
+            if s in self.sess.answered and head.taps[s].token != self.sess.answered[s]:
+                self.client.bans.ban(head.peer)
+                raise VerificationFailed(head.peer, f"answered a token at step {s} other than the one it signed")
         for a, b in zip(self.hops, self.hops[1:]):
             for s in range(first, upto + 1):
                 ta, tb = a.taps.taps.get(s), b.taps.taps.get(s)
@@ -182,7 +216,7 @@ class Verifier:
                 bump(self.stats, "unverifiable")
                 return "unverifiable"
             try:
-                ans = await ref.run(x_new, lo, claims if h.taps.head else [])
+                ans = await ref.run(x_new, lo, claims if h.taps.head else [], last=self._closing and upto >= self._latest)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
@@ -203,6 +237,12 @@ class Verifier:
         return relative_error(claimed, ref) <= tol
 
     # -- replicas ---------------------------------------------------------------------------------
+    async def _warm(self, h: HopCheck) -> None:
+        try:
+            await self._reference(h)  # none answering is found again, and counted, by the check itself
+        except Exception:  # a bug must not cost the answer
+            log.exception("opening a reference for %s failed", h.taps.peer[-8:])
+
     def _replicas(self, h: HopCheck, exclude: set[str]) -> list[str]:
         c = self.client
         skip = {h.taps.peer} | h.avoid | exclude | set(c.bans.active()) | DOWN.down_in(c.state)
@@ -221,9 +261,9 @@ class Verifier:
             h.ref = None
         c = self.client
         for peer in self._replicas(h, set()):
-            ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
-                                   self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
-            try:
+            ref = h.ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
+                                           self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
+            try:  # (held in h.ref from here on: closed whatever happens)
                 if not await c.ensure_connected(peer):
                     raise ReferenceUnavailable(peer, "unreachable")
                 await ref.open()
@@ -231,10 +271,8 @@ class Verifier:
                     old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
                     await ref.run(concat_inputs(old), 0, [])
             except ReferenceUnavailable as exc:
-                h.ref = ref
                 await self._drop_reference(h, exc)
                 continue
-            h.ref = ref
             return ref
         return None
 

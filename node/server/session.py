@@ -26,9 +26,9 @@ from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
 from swarmlm.net.rpc_server import ServerCall
 from swarmlm.node.server.scheduler import Work
-from swarmlm.node.wire import (SHARD_PROTOCOL, SessionOpen, StepItem, WireError, hidden_answer, logits_answer,
-                               relay_failed_notice, step_seed, tap_digest, tap_message, token_answer,
-                               tokens_answer)
+from swarmlm.node.wire import (SHARD_PROTOCOL, TAP_FLUSH, SessionOpen, StepItem, WireError, hidden_answer,
+                               logits_answer, relay_failed_notice, step_seed, tap_digest, tap_message, taps_message,
+                               token_answer, tokens_answer)
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -51,6 +51,8 @@ class ServerSession:
     relay: Any = None
     relay_failed: bool = False
     tap: bool = False  # send the client a signed copy of each step's input and output (verification)
+    tap_batch: int = 1  # taps per message; ``held``: signed taps not sent yet (at most tap_batch - 1)
+    held: list = field(default_factory=list)
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     steps: int = 0
     opened: float = field(default_factory=time.monotonic)
@@ -60,7 +62,7 @@ class ServerSession:
     def open(cls, o: SessionOpen, client: str, view: Any, cache: Any, inbox_size: int = 64) -> "ServerSession":
         send, recv = trio.open_memory_channel[Any](inbox_size)
         return cls(o.session_id, client, o.prev, o.next, o.next_session, view, cache, o.sampling, o.logits,
-                   send, recv, tap=o.tap, wire=o.wire)
+                   send, recv, tap=o.tap, tap_batch=o.tap_batch, wire=o.wire)
 
 
 def sample_token(sess: ServerSession, logits: Any, pos: int) -> int:
@@ -95,7 +97,14 @@ class SessionRunner:
         sess = self.sess
         sampling = sess.sampling if sess.view.has_head else None  # the head signs how it sampled
         sig = self.node.identity.sign(tap_digest(sess.session_id, item.step, item.pos, item.x, x_out, token, sampling))
-        await self.call.send(tap_message(item.step, item.pos, item.x, x_out, token, sig))
+        sess.held.append(tap_message(item.step, item.pos, item.x, x_out, token, sig))
+        if len(sess.held) >= sess.tap_batch:
+            await self._flush_taps()
+
+    async def _flush_taps(self) -> None:
+        held, self.sess.held = self.sess.held, []
+        if held:
+            await self.call.send(taps_message(held))
 
     async def _watch_relay(self) -> None:
         """The next server answers a relay stream only when it ends or fails: tell the client."""
@@ -144,6 +153,9 @@ class SessionRunner:
             raw = await sess.inbox_recv.receive()
             if raw is None:
                 return
+            if raw == TAP_FLUSH:  # the client is about to end: the taps held back so far
+                await self._flush_taps()
+                continue
             try:
                 item = StepItem.parse(raw)
             except WireError as exc:
@@ -164,24 +176,29 @@ class SessionRunner:
 
     async def _answer_head(self, item: StepItem, out: Any, tok: int | None, timings: list) -> None:
         sess = self.sess
-        if sess.tap:
+        if item.want:
+            if isinstance(tok, list):
+                await self.call.send(tokens_answer(item.step, tok, timings))
+            elif tok is None:
+                await self.call.send(logits_answer(item.step, out[0, -1].float(), timings))
+            else:
+                await self.call.send(token_answer(item.step, tok, timings))
+        if sess.tap:  # after the answer: the client's next step does not wait for our signature
             await self._send_tap(item, None, tok)
-        if not item.want:
-            return
-        if isinstance(tok, list):
-            await self.call.send(tokens_answer(item.step, tok, timings))
-        elif tok is None:
-            await self.call.send(logits_answer(item.step, out[0, -1].float(), timings))
-        else:
-            await self.call.send(token_answer(item.step, tok, timings))
 
     async def _pass_on(self, item: StepItem, out: Any, timings: list, stack: AsyncExitStack,
                        nursery: trio.Nursery) -> None:
         sess = self.sess
         if sess.wire:  # before the tap: what verification sees is what the next hop gets
             out = out.to(WIRE_TORCH_DTYPES[sess.wire])
-        if sess.tap:
+        await self._hand_on(item, out, timings, stack, nursery)
+        if sess.tap:  # after the relay: the next hop computes while we sign
             await self._send_tap(item, out, None)
+
+    async def _hand_on(self, item: StepItem, out: Any, timings: list, stack: AsyncExitStack,
+                       nursery: trio.Nursery) -> None:
+        """Our output to the next hop (or, when the relay broke or we are the last hop, to the client)."""
+        sess = self.sess
         if sess.next and not sess.relay_failed:
             try:
                 if sess.relay is None:
