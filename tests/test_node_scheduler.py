@@ -26,7 +26,7 @@ def shape(batch) -> list[tuple[str, int, int]]:
 
 
 def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
-    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=0)  # whole chunks beside decodes
     for k in ("a", "b", "c"):
         q.add(work(k, 1), 0.0)
     q.add(work("long", 600), 0.0)
@@ -41,6 +41,29 @@ def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
     assert seen[0] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 0, 256)]
     assert seen[1] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 256, 256)]
     assert seen[2] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 512, 88)]
+
+
+def test_prompts_beside_decodes_add_at_most_as_many_positions_as_there_are_decodes():
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)  # prefill_ratio 1 (the default)
+    for k in range(20):
+        q.add(work(f"d{k}", 1), 0.0)
+    q.add(work("short", 12), 0.0)  # a short prompt: one piece, beside the decodes while it fits
+    q.add(work("long", 100), 0.0)
+    batch = q.next_batch()
+    # 20 decodes allow 20 more positions: the short prompt (12); 8 left is under a chunk's minimum (16)
+    assert shape(batch) == [(f"d{k}", 0, 1) for k in range(20)] + [("short", 0, 12)]
+    q.complete(batch, 0.1, 1.0)
+    for k in range(20):
+        q.add(work(f"d{k}", 1), 1.0)
+    assert shape(q.next_batch()) == [(f"d{k}", 0, 1) for k in range(20)] + [("long", 0, 20)]
+    q2 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q2.add(work("a", 1), 0.0)
+    q2.add(work("long", 100), 0.0)
+    assert shape(q2.next_batch()) == [("a", 0, 1), ("long", 0, 16)]  # at least MIN_CHUNK beside one decode
+    q3 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q3.add(work("long", 100), 0.0)
+    q3.add(work("other", 90), 0.0)
+    assert shape(q3.next_batch()) == [("long", 0, 100), ("other", 0, 90)]  # no decode waiting: the budget
 
 
 def test_the_budget_limits_a_batch_and_the_rest_waits_its_turn():

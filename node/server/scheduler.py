@@ -11,6 +11,10 @@ pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch(
 - then longer steps (prefills) in arrival order, in chunks of at most ``prefill_chunk`` tokens, while
   the batch has room under ``max_batch_tokens``; a prompt goes on where its last chunk ended, so a
   long prompt holds up the others' decoding for one chunk at a time;
+- **decodes first**: a batch that carries single-token decodes adds at most
+  ``max(MIN_CHUNK, prefill_ratio x decodes)`` positions of multi-token steps (prompts, their chunks),
+  so a decoding user's step costs at most about twice a decode-only batch while prompts arrive (the
+  inter-token latency tail of ``swarmlm bench serve``); ``prefill_ratio=0``: no such bound;
 - the first piece of a batch is always taken, so ``max_batch_tokens=1`` runs one session per batch
   (batching off);
 - **fair per peer**: within each of the two kinds, works take turns by ``owner`` (the peer that opened
@@ -35,6 +39,7 @@ from typing import Any, Callable, Hashable
 
 DEFAULT_PREFILL_CHUNK = 256
 SHORT_STEP = 16  # steps of at most this many tokens are never chunked and go before prefills
+PREFILL_RATIO = 1.0  # multi-token positions beside n decodes in one batch: max(MIN_CHUNK, ratio x n)
 MIN_CHUNK = 16  # a prefill piece squeezed into the room left in a batch is at least this long
 
 
@@ -102,7 +107,8 @@ class BatchQueue:
     """The queued steps of a server's sessions and the batching policy (see the module docstring)."""
 
     def __init__(self, max_batch_tokens: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, *,
-                 short_step: int = SHORT_STEP, gather: float = 0.5, max_gather_s: float = 0.05) -> None:
+                 short_step: int = SHORT_STEP, gather: float = 0.5, max_gather_s: float = 0.05,
+                 prefill_ratio: float = PREFILL_RATIO) -> None:
         if max_batch_tokens < 1 or prefill_chunk < 1:
             raise ValueError("max_batch_tokens and prefill_chunk must be >= 1")
         self.max_batch_tokens = int(max_batch_tokens)
@@ -110,6 +116,7 @@ class BatchQueue:
         self.short_step = int(short_step)
         self.gather = float(gather)
         self.max_gather_s = float(max_gather_s)
+        self.prefill_ratio = float(prefill_ratio)
         self._queued: dict[str, Work] = {}
         self._in_flight: dict[str, Work] = {}
         self._pending: set[str] = set()  # sessions of the last batch whose next step has not come yet
@@ -180,19 +187,23 @@ class BatchQueue:
         long = _turns([w for w in works if self._chunked(w)])
         batch: list[Piece] = []
         room = self.max_batch_tokens
+        decodes = min(room, sum(1 for w in short if w.tokens == 1))
+        extra = room if not (decodes and self.prefill_ratio > 0) else max(MIN_CHUNK, int(self.prefill_ratio * decodes))
         for w in short:
-            if batch and w.tokens > room:
+            if batch and (w.tokens > room or (w.tokens > 1 and w.tokens > extra)):
                 continue
             batch.append(Piece(w, 0, w.tokens))
             room -= w.tokens
+            extra -= w.tokens if w.tokens > 1 else 0
         for w in long:
             n = min(self.prefill_chunk, w.remaining)
             if batch:
-                n = min(n, room)
+                n = min(n, room, extra)
                 if n < min(MIN_CHUNK, w.remaining, self.prefill_chunk):
                     continue
             batch.append(Piece(w, w.done, n))
             room -= n
+            extra -= n
         for p in batch:
             self._in_flight[p.work.key] = self._queued.pop(p.work.key)
         return batch
