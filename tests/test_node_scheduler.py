@@ -125,10 +125,24 @@ def test_launch_waits_briefly_for_the_cohort_of_the_last_batch():
     assert q.launch_at(0.0) is None  # a batch is running
     q.complete(batch, 0.04, now=1.0)
     q.add(work("a", 1), 1.001)
-    assert q.launch_at(1.001) == pytest.approx(1.02)  # b and c are on their way: wait up to half a batch
+    assert q.launch_at(1.001) == pytest.approx(1.021)  # b and c are on their way: wait up to half a batch
     q.add(work("b", 1), 1.002)
     q.forget("c")  # c's session ended
     assert q.launch_at(1.003) == 1.003
+
+
+def test_on_a_pipeline_hop_the_wait_counts_from_the_first_of_the_cohort_coming_back():
+    q = BatchQueue(max_batch_tokens=64, gather=0.5, max_gather_s=0.05)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.04, now=1.0)
+    assert q.launch_at(1.0) is None  # nothing queued
+    q.add(work("a", 1), 1.3)  # a round through the other hops later
+    assert q.launch_at(1.3) == pytest.approx(1.32)  # not at once: b and c follow within milliseconds
+    q.add(work("b", 1), 1.301)
+    q.add(work("c", 1), 1.302)
+    assert q.launch_at(1.302) == 1.302
+    assert [p.work.key for p in q.next_batch()] == list("abc")
 
 
 def test_a_session_that_leaves_is_dropped_and_a_failed_piece_fails_only_its_work():

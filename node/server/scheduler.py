@@ -26,6 +26,9 @@ pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch(
 just finished have not queued their next step yet (their answers are on their way round the
 pipeline): then up to ``gather`` of the last batch's duration (at most ``max_gather_s``) is spent
 waiting for them, so that a cohort of decoding sessions stays one batch instead of splitting in two.
+The wait counts from the first of them coming back (before that, from the end of the last batch): on
+a pipeline hop the cohort comes back a whole round later, all within a few milliseconds, and counting
+from the end of the last batch would launch its first member alone.
 
 ``complete(batch, failed, seconds)`` records what each piece computed and returns the works that are
 done (all positions computed, or failed). The queue holds no tensors of its own and does no compute:
@@ -121,6 +124,7 @@ class BatchQueue:
         self._in_flight: dict[str, Work] = {}
         self._pending: set[str] = set()  # sessions of the last batch whose next step has not come yet
         self._pending_since = 0.0
+        self._back_since: float | None = None  # when the first of the pending sessions queued again
         self._seq = 0
         self.last_batch_s = 0.0
         self.batches = 0
@@ -156,7 +160,10 @@ class BatchQueue:
         self._seq += 1
         work.seq, work.arrived = self._seq, now
         self._queued[work.key] = work
-        self._pending.discard(work.key)
+        if work.key in self._pending:
+            self._pending.discard(work.key)
+            if self._back_since is None:
+                self._back_since = now
 
     def remove(self, key: str) -> Work | None:
         """Drop a session's queued step (the session left); a step in the running batch stays."""
@@ -174,7 +181,8 @@ class BatchQueue:
             return None
         if not self._pending or self.max_batch_tokens <= 1 or self.queued_tokens >= self.max_batch_tokens:
             return now
-        return max(now, self._pending_since + min(self.max_gather_s, self.gather * self.last_batch_s))
+        since = self._pending_since if self._back_since is None else self._back_since
+        return max(now, since + min(self.max_gather_s, self.gather * self.last_batch_s))
 
     def next_batch(self) -> list[Piece]:
         """The pieces of the next batch (marked as running), or [] when nothing is queued."""
@@ -216,7 +224,7 @@ class BatchQueue:
         failed = failed or {}
         self.last_batch_s = seconds
         self.batches += 1
-        self._pending, self._pending_since = set(), now
+        self._pending, self._pending_since, self._back_since = set(), now, None
         done: list[Work] = []
         for p in batch:
             w = p.work
