@@ -180,3 +180,30 @@ def test_speed_follows_served_batches_and_a_slower_machine():
 def test_default_batch_budget_from_measured_speed():
     assert default_batch_tokens(1.0) == 250  # ~1 ms per token: a quarter second of work
     assert default_batch_tokens(0.001) == 2048 and default_batch_tokens(100.0) == 64
+
+
+def test_a_cohort_served_in_two_batches_merges_on_the_next_round_and_the_lost_are_not_waited_for():
+    q = BatchQueue(max_batch_tokens=2, gather=1.5, max_gather_s=0.25)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.1, now=0.1)  # a, b
+    q.add(work("d", 1), 0.1)  # a new session's first step: nobody waits for it
+    q.complete(q.next_batch(), 0.1, now=0.2)  # c, d
+    q.max_batch_tokens = 64
+    q.add(work("a", 1), 1.0)  # a round later: a and b come back, then c and d one batch after them
+    q.add(work("b", 1), 1.001)
+    assert q.launch_at(1.001) == pytest.approx(1.15)  # c and d were served a batch later: wait for them
+    q.add(work("c", 1), 1.1)
+    assert q.launch_at(1.1) == pytest.approx(1.15)
+    q.add(work("d", 1), 1.101)
+    assert q.launch_at(1.101) == 1.101
+    batch = q.next_batch()
+    assert [p.work.key for p in batch] == list("abcd")
+    q.complete(batch, 0.1, now=1.2)
+    # d's client went quiet without closing: each batch waits one window for it, until d has been away
+    # for over 3 usual return delays (~0.8 s here), then not at all
+    for t, wait in ((2.0, 0.15), (3.0, 0.15), (4.0, 0.0)):
+        for k in "abc":
+            q.add(work(k, 1), t)
+        assert q.launch_at(t) == pytest.approx(t + wait)
+        q.complete(q.next_batch(), 0.1, now=t + 0.2)

@@ -22,13 +22,17 @@ pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch(
   more of a full batch than a peer with one while others wait. A peer's queued steps are bounded by its
   sessions (one each), and sessions by the server's ``max_sessions`` and per-peer share (``shard.py``).
 
-``launch_at(now)`` says when the next batch should start: at once, unless sessions of the batch that
-just finished have not queued their next step yet (their answers are on their way round the
-pipeline): then up to ``gather`` of the last batch's duration (at most ``max_gather_s``) is spent
-waiting for them, so that a cohort of decoding sessions stays one batch instead of splitting in two.
-The wait counts from the first of them coming back (before that, from the end of the last batch): on
-a pipeline hop the cohort comes back a whole round later, all within a few milliseconds, and counting
-from the end of the last batch would launch its first member alone.
+``launch_at(now)`` says when the next batch should start: at once, unless recently served sessions
+have not queued their next step yet (their answers are on their way round the pipeline): then up to
+``gather`` x the last batch's duration (at most ``max_gather_s``) is spent waiting for them, so that a
+cohort of decoding sessions stays one batch instead of splitting up. The wait counts from the first of
+them coming back (before that, from the end of the last batch): on a pipeline hop the cohort comes back
+a whole round later, and counting from the end of the last batch would launch its first member alone.
+"Recently served" spans batches: sessions served in two batches (prompts that did not fit one, a
+cohort split by a late member) are waited for together, so the fragments merge into one batch on the
+next round instead of staying apart for good. A session that does not come back within
+``PENDING_ROUNDS`` x the usual return delay (a decaying average of the observed ones; 1 s before any)
+is no longer waited for; one that leaves is forgotten at once.
 
 ``complete(batch, failed, seconds)`` records what each piece computed and returns the works that are
 done (all positions computed, or failed). The queue holds no tensors of its own and does no compute:
@@ -43,6 +47,9 @@ from typing import Any, Callable, Hashable
 DEFAULT_PREFILL_CHUNK = 256
 SHORT_STEP = 16  # steps of at most this many tokens are never chunked and go before prefills
 PREFILL_RATIO = 1.0  # multi-token positions beside n decodes in one batch: max(MIN_CHUNK, ratio x n)
+PENDING_ROUNDS = 3.0  # a served session is waited for up to this many usual return delays
+PENDING_FIRST_S = 1.0  # before any session came back
+PENDING_MAX_S = 5.0  # and never longer than this
 MIN_CHUNK = 16  # a prefill piece squeezed into the room left in a batch is at least this long
 
 
@@ -110,7 +117,7 @@ class BatchQueue:
     """The queued steps of a server's sessions and the batching policy (see the module docstring)."""
 
     def __init__(self, max_batch_tokens: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, *,
-                 short_step: int = SHORT_STEP, gather: float = 0.5, max_gather_s: float = 0.05,
+                 short_step: int = SHORT_STEP, gather: float = 1.5, max_gather_s: float = 0.25,
                  prefill_ratio: float = PREFILL_RATIO) -> None:
         if max_batch_tokens < 1 or prefill_chunk < 1:
             raise ValueError("max_batch_tokens and prefill_chunk must be >= 1")
@@ -122,7 +129,8 @@ class BatchQueue:
         self.prefill_ratio = float(prefill_ratio)
         self._queued: dict[str, Work] = {}
         self._in_flight: dict[str, Work] = {}
-        self._pending: set[str] = set()  # sessions of the last batch whose next step has not come yet
+        self._pending: dict[str, float] = {}  # served sessions whose next step has not come yet: since when
+        self._return_s: float | None = None  # decaying average of how long served sessions take to come back
         self._pending_since = 0.0
         self._back_since: float | None = None  # when the first of the pending sessions queued again
         self._seq = 0
@@ -160,29 +168,38 @@ class BatchQueue:
         self._seq += 1
         work.seq, work.arrived = self._seq, now
         self._queued[work.key] = work
-        if work.key in self._pending:
-            self._pending.discard(work.key)
+        served = self._pending.pop(work.key, None)
+        if served is not None:
+            delay = max(0.0, now - served)
+            self._return_s = delay if self._return_s is None else 0.8 * self._return_s + 0.2 * delay
             if self._back_since is None:
                 self._back_since = now
 
     def remove(self, key: str) -> Work | None:
         """Drop a session's queued step (the session left); a step in the running batch stays."""
-        self._pending.discard(key)
+        self._pending.pop(key, None)
         return self._queued.pop(key, None)
 
     def forget(self, key: str) -> None:
         """The session is gone: do not wait for its next step."""
-        self._pending.discard(key)
+        self._pending.pop(key, None)
 
     # -- the policy -------------------------------------------------------------------------------
     def launch_at(self, now: float) -> float | None:
         """When to start the next batch (``now`` or later), or None when nothing is queued."""
         if not self._queued or self._in_flight:
             return None
+        self._expire(now)
         if not self._pending or self.max_batch_tokens <= 1 or self.queued_tokens >= self.max_batch_tokens:
             return now
         since = self._pending_since if self._back_since is None else self._back_since
         return max(now, since + min(self.max_gather_s, self.gather * self.last_batch_s))
+
+    def _expire(self, now: float) -> None:
+        """Stop waiting for sessions that did not come back within PENDING_ROUNDS usual return delays."""
+        ttl = PENDING_FIRST_S if self._return_s is None else min(PENDING_MAX_S, PENDING_ROUNDS * self._return_s + 0.01)
+        for key in [k for k, t in self._pending.items() if now - t > ttl]:
+            del self._pending[key]
 
     def next_batch(self) -> list[Piece]:
         """The pieces of the next batch (marked as running), or [] when nothing is queued."""
@@ -224,7 +241,8 @@ class BatchQueue:
         failed = failed or {}
         self.last_batch_s = seconds
         self.batches += 1
-        self._pending, self._pending_since, self._back_since = set(), now, None
+        self._pending_since, self._back_since = now, None
+        self._expire(now)
         done: list[Work] = []
         for p in batch:
             w = p.work
@@ -238,7 +256,7 @@ class BatchQueue:
             if w.finished:
                 done.append(w)
                 if w.error is None:  # its session will likely send its next step soon
-                    self._pending.add(w.key)
+                    self._pending[w.key] = now
             else:
                 self._queued[w.key] = w
         return done
