@@ -207,3 +207,17 @@ def test_a_cohort_served_in_two_batches_merges_on_the_next_round_and_the_lost_ar
             q.add(work(k, 1), t)
         assert q.launch_at(t) == pytest.approx(t + wait)
         q.complete(q.next_batch(), 0.1, now=t + 0.2)
+
+
+class Cache:
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+
+
+def test_a_session_whose_step_filled_its_cache_is_not_waited_for():
+    q = BatchQueue(max_batch_tokens=64, gather=1.5, max_gather_s=0.25)
+    q.add(Work("a", "v", Cache(100), X(1), 50), 0.0)
+    q.add(Work("last", "v", Cache(100), X(1), 98), 0.0)  # positions 0..98 of 100: its final token came out
+    q.complete(q.next_batch(), 0.1, now=0.1)
+    q.add(Work("a", "v", Cache(100), X(1), 51), 0.2)
+    assert q.launch_at(0.2) == 0.2

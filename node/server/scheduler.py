@@ -32,7 +32,9 @@ a whole round later, and counting from the end of the last batch would launch it
 cohort split by a late member) are waited for together, so the fragments merge into one batch on the
 next round instead of staying apart for good. A session that does not come back within
 ``PENDING_ROUNDS`` x the usual return delay (a decaying average of the observed ones; 1 s before any)
-is no longer waited for; one that leaves is forgotten at once.
+is no longer waited for; one that leaves is forgotten at once, and one whose step filled its cache to
+within a position of its ``max_length`` is not waited for at all (a client opens ``max_length`` = prompt
++ new tokens, so that was its last step).
 
 ``complete(batch, failed, seconds)`` records what each piece computed and returns the works that are
 done (all positions computed, or failed). The queue holds no tensors of its own and does no compute:
@@ -111,6 +113,12 @@ def _turns(works: list[Work]) -> list[Work]:
         rank[w.owner] = r + 1
         keyed.append((r, w.seq, w))
     return [w for _, _, w in sorted(keyed, key=lambda t: (t[0], t[1]))]
+
+
+def _may_return(w: Work) -> bool:
+    """False when the step left at most one free position in its session's cache (its last step)."""
+    cap = getattr(w.session, "max_length", None)
+    return cap is None or w.pos + w.tokens < cap - 1
 
 
 class BatchQueue:
@@ -255,7 +263,7 @@ class BatchQueue:
                 w.done = p.offset + p.n
             if w.finished:
                 done.append(w)
-                if w.error is None:  # its session will likely send its next step soon
+                if w.error is None and _may_return(w):  # its session will likely send its next step soon
                     self._pending[w.key] = now
             else:
                 self._queued[w.key] = w
