@@ -125,7 +125,7 @@ class BatchQueue:
     """The queued steps of a server's sessions and the batching policy (see the module docstring)."""
 
     def __init__(self, max_batch_tokens: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, *,
-                 short_step: int = SHORT_STEP, gather: float = 1.5, max_gather_s: float = 0.25,
+                 short_step: int = SHORT_STEP, gather: float = 1.5, max_gather_s: float = 0.15,
                  prefill_ratio: float = PREFILL_RATIO) -> None:
         if max_batch_tokens < 1 or prefill_chunk < 1:
             raise ValueError("max_batch_tokens and prefill_chunk must be >= 1")
