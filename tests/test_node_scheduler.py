@@ -221,3 +221,18 @@ def test_a_session_whose_step_filled_its_cache_is_not_waited_for():
     q.complete(q.next_batch(), 0.1, now=0.1)
     q.add(Work("a", "v", Cache(100), X(1), 51), 0.2)
     assert q.launch_at(0.2) == 0.2
+
+
+def test_a_second_cohort_half_a_round_apart_is_not_waited_for():
+    q = BatchQueue(max_batch_tokens=64, gather=1.5, max_gather_s=0.15)
+    for k in "ab":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.1, now=0.1)
+    for k in "cd":
+        q.add(work(k, 1), 0.4)
+    q.complete(q.next_batch(), 0.1, now=0.5)  # c, d: served 0.4 s after a, b
+    q.add(work("a", 1), 1.0)
+    assert q.launch_at(1.0) == pytest.approx(1.15)  # b (served with a) is due: wait for it
+    q.add(work("b", 1), 1.01)
+    assert q.launch_at(1.01) == 1.01  # c and d are due ~0.4 s later: a and b go now
+    assert [p.work.key for p in q.next_batch()] == list("ab")

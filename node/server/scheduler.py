@@ -28,9 +28,10 @@ have not queued their next step yet (their answers are on their way round the pi
 cohort of decoding sessions stays one batch instead of splitting up. The wait counts from the first of
 them coming back (before that, from the end of the last batch): on a pipeline hop the cohort comes back
 a whole round later, and counting from the end of the last batch would launch its first member alone.
-"Recently served" spans batches: sessions served in two batches (prompts that did not fit one, a
-cohort split by a late member) are waited for together, so the fragments merge into one batch on the
-next round instead of staying apart for good. A session that does not come back within
+"Recently served" spans batches: sessions served up to one such window after the first one back are
+waited for (they are due about that much later), so a cohort served in two consecutive batches
+(prompts that did not fit one, a late member) merges into one batch on the next round; sessions served
+long after it (another cohort, e.g. half a round apart on a pipeline) are not waited for. A session that does not come back within
 ``PENDING_ROUNDS`` x the usual return delay (a decaying average of the observed ones; 1 s before any)
 is no longer waited for; one that leaves is forgotten at once, and one whose step filled its cache to
 within a position of its ``max_length`` is not waited for at all (a client opens ``max_length`` = prompt
@@ -141,6 +142,7 @@ class BatchQueue:
         self._return_s: float | None = None  # decaying average of how long served sessions take to come back
         self._pending_since = 0.0
         self._back_since: float | None = None  # when the first of the pending sessions queued again
+        self._back_served = 0.0  # when that one had been served
         self._seq = 0
         self.last_batch_s = 0.0
         self.batches = 0
@@ -181,7 +183,7 @@ class BatchQueue:
             delay = max(0.0, now - served)
             self._return_s = delay if self._return_s is None else 0.8 * self._return_s + 0.2 * delay
             if self._back_since is None:
-                self._back_since = now
+                self._back_since, self._back_served = now, served
 
     def remove(self, key: str) -> Work | None:
         """Drop a session's queued step (the session left); a step in the running batch stays."""
@@ -200,8 +202,15 @@ class BatchQueue:
         self._expire(now)
         if not self._pending or self.max_batch_tokens <= 1 or self.queued_tokens >= self.max_batch_tokens:
             return now
-        since = self._pending_since if self._back_since is None else self._back_since
-        return max(now, since + min(self.max_gather_s, self.gather * self.last_batch_s))
+        window = min(self.max_gather_s, self.gather * self.last_batch_s)
+        if self._back_since is None:
+            return max(now, self._pending_since + window)
+        # wait only for sessions served up to a window after the first one back: they are due about as
+        # much later; sessions served long after it (another cohort, half a round apart) are not
+        horizon = self._back_served + window
+        if not any(t <= horizon for t in self._pending.values()):
+            return now
+        return max(now, self._back_since + window)
 
     def _expire(self, now: float) -> None:
         """Stop waiting for sessions that did not come back within PENDING_ROUNDS usual return delays."""
