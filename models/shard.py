@@ -41,10 +41,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from swarmlm.models.batched_decode import DecodeGroup, plan_groups
 from swarmlm.models.config import ModelConfig, rope_inv_freq
 from swarmlm.models.errors import CheckpointError, SessionError
 from swarmlm.models.kvcache import CacheLayout, Session
 from swarmlm.models.loading import DTYPE_NAMES, expected_shapes, layer_prefix, parse_dtype, read_tensors
+
+MM_ROWS = (8, 48)  # row counts computed as w @ x.T (see ``linear``)
 
 
 @dataclass(eq=False)
@@ -66,6 +69,15 @@ class LayerWeights:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' LlamaRMSNorm: normalize in fp32, cast back, then scale (fused kernel)."""
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``; a batch of ``MM_ROWS`` rows is computed as ``w @ x.T`` (the same sums, in the shape
+    MKL's single-thread sgemm runs ~15% faster for batched decodes; docs/BENCHMARKS.md, bench serve)."""
+    if x.dim() == 2 and MM_ROWS[0] <= x.shape[0] <= MM_ROWS[1]:
+        y = torch.mm(w, x.t()).t()
+        return y if b is None else y + b
+    return F.linear(x, w, b)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -193,6 +205,22 @@ class Shard:
             starts.append(start)
             sizes.append(x.shape[0])
             lens.append(T)
+        # decodes of batch-1 sessions with similar contexts attend as groups (models/batched_decode.py):
+        # their entries go first, group by group, so each group's rows are contiguous
+        grouped = plan_groups([(i, starts[i] + 1, e[0].max_length) for i, e in enumerate(entries)
+                               if lens[i] == 1 and sizes[i] == 1])
+        order = [i for g in grouped for i in g]
+        if order:
+            taken = set(order)
+            order += [i for i in range(len(entries)) if i not in taken]
+            entries, starts, sizes, lens, lasts = ([seq[i] for i in order]
+                                                   for seq in (entries, starts, sizes, lens, lasts))
+        groups, n_grouped = [], 0
+        for g in grouped:
+            groups.append(DecodeGroup([e[0] for e in entries[n_grouped:n_grouped + len(g)]],
+                                      starts[n_grouped:n_grouped + len(g)], n_grouped, self.inv_freq,
+                                      self.attn_scaling, self.dtype))
+            n_grouped += len(g)
         # every entry's rows ([B, T] flattened) packed into one [N, hidden]: projections and MLP run once
         if self.has_embedding:
             if any(e[1].dtype not in (torch.int64, torch.int32) for e in entries):
@@ -207,7 +235,12 @@ class Shard:
         # RoPE tables per entry (fp32, then the compute dtype), and the attention masks
         n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         cos_l, sin_l, masks = [], [], []
-        for start, T in zip(starts, lens):
+        for j, (start, T) in enumerate(zip(starts, lens)):
+            if j < n_grouped:  # a group member: the group holds its tables
+                cos_l.append(None)
+                sin_l.append(None)
+                masks.append(None)
+                continue
             t_idx = torch.arange(T)
             freqs = (t_idx + start).float()[:, None] * self.inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
@@ -222,35 +255,40 @@ class Shard:
         for b, T in zip(sizes, lens):
             offsets.append(offsets[-1] + b * T)
         for li, lw in enumerate(self.layers):
-            h = self._layer(li, lw, h, entries, starts, offsets, lens, cos_l, sin_l, masks)
+            h = self._layer(li, lw, h, entries, starts, offsets, lens, cos_l, sin_l, masks, groups)
+        for grp in groups:
+            grp.write_back()
         for (sess, _, _), start, T in zip(entries, starts, lens):
             sess.length = start + T
             sess.touch()
         outs = [h[offsets[i]:offsets[i + 1]].view(b, T, -1) for i, (b, T) in enumerate(zip(sizes, lens))]
         if not self.has_head or hidden:  # hidden: the last layer's output, before the final norm
-            return outs
+            return _unorder(outs, order)
         outs = [o[:, -1:] if last else o for o, last in zip(outs, lasts)]
         rows = [o.shape[0] * o.shape[1] for o in outs]
         hh = torch.cat([o.reshape(-1, cfg.hidden_size) for o in outs]) if len(outs) > 1 else outs[0]
-        logits = F.linear(rms_norm(hh, self.norm, cfg.rms_norm_eps), self.lm_head).float()
+        logits = linear(rms_norm(hh, self.norm, cfg.rms_norm_eps), self.lm_head).float()
         if len(outs) == 1:
             return [logits.view(outs[0].shape[0], outs[0].shape[1], -1)]
         res, at = [], 0
         for o, n in zip(outs, rows):
             res.append(logits[at:at + n].view(o.shape[0], o.shape[1], -1))
             at += n
-        return res
+        return _unorder(res, order)
 
     def _layer(self, li: int, lw: LayerWeights, h: torch.Tensor, entries, starts, offsets, lens, cos_l, sin_l,
-               masks) -> torch.Tensor:
+               masks, groups=()) -> torch.Tensor:
         cfg = self.config
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         g = nh // nkv
         x = rms_norm(h, lw.ln1, cfg.rms_norm_eps)
-        qkv = F.linear(x, lw.wqkv, lw.bqkv)
-        outs = []
+        qkv = linear(x, lw.wqkv, lw.bqkv).contiguous()  # q/k/v heads as rows (SDPA's fast kernel needs that)
+        outs = [grp.attend(li, qkv[grp.rows], nh, nkv, hd) for grp in groups]
         qk_dim = cfg.q_dim + cfg.kv_dim
+        n_grouped = groups[-1].rows.stop if groups else 0  # decode groups' entries (and rows) come first
         for i, (sess, _, _) in enumerate(entries):
+            if i < n_grouped:
+                continue
             T = lens[i]
             part = qkv[offsets[i]:offsets[i + 1]] if len(entries) > 1 else qkv
             B = part.shape[0] // T
@@ -276,11 +314,21 @@ class Shard:
                 o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
             outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B * T, nh * hd))
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
-        h = h + F.linear(o, lw.wo, lw.bo)
+        h = h + linear(o, lw.wo, lw.bo)
         x = rms_norm(h, lw.ln2, cfg.rms_norm_eps)
-        gu = F.linear(x, lw.w_gate_up, lw.b_gate_up)
+        gu = linear(x, lw.w_gate_up, lw.b_gate_up)
         gate, up = gu.chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, lw.w_down, lw.b_down)
+        return h + linear(F.silu(gate) * up, lw.w_down, lw.b_down)
+
+
+def _unorder(outs: list[torch.Tensor], order: list[int]) -> list[torch.Tensor]:
+    """Results of entries computed in ``order`` (a permutation, or [] for none) back in the callers' order."""
+    if not order:
+        return outs
+    res: list[torch.Tensor] = [outs[0]] * len(outs)
+    for j, i in enumerate(order):
+        res[i] = outs[j]
+    return res
 
 
 def load_shard(model_dir: str | Path, start: int = 0, end: int | None = None, dtype: str | torch.dtype = "fp32",

@@ -23,7 +23,8 @@ def build_node(config: NodeConfig) -> Node:
     if config.model:
         node.shard = ShardService(config.model, layers=config.layers, max_layers=config.max_layers,
                                   dtype=config.dtype, max_cache_tokens=config.max_cache_tokens,
-                                  max_sessions=config.max_sessions, fault=config.fault,
+                                  max_sessions=config.max_sessions, peer_max_sessions=config.peer_max_sessions,
+                                  fault=config.fault,
                                   rebalance_s=config.rebalance_s, max_batch_tokens=config.max_batch_tokens,
                                   prefill_chunk=config.prefill_chunk)
         node.consensus = ConsensusService(ConsensusOptions(

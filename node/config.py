@@ -46,6 +46,7 @@ class NodeConfig:
     max_cache_tokens: int = 8192
     dtype: str = "fp32"
     max_sessions: int = 64
+    peer_max_sessions: int = 0  # sessions one peer (e.g. a gateway) may hold here; 0: all but an eighth of max_sessions
     max_batch_tokens: int = 0  # token positions one batch of the step scheduler computes; 0: from measured speed; 1: no batching
     prefill_chunk: int = 256  # a prompt is computed in pieces of at most this many tokens, between other sessions' steps
     threads: int = 0  # torch compute threads; 0: torch's default (all cores). Several nodes on one host: fewer
@@ -80,7 +81,7 @@ class NodeConfig:
             raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.layers != "auto":
             parse_layers(self.layers)
-        for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads", "max_batch_tokens"):
+        for key in ("max_layers", "max_cache_tokens", "max_sessions", "threads", "max_batch_tokens", "peer_max_sessions"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("inbound_burst", "inbound_handshakes", "inbound_untrusted", "inbound_untrusted_total"):
@@ -88,6 +89,8 @@ class NodeConfig:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not self.inbound_rate > 0:
             raise ConfigError(f"inbound_rate: must be > 0 (connections per second), got {self.inbound_rate}")
+        if self.peer_max_sessions > self.max_sessions:
+            raise ConfigError(f"peer_max_sessions ({self.peer_max_sessions}) cannot exceed max_sessions ({self.max_sessions})")
         if not 1 <= self.prefill_chunk <= 4096:
             raise ConfigError(f"prefill_chunk: must be between 1 and 4096, got {self.prefill_chunk}")
         for key in ("heartbeat_s", "state_ttl_s", "rebalance_s", "witness_s"):

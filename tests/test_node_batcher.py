@@ -124,3 +124,24 @@ async def test_a_session_cancelled_mid_batch_leaves_the_others_correct():
     assert len(outs["victim"]) < 10 and queue.queued == 0
     for k in ("a", "b"):
         assert outs[k] == solo_decode(shard, prompts[k], 10)
+
+
+async def test_a_session_that_leaves_is_not_waited_for():
+    svc, shard, _ = setup()
+    queue = BatchQueue(max_batch_tokens=64, gather=1e6, max_gather_s=600.0)  # would wait 10 min for "gone"
+    batcher = Batcher(queue, svc.compute)
+    toks: list[int] = []
+
+    async def gone() -> None:  # one step, a pause (the scheduler waits for its next step), then it leaves
+        await batcher.submit(Work("gone", shard, shard.new_session(64), torch.tensor([[1, 2]]), 0, last_only=True))
+        await trio.sleep(0.2)
+        await batcher.leave("gone")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        with trio.fail_after(300):  # a hang guard: the steps take milliseconds
+            async with trio.open_nursery() as clients:
+                clients.start_soon(gone)
+                clients.start_soon(decode, batcher, shard, "stays", [3, 4], 3, toks)
+        nursery.cancel_scope.cancel()
+    assert toks == solo_decode(shard, [3, 4], 3)

@@ -26,7 +26,7 @@ def shape(batch) -> list[tuple[str, int, int]]:
 
 
 def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
-    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=0)  # whole chunks beside decodes
     for k in ("a", "b", "c"):
         q.add(work(k, 1), 0.0)
     q.add(work("long", 600), 0.0)
@@ -41,6 +41,29 @@ def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
     assert seen[0] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 0, 256)]
     assert seen[1] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 256, 256)]
     assert seen[2] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 512, 88)]
+
+
+def test_prompts_beside_decodes_add_at_most_as_many_positions_as_there_are_decodes():
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)  # prefill_ratio 1 (the default)
+    for k in range(20):
+        q.add(work(f"d{k}", 1), 0.0)
+    q.add(work("short", 12), 0.0)  # a short prompt: one piece, beside the decodes while it fits
+    q.add(work("long", 100), 0.0)
+    batch = q.next_batch()
+    # 20 decodes allow 20 more positions: the short prompt (12); 8 left is under a chunk's minimum (16)
+    assert shape(batch) == [(f"d{k}", 0, 1) for k in range(20)] + [("short", 0, 12)]
+    q.complete(batch, 0.1, 1.0)
+    for k in range(20):
+        q.add(work(f"d{k}", 1), 1.0)
+    assert shape(q.next_batch()) == [(f"d{k}", 0, 1) for k in range(20)] + [("long", 0, 20)]
+    q2 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q2.add(work("a", 1), 0.0)
+    q2.add(work("long", 100), 0.0)
+    assert shape(q2.next_batch()) == [("a", 0, 1), ("long", 0, 16)]  # at least MIN_CHUNK beside one decode
+    q3 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q3.add(work("long", 100), 0.0)
+    q3.add(work("other", 90), 0.0)
+    assert shape(q3.next_batch()) == [("long", 0, 100), ("other", 0, 90)]  # no decode waiting: the budget
 
 
 def test_the_budget_limits_a_batch_and_the_rest_waits_its_turn():
@@ -102,10 +125,24 @@ def test_launch_waits_briefly_for_the_cohort_of_the_last_batch():
     assert q.launch_at(0.0) is None  # a batch is running
     q.complete(batch, 0.04, now=1.0)
     q.add(work("a", 1), 1.001)
-    assert q.launch_at(1.001) == pytest.approx(1.02)  # b and c are on their way: wait up to half a batch
+    assert q.launch_at(1.001) == pytest.approx(1.021)  # b and c are on their way: wait up to half a batch
     q.add(work("b", 1), 1.002)
     q.forget("c")  # c's session ended
     assert q.launch_at(1.003) == 1.003
+
+
+def test_on_a_pipeline_hop_the_wait_counts_from_the_first_of_the_cohort_coming_back():
+    q = BatchQueue(max_batch_tokens=64, gather=0.5, max_gather_s=0.05)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.04, now=1.0)
+    assert q.launch_at(1.0) is None  # nothing queued
+    q.add(work("a", 1), 1.3)  # a round through the other hops later
+    assert q.launch_at(1.3) == pytest.approx(1.32)  # not at once: b and c follow within milliseconds
+    q.add(work("b", 1), 1.301)
+    q.add(work("c", 1), 1.302)
+    assert q.launch_at(1.302) == 1.302
+    assert [p.work.key for p in q.next_batch()] == list("abc")
 
 
 def test_a_session_that_leaves_is_dropped_and_a_failed_piece_fails_only_its_work():
@@ -143,3 +180,59 @@ def test_speed_follows_served_batches_and_a_slower_machine():
 def test_default_batch_budget_from_measured_speed():
     assert default_batch_tokens(1.0) == 250  # ~1 ms per token: a quarter second of work
     assert default_batch_tokens(0.001) == 2048 and default_batch_tokens(100.0) == 64
+
+
+def test_a_cohort_served_in_two_batches_merges_on_the_next_round_and_the_lost_are_not_waited_for():
+    q = BatchQueue(max_batch_tokens=2, gather=1.5, max_gather_s=0.25)
+    for k in "abc":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.1, now=0.1)  # a, b
+    q.add(work("d", 1), 0.1)  # a new session's first step: nobody waits for it
+    q.complete(q.next_batch(), 0.1, now=0.2)  # c, d
+    q.max_batch_tokens = 64
+    q.add(work("a", 1), 1.0)  # a round later: a and b come back, then c and d one batch after them
+    q.add(work("b", 1), 1.001)
+    assert q.launch_at(1.001) == pytest.approx(1.15)  # c and d were served a batch later: wait for them
+    q.add(work("c", 1), 1.1)
+    assert q.launch_at(1.1) == pytest.approx(1.15)
+    q.add(work("d", 1), 1.101)
+    assert q.launch_at(1.101) == 1.101
+    batch = q.next_batch()
+    assert [p.work.key for p in batch] == list("abcd")
+    q.complete(batch, 0.1, now=1.2)
+    # d's client went quiet without closing: each batch waits one window for it, until d has been away
+    # for over 3 usual return delays (~0.8 s here), then not at all
+    for t, wait in ((2.0, 0.15), (3.0, 0.15), (4.0, 0.0)):
+        for k in "abc":
+            q.add(work(k, 1), t)
+        assert q.launch_at(t) == pytest.approx(t + wait)
+        q.complete(q.next_batch(), 0.1, now=t + 0.2)
+
+
+class Cache:
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+
+
+def test_a_session_whose_step_filled_its_cache_is_not_waited_for():
+    q = BatchQueue(max_batch_tokens=64, gather=1.5, max_gather_s=0.25)
+    q.add(Work("a", "v", Cache(100), X(1), 50), 0.0)
+    q.add(Work("last", "v", Cache(100), X(1), 98), 0.0)  # positions 0..98 of 100: its final token came out
+    q.complete(q.next_batch(), 0.1, now=0.1)
+    q.add(Work("a", "v", Cache(100), X(1), 51), 0.2)
+    assert q.launch_at(0.2) == 0.2
+
+
+def test_a_second_cohort_half_a_round_apart_is_not_waited_for():
+    q = BatchQueue(max_batch_tokens=64, gather=1.5, max_gather_s=0.15)
+    for k in "ab":
+        q.add(work(k, 1), 0.0)
+    q.complete(q.next_batch(), 0.1, now=0.1)
+    for k in "cd":
+        q.add(work(k, 1), 0.4)
+    q.complete(q.next_batch(), 0.1, now=0.5)  # c, d: served 0.4 s after a, b
+    q.add(work("a", 1), 1.0)
+    assert q.launch_at(1.0) == pytest.approx(1.15)  # b (served with a) is due: wait for it
+    q.add(work("b", 1), 1.01)
+    assert q.launch_at(1.01) == 1.01  # c and d are due ~0.4 s later: a and b go now
+    assert [p.work.key for p in q.next_batch()] == list("ab")

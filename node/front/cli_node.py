@@ -33,6 +33,8 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="token positions per batch of concurrent sessions' steps (default: from measured speed; 1: no batching)")
     p.add_argument("--prefill-chunk", type=int, metavar="N", help="compute prompts in chunks of N tokens (default 256)")
+    p.add_argument("--peer-max-sessions", type=int, metavar="N",
+                   help="sessions one peer (e.g. a gateway) may hold here (default: all but an eighth of max_sessions)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute dtype")
     p.add_argument("--threads", type=int, metavar="N", help="torch compute threads (default: all cores)")
     p.add_argument("--mdns", action="store_const", const=True, help="discover peers on the LAN with mDNS")
@@ -51,7 +53,7 @@ def _add_node_flags(p: argparse.ArgumentParser) -> None:
 
 _FLAG_KEYS = ("threads", "data_dir", "listen", "announce", "bootstrap", "ready_file", "http", "http_token",
               "http_allow_hosts", "http_allow_origins", "trust", "model", "layers",
-              "max_layers", "max_cache_tokens", "max_batch_tokens", "prefill_chunk", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
+              "max_layers", "max_cache_tokens", "max_batch_tokens", "prefill_chunk", "peer_max_sessions", "dtype", "mdns", "quic", "relay", "hole_punch", "reachability",
               "log_format", "log_level", "fault", "ee_key",
               "consensus_sampling", "consensus_judge", "consensus_calibration")
 

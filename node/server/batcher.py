@@ -64,6 +64,7 @@ class Batcher:
             while self.queue.in_flight(key):
                 await self._batch_over.wait()
         self.queue.forget(key)
+        self._wake.set()  # the scheduler may have been waiting for this session's next step
 
     async def run(self) -> None:
         while True:

@@ -68,7 +68,7 @@ class ShardService:
     name = "shard"
 
     def __init__(self, model_spec: str, *, layers: str = "auto", max_layers: int = 0, dtype: str = "fp32",
-                 max_cache_tokens: int = 8192, max_sessions: int = 64, fault: str = "",
+                 max_cache_tokens: int = 8192, max_sessions: int = 64, peer_max_sessions: int = 0, fault: str = "",
                  rebalance_s: float = 30.0, max_batch_tokens: int = 0,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         self.model_id = model_spec
@@ -77,6 +77,7 @@ class ShardService:
         self.dtype = dtype
         self.max_cache_tokens = max_cache_tokens
         self.max_sessions = max_sessions
+        self.peer_max_sessions = peer_max_sessions  # 0: all but max_sessions // PEER_RESERVE
         self.fault = fault
         self.faults = Fault.parse(fault)
         self.checks = CheckLimits()
@@ -260,7 +261,10 @@ class ShardService:
         return min(left, default=1) * step_s
 
     def peer_session_cap(self) -> int:
-        """Sessions one peer may hold: all but an eighth of ``max_sessions`` (kept for other peers)."""
+        """Sessions one peer may hold: ``peer_max_sessions`` if set, else all but an eighth of
+        ``max_sessions`` (kept for other peers)."""
+        if self.peer_max_sessions > 0:
+            return max(1, min(self.max_sessions, self.peer_max_sessions))
         return max(1, self.max_sessions - self.max_sessions // PEER_RESERVE)
 
     def view(self, start: int, end: int) -> Any:
