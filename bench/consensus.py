@@ -123,6 +123,9 @@ def summary(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     if "--real" in (sys.argv[1:] if argv is None else argv):  # real model on the labeled set
         return consensus_real.main(argv)
+    if "--round-time" in (sys.argv[1:] if argv is None else argv):  # rounds of real node processes
+        from swarmlm.bench import consensus_round  # lazy: libp2p and node processes only for --round-time
+        return consensus_round.main(argv)
     p = parser("consensus", __doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=800, help="rounds per simulation (default 800)")
     p.add_argument("--malicious", type=float, default=0.2, help="malicious share in the main run (default 0.2)")

@@ -203,7 +203,8 @@ class ConsensusService:
         task = parse_task(text)
         if not 2 <= k <= MAX_K:
             raise ConsensusError(f"consensus k must be between 2 and {MAX_K}, got {k}")
-        fin = await self._coordinate(text, task["model"], k)
+        timing: dict[str, float] = {}
+        fin = await self._coordinate(text, task["model"], k, timing)
         stored = True
         try:
             self.node.state.add_record("round", fin.packet.envelope.encode())
@@ -217,6 +218,7 @@ class ConsensusService:
         out = round_result(fin, tokens, stored)
         out["prompt_tokens"] = len(self._backend.prompt_ids(task)) if self._backend is not None else 0
         out["finish_reason"] = "length" if out["completion_tokens"] >= task["max_new_tokens"] else "stop"
+        out["timing"] = timing
         self.rounds = (self.rounds + [out])[-20:]
         return out
 
@@ -235,8 +237,10 @@ class ConsensusService:
             raise ConsensusUnavailable("no eligible node has judging weight yet (none passed calibration)")
         return cands, judges, rep.round_weights(judges, now)
 
-    async def _coordinate(self, text: str, model: str, k: int) -> Finished:
-        cands, judges, weights = self.pick(model, k, time.time())
+    async def _coordinate(self, text: str, model: str, k: int, timing: dict[str, float] | None = None) -> Finished:
+        """Drive one round; ``timing`` gets the seconds each phase took (candidates, commits, reveals)."""
+        t0 = time.time()
+        cands, judges, weights = self.pick(model, k, t0)
         rnd, actions = CoordinatorRound.start(self.identity, text, cands, judges, time.time(), weights=weights,
                                               timeouts=self.options.timeouts)
         rid = rnd.round_id[:12]
@@ -278,6 +282,9 @@ class ConsensusService:
                         result.append(a)
 
             dispatch(actions)
+            phase, since = rnd.phase, time.time()
+            timing = timing if timing is not None else {}
+            timing["pick"] = round(since - t0, 3)
             while not result:
                 got = None
                 with trio.move_on_after(max(0.0, (rnd.next_deadline or 0.0) - time.time()) + 0.01):
@@ -293,6 +300,9 @@ class ConsensusService:
                         # every call of this phase is done and someone never answered: nobody else
                         # can answer now, so close the phase without waiting for its deadline
                         dispatch(rnd.tick(max(time.time(), rnd.next_deadline)))
+                if rnd.phase is not phase:
+                    timing[phase.value] = round(time.time() - since, 3)
+                    phase, since = rnd.phase, time.time()
             nursery.cancel_scope.cancel()
         out = result[0]
         if isinstance(out, Failed):
