@@ -27,6 +27,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, 
     def setup(i, node):
         svc = node.consensus
         svc.options.profile = PROFILES[i % len(PROFILES)]
+        svc.options.audit_share = 0.0  # no background audit rounds unless a test asks for them
         if configure is not None:
             configure(i, svc)
 
@@ -60,11 +61,12 @@ async def wait_round_everywhere(nodes, round_id: str) -> None:
             await trio.sleep(0.1)
 
 
-def reputation_of(node, now: float) -> dict[str, float]:
+def reputation_of(node, now: float, params: ReputationParams | None = None) -> dict[str, float]:
     st = node.state.state
     return compute_reputation([bytes(r.body) for r in st.records(kind="round")], now,
                               calibrations=[bytes(r.body) for r in st.records(kind="calibration")],
-                              params=ReputationParams(require_calibration=False)).scores()
+                              audits=[bytes(r.body) for r in st.records(kind="audit")],
+                              params=params or node.consensus.params).scores()
 
 
 async def test_a_round_over_the_network_reaches_every_state(tmp_path):

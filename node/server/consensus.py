@@ -34,7 +34,8 @@ import trio
 from swarmlm.consensus.participant import JudgeSession, answer_packet, open_result, open_spec_packet
 from swarmlm.consensus.records import (ConsensusError, ConsensusUnavailable, JudgeRequest, Packet, RevealRequest,
                                        RoundRecord, RoundSpec, open_as)
-from swarmlm.consensus.reputation import ReputationBook, ReputationParams, ReputationState, compute_reputation
+from swarmlm.consensus.reputation import (AUDITED, ReputationBook, ReputationParams, ReputationState,
+                                          compute_reputation)
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Rejected, Send, Timeouts
 from swarmlm.consensus.screens import finish_tag
 from swarmlm.models.tokenizer import Tokenizer
@@ -43,6 +44,7 @@ from swarmlm.net.rpc_server import CallContext
 from swarmlm.node.dial import ensure_connected
 from swarmlm.node.directory import eligible_hosts
 from swarmlm.node.server.consensus_backend import ModelBackend, Profile, default_profile
+from swarmlm.node.server.consensus_audit import AUDIT_KIND, Audits
 from swarmlm.node.server.consensus_calib import Calibration
 from swarmlm.node.verification import verdicts_from_state
 from swarmlm.node.wire import CONSENSUS_PROTOCOL, MAX_K, MAX_NEW_TOKENS, parse_task, task_text
@@ -63,7 +65,10 @@ class ConsensusOptions:
     anchors: tuple[str, ...] = ()
     max_judges: int = 5
     calib_retry_s: float = 600.0
+    reputation: str = "audits"  # judges earn standing from known-answer audits ("audits") or by agreement ("consensus")
+    audit_share: float = 0.2  # odds of an audit round after each client round coordinated here
     puzzle_answerer: Callable[[Any], int] | None = None  # tests: replaces the model on calibration puzzles
+    answerer: Callable[[str], str] | None = None  # tests: replaces the model's answer to a task text
     fault: str = ""  # tests: "late" never answers a spec packet
 
 
@@ -91,8 +96,10 @@ class ConsensusService:
             raise ConsensusError(f"consensus judge must be pairwise, loglik or prompt, got {self.options.judge!r}")
         if self.options.calibration not in ("required", "off"):
             raise ConsensusError(f"consensus calibration must be required or off, got {self.options.calibration!r}")
+        if self.options.reputation not in ("audits", "consensus") or not 0.0 <= self.options.audit_share <= 1.0:
+            raise ConsensusError("consensus reputation must be audits or consensus, and audit_share within 0..1")
         self.node: Any = None
-        self.params = ReputationParams(require_calibration=self.options.calibration == "required")
+        self.params = self.reputation_params()
         self.book = ReputationBook(self.params, anchors=self.options.anchors)
         self._seen: set[str] = set()
         self._backend: ModelBackend | None = None
@@ -103,6 +110,12 @@ class ConsensusService:
         self.rounds: list[dict[str, Any]] = []  # results of rounds coordinated here (newest last)
         self._bg: Any = None
         self.calib = Calibration(self)
+        self.audits = Audits(self)
+
+    def reputation_params(self) -> ReputationParams:
+        """The swarm-wide reputation rules these options give (every node must use the same)."""
+        extra = AUDITED if self.options.reputation == "audits" else {}
+        return ReputationParams(require_calibration=self.options.calibration == "required", **extra)
 
     # -- wiring ----------------------------------------------------------------------------------
     def register(self, node: Any) -> None:
@@ -116,7 +129,7 @@ class ConsensusService:
         return {}  # what we host is the shard service's part of the heartbeat
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self.params = ReputationParams(require_calibration=self.options.calibration == "required")
+        self.params = self.reputation_params()
         self.book, self._seen = ReputationBook(self.params, anchors=self.options.anchors), set()
         async with trio.open_nursery() as nursery:
             self._bg = nursery
@@ -169,7 +182,8 @@ class ConsensusService:
     def reputation(self, now: float) -> ReputationState:
         """The reputation the signed records of our swarm state imply (identical on every node)."""
         st = self.node.state.state
-        for kind, add in (("calibration", self.book.add_calibration), ("round", self.book.add_record)):
+        for kind, add in (("calibration", self.book.add_calibration), ("round", self.book.add_record),
+                          (AUDIT_KIND, self.book.add_audit)):
             for rec in st.records(kind=kind):
                 if rec.key not in self._seen and isinstance(rec.body, (bytes, bytearray)):
                     self._seen.add(rec.key)
@@ -181,8 +195,9 @@ class ConsensusService:
         # incremental book has no verdicts, so fold everything (the same pure function every node runs)
         rounds = [bytes(r.body) for r in st.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
         cals = [bytes(r.body) for r in st.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
+        audits = [bytes(r.body) for r in st.records(kind=AUDIT_KIND) if isinstance(r.body, (bytes, bytearray))]
         return compute_reputation(rounds, now, calibrations=cals, anchors=self.options.anchors, params=self.params,
-                                  verdicts=verdicts)
+                                  verdicts=verdicts, audits=audits)
 
     # -- coordinator ---------------------------------------------------------------------------------
     async def _ask(self, ctx: CallContext, args: Any) -> Any:
@@ -220,6 +235,7 @@ class ConsensusService:
         out["finish_reason"] = "length" if out["completion_tokens"] >= task["max_new_tokens"] else "stop"
         out["timing"] = timing
         self.rounds = (self.rounds + [out])[-20:]
+        self.audits.maybe_after(task, k)
         return out
 
     def pick(self, model: str, k: int, now: float) -> tuple[list[str], list[str], dict[str, float]]:
@@ -358,7 +374,10 @@ class ConsensusService:
             await trio.sleep_forever()
         be = await self.backend()
         prof = self.profile
-        answer, finish = await self.compute(be.answer_with_finish, task, prof, secrets.randbits(62))
+        if self.options.answerer is not None:
+            answer, finish = self.options.answerer(text), "stop"
+        else:
+            answer, finish = await self.compute(be.answer_with_finish, task, prof, secrets.randbits(62))
         return answer_packet(self.identity, spec, answer, model=task["model"], sampling=prof.text() + finish_tag(finish))
 
     async def _judge(self, pkt: Packet) -> Packet:
