@@ -154,24 +154,33 @@ async def test_calibration_over_the_network_gates_judging(tmp_path):
 
 
 def test_the_largest_round_record_fits_a_swarm_state_record():
+    from swarmlm.consensus.detail import MAX_DETAIL_BYTES, detail_ref
     from swarmlm.consensus.local import run_local_round
     from swarmlm.consensus.round import Finished
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.state.schema import make_record
-    from swarmlm.node.server.consensus import max_judges
+    from swarmlm.node.server.consensus import INLINE_RECORD_BYTES, max_judges
+    from swarmlm.node.server.consensus_detail import DETAIL_KIND
     from swarmlm.node.wire import MAX_K
 
     class Prefer:
         def judge(self, prompt, a, b):
             return "A"
 
-    ids = [Identity.generate() for _ in range(MAX_K + 5)]
+    ids = [Identity.generate() for _ in range(MAX_K + 12)]
+    sizes = []
     for k in range(2, MAX_K + 1):  # worst case: judges that are not candidates see every candidate
         judges = {i: Prefer() for i in ids[MAX_K:MAX_K + max_judges(k, 99)]}
         _, log = run_local_round(ids[0], "q" * 2000, {i: f"answer {n}" for n, i in enumerate(ids[:k])}, judges,
                                  {i.peer_id: 1.0 for i in ids})
-        fin = next(a for a in log if isinstance(a, Finished))
-        make_record(ids[0], "round", fin.packet.envelope.encode(), time.time())  # raises if too large
+        env = next(a for a in log if isinstance(a, Finished)).packet.envelope.encode()
+        sizes.append(len(env))
+        if len(env) <= INLINE_RECORD_BYTES:  # stored whole
+            make_record(ids[0], "round", env, time.time())  # raises if too large
+        else:  # stored as a detail blob: only its reference goes into the state
+            assert len(env) <= MAX_DETAIL_BYTES
+            make_record(ids[0], DETAIL_KIND, detail_ref(env).to_obj(), time.time())
+    assert max(sizes) > 16 * 1024  # the largest rounds would not fit a state record whole
 
 
 async def test_a_round_with_prompt_judges(tmp_path):

@@ -46,12 +46,14 @@ from swarmlm.node.directory import eligible_hosts
 from swarmlm.node.server.consensus_backend import ModelBackend, Profile, default_profile
 from swarmlm.node.server.consensus_audit import AUDIT_KIND, Audits
 from swarmlm.node.server.consensus_calib import Calibration
+from swarmlm.node.server.consensus_detail import Details
 from swarmlm.node.verification import verdicts_from_state
 from swarmlm.node.wire import CONSENSUS_PROTOCOL, MAX_K, MAX_NEW_TOKENS, parse_task, task_text
 
 log = logging.getLogger("swarmlm.consensus")
 
 SESSION_TTL_S = 900.0
+INLINE_RECORD_BYTES = 15 * 1024  # a round record up to this size goes into the state whole (limit 16 KiB)
 PROBE_S = 15.0  # reach a peer (dial + echo) before handing it a packet
 
 
@@ -72,10 +74,12 @@ class ConsensusOptions:
     fault: str = ""  # tests: "late" never answers a spec packet
 
 
+MAX_JUDGES = 12  # judges per round; a record over 16 KiB goes to the state as a detail blob (consensus_detail)
+
+
 def max_judges(candidates: int, wanted: int) -> int:
-    """Judges per round so that the signed round record fits one swarm-state record (16 KiB): the
-    reveals dominate its size; 5 candidates with 5 judges that are not candidates reach ~16.9 KiB."""
-    return max(1, min(wanted, 5, 4 if candidates >= 5 else 5))
+    """Judges per round: as many as wanted, up to ``MAX_JUDGES``."""
+    return max(1, min(wanted, MAX_JUDGES))
 
 
 def round_result(fin: Finished, tokens: Callable[[str], int] | None = None, stored: bool = True) -> dict[str, Any]:
@@ -111,6 +115,7 @@ class ConsensusService:
         self._bg: Any = None
         self.calib = Calibration(self)
         self.audits = Audits(self)
+        self.details = Details(self)
 
     def reputation_params(self) -> ReputationParams:
         """The swarm-wide reputation rules these options give (every node must use the same)."""
@@ -124,6 +129,7 @@ class ConsensusService:
         rpc.add_unary(CONSENSUS_PROTOCOL, "ask", self._ask)
         rpc.add_unary(CONSENSUS_PROTOCOL, "packet", self._packet)
         self.calib.register(rpc)
+        self.details.register(rpc)
 
     def hosted_fields(self) -> dict[str, Any]:
         return {}  # what we host is the shard service's part of the heartbeat
@@ -136,11 +142,17 @@ class ConsensusService:
             task_status.started()
             if self.options.calibration == "required":
                 nursery.start_soon(self.calib.run)
+            nursery.start_soon(self._fetch_details)
             while True:
                 await trio.sleep(60)
                 now = time.monotonic()
                 for rid in [r for r, (_, t) in self.sessions.items() if now - t > SESSION_TTL_S]:
                     del self.sessions[rid]
+
+    async def _fetch_details(self) -> None:
+        while True:  # round records stored as detail blobs: fetch those we lack, checked by digest
+            await self.details.fetch_missing()
+            await trio.sleep(2.0)
 
     async def close(self, node: Any) -> None:
         pass
@@ -188,12 +200,17 @@ class ConsensusService:
                 if rec.key not in self._seen and isinstance(rec.body, (bytes, bytearray)):
                     self._seen.add(rec.key)
                     add(bytes(rec.body))
+        for key, blob in self.details.available():
+            if key not in self._seen:
+                self._seen.add(key)
+                self.book.add_record(blob)
         verdicts = verdicts_from_state(st)
         if not verdicts:
             return self.book.snapshot(now)
         # shard-verification verdicts slash their subject in time order with the rounds: the
         # incremental book has no verdicts, so fold everything (the same pure function every node runs)
         rounds = [bytes(r.body) for r in st.records(kind="round") if isinstance(r.body, (bytes, bytearray))]
+        rounds += [blob for _, blob in self.details.available()]
         cals = [bytes(r.body) for r in st.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
         audits = [bytes(r.body) for r in st.records(kind=AUDIT_KIND) if isinstance(r.body, (bytes, bytearray))]
         return compute_reputation(rounds, now, calibrations=cals, anchors=self.options.anchors, params=self.params,
@@ -222,8 +239,8 @@ class ConsensusService:
         fin = await self._coordinate(text, task["model"], k, timing)
         stored = True
         try:
-            self.node.state.add_record("round", fin.packet.envelope.encode())
-        except Exception as exc:  # the record is too large for the state: the client still gets the answer
+            self.store_record(fin.packet.envelope.encode())
+        except Exception as exc:  # the record cannot be stored: the client still gets the answer
             log.warning("round %s: record not stored in the swarm state: %s", fin.round_id[:12], exc)
             stored = False
         tokens = None
@@ -237,6 +254,13 @@ class ConsensusService:
         self.rounds = (self.rounds + [out])[-20:]
         self.audits.maybe_after(task, k)
         return out
+
+    def store_record(self, envelope: bytes) -> None:
+        """A round record into the swarm state: whole when it fits a state record, else as a detail blob."""
+        if len(envelope) <= INLINE_RECORD_BYTES:
+            self.node.state.add_record("round", envelope)
+        else:
+            self.details.publish(envelope)
 
     def pick(self, model: str, k: int, now: float) -> tuple[list[str], list[str], dict[str, float]]:
         """Candidates (up to k eligible hosts at random), judges (eligible, weight > 0) and weights."""
@@ -341,6 +365,9 @@ class ConsensusService:
         if d == RoundRecord.DOMAIN:
             rec = open_result(pkt)
             self.sessions.pop(rec.round_id, None)
+            data = pkt.envelope.encode()
+            if len(data) > INLINE_RECORD_BYTES:  # stored as a detail blob: a participant can serve it too
+                self.details.store.put(data)
             return None
         if pkt.sender != ctx.peer:
             raise ConsensusError("round messages come from their coordinator")

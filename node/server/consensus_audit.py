@@ -59,7 +59,7 @@ class Audits:
         data = seal_audit(svc.identity, v, q.id, text, {c: fin.answers[c] for c in v.candidate_ids})
         right = verify_audit(data, v)
         try:
-            svc.node.state.add_record("round", envelope)
+            svc.store_record(envelope)
             svc.node.state.add_record(AUDIT_KIND, data)
         except Exception as exc:
             raise ConsensusError(f"audit round {fin.round_id[:12]} not stored: {exc}") from None
