@@ -11,6 +11,7 @@ times (``timing`` in the ``ask`` reply: candidates, commits, reveals) show where
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -70,6 +71,7 @@ def run(model: str, nodes: int, rounds: int, max_tokens: int, threads: int) -> d
         rows = trio.run(_rounds, net.nodes[0].addr, model, nodes, rounds, max_tokens, min(nodes, 5))
     finally:
         net.down()
+    shutil.rmtree(base, ignore_errors=True)  # kept (node logs) only when the run failed
     timed = [r for r in rows if not r["warmup"]]
     phases = sorted({p for r in timed for p in r["timing"]})
     return {"model": model, "nodes": nodes, "max_tokens": max_tokens, "threads": threads,

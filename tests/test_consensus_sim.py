@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from swarmlm.bench import consensus as bench
 from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
 
@@ -42,3 +44,11 @@ def test_bench_prints_one_json_object(capsys):
     assert {"ground", "ground/attack"} <= set(data["hard"]["targets"])
     assert bench.main(["--rounds", "5", "--warmup", "2", "--fit-repeats", "1", "--seeds", "0"]) == 0
     assert "malicious share" in capsys.readouterr().out
+
+
+def test_round_time_bench_refuses_bad_arguments(capsys):
+    for args in (["--nodes", "1"], ["--max-tokens", "0"], ["--rounds", "0"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--round-time", *args])  # refused before any node process starts
+        assert exc.value.code == 2
+    assert "--round-time" in capsys.readouterr().err
