@@ -56,13 +56,13 @@ class Audits:
         fin = await svc._coordinate(text, model, max(2, min(k, MAX_K)))
         envelope = fin.packet.envelope.encode()
         v = verify_record(envelope)
-        data = seal_audit(svc.identity, v, q.id, text, {c: fin.answers[c] for c in v.candidate_ids})
-        right = verify_audit(data, v)
         try:
-            svc.store_record(envelope)
+            svc.store_record(envelope)  # the round counts like any other even if its audit cannot be stored
+            data = seal_audit(svc.identity, v, q.id, text, {c: fin.answers[c] for c in v.candidate_ids})
             svc.node.state.add_record(AUDIT_KIND, data)
-        except Exception as exc:
+        except Exception as exc:  # e.g. long answers: an audit record is at most 16 KiB
             raise ConsensusError(f"audit round {fin.round_id[:12]} not stored: {exc}") from None
+        right = verify_audit(data, v)
         out = {"round_id": fin.round_id, "question": q.id,
                "right": {fin.nodes[c]: ok for c, ok in right.items()}}
         self.done = (self.done + [out])[-20:]
