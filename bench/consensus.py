@@ -24,15 +24,23 @@ HARD_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 
 def run_hard(rounds: int, seeds: list[int]) -> dict[str, Any]:
     """The harder simulation (adaptive colluders, correlated judges): every cell a mean over seeds."""
-    cells = []
-    for defense in DEFENSES:
+    cells, targets = [], {}
+    variants = [(d, "sleep") for d in DEFENSES] + [("ground", "attack")]
+    for defense, rejoin in variants:
+        name = defense if rejoin == "sleep" else f"{defense}/{rejoin}"
+        margins = []
         for s in HARD_SHARES:
-            r = over_seeds(HardConfig(rounds=rounds, malicious_share=s, defense=defense), seeds)
-            log(f"hard, defense {defense}, share {s:.0%}: majority {r['majority_acc']:.3f} bt {r['bt_acc']:.3f} "
+            r = over_seeds(HardConfig(rounds=rounds, malicious_share=s, defense=defense, rejoin=rejoin), seeds)
+            log(f"hard, defense {name}, share {s:.0%}: majority {r['majority_acc']:.3f} bt {r['bt_acc']:.3f} "
                 f"bt_rep {r['bt_rep_acc']:.3f} (+-{r['spread']['bt_rep_acc']['std']:.3f})")
-            cells.append({"defense": defense, "share": s, **r})
+            cells.append({"defense": name, "share": s, **r})
+            if s <= 0.3:
+                margins.append(r["bt_rep_acc"] - r["majority_acc"])
+        # the issue's target: BT + rep >= majority + 10 points on average over 0-30% colluders, no cell < -5
+        targets[name] = {"mean_margin_0_30": round(100 * sum(margins) / len(margins), 1),
+                         "worst_cell_margin_0_30": round(100 * min(margins), 1)}
     c = HardConfig()
-    return {"seeds": seeds, "rounds": rounds, "attack": c.attack, "cells": cells,
+    return {"seeds": seeds, "rounds": rounds, "attack": c.attack, "cells": cells, "targets": targets,
             "config": {k: v for k, v in c.__dict__.items() if k not in ("rounds", "seed", "malicious_share", "defense")}}
 
 
@@ -117,12 +125,17 @@ def summary(r: dict[str, Any]) -> str:
             lines.append(f"{c['defense']:<12} {c['share']:4.0%} | "
                          + " | ".join(f"{pct(c[m])} ({100 * sp[m]['std']:4.1f})" for m in ("majority_acc", "bt_acc",
                                                                                             "bt_rep_acc")))
+        lines += [f"target (BT+rep - majority, 0-30%): {name}: mean {t['mean_margin_0_30']:+.1f} points, "
+                  f"worst cell {t['worst_cell_margin_0_30']:+.1f}" for name, t in h.get("targets", {}).items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     if "--real" in (sys.argv[1:] if argv is None else argv):  # real model on the labeled set
         return consensus_real.main(argv)
+    if "--round-time" in (sys.argv[1:] if argv is None else argv):  # rounds of real node processes
+        from swarmlm.bench import consensus_round  # lazy: libp2p and node processes only for --round-time
+        return consensus_round.main(argv)
     p = parser("consensus", __doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=800, help="rounds per simulation (default 800)")
     p.add_argument("--malicious", type=float, default=0.2, help="malicious share in the main run (default 0.2)")

@@ -33,7 +33,8 @@ def subset(questions: tuple[Question, ...], limit: int) -> list[Question]:
     return [questions[int(i * step)] for i in range(limit)]
 
 
-def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, seed: int) -> dict[str, Any]:
+def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, seed: int,
+        reputation: str = "audits") -> dict[str, Any]:
     import torch  # lazy: only the --real bench needs torch
 
     from swarmlm.models.generate import load_chain  # lazy: loads torch models
@@ -103,9 +104,9 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
             log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
                 f"bt {tally[1]}, bt_rep {tally[2]}, some node {tally[3]}")
 
-    res = run_eval(qs, answer, [shared] * nodes, progress)  # type: ignore[list-item]
+    res = run_eval(qs, answer, [shared] * nodes, progress, reputation=reputation)  # type: ignore[list-item]
     out = res.summary()
-    out.update({"model": model, "judge": judge_kind, "max_tokens": max_tokens, "seed": seed,
+    out.update({"model": model, "judge": judge_kind, "reputation": reputation, "max_tokens": max_tokens, "seed": seed,
                 "elapsed_s": round(time.perf_counter() - t0, 1),
                 "answer_s": round(timing["answer_s"], 1), "judge_s": round(timing["judge_s"], 1),
                 "profiles": [f"temperature={PROFILES[i % len(PROFILES)][0]:g} top_p={PROFILES[i % len(PROFILES)][1]:g}"
@@ -139,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--judge", choices=("pairwise", "loglik"), default="pairwise")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reputation", choices=("audits", "consensus"), default="audits",
+                   help="standing from every 5th question as a known-answer audit (the node's default) or by agreement")
     ns = p.parse_args(argv)
     if not 3 <= ns.nodes <= 16 or not 1 <= ns.max_tokens <= 256 or ns.limit < 0:
         p.error("--nodes must be 3..16, --max-tokens 1..256 and --limit at least 0")
-    emit(run(ns.model, ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed), ns.json, summary)
+    emit(run(ns.model, ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed, ns.reputation), ns.json, summary)
     return 0

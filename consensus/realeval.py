@@ -29,7 +29,7 @@ from swarmlm.consensus.evalset import Question, is_correct, normalize, prompt_of
 from swarmlm.consensus.judging import Judge
 from swarmlm.consensus.pairs import assign_pairs
 from swarmlm.consensus.pairwise import ScreenedJudge, judge_many
-from swarmlm.consensus.reputation import ReputationParams, ReputationState
+from swarmlm.consensus.reputation import AUDITED, ReputationParams, ReputationState
 from swarmlm.consensus.screens import screen_all
 
 AnswerFn = Callable[[Question], Sequence[tuple[str, bool]]]
@@ -93,11 +93,18 @@ def _majority(q: Question, texts: Sequence[str]) -> str:
 
 
 def run_eval(questions: Sequence[Question], answer: AnswerFn, judges: Sequence[Judge],
-             progress: Callable[[int, QuestionOutcome], None] | None = None) -> EvalResult:
+             progress: Callable[[int, QuestionOutcome], None] | None = None, *,
+             reputation: str = "consensus", audit_every: int = 5) -> EvalResult:
+    """``reputation="audits"`` is the node's default rule: standing only from known-answer audits;
+    every ``audit_every``-th question is one (after its round the judges are scored against its
+    label, ``ReputationState.apply_audit``), as if a coordinator had mixed it in unannounced."""
     names = [f"node{i}" for i in range(len(judges))]
     if len(names) < 3:
         raise ValueError("the evaluation needs at least 3 nodes (each judges the others' answers)")
-    state = ReputationState(ReputationParams(require_calibration=False))
+    if reputation not in ("consensus", "audits") or audit_every < 1:
+        raise ValueError("reputation must be consensus or audits, and audit_every at least 1")
+    audits = reputation == "audits"
+    state = ReputationState(ReputationParams(require_calibration=False, **(AUDITED if audits else {})))
     res = EvalResult(len(names))
     for k, q in enumerate(questions):
         got = list(answer(q))
@@ -117,6 +124,8 @@ def run_eval(questions: Sequence[Question], answer: AnswerFn, judges: Sequence[J
         rep = state.apply_round(k * ROUND_INTERVAL, names, names, votes, round_id=q.id,
                                 answer_keys=[normalize(q, t) or f"#{i}" for i, t in enumerate(texts)])
         rep = rep if rep is not None else plain
+        if audits and k % audit_every == audit_every - 1:
+            state.apply_audit(k * ROUND_INTERVAL, names, votes, {n: is_correct(q, by_node[n]) for n in names})
         w_plain, w_rep = _winner(plain, names, screened), _winner(rep, names, screened)
         clean = len(screened) < len(names)
         out = QuestionOutcome(

@@ -34,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.audit import VerifiedRound, verify_record
+from swarmlm.consensus.audits import AuditRecord, open_audit, verify_audit
 from swarmlm.consensus.calibration import CalibrationError, verify_calibration
 from swarmlm.consensus.records import ConsensusError, RoundRecord, Vote
 
@@ -55,6 +56,18 @@ class ReputationParams:
     max_clock_skew: float = 300.0
     require_calibration: bool = True
     verdict_slash: float = 0.5  # share of its score a node loses per verified "fail" verdict against it
+    # "consensus": judges earn by agreeing with the round's consensus; "audits": only by agreeing with the
+    # key of known-answer audit rounds (``apply_audit``), ordinary rounds move no score (docs/CONSENSUS.md)
+    earn: str = "consensus"
+    audit_rate: float = 0.3  # EMA step toward 2 g - 1 per passed audit
+    convict_below: float = 0.5  # audit agreement below this: the judge loses all its standing
+    weight_power: float = 1.0  # a judge's weight is newcomer_weight + score ** weight_power (AUDITED: 2)
+    established_audits: int = 3  # with earn="audits": passed audits before a node counts as established
+
+
+# The node's default (docs/CONSENSUS.md, "Audits"): standing earned only from known-answer audits,
+# a judge's weight the square of its score (measured in consensus/simhard.py, defense "ground")
+AUDITED = {"earn": "audits", "weight_power": 2.0}
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class NodeReputation:
     won: int = 0
     slashed: int = 0
     stake_lost: float = 0.0
+    audited: int = 0  # known-answer audits this node judged in
+    convicted: int = 0  # audits it failed (agreement with the key below ``convict_below``)
 
 
 @dataclass
@@ -122,14 +137,15 @@ class ReputationState:
         """A judge's weight on its own: 0 before calibration, then newcomer weight + score."""
         if not self.is_calibrated(node, at):
             return 0.0
-        return self.params.newcomer_weight + self.score(node, at)
+        return self.params.newcomer_weight + self.score(node, at) ** self.params.weight_power
 
     def is_established(self, node: str, at: float | None = None) -> bool:
         """Judged at least ``established_rounds`` rounds and scores at least ``established``."""
         if node in self.anchors:
             return True
         rep = self.nodes.get(node)
-        return (rep is not None and rep.judged >= self.params.established_rounds
+        need = self.params.established_audits if self.params.earn == "audits" else self.params.established_rounds
+        return (rep is not None and (rep.audited if self.params.earn == "audits" else rep.judged) >= need
                 and self.score(node, at) >= self.params.established)
 
     def stake(self, node: str, at: float | None = None) -> float:
@@ -164,6 +180,10 @@ class ReputationState:
         if sum(weights.values()) <= 0.0:
             return None
         fit = bt.aggregate(candidates, votes, weights)
+        if p.earn == "audits":  # standing comes from audited ground truth only
+            if round_id:
+                self.rounds.append(round_id)
+            return fit
         established = sum(w for j, w in weights.items() if self.is_established(j, t))
         if established > 0.0:
             support = established / sum(weights.values())
@@ -201,6 +221,35 @@ class ReputationState:
             self.rounds.append(round_id)
         return fit
 
+    def apply_audit(self, t: float, candidates: Sequence[str], votes: Mapping[str, Sequence[Vote]],
+                    right: Mapping[str, bool]) -> dict[str, float]:
+        """Fold a known-answer audit round: each judge's agreement ``g`` with the key over its pairs
+        of one right and one wrong candidate (``right[candidate]``). Below ``convict_below`` the
+        judge loses all its standing (like a convicted liar); otherwise its score takes an EMA step
+        of ``audit_rate`` toward ``2 g - 1``. Returns every scored judge's agreement."""
+        p = self.params
+        out: dict[str, float] = {}
+        for judge in sorted(votes):
+            scored = [(a, o) for a, b, o in votes[judge]
+                      if a in right and b in right and right[a] != right[b]]
+            if not scored:
+                continue
+            g = sum(_SCORE[o] if right[a] else 1.0 - _SCORE[o] for a, o in scored) / len(scored)
+            out[judge] = g
+            rep = self._node(judge)
+            self._decay(rep, t)
+            rep.audited += 1
+            if g < p.convict_below:
+                rep.stake_lost += rep.score
+                rep.score = 0.0
+                rep.convicted += 1
+                rep.slashed += 1
+            else:
+                rep.score = (1.0 - p.audit_rate) * rep.score + p.audit_rate * (2.0 * g - 1.0)
+        if not self.bootstrapped:
+            self.bootstrapped = any(self.is_established(j, t) for j in sorted(votes))
+        return out
+
     def apply_verdict(self, t: float, subject: str) -> None:
         """A verified wrong computation: the subject loses ``verdict_slash`` of its score (as stake)."""
         rep = self._node(subject)
@@ -218,6 +267,31 @@ class ReputationState:
         return {n: self.nodes[n].score for n in sorted(self.nodes)}
 
 
+def pick_audits(audits: Iterable[AuditRecord | bytes]) -> dict[str, AuditRecord]:
+    """Readable audit records by round id (the lowest record id where a round has several)."""
+    out: dict[str, AuditRecord] = {}
+    for a in audits:
+        try:
+            rec = a if isinstance(a, AuditRecord) else open_audit(a)
+        except ConsensusError:
+            continue
+        if rec.round_id not in out or rec.id < out[rec.round_id].id:
+            out[rec.round_id] = rec
+    return out
+
+
+def fold_round(state: ReputationState, v: VerifiedRound, audit: AuditRecord | None) -> None:
+    """One verified round into the state, then its audit if it has a valid one."""
+    state.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
+                      [h.answer_hash for h in v.candidates])
+    if audit is not None:
+        try:
+            right = verify_audit(audit, v)
+        except ConsensusError:
+            return
+        state.apply_audit(v.time, v.candidate_ids, v.votes, right)
+
+
 def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: float) -> list[VerifiedRound]:
     """Canonical order: one record per round id (lowest record id wins an equivocation), by time."""
     best: dict[str, VerifiedRound] = {}
@@ -232,7 +306,8 @@ def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: fl
 
 def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
                        calibrations: Iterable[object] = (), anchors: Iterable[str] = (),
-                       params: ReputationParams | None = None, verdicts: Iterable[Verdict] = ()) -> ReputationState:
+                       params: ReputationParams | None = None, verdicts: Iterable[Verdict] = (),
+                       audits: Iterable[AuditRecord | bytes] = ()) -> ReputationState:
     """Reputation of every node from round records (and calibration records), as of ``now``.
 
     ``anchors`` are peer ids every node of the swarm agrees to trust from the start (e.g. its
@@ -241,6 +316,8 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
     ``verdicts`` (from signed verdict records) slash their subject; one counts per (reporter,
     subject) pair (the earliest), none from a node about itself; they fold in time order with the
     rounds (ties: rounds first, then by id).
+
+    ``audits`` (signed ``AuditRecord`` s) fold right after their round (``apply_audit``).
 
     Records that fail verification are ignored, so the result depends only on the set of valid
     records, never on their order or on duplicates.
@@ -261,6 +338,7 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
             verified.append(verify_record(r))
         except ConsensusError:
             continue
+    keys = pick_audits(audits)
     first: dict[tuple[str, str], Verdict] = {}
     for vd in verdicts:
         if vd.reporter == vd.subject or vd.time > now + params.max_clock_skew:
@@ -276,8 +354,7 @@ def compute_reputation(records: Iterable[RoundRecord | bytes], now: float, *,
             state.apply_verdict(ev.time, ev.subject)  # type: ignore[attr-defined]
             continue
         v = ev  # type: ignore[assignment]
-        state.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
-                          [h.answer_hash for h in v.candidates])
+        fold_round(state, v, keys.get(v.round_id))
     state.decay_to(now)
     return state
 
@@ -293,6 +370,7 @@ class ReputationBook:
         self.anchors = frozenset(anchors)
         self._rounds: dict[str, VerifiedRound] = {}
         self._calibrated: dict[str, float] = {}
+        self._audits: dict[str, AuditRecord] = {}
         self._state: ReputationState | None = None
         self._last: tuple[float, str] | None = None  # canonical key of the last folded round
 
@@ -308,6 +386,21 @@ class ReputationBook:
         self._rounds[v.round_id] = v
         if cur is not None or (self._last is not None and (v.time, v.round_id) <= self._last):
             self._state = None  # replaces or precedes a folded round: fold again from the start
+        return True
+
+    def add_audit(self, record: AuditRecord | bytes) -> bool:
+        """Keep an audit record (checked against its round when folded); False if unreadable or not new."""
+        got = pick_audits([record])
+        if not got:
+            return False
+        (rid, rec), = got.items()
+        cur = self._audits.get(rid)
+        if cur is not None and cur.id <= rec.id:
+            return False
+        self._audits[rid] = rec
+        v = self._rounds.get(rid)
+        if v is not None and self._last is not None and (v.time, v.round_id) <= self._last:
+            self._state = None  # its round is folded already: fold again from the start
         return True
 
     def add_calibration(self, record: object) -> bool:
@@ -334,8 +427,7 @@ class ReputationBook:
             self._state = None
         for v in order_rounds(self._rounds.values(), now, p.max_clock_skew):
             if self._last is None or (v.time, v.round_id) > self._last:
-                st.apply_round(v.time, v.candidate_ids, [h.node for h in v.candidates], v.votes, v.round_id,
-                               [h.answer_hash for h in v.candidates])
+                fold_round(st, v, self._audits.get(v.round_id))
                 self._last = (v.time, v.round_id)
         out = copy.deepcopy(st)
         out.decay_to(now)

@@ -22,7 +22,14 @@ What ``sim.py`` leaves out, modelled here (``HardConfig``):
   ``"anchors"``: calibration plus ``anchors`` honest founders established from the start;
   ``"audits"`` (not in the node: what ground truth would buy): a share ``audit_share`` of the
   rounds carry a known answer, unannounced; there each judge's reputation step uses its agreement
-  with the key instead of with the consensus (same EMA, same stake and slashing).
+  with the key instead of with the consensus (same EMA, same stake and slashing);
+  ``"ground"`` (the node's default, ``ReputationParams(earn="audits")``): standing is earned *only*
+  in the unannounced known-answer rounds (share ``audit_share``), by agreeing with the key; a judge
+  whose agreement there is below 1/2 loses all its standing; ordinary rounds move no score; a
+  judge's weight is ``0.01 + score ** 2``.
+  Against it the colluders **rejoin**: a convicted colluder comes back as a fresh identity
+  (identities are free) and sleeps again (``sleep`` share of the rounds, still attacking whenever
+  colluders dominate a round) to rebuild standing before it attacks again.
 
 ``simulate_hard`` runs one seed; ``over_seeds`` runs several and reports every metric's mean,
 standard deviation, min and max (``spread``). Deterministic for a config.
@@ -37,11 +44,11 @@ import numpy as np
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.pairs import assign_pairs
-from swarmlm.consensus.reputation import ReputationParams, ReputationState
+from swarmlm.consensus.reputation import AUDITED, ReputationParams, ReputationState
 
 ATTACKS = ("always", "sleeper", "majority", "adaptive")
-DEFENSES = ("none", "calibration", "anchors", "audits")
-METRICS = ("majority_acc", "bt_acc", "bt_rep_acc", "best_node_acc", "rep_honest", "rep_malicious")
+DEFENSES = ("none", "calibration", "anchors", "audits", "ground")
+METRICS = ("majority_acc", "bt_acc", "bt_rep_acc", "best_node_acc", "rep_honest", "rep_malicious", "rejoins")
 
 
 @dataclass(frozen=True)
@@ -62,12 +69,13 @@ class HardConfig:
     sleep: float = 0.3
     defense: str = "anchors"
     anchors: int = 3
-    audit_share: float = 0.1
+    audit_share: float = 0.2
+    rejoin: str = "sleep"  # with defense "ground": a convicted colluder's fresh identity "sleep"s again or "attack"s
     round_interval: float = 60.0
     seed: int = 0
 
     def check(self) -> None:
-        if self.attack not in ATTACKS or self.defense not in DEFENSES:
+        if self.attack not in ATTACKS or self.defense not in DEFENSES or self.rejoin not in ("sleep", "attack"):
             raise ValueError(f"attack must be one of {ATTACKS} and defense one of {DEFENSES}")
         if not (0.0 <= self.malicious_share <= 1.0 and 2 <= self.k <= self.pool and self.options >= 3):
             raise ValueError("need 0 <= malicious_share <= 1, 2 <= k <= pool and at least 3 options")
@@ -105,9 +113,10 @@ def _attack_vote(a: int, b: int, right: int, target: int, rng: np.random.Generat
     return "A" if rng.random() < 0.5 else "B"
 
 
-def colluders_attack(cfg: HardConfig, r: int, n_bad: int) -> bool:
-    """Whether the colluders of round ``r`` (``n_bad`` of its ``k`` participants) attack."""
-    awake = r >= cfg.sleep * cfg.rounds
+def colluders_attack(cfg: HardConfig, r: int, n_bad: int, wake: float | None = None) -> bool:
+    """Whether the colluders of round ``r`` (``n_bad`` of its ``k`` participants) attack; ``wake``:
+    the round a sleeper wakes (default ``sleep * rounds``; later for a rejoined identity)."""
+    awake = r >= (cfg.sleep * cfg.rounds if wake is None else wake)
     dominate = 2 * n_bad >= cfg.k
     return n_bad > 0 and {"always": True, "sleeper": awake, "majority": dominate,
                           "adaptive": awake or dominate}[cfg.attack]
@@ -123,7 +132,10 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
     skill[bad] = cfg.colluder_skill
     honest = np.flatnonzero(~bad)
     gated = cfg.defense in ("calibration", "anchors")
-    state = ReputationState(ReputationParams(require_calibration=gated))
+    ground = cfg.defense == "ground"
+    state = ReputationState(ReputationParams(require_calibration=gated, **(AUDITED if ground else {})))
+    wake = np.full(cfg.pool, cfg.sleep * cfg.rounds)  # per colluder: rejoined identities sleep again
+    rejoins = 0
     if gated:
         for i in range(cfg.pool):
             p = 0.9 if bad[i] else _judge_acc(float(skill[i]), cfg.judge_gain, 0.5)
@@ -143,10 +155,11 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
         target = wrong[int(rng.integers(len(wrong)))]
         deceptive = bool(rng.random() < cfg.deceptive * d)
         chosen = sorted(rng.choice(cfg.pool, size=cfg.k, replace=False).tolist())
-        attacking = colluders_attack(cfg, r, int(bad[chosen].sum()))
+        n_bad = int(bad[chosen].sum())
+        attacks = {i: colluders_attack(cfg, r, n_bad, float(wake[i])) for i in chosen if bad[i]}
         answers: dict[str, int] = {}
         for i in chosen:
-            if bad[i] and attacking:
+            if attacks.get(i, False):
                 answers[names[i]] = target
             elif rng.random() < min(0.98, max(0.02, skill[i] * (1.2 - 0.8 * d))):
                 answers[names[i]] = right
@@ -163,7 +176,7 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
             me = names[i]
             acc = _judge_acc(float(skill[i]), cfg.judge_gain, d)
             pairs = assign_pairs(f"hard-{cfg.seed}-{r}", me, cands, exclude=[me])
-            if bad[i] and attacking:
+            if attacks.get(i, False):
                 votes[me] = [(a, b, _attack_vote(answers[a], answers[b], right, target, rng)) for a, b in pairs]
             else:
                 votes[me] = [(a, b, _honest_vote(rng, cfg, acc, answers[me], answers[a], answers[b], right, trap,
@@ -174,6 +187,14 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
         rep_winner = rep.winner if rep is not None else plain.winner
         if cfg.defense == "audits" and rng.random() < cfg.audit_share:
             _audit(state, votes, answers, right)
+        if ground and rng.random() < cfg.audit_share:
+            before = {c: state.nodes[c].convicted if c in state.nodes else 0 for c in cands}
+            state.apply_audit(r * cfg.round_interval, cands, votes, {c: answers[c] == right for c in cands})
+            for i in chosen:  # a convicted colluder comes back as a fresh identity and sleeps again
+                if bad[i] and state.nodes[names[i]].convicted > before[names[i]]:
+                    rejoins += 1
+                    names[i] = f"n{i:03d}r{rejoins}"
+                    wake[i] = r + 1 + (cfg.sleep * cfg.rounds if cfg.rejoin == "sleep" else 0)
         hits += [majority == right, answers[cands[plain.winner]] == right, answers[cands[rep_winner]] == right]
     scores = state.scores()
     per_node = np.where(node_asked > 0, node_right / np.maximum(node_asked, 1), 0.0)
@@ -183,7 +204,7 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
             "bt_rep_acc": float(hits[2] / cfg.rounds),
             "best_node_acc": float(per_node[honest].max()) if len(honest) else 0.0,
             "rep_honest": float(np.mean(rep_h)) if rep_h else 0.0,
-            "rep_malicious": float(np.mean(rep_m)) if rep_m else 0.0}
+            "rep_malicious": float(np.mean(rep_m)) if rep_m else 0.0, "rejoins": float(rejoins)}
 
 
 def _audit(state: ReputationState, votes: dict[str, list[tuple[str, str, str]]], answers: dict[str, int],

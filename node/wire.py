@@ -45,7 +45,7 @@ WIRE_DTYPES = (None, "fp16", "bf16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
                    "special_tokens_map.json", "chat_template.jinja")
 
-MAX_K = 5  # candidates per consensus round: a round record must fit a swarm-state record (16 KiB)
+MAX_K = 12  # candidates per consensus round (a record over 16 KiB goes to the state as a detail blob)
 TASK_VERSION = 1
 MAX_TASK_TOKENS = 8192
 MAX_NEW_TOKENS = 1024

@@ -27,6 +27,7 @@ async def consensus_nodes(base_dir, n: int, configure=None, http: bool = False, 
     def setup(i, node):
         svc = node.consensus
         svc.options.profile = PROFILES[i % len(PROFILES)]
+        svc.options.audit_share = 0.0  # no background audit rounds unless a test asks for them
         if configure is not None:
             configure(i, svc)
 
@@ -60,11 +61,12 @@ async def wait_round_everywhere(nodes, round_id: str) -> None:
             await trio.sleep(0.1)
 
 
-def reputation_of(node, now: float) -> dict[str, float]:
+def reputation_of(node, now: float, params: ReputationParams | None = None) -> dict[str, float]:
     st = node.state.state
     return compute_reputation([bytes(r.body) for r in st.records(kind="round")], now,
                               calibrations=[bytes(r.body) for r in st.records(kind="calibration")],
-                              params=ReputationParams(require_calibration=False)).scores()
+                              audits=[bytes(r.body) for r in st.records(kind="audit")],
+                              params=params or node.consensus.params).scores()
 
 
 async def test_a_round_over_the_network_reaches_every_state(tmp_path):
@@ -152,24 +154,33 @@ async def test_calibration_over_the_network_gates_judging(tmp_path):
 
 
 def test_the_largest_round_record_fits_a_swarm_state_record():
+    from swarmlm.consensus.detail import MAX_DETAIL_BYTES, detail_ref
     from swarmlm.consensus.local import run_local_round
     from swarmlm.consensus.round import Finished
     from swarmlm.crypto.identity import Identity
     from swarmlm.net.state.schema import make_record
-    from swarmlm.node.server.consensus import max_judges
+    from swarmlm.node.server.consensus import INLINE_RECORD_BYTES, max_judges
+    from swarmlm.node.server.consensus_detail import DETAIL_KIND
     from swarmlm.node.wire import MAX_K
 
     class Prefer:
         def judge(self, prompt, a, b):
             return "A"
 
-    ids = [Identity.generate() for _ in range(MAX_K + 5)]
+    ids = [Identity.generate() for _ in range(MAX_K + 12)]
+    sizes = []
     for k in range(2, MAX_K + 1):  # worst case: judges that are not candidates see every candidate
         judges = {i: Prefer() for i in ids[MAX_K:MAX_K + max_judges(k, 99)]}
         _, log = run_local_round(ids[0], "q" * 2000, {i: f"answer {n}" for n, i in enumerate(ids[:k])}, judges,
                                  {i.peer_id: 1.0 for i in ids})
-        fin = next(a for a in log if isinstance(a, Finished))
-        make_record(ids[0], "round", fin.packet.envelope.encode(), time.time())  # raises if too large
+        env = next(a for a in log if isinstance(a, Finished)).packet.envelope.encode()
+        sizes.append(len(env))
+        if len(env) <= INLINE_RECORD_BYTES:  # stored whole
+            make_record(ids[0], "round", env, time.time())  # raises if too large
+        else:  # stored as a detail blob: only its reference goes into the state
+            assert len(env) <= MAX_DETAIL_BYTES
+            make_record(ids[0], DETAIL_KIND, detail_ref(env).to_obj(), time.time())
+    assert max(sizes) > 16 * 1024  # the largest rounds would not fit a state record whole
 
 
 async def test_a_round_with_prompt_judges(tmp_path):

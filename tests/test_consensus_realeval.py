@@ -53,4 +53,21 @@ def test_the_real_bench_runs_on_the_tiny_model():
     assert r["questions"] == 4 and r["nodes"] == 3 and len(r["per_node_acc"]) == 3
     for key in ("best_single_node_acc", "majority_acc", "bt_acc", "bt_rep_acc", "degenerate_winner_share"):
         assert 0.0 <= r[key] <= 1.0
-    assert r["degenerate_winner_share"] == 0.0
+    assert r["degenerate_winner_share"] == 0.0 and r["reputation"] == "audits"
+
+
+def test_audits_convict_lying_judges_in_the_real_harness():
+    def answer(q):  # node0 right, the others wrong (node1 and node2 agree)
+        return [(RIGHT[q.id], False), (WRONG[q.id], False), (WRONG[q.id], False), ("I am not sure.", False)]
+
+    knows = LogLikelihoodJudge(lambda p, a: 1.0 if a in RIGHT.values() else 0.0, margin=0.0)
+    lies = LogLikelihoodJudge(lambda p, a: 0.0 if a in RIGHT.values() else 1.0, margin=0.0)
+    judges = [knows, lies, lies, knows]
+    qs = QS * 2
+    agree = run_eval(qs, answer, judges, reputation="consensus").summary()
+    audited = run_eval(qs, answer, judges, reputation="audits", audit_every=1).summary()
+    assert agree["bt_acc"] == audited["bt_acc"] == 0.0  # same votes, same unweighted fit: the liars tie it
+    assert agree["bt_rep_acc"] == 0.0  # agreement rewards whoever forms the consensus
+    # every question is an audit: after the first one the liars weigh 0.01, the honest judges 0.1
+    outcomes = run_eval(qs, answer, judges, reputation="audits", audit_every=1).outcomes
+    assert [o.bt_rep for o in outcomes] == [False] + [True] * 5 and audited["bt_rep_acc"] == round(5 / 6, 4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from swarmlm.bench import consensus as bench
 from swarmlm.consensus.sim import SimConfig, fit_time_ms, simulate
 
@@ -37,7 +39,16 @@ def test_bench_prints_one_json_object(capsys):
     assert {"majority_acc", "bt_acc", "bt_rep_acc", "malicious_curve", "fit_ms"} <= set(data)
     assert [row["share"] for row in data["malicious_curve"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all({"share", "majority_acc", "bt_rep_acc"} <= set(row) for row in data["malicious_curve"])
-    assert data["seeds"] == [0, 1] and len(data["hard"]["cells"]) == 20
+    assert data["seeds"] == [0, 1] and len(data["hard"]["cells"]) == 30
     assert all({"majority_acc", "bt_rep_acc", "spread"} <= set(c) for c in data["hard"]["cells"])
+    assert {"ground", "ground/attack"} <= set(data["hard"]["targets"])
     assert bench.main(["--rounds", "5", "--warmup", "2", "--fit-repeats", "1", "--seeds", "0"]) == 0
     assert "malicious share" in capsys.readouterr().out
+
+
+def test_round_time_bench_refuses_bad_arguments(capsys):
+    for args in (["--nodes", "1"], ["--max-tokens", "0"], ["--rounds", "0"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--round-time", *args])  # refused before any node process starts
+        assert exc.value.code == 2
+    assert "--round-time" in capsys.readouterr().err

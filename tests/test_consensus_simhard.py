@@ -43,3 +43,14 @@ def test_figures_are_means_over_seeds_with_their_spread():
         assert r["spread"][m]["std"] >= 0.0
     with pytest.raises(ValueError):
         over_seeds(HardConfig(), [])
+
+
+@pytest.mark.parametrize("rejoin", ["sleep", "attack"])
+def test_audit_earned_standing_holds_where_consensus_earned_standing_collapses(rejoin):
+    base = dict(rounds=200, malicious_share=0.3, rejoin=rejoin)
+    none = over_seeds(HardConfig(defense="none", **base), [0, 1, 2])
+    ground = over_seeds(HardConfig(defense="ground", **base), [0, 1, 2])
+    assert none["bt_rep_acc"] < none["majority_acc"] - 0.1  # sleepers own the consensus-earned standing
+    assert ground["bt_rep_acc"] > ground["majority_acc"] + 0.05  # audits convict them
+    assert ground["rejoins"] > 10  # convicted colluders came back as fresh identities
+    assert ground["rep_malicious"] < ground["rep_honest"] and none["rep_malicious"] > none["rep_honest"]
