@@ -31,10 +31,12 @@ import trio
 from swarmlm.errors import SwarmError, root_cause
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
+from swarmlm.node.client.server_loop import loop_spec, run_server_loop
 from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult, single_leaf
 from swarmlm.node.client.speculative import Speculation
 from swarmlm.node.client.verify import VerificationFailed, Verifier
 from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
+from swarmlm.node.wire import EE_PREFIX
 
 log = logging.getLogger("swarmlm.client")
 
@@ -188,9 +190,17 @@ class PipelineGeneration:
         for h in hops:
             if not await c.ensure_connected(h.peer_id):
                 raise HopFailed(h.peer_id, "unreachable at every address the swarm state lists")
+        # the server token loop: unverified, unencrypted, not speculative (node/client/server_loop.py)
+        loop = loop_spec(self.tok.eos_token_ids) if (v is None and c.options.server_loop and not c.options.speculative
+                                                     and not self.request.model.startswith(EE_PREFIX)) else None
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
-                                   tap=v is not None, wire=c.options.wire_dtype) as sess:
+                                   tap=v is not None, wire=c.options.wire_dtype, loop=loop) as sess:
+            if loop is not None:
+                res = await self._replay(sess)
+                self._base = len(self.token_ids)
+                await run_server_loop(self, sess, res)
+                return
             if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
                 self.spec = self.spec or Speculation(c.options.draft_k_max)
                 res = await self._replay(sess)

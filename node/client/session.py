@@ -28,7 +28,7 @@ from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.verification import HopTaps, Tap
-from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, retry_after, tap_digest
+from swarmlm.node.wire import SHARD_PROTOCOL, LoopSpec, SessionOpen, StepItem, retry_after, tap_digest
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -65,7 +65,8 @@ class PipelineSession:
 
     def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
                  sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
-                 want_logits: bool = False, tap: bool = False, wire: str | None = None) -> None:
+                 want_logits: bool = False, tap: bool = False, wire: str | None = None,
+                 loop: LoopSpec | None = None) -> None:
         if not hops:
             raise SwarmError("a route needs at least one hop")
         self.rpc = rpc
@@ -79,6 +80,7 @@ class PipelineSession:
         self.session_ids = [secrets.token_hex(16) for _ in self.hops]
         self.tap = tap
         self.wire = wire  # fp16/bf16: activations down-cast on the wire (None: the compute dtype)
+        self.loop = loop  # the server token loop (node/client/server_loop.py): the head's eos and window
         self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
                      for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
         self._calls: list[Any] = []
@@ -138,13 +140,37 @@ class PipelineSession:
                            next_session=None if last else self.session_ids[i + 1],
                            sampling=self.sampling if last else None, logits=self.want_logits and last,
                            tap=self.tap, wire=self.wire,
-                           route=[[h.peer_id, h.start, h.end] for h in self.hops]).to_args()
+                           route=[[h.peer_id, h.start, h.end] for h in self.hops], loop=self._loop_spec(i)).to_args()
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)
         except Exception as exc:  # RpcError, OSError, or whatever the transport raises for a dead peer
             raise HopFailed(hop.peer_id, f"cannot open session: {type(exc).__name__}: {exc}",
                             busy=getattr(exc, "code", "") == "busy") from None
+
+    def _loop_spec(self, i: int) -> LoopSpec | None:
+        """The server token loop's part for hop ``i``: the first hop learns the head, the head the first hop."""
+        last = len(self.hops) - 1
+        if self.loop is None or i not in (0, last):
+            return None
+        return LoopSpec(head=self.hops[last].peer_id if i == 0 else None,
+                        first=self.hops[0].peer_id if i == last else None,
+                        first_session=self.session_ids[0] if i == last else None,
+                        eos=list(self.loop.eos) if i == last else [], window=self.loop.window)
+
+    async def receive(self) -> tuple[int, Any]:
+        """The next message any hop sent: (hop index, message); raises the ``HopFailed`` a reader saw."""
+        i, msg, err = await self._results_recv.receive()
+        if err is not None:
+            raise err
+        return i, msg
+
+    async def send_to(self, i: int, msg: Any) -> None:
+        """Send ``msg`` on hop ``i``'s session stream (the server loop's acks and stop)."""
+        try:
+            await self._calls[i].send(msg)
+        except Exception as exc:  # whatever a vanished peer raises
+            raise HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}") from None
 
     async def _read_hop(self, i: int) -> None:
         call = self._calls[i]
@@ -246,7 +272,7 @@ class PipelineSession:
         if answer is not None:
             late = next(h.peer for h in self.taps if not h.complete(step))
             raise HopFailed(late, f"sent no tap within {self.step_timeout_s:.0f} s")
-        raise HopFailed(await self._suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
+        raise HopFailed(await self.suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
 
     def _store_tap(self, i: int, msg: dict) -> None:
         hop = self.taps[i]
@@ -261,7 +287,7 @@ class PipelineSession:
             raise HopFailed(hop.peer, "sent a tap with a bad signature")
         hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, int) else None, sig)
 
-    async def _suspect(self, step: int) -> str:
+    async def suspect(self, step: int) -> str:
         """Which hop stalled: the first that does not answer, or the first that is behind."""
         progress: list[int | None] = [None] * len(self.hops)
 
@@ -285,7 +311,7 @@ class PipelineSession:
         return self.hops[-1].peer_id
 
     def _processed_needed(self, step: int) -> int:
-        return self._sent_steps
+        return max(self._sent_steps, step + 1) if self.loop is not None else self._sent_steps
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -1,0 +1,121 @@
+"""The server token loop (builtin:tiny, in-process nodes): the head feeds each token to the first hop;
+over 1, 2 and 3 hops the tokens are the plain greedy ones (and the plain seeded ones), a middle server
+killed mid-loop fails over to identical tokens, cancelling from the client stops the servers' loop,
+and only the route's head may feed a first hop's loop."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from swarmlm.models.generate import generate, load_chain
+from swarmlm.models.registry import resolve
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.models.tokenizer import Tokenizer
+from swarmlm.net.rpc import RpcError
+from swarmlm.node.generation import GenerationRequest
+from swarmlm.node.wire import SHARD_PROTOCOL, LoopSpec, WireError, loop_token
+
+from helpers import running_nodes, swarm_client
+
+MODEL = "builtin:tiny"
+PROMPT = "the servers keep the loop"
+LAYERS = {1: ("0:6",), 2: ("0:3", "3:6"), 3: ("0:2", "2:4", "4:6")}
+
+
+def local_tokens(prompt: str, params: SamplingParams) -> list[int]:
+    tok = Tokenizer.from_dir(resolve(MODEL))
+    return generate(load_chain(MODEL, 1), tok.encode(prompt), params, tok).token_ids
+
+
+async def run(client, params: SamplingParams, server_loop: bool, prompt: str = PROMPT):
+    client.options.server_loop = server_loop
+    client.options.check_fraction = 0.0  # the server loop runs with verification off
+    async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
+        async for _ in gen:
+            pass
+    return gen
+
+
+def fed(nodes) -> int:
+    return sum(n.shard.loops.tokens_fed for n in nodes)
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+async def test_server_loop_equals_plain_greedy(tmp_path, hops):
+    params = SamplingParams(max_new_tokens=12)
+    want = local_tokens(PROMPT, params)
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in LAYERS[hops]]) as nodes:
+        async with swarm_client(nodes[0]) as client:
+            gen = await run(client, params, True)
+            assert gen.token_ids == want
+            # the head fed every token but the last to the first hop: the client sent only the prompt
+            n_fed = fed(nodes)
+            assert n_fed == len(want) - 1
+            assert all(n.shard.loops.active == 0 for n in nodes)
+            if hops == 3:  # seeded sampling: the very tokens of the client loop
+                sp = SamplingParams(max_new_tokens=10, temperature=0.9, top_k=20, seed=7)
+                plain = await run(client, sp, False)
+                looped = await run(client, sp, True)
+                assert looped.token_ids == plain.token_ids
+                assert fed(nodes) > n_fed
+
+
+async def test_server_loop_failover_when_a_middle_server_dies_is_exact(tmp_path):
+    params = SamplingParams(max_new_tokens=20)
+    want = local_tokens(PROMPT, params)
+    specs = [["--model", MODEL, "--layers", r] for r in ("0:2", "2:4", "2:4", "4:6")]
+    async with running_nodes(tmp_path, specs) as nodes:
+        async with swarm_client(nodes[0]) as client:
+            client.options.server_loop = True
+            client.options.check_fraction = 0.0
+            killed = False
+            async with client.generate(GenerationRequest(model=MODEL, prompt=PROMPT, params=params)) as gen:
+                async for _ in gen:
+                    if not killed and len(gen.token_ids) >= 5:
+                        victim = next(n for n in nodes[1:3] if n.shard.sessions)
+                        victim.kill()  # abrupt: its host and connections vanish mid-loop
+                        killed = True
+            assert killed and gen.summary.failovers >= 1
+            assert gen.token_ids == want
+            assert nodes[3].shard.loops.tokens_fed > 0
+
+
+async def test_cancelling_from_the_client_stops_the_servers_loop(tmp_path):
+    params = SamplingParams(max_new_tokens=1500)
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in ("0:3", "3:6")]) as nodes:
+        first, head = nodes
+        async with swarm_client(first) as client:
+            client.options.server_loop = True
+            client.options.check_fraction = 0.0
+            async with client.generate(GenerationRequest(model=MODEL, prompt=PROMPT, params=params)) as gen:
+                async for _ in gen:
+                    if len(gen.token_ids) >= 4:
+                        assert head.shard.loops.active == 1
+                        # only the route's head may feed the first hop's loop: not the client, not anyone
+                        sid = next(iter(first.shard.loops.firsts))
+                        with pytest.raises(RpcError, match="only the head"):
+                            async with client.host.rpc.stream(first.peer_id, SHARD_PROTOCOL, "loop",
+                                                              {"session_id": sid}) as call:
+                                await call.send(loop_token(99, 999, 1))
+                                async for _ in call:
+                                    pass
+                        break  # leaving the generation cancels it
+            taken = len(gen.token_ids)
+            with trio.fail_after(10):  # a bound, not a timing: the loop must end, not run on
+                while head.shard.loops.active or head.shard.sessions or first.shard.sessions:
+                    await trio.sleep(0.05)
+            served = [n.shard.steps_served for n in nodes]
+            await trio.sleep(0.3)
+            assert [n.shard.steps_served for n in nodes] == served  # no more steps served
+            assert served[1] < taken + 50 < params.max_new_tokens  # stopped within a few windows
+
+
+def test_loop_spec_is_checked():
+    assert LoopSpec.parse(None) is None
+    spec = LoopSpec.parse({"first": "peer", "first_session": "s1", "eos": [2], "window": 8})
+    assert (spec.first, spec.first_session, spec.eos, spec.window) == ("peer", "s1", [2], 8)
+    for bad in ({}, {"first": "p"}, {"head": 3}, {"head": "p", "eos": list(range(99))}, {"head": "p", "window": 0},
+                {"head": "p", "window": 10**6}, "x", {"head": "p" * 500}):
+        with pytest.raises(WireError):
+            LoopSpec.parse(bad)
