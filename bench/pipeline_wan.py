@@ -2,11 +2,12 @@
 
 For each round trip R a fresh ``LocalTestnet(rtt_ms=R)`` (every link through a user-space forwarder,
 ``testnet/latency.py``) serves ``builtin:smollm2-135m`` as layers 0:10, 10:20, 20:30. On each of the
-two prompt sets shipped here, every prompt is generated greedily with today's client loop and with
+two prompt sets shipped here, every prompt is generated greedily with (a) today's client loop, (b) the
+server token loop (the head feeds each token to the first hop: ``node/server/token_loop.py``) and
 speculative decoding (prompt-lookup drafts, verify passes of k+1 positions); tokens must be identical.
-Figures per set: median tok/s of each mode, the acceptance rate, tokens per verify pass, and the
-latency bound of the client loop: one token costs hops + 1 one-way trips, ``1000 / ((hops+1) * R/2)``.
-The server token loop is not built: ``server_loop_tok_s`` is null.
+Figures per set: median tok/s of each mode, the server loop's ratio to the client loop, the acceptance
+rate, tokens per verify pass, and the latency bounds: the client loop's token costs hops + 1 one-way
+trips, ``1000 / ((hops+1) * R/2)``; the server loop's costs hops, ``1000 / (hops * R/2)``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,15 @@ def latency_bound(rtt_ms: float, hops: int) -> float | None:
     return round(1000.0 / ((hops + 1) * rtt_ms / 2), 2) if rtt_ms > 0 else None
 
 
-def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool) -> Any:
+def server_loop_bound(rtt_ms: float, hops: int) -> float | None:
+    """tok/s the server token loop cannot beat at ``rtt_ms``: one token is ``hops`` one-way trips."""
+    return round(1000.0 / (hops * rtt_ms / 2), 2) if rtt_ms > 0 else None
+
+
+def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool,
+         server_loop: bool = False) -> Any:
     client.options.speculative = speculative
+    client.options.server_loop = server_loop
     # both modes unverified: speculative passes do not combine with spot checks yet
     for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
@@ -58,20 +66,24 @@ def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculativ
 
 
 def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
-    plain_rates, spec_rates, passes, proposed, accepted, same = [], [], 0, 0, 0, True
+    plain_rates, loop_rates, spec_rates, passes, proposed, accepted, same = [], [], [], 0, 0, 0, True
     for messages in prompts:
         a = _one(client, messages, tokens, False)
+        s = _one(client, messages, tokens, False, server_loop=True)
         b = _one(client, messages, tokens, True)
-        same = same and a.text == b.text
+        same = same and a.text == b.text == s.text
         plain_rates.append(a.tokens_per_s)
+        loop_rates.append(s.tokens_per_s)
         spec_rates.append(b.tokens_per_s)
         sp = b.speculative or {}
         passes += sp.get("passes", 0)
         proposed += sp.get("proposed", 0)
         accepted += sp.get("accepted", 0)
-        log(f"  client loop {a.tokens_per_s:.2f} tok/s, speculative {b.tokens_per_s:.2f} tok/s, {sp}")
+        log(f"  client loop {a.tokens_per_s:.2f} tok/s, server loop {s.tokens_per_s:.2f} tok/s, "
+            f"speculative {b.tokens_per_s:.2f} tok/s, {sp}")
     return {"client_loop_tok_s": round(statistics.median(plain_rates), 2),
-            "server_loop_tok_s": None,
+            "server_loop_tok_s": round(statistics.median(loop_rates), 2),
+            "server_loop_ratio": round(statistics.median(loop_rates) / statistics.median(plain_rates), 3),
             "speculative_tok_s": round(statistics.median(spec_rates), 2),
             "speculative_ratio": round(statistics.median(spec_rates) / statistics.median(plain_rates), 3),
             "acceptance": round(accepted / proposed, 3) if proposed else 0.0,
@@ -92,5 +104,6 @@ def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
                         log(f"rtt {rtt:g} ms, prompt set {name!r}")
                         fig = _set(client, prompts, tokens)
                         fig["latency_bound_tok_s"] = latency_bound(rtt, len(LAYERS))
+                        fig["server_loop_bound_tok_s"] = server_loop_bound(rtt, len(LAYERS))
                         out[name][f"{rtt:g}"] = fig
     return out

@@ -152,12 +152,12 @@ class LoopRunner(SessionRunner):
 
     # -- the head ---------------------------------------------------------------------------------
     async def _answer_head(self, item: StepItem, out: Any, tok: Any, timings: list) -> None:
-        await super()._answer_head(item, out, tok, timings)
         if self.head and item.want and type(tok) is int and not self.stopped:
-            try:
-                await self._tokens_send.send((item.step + 1, item.pos + int(item.x.shape[1]), tok))
-            except trio.BrokenResourceError:  # the loop has ended: the client drives from here
-                pass
+            try:  # first the loop (the critical path: it sends at the next checkpoint), then the client
+                self._tokens_send.send_nowait((item.step + 1, item.pos + int(item.x.shape[1]), tok))
+            except (trio.BrokenResourceError, trio.WouldBlock):  # the loop has ended, or the client sent
+                pass  # steps of its own beside the loop (not ours to drive): the client drives from here
+        await super()._answer_head(item, out, tok, timings)
 
     async def _run_loop(self) -> None:
         sess, peer = self.sess, self.sess.client
