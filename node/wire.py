@@ -13,8 +13,7 @@ Both sides import this module and nothing of each other (``node/client`` never i
   ``check`` stream is a reference session for verification: ``SessionOpen`` arguments, then
   ``CheckItem``s (inputs plus the token claims of the hop being checked); the answer
   (``check_answer``) carries the outputs of every position, or for the head a token and a gap per claim.
-  The server token loop (``LoopSpec``): the head sends each token to the first hop (``loop`` stream,
-  ``loop_token``) while answering the client, who acks (``loop_ack``) or stops it (``loop_stop``).
+  The server token loop's messages are in ``node/wire_loop.py``.
 * ``/swarmlm/consensus/1`` (``CONSENSUS_PROTOCOL``): ``task_text`` / ``parse_task`` are the canonical
   task a round is about (its hash goes into the signed spec); ``MAX_K`` candidates per round.
 * ``VERDICT_KIND``: the swarm-state record kind of a shard-verification verdict.
@@ -26,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -90,7 +89,7 @@ class SessionOpen:
     tap: bool = False  # send a signed tap of every step (verification)
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     route: list | None = None  # the whole route, [[peer id, start, end], ...]: the health pages show it
-    loop: "LoopSpec | None" = None  # the server token loop (first hop and head only)
+    loop: dict | None = None  # the server token loop (first hop and head only): ``wire_loop.LoopSpec``
 
     def to_args(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +122,14 @@ class SessionOpen:
             raise WireError("wire must be fp16, bf16 or absent")
         return cls(sid, model, start, end, max_length, args.get("prev"), args.get("next"), args.get("next_session"),
                    sampling, bool(args.get("logits")), bool(args.get("tap")), wire, _route(args.get("route")),
-                   LoopSpec.parse(args.get("loop")))
+                   _loop(args.get("loop")))
+
+
+def _loop(raw: Any) -> dict | None:
+    """A session's token-loop part (checked by ``wire_loop.LoopSpec.parse`` where it is used)."""
+    if raw is not None and not isinstance(raw, dict):
+        raise WireError("session: loop must be a map")
+    return raw
 
 
 MAX_ROUTE_HOPS = 64
@@ -186,71 +192,6 @@ class StepItem:
         if rollback is not None and rollback != pos:
             raise WireError("step: rollback must equal pos (drop the cached positions from pos on)")
         return cls(step, pos, x, bool(item.get("want", True)), timings, item.get("verify") is True, rollback)
-
-
-MAX_LOOP_EOS = 16
-MAX_LOOP_WINDOW = 64
-
-
-@dataclass
-class LoopSpec:
-    """The server token loop of a session (``SessionOpen.loop``; ``node/server/token_loop.py``).
-
-    On the first hop, ``head`` is the one peer whose loop tokens it accepts (the head of the route the
-    client set up). On the head, ``first``/``first_session`` say where each sampled token goes as the
-    next step's input; ``eos`` ids end the loop; the head runs at most ``window`` answers ahead of the
-    client's acks (``loop_ack``). A one-hop session carries both halves."""
-
-    head: str | None = None
-    first: str | None = None
-    first_session: str | None = None
-    eos: list[int] = field(default_factory=list)
-    window: int = 8
-
-    @classmethod
-    def parse(cls, raw: Any) -> "LoopSpec | None":
-        if raw is None:
-            return None
-        if not isinstance(raw, dict):
-            raise WireError("session: loop must be a map")
-        peers = [raw.get(k) for k in ("head", "first", "first_session")]
-        if not all(p is None or (isinstance(p, str) and 0 < len(p) <= MAX_SESSION_ID) for p in peers):
-            raise WireError("session: loop head/first/first_session must be short strings")
-        if (peers[1] is None) != (peers[2] is None) or peers == [None, None, None]:
-            raise WireError("session: a loop names its head, or its first hop and that hop's session")
-        eos, window = raw.get("eos") or [], raw.get("window", 8)
-        if not (isinstance(eos, list) and len(eos) <= MAX_LOOP_EOS and all(type(t) is int and t >= 0 for t in eos)):
-            raise WireError(f"session: loop eos must be at most {MAX_LOOP_EOS} token ids")
-        if type(window) is not int or not 2 <= window <= MAX_LOOP_WINDOW:
-            raise WireError(f"session: loop window must be 2..{MAX_LOOP_WINDOW}")
-        return cls(peers[0], peers[1], peers[2], list(eos), window)
-
-
-def loop_token(step: int, pos: int, token: int) -> dict[str, Any]:
-    """The head's sampled token, sent to the first hop (``loop`` stream) as step ``step``'s input at ``pos``."""
-    return {"step": step, "pos": pos, "token": token}
-
-
-def parse_loop_token(item: Any) -> tuple[int, int, int]:
-    if not (isinstance(item, dict) and all(type(item.get(k)) is int for k in ("step", "pos", "token"))
-            and 0 <= item["pos"] < MAX_LENGTH and item["token"] >= 0 and len(item) == 3):
-        raise WireError("loop: items are {step, pos, token} ints")
-    return item["step"], item["pos"], item["token"]
-
-
-def loop_ack(step: int) -> dict[str, Any]:
-    """Client -> head: it has taken the answers up to ``step`` (the head may run ``window`` beyond)."""
-    return {"loop_ack": step}
-
-
-def loop_stop() -> dict[str, Any]:
-    """Client -> head: the generation ended (a stop string, or cancelled); sample no further."""
-    return {"loop_stop": True}
-
-
-def loop_failed_notice(first: str, error: str) -> dict[str, Any]:
-    """Head -> client: its loop stream to the first hop broke (the client fails over)."""
-    return {"step": -1, "loop_failed": first, "error": error}
 
 
 _RETRY_HINT = re.compile(r"retry in (\d{1,6}(?:\.\d{1,3})?) s")

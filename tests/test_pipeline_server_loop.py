@@ -1,7 +1,8 @@
-"""The server token loop (builtin:tiny, in-process nodes): the head feeds each token to the first hop;
-over 1, 2 and 3 hops the tokens are the plain greedy ones (and the plain seeded ones), a middle server
-killed mid-loop fails over to identical tokens, cancelling from the client stops the servers' loop,
-and only the route's head may feed a first hop's loop."""
+"""The server token loop (builtin:tiny, in-process nodes): the head feeds each token to the first hop
+(and with speculative decoding, a verify pass of its prompt-lookup drafts); over 1, 2 and 3 hops the
+tokens are the plain greedy ones (and the plain seeded ones), a middle server killed mid-loop fails
+over to identical tokens, cancelling from the client stops the servers' loop, and only the route's
+head may feed a first hop's loop."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.net.rpc import RpcError
 from swarmlm.node.generation import GenerationRequest
-from swarmlm.node.wire import SHARD_PROTOCOL, LoopSpec, WireError, loop_token
+from swarmlm.node.wire import SHARD_PROTOCOL
+from swarmlm.node.wire_loop import LoopSpec, LoopWireError, loop_token, parse_loop_token
 
 from helpers import running_nodes, swarm_client
 
 MODEL = "builtin:tiny"
 PROMPT = "the servers keep the loop"
+REPEAT = "one two three one two three one two four five one two"  # prompt lookup finds drafts here
 LAYERS = {1: ("0:6",), 2: ("0:3", "3:6"), 3: ("0:2", "2:4", "4:6")}
 
 
@@ -28,8 +31,9 @@ def local_tokens(prompt: str, params: SamplingParams) -> list[int]:
     return generate(load_chain(MODEL, 1), tok.encode(prompt), params, tok).token_ids
 
 
-async def run(client, params: SamplingParams, server_loop: bool, prompt: str = PROMPT):
+async def run(client, params: SamplingParams, server_loop: bool, prompt: str = PROMPT, speculative: bool = False):
     client.options.server_loop = server_loop
+    client.options.speculative = speculative
     client.options.check_fraction = 0.0  # the server loop runs with verification off
     async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
         async for _ in gen:
@@ -53,24 +57,35 @@ async def test_server_loop_equals_plain_greedy(tmp_path, hops):
             n_fed = fed(nodes)
             assert n_fed == len(want) - 1
             assert all(n.shard.loops.active == 0 for n in nodes)
+            # the head drafting: verify passes through the loop, rejected drafts rolled back on every hop
+            spec_params = SamplingParams(max_new_tokens=20)
+            spec = await run(client, spec_params, True, REPEAT, speculative=True)
+            assert spec.token_ids == local_tokens(REPEAT, spec_params)
+            st = spec.summary.speculative
+            assert st["server_loop"] and st["passes"] < len(spec.token_ids)  # drafts were kept
+            assert st["accepted"] < st["proposed"]  # and some rejected: the next passes saw the right positions
             if hops == 3:  # seeded sampling: the very tokens of the client loop
                 sp = SamplingParams(max_new_tokens=10, temperature=0.9, top_k=20, seed=7)
                 plain = await run(client, sp, False)
                 looped = await run(client, sp, True)
                 assert looped.token_ids == plain.token_ids
+                assert (await run(client, sp, True, speculative=True)).token_ids == plain.token_ids
                 assert fed(nodes) > n_fed
 
 
-async def test_server_loop_failover_when_a_middle_server_dies_is_exact(tmp_path):
+@pytest.mark.parametrize("speculative", [False, True])
+async def test_server_loop_failover_when_a_middle_server_dies_is_exact(tmp_path, speculative):
     params = SamplingParams(max_new_tokens=20)
-    want = local_tokens(PROMPT, params)
+    prompt = REPEAT if speculative else PROMPT
+    want = local_tokens(prompt, params)
     specs = [["--model", MODEL, "--layers", r] for r in ("0:2", "2:4", "2:4", "4:6")]
     async with running_nodes(tmp_path, specs) as nodes:
         async with swarm_client(nodes[0]) as client:
             client.options.server_loop = True
+            client.options.speculative = speculative
             client.options.check_fraction = 0.0
             killed = False
-            async with client.generate(GenerationRequest(model=MODEL, prompt=PROMPT, params=params)) as gen:
+            async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
                 async for _ in gen:
                     if not killed and len(gen.token_ids) >= 5:
                         victim = next(n for n in nodes[1:3] if n.shard.sessions)
@@ -97,7 +112,7 @@ async def test_cancelling_from_the_client_stops_the_servers_loop(tmp_path):
                         with pytest.raises(RpcError, match="only the head"):
                             async with client.host.rpc.stream(first.peer_id, SHARD_PROTOCOL, "loop",
                                                               {"session_id": sid}) as call:
-                                await call.send(loop_token(99, 999, 1))
+                                await call.send(loop_token(99, 999, [1]))
                                 async for _ in call:
                                     pass
                         break  # leaving the generation cancels it
@@ -111,11 +126,19 @@ async def test_cancelling_from_the_client_stops_the_servers_loop(tmp_path):
             assert served[1] < taken + 50 < params.max_new_tokens  # stopped within a few windows
 
 
-def test_loop_spec_is_checked():
+def test_loop_messages_are_checked():
     assert LoopSpec.parse(None) is None
-    spec = LoopSpec.parse({"first": "peer", "first_session": "s1", "eos": [2], "window": 8})
-    assert (spec.first, spec.first_session, spec.eos, spec.window) == ("peer", "s1", [2], 8)
+    spec = LoopSpec.parse(LoopSpec(first="peer", first_session="s1", eos=[2], draft_k=4, context=[5, 6]).to_args())
+    assert (spec.first, spec.first_session, spec.eos, spec.window, spec.draft_k, spec.context) == (
+        "peer", "s1", [2], 8, 4, [5, 6])
     for bad in ({}, {"first": "p"}, {"head": 3}, {"head": "p", "eos": list(range(99))}, {"head": "p", "window": 0},
-                {"head": "p", "window": 10**6}, "x", {"head": "p" * 500}):
-        with pytest.raises(WireError):
+                {"head": "p", "window": 10**6}, "x", {"head": "p" * 500}, {"head": "p", "draft_k": 99},
+                {"head": "p", "context": list(range(5000))}, {"head": "p", "context": [-1]}):
+        with pytest.raises(LoopWireError):
             LoopSpec.parse(bad)
+    assert parse_loop_token(loop_token(3, 7, [1, 2], verify=True)) == (3, 7, [1, 2], True)
+    for bad in ({"step": 1, "pos": 2, "tokens": [1, 2], "verify": False}, {"step": 1, "pos": -1, "tokens": [1],
+                "verify": False}, {"step": 1, "pos": 2, "tokens": [], "verify": True},
+                {"step": 1, "pos": 2, "tokens": list(range(17)), "verify": True}, [1, 2]):
+        with pytest.raises(LoopWireError):
+            parse_loop_token(bad)

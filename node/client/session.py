@@ -28,7 +28,8 @@ from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.verification import HopTaps, Tap
-from swarmlm.node.wire import SHARD_PROTOCOL, LoopSpec, SessionOpen, StepItem, retry_after, tap_digest
+from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, retry_after, tap_digest
+from swarmlm.node.wire_loop import LoopSpec
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -148,7 +149,7 @@ class PipelineSession:
             raise HopFailed(hop.peer_id, f"cannot open session: {type(exc).__name__}: {exc}",
                             busy=getattr(exc, "code", "") == "busy") from None
 
-    def _loop_spec(self, i: int) -> LoopSpec | None:
+    def _loop_spec(self, i: int) -> dict | None:
         """The server token loop's part for hop ``i``: the first hop learns the head, the head the first hop."""
         last = len(self.hops) - 1
         if self.loop is None or i not in (0, last):
@@ -156,7 +157,9 @@ class PipelineSession:
         return LoopSpec(head=self.hops[last].peer_id if i == 0 else None,
                         first=self.hops[0].peer_id if i == last else None,
                         first_session=self.session_ids[0] if i == last else None,
-                        eos=list(self.loop.eos) if i == last else [], window=self.loop.window)
+                        eos=list(self.loop.eos) if i == last else [], window=self.loop.window,
+                        draft_k=self.loop.draft_k if i == last else 0,
+                        context=list(self.loop.context) if i == last else []).to_args()
 
     async def receive(self) -> tuple[int, Any]:
         """The next message any hop sent: (hop index, message); raises the ``HopFailed`` a reader saw."""

@@ -302,7 +302,7 @@ class ShardService:
         if mine >= self.peer_session_cap():
             raise RpcError(BUSY, busy_message(f"you have {mine} sessions open here (at most {self.peer_session_cap()} "
                                               "per peer: the rest is kept for others)", self.retry_hint_s()))
-        self.loops.check_open(o, call.ctx.peer)
+        loop = self.loops.check_open(o, call.ctx.peer)
         view = self.view(o.start, o.end)
         try:
             view._check_window(o.max_length)
@@ -315,7 +315,7 @@ class ShardService:
         self.sessions[sid] = sess
         self._session_events.setdefault(sid, trio.Event()).set()
         log.debug("session %s open: layers [%d, %d) for %s", sid[:8], o.start, o.end, call.ctx.peer[-8:])
-        runner = self.loops.runner(call, sess, o)
+        runner = self.loops.runner(call, sess, loop)
         try:
             with sess.scope:
                 async with AsyncExitStack() as stack, trio.open_nursery() as nursery:

@@ -33,9 +33,11 @@ import trio
 
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, UNAVAILABLE, RpcError
 from swarmlm.net.rpc_server import ServerCall
+from swarmlm.models.speculative import AdaptiveK, PromptLookup, accept_exact
 from swarmlm.node.server.session import ServerSession, SessionRunner
-from swarmlm.node.wire import (SHARD_PROTOCOL, LoopSpec, SessionOpen, StepItem, WireError, busy_message,
-                               loop_failed_notice, loop_token, parse_loop_token)
+from swarmlm.node.wire import SHARD_PROTOCOL, SessionOpen, StepItem, busy_message
+from swarmlm.node.wire_loop import (MAX_LOOP_CONTEXT, LoopSpec, LoopWireError, loop_answer, loop_failed_notice,
+                                    loop_token, parse_loop_token)
 
 log = logging.getLogger("swarmlm.shard")
 
@@ -60,11 +62,15 @@ class TokenLoops:
     def register(self, rpc: Any) -> None:
         rpc.add_stream(SHARD_PROTOCOL, "loop", self._loop)
 
-    def check_open(self, o: SessionOpen, peer: str) -> None:
-        """Refuse a loop this session cannot run (BAD_REQUEST) or that is over the bounds (BUSY)."""
-        spec = o.loop
+    def check_open(self, o: SessionOpen, peer: str) -> LoopSpec | None:
+        """The session's loop, or None; refuses a loop this session cannot run (BAD_REQUEST) or that
+        is over the bounds (BUSY)."""
+        try:
+            spec = LoopSpec.parse(o.loop)
+        except LoopWireError as exc:
+            raise RpcError(BAD_REQUEST, str(exc)) from None
         if spec is None:
-            return
+            return None
         view = self.svc.view(o.start, o.end)
         if o.tap:
             raise RpcError(BAD_REQUEST, "the server token loop runs only without verification (tap off)")
@@ -76,11 +82,12 @@ class TokenLoops:
             if self.running[peer] >= LOOPS_PER_PEER or self.active >= self.svc.max_sessions:
                 raise RpcError(BUSY, busy_message(f"{self.running[peer]} token loops of yours run here "
                                                   f"(at most {LOOPS_PER_PEER} per peer)", self.svc.retry_hint_s()))
+        return spec
 
-    def runner(self, call: ServerCall, sess: ServerSession, o: SessionOpen) -> SessionRunner:
-        if o.loop is None:
+    def runner(self, call: ServerCall, sess: ServerSession, spec: LoopSpec | None) -> SessionRunner:
+        if spec is None:
             return SessionRunner(self.svc, call, sess)
-        return LoopRunner(self, call, sess, o.loop)
+        return LoopRunner(self, call, sess, spec)
 
     async def _loop(self, call: ServerCall, args: Any) -> Any:
         """The head's stream of tokens into a session whose first hop we are."""
@@ -112,7 +119,12 @@ class LoopRunner(SessionRunner):
         self.stopped = False
         self.acked: int | None = None  # the client took the answers up to this step
         self._wake = trio.Event()
-        self._tokens_send, self._tokens_recv = trio.open_memory_channel[tuple[int, int, int]](1)
+        self._tokens_send, self._tokens_recv = trio.open_memory_channel[tuple[int, int, list[int]]](1)
+        # a speculative loop (``spec.draft_k``): the head drafts by prompt lookup in the text so far
+        self.context = list(spec.context[-MAX_LOOP_CONTEXT:])
+        self.drafter = PromptLookup()
+        self.adapt = AdaptiveK(k_min=1, k_max=max(1, spec.draft_k), k=min(4, max(1, spec.draft_k)))
+        self._drafts: dict[int, list[int]] = {}  # step -> the drafts its verify pass carries
         self.feeding = False
         self.feed_scope = trio.CancelScope()
         self.last_pos = -1  # the first hop: the position of the last loop token fed
@@ -152,12 +164,25 @@ class LoopRunner(SessionRunner):
 
     # -- the head ---------------------------------------------------------------------------------
     async def _answer_head(self, item: StepItem, out: Any, tok: Any, timings: list) -> None:
-        if self.head and item.want and type(tok) is int and not self.stopped:
+        drafts = self._drafts.pop(item.step, None) if self.head else None
+        kept, nxt = None, None
+        if self.head and item.want and type(tok) is int:
+            nxt = (item.step + 1, item.pos + int(item.x.shape[1]), [tok])
+        elif drafts is not None and item.want and isinstance(tok, list) and len(tok) == len(drafts) + 1:
+            a = accept_exact(drafts, tok)  # a verify pass of our loop: keep the drafts the model agrees with
+            if drafts:
+                self.adapt.update(len(drafts), a)
+            kept = drafts[:a] + [tok[a]]
+            nxt = (item.step + 1, item.pos + a + 1, kept)
+        if nxt is not None and not self.stopped:
             try:  # first the loop (the critical path: it sends at the next checkpoint), then the client
-                self._tokens_send.send_nowait((item.step + 1, item.pos + int(item.x.shape[1]), tok))
+                self._tokens_send.send_nowait(nxt)
             except (trio.BrokenResourceError, trio.WouldBlock):  # the loop has ended, or the client sent
                 pass  # steps of its own beside the loop (not ours to drive): the client drives from here
-        await super()._answer_head(item, out, tok, timings)
+        if kept is not None:
+            await self.call.send(loop_answer(item.step, kept, len(drafts or []), timings))
+        else:
+            await super()._answer_head(item, out, tok, timings)
 
     async def _run_loop(self) -> None:
         sess, peer = self.sess, self.sess.client
@@ -166,8 +191,8 @@ class LoopRunner(SessionRunner):
             with self._tokens_recv, trio.move_on_after(LOOP_MAX_S) as deadline:
                 async with AsyncExitStack() as stack:
                     send: Callable[[dict], Awaitable[None]] | None = None
-                    async for step, pos, tok in self._tokens_recv:
-                        if self.stopped or tok in self.spec.eos or pos >= sess.cache.max_length - 1:
+                    async for step, pos, new in self._tokens_recv:
+                        if self.stopped or any(t in self.spec.eos for t in new) or pos >= sess.cache.max_length - 1:
                             why = "stopped" if self.stopped else "the generation is complete"
                             break
                         if self.acked is None:
@@ -177,7 +202,7 @@ class LoopRunner(SessionRunner):
                             break
                         try:
                             send = send or await self._open_first(stack)
-                            await send(loop_token(step, pos, tok))
+                            await send(self._next_input(step, pos, new))
                         except Exception as exc:  # the first hop went away: the client fails over
                             why = f"the loop stream to the first hop broke: {type(exc).__name__}: {exc}"
                             await self._notify(why)
@@ -190,6 +215,17 @@ class LoopRunner(SessionRunner):
             self.loops.running[peer] -= 1
             if self.loops.running[peer] <= 0:
                 del self.loops.running[peer]
+
+    def _next_input(self, step: int, pos: int, new: list[int]) -> dict:
+        """The loop's next step: the last token at ``pos``, and in a speculative loop the drafts after it
+        (as many as fit before the session's max length)."""
+        if not self.spec.draft_k:
+            return loop_token(step, pos, new[-1:])
+        self.context = (self.context + new)[-MAX_LOOP_CONTEXT:]
+        k = min(self.adapt.k, self.spec.draft_k, self.sess.cache.max_length - 1 - pos)
+        drafts = self.drafter.draft(self.context, k) if k > 0 else []
+        self._drafts[step] = drafts
+        return loop_token(step, pos, new[-1:] + drafts, verify=True)
 
     async def _credit(self, step: int) -> bool:
         """Wait until feeding ``step`` keeps at most ``window`` answers unacknowledged; False: stop."""
@@ -222,12 +258,13 @@ class LoopRunner(SessionRunner):
     async def feed(self, raw: Any) -> None:
         """One loop token from the head: checked, then queued as the next step's input."""
         try:
-            step, pos, tok = parse_loop_token(raw)
-        except WireError as exc:
+            step, pos, toks, verify = parse_loop_token(raw)
+        except LoopWireError as exc:
             raise RpcError(BAD_REQUEST, str(exc)) from None
-        if not self.last_pos < pos < self.sess.cache.max_length:
-            raise RpcError(BAD_REQUEST, f"loop: position {pos} is not after {self.last_pos} within the session")
-        if tok >= self.sess.view.config.vocab_size:
-            raise RpcError(BAD_REQUEST, f"loop: token {tok} is outside the vocabulary")
+        if not (self.last_pos < pos and pos + len(toks) <= self.sess.cache.max_length):
+            raise RpcError(BAD_REQUEST, f"loop: positions from {pos} are not after {self.last_pos} within the session")
+        if max(toks) >= self.sess.view.config.vocab_size:
+            raise RpcError(BAD_REQUEST, "loop: a token id is outside the vocabulary")
         self.last_pos = pos
-        await self.sess.inbox_send.send(StepItem(step, pos, torch.tensor([[tok]], dtype=torch.long)).to_msg())
+        x = torch.tensor([toks], dtype=torch.long)
+        await self.sess.inbox_send.send(StepItem(step, pos, x, verify=verify, rollback=pos if verify else None).to_msg())
