@@ -3,8 +3,9 @@
 For each round trip R a fresh ``LocalTestnet(rtt_ms=R)`` (every link through a user-space forwarder,
 ``testnet/latency.py``) serves ``builtin:smollm2-135m`` as layers 0:10, 10:20, 20:30. On each of the
 two prompt sets shipped here, every prompt is generated greedily with (a) today's client loop, (b) the
-server token loop (the head feeds each token to the first hop: ``node/server/token_loop.py``) and
-speculative decoding (prompt-lookup drafts, verify passes of k+1 positions); tokens must be identical.
+server token loop (the head feeds each token to the first hop: ``node/server/token_loop.py``),
+speculative decoding (prompt-lookup drafts, verify passes of k+1 positions) through the client loop,
+and (c) both: the head drafts and feeds its verify passes to the first hop; text must be identical.
 Figures per set: median tok/s of each mode, the server loop's ratio to the client loop, the acceptance
 rate, tokens per verify pass, and the latency bounds: the client loop's token costs hops + 1 one-way
 trips, ``1000 / ((hops+1) * R/2)``; the server loop's costs hops, ``1000 / (hops * R/2)``.
@@ -59,33 +60,37 @@ def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculativ
          server_loop: bool = False) -> Any:
     client.options.speculative = speculative
     client.options.server_loop = server_loop
-    # both modes unverified: speculative passes do not combine with spot checks yet
+    # every mode unverified: neither speculative passes nor the server loop combine with spot checks yet
     for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
     return client.last_summary
 
 
 def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
-    plain_rates, loop_rates, spec_rates, passes, proposed, accepted, same = [], [], [], 0, 0, 0, True
+    plain_rates, loop_rates, spec_rates, both_rates, passes, proposed, accepted, same = [], [], [], [], 0, 0, 0, True
     for messages in prompts:
         a = _one(client, messages, tokens, False)
         s = _one(client, messages, tokens, False, server_loop=True)
         b = _one(client, messages, tokens, True)
-        same = same and a.text == b.text == s.text
+        c = _one(client, messages, tokens, True, server_loop=True)
+        same = same and a.text == b.text == s.text == c.text
         plain_rates.append(a.tokens_per_s)
         loop_rates.append(s.tokens_per_s)
         spec_rates.append(b.tokens_per_s)
+        both_rates.append(c.tokens_per_s)
         sp = b.speculative or {}
         passes += sp.get("passes", 0)
         proposed += sp.get("proposed", 0)
         accepted += sp.get("accepted", 0)
         log(f"  client loop {a.tokens_per_s:.2f} tok/s, server loop {s.tokens_per_s:.2f} tok/s, "
-            f"speculative {b.tokens_per_s:.2f} tok/s, {sp}")
+            f"speculative {b.tokens_per_s:.2f} tok/s, {sp}, server loop + speculative {c.tokens_per_s:.2f} tok/s")
     return {"client_loop_tok_s": round(statistics.median(plain_rates), 2),
             "server_loop_tok_s": round(statistics.median(loop_rates), 2),
             "server_loop_ratio": round(statistics.median(loop_rates) / statistics.median(plain_rates), 3),
             "speculative_tok_s": round(statistics.median(spec_rates), 2),
             "speculative_ratio": round(statistics.median(spec_rates) / statistics.median(plain_rates), 3),
+            "server_loop_speculative_tok_s": round(statistics.median(both_rates), 2),
+            "server_loop_speculative_ratio": round(statistics.median(both_rates) / statistics.median(plain_rates), 3),
             "acceptance": round(accepted / proposed, 3) if proposed else 0.0,
             "tokens_per_pass": round((accepted + passes) / passes, 3) if passes else 0.0,
             "identical_text": same}
