@@ -51,8 +51,9 @@ class LoopStats:
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
-        return {"passes": s.passes, "proposed": s.proposed, "accepted": s.accepted, "acceptance": round(s.acceptance, 4),
-                "tokens_per_pass": round((s.accepted + s.passes) / s.passes, 3) if s.passes else 0.0, "server_loop": True}
+        return {"passes": s.passes, "proposed": s.proposed, "accepted": s.accepted,
+                "acceptance": round(s.acceptance, 4), "server_loop": True,
+                "tokens_per_pass": round((s.accepted + s.passes) / s.passes, 3) if s.passes else 0.0}
 
 
 async def run_server_loop(gen: Any, sess: PipelineSession, first: StepResult) -> None:

@@ -267,4 +267,5 @@ class LoopRunner(SessionRunner):
             raise RpcError(BAD_REQUEST, "loop: a token id is outside the vocabulary")
         self.last_pos = pos
         x = torch.tensor([toks], dtype=torch.long)
-        await self.sess.inbox_send.send(StepItem(step, pos, x, verify=verify, rollback=pos if verify else None).to_msg())
+        item = StepItem(step, pos, x, verify=verify, rollback=pos if verify else None)
+        await self.sess.inbox_send.send(item.to_msg())
