@@ -34,14 +34,16 @@ MAX_LOOP_CONTEXT = 4096  # the recent token ids a drafting head is given
 class LoopSpec:
     """The server token loop of a session (``SessionOpen.loop``; ``node/server/token_loop.py``).
 
-    On the first hop, ``head`` is the one peer whose loop tokens it accepts (the head of the route the
-    client set up). On the head, ``first``/``first_session`` say where each sampled token goes as the
+    On the first hop, ``head`` is the one peer whose loop tokens it accepts, from its session
+    ``head_session`` only (the head of the route the client set up: a session id is known only to the
+    client and that server, so no other client can point a head at this session). On the head, ``first``/``first_session`` say where each sampled token goes as the
     next step's input; ``eos`` ids end the loop; the head runs at most ``window`` answers ahead of the
     client's acks (``loop_ack``). A one-hop session carries both halves. ``draft_k`` > 0: the head
     drafts up to that many tokens by prompt lookup in ``context`` (the prompt and the tokens so far,
     the most recent ``MAX_LOOP_CONTEXT``) and the loop's steps are verify passes."""
 
     head: str | None = None
+    head_session: str | None = None
     first: str | None = None
     first_session: str | None = None
     eos: list[int] = field(default_factory=list)
@@ -58,11 +60,12 @@ class LoopSpec:
             return None
         if not isinstance(raw, dict):
             raise LoopWireError("session: loop must be a map")
-        peers = [raw.get(k) for k in ("head", "first", "first_session")]
+        peers = [raw.get(k) for k in ("head", "head_session", "first", "first_session")]
         if not all(p is None or (isinstance(p, str) and 0 < len(p) <= MAX_ID) for p in peers):
-            raise LoopWireError("session: loop head/first/first_session must be short strings")
-        if (peers[1] is None) != (peers[2] is None) or peers == [None, None, None]:
-            raise LoopWireError("session: a loop names its head, or its first hop and that hop's session")
+            raise LoopWireError("session: loop head/head_session/first/first_session must be short strings")
+        if (peers[0] is None) != (peers[1] is None) or (peers[2] is None) != (peers[3] is None) or peers == [None] * 4:
+            raise LoopWireError("session: a loop names its head and the head's session, or its first hop and that "
+                                "hop's session")
         eos, window = raw.get("eos") or [], raw.get("window", 8)
         if not (isinstance(eos, list) and len(eos) <= MAX_LOOP_EOS and all(type(t) is int and t >= 0 for t in eos)):
             raise LoopWireError(f"session: loop eos must be at most {MAX_LOOP_EOS} token ids")
@@ -74,7 +77,7 @@ class LoopSpec:
         if not (isinstance(context, list) and len(context) <= MAX_LOOP_CONTEXT
                 and all(type(t) is int and t >= 0 for t in context)):
             raise LoopWireError(f"session: loop context must be at most {MAX_LOOP_CONTEXT} token ids")
-        return cls(peers[0], peers[1], peers[2], list(eos), window, draft_k, list(context))
+        return cls(peers[0], peers[1], peers[2], peers[3], list(eos), window, draft_k, list(context))
 
 
 def loop_token(step: int, pos: int, tokens: list[int], verify: bool = False) -> dict[str, Any]:

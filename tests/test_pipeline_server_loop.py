@@ -131,9 +131,11 @@ def test_loop_messages_are_checked():
     spec = LoopSpec.parse(LoopSpec(first="peer", first_session="s1", eos=[2], draft_k=4, context=[5, 6]).to_args())
     assert (spec.first, spec.first_session, spec.eos, spec.window, spec.draft_k, spec.context) == (
         "peer", "s1", [2], 8, 4, [5, 6])
-    for bad in ({}, {"first": "p"}, {"head": 3}, {"head": "p", "eos": list(range(99))}, {"head": "p", "window": 0},
-                {"head": "p", "window": 10**6}, "x", {"head": "p" * 500}, {"head": "p", "draft_k": 99},
-                {"head": "p", "context": list(range(5000))}, {"head": "p", "context": [-1]}):
+    h = {"head": "p", "head_session": "s"}
+    assert LoopSpec.parse(h).head_session == "s"
+    for bad in ({}, {"first": "p"}, {"head": 3}, {"head": "p"}, {**h, "eos": list(range(99))}, {**h, "window": 0},
+                {**h, "window": 10**6}, "x", {**h, "head": "p" * 500}, {**h, "draft_k": 99},
+                {**h, "context": list(range(5000))}, {**h, "context": [-1]}):
         with pytest.raises(LoopWireError):
             LoopSpec.parse(bad)
     assert parse_loop_token(loop_token(3, 7, [1, 2], verify=True)) == (3, 7, [1, 2], True)

@@ -155,6 +155,7 @@ class PipelineSession:
         if self.loop is None or i not in (0, last):
             return None
         return LoopSpec(head=self.hops[last].peer_id if i == 0 else None,
+                        head_session=self.session_ids[last] if i == 0 else None,
                         first=self.hops[0].peer_id if i == last else None,
                         first_session=self.session_ids[0] if i == last else None,
                         eos=list(self.loop.eos) if i == last else [], window=self.loop.window,

@@ -13,7 +13,7 @@ per session plays the roles its ``LoopSpec`` names:
   unacknowledged for ``ACK_TIMEOUT_S`` (a client that went silent), after ``LOOP_MAX_S``, or with
   the session (the client closed it: the session's cancel scope ends the task).
 - **the first hop** (``spec.head``): accepts ``loop`` tokens only from the peer the client named as
-  the route's head, on one stream per session, with strictly increasing positions inside the
+  the route's head, for the head session the client named, on one stream per session, with strictly increasing positions inside the
   session's length and ids inside the vocabulary; each becomes a one-token ``StepItem`` in the
   session's inbox, computed like a client's step.
 
@@ -95,7 +95,7 @@ class TokenLoops:
         runner = self.firsts.get(sid) if isinstance(sid, str) else None
         if runner is None:
             raise RpcError(UNAVAILABLE, "no token-loop session here by that id")
-        if runner.spec.head != call.ctx.peer:
+        if runner.spec.head != call.ctx.peer or args.get("from_session") != runner.spec.head_session:
             raise RpcError(BAD_REQUEST, "only the head of this session's route may feed its token loop")
         if runner.feeding:
             raise RpcError(BAD_REQUEST, "this session's token loop is already fed")
@@ -241,10 +241,11 @@ class LoopRunner(SessionRunner):
         first, sid = self.spec.first, self.spec.first_session
         if first == self.node.peer_id:
             local = self.loops.firsts.get(sid)
-            if local is None or local.spec.head != first:
+            if local is None or local.spec.head != first or local.spec.head_session != self.sess.session_id:
                 raise RpcError(UNAVAILABLE, "the first hop's session is not here")
             return local.feed
-        cm = self.node.host.rpc.stream(first, SHARD_PROTOCOL, "loop", {"session_id": sid}, timeout=LOOP_MAX_S)
+        cm = self.node.host.rpc.stream(first, SHARD_PROTOCOL, "loop",
+                                       {"session_id": sid, "from_session": self.sess.session_id}, timeout=LOOP_MAX_S)
         return (await stack.enter_async_context(cm)).send
 
     async def _notify(self, why: str) -> None:
