@@ -68,6 +68,7 @@ def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculativ
 
 def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
     plain_rates, loop_rates, spec_rates, both_rates, passes, proposed, accepted, same = [], [], [], [], 0, 0, 0, True
+    c_passes, c_proposed, c_accepted = 0, 0, 0  # (c): the drafting head's verify passes
     for messages in prompts:
         a = _one(client, messages, tokens, False)
         s = _one(client, messages, tokens, False, server_loop=True)
@@ -82,6 +83,9 @@ def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> di
         passes += sp.get("passes", 0)
         proposed += sp.get("proposed", 0)
         accepted += sp.get("accepted", 0)
+        cp = c.speculative or {}
+        c_passes, c_proposed, c_accepted = (c_passes + cp.get("passes", 0), c_proposed + cp.get("proposed", 0),
+                                            c_accepted + cp.get("accepted", 0))
         log(f"  client loop {a.tokens_per_s:.2f} tok/s, server loop {s.tokens_per_s:.2f} tok/s, "
             f"speculative {b.tokens_per_s:.2f} tok/s, {sp}, server loop + speculative {c.tokens_per_s:.2f} tok/s")
     return {"client_loop_tok_s": round(statistics.median(plain_rates), 2),
@@ -91,6 +95,8 @@ def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> di
             "speculative_ratio": round(statistics.median(spec_rates) / statistics.median(plain_rates), 3),
             "server_loop_speculative_tok_s": round(statistics.median(both_rates), 2),
             "server_loop_speculative_ratio": round(statistics.median(both_rates) / statistics.median(plain_rates), 3),
+            "server_loop_speculative_acceptance": round(c_accepted / c_proposed, 3) if c_proposed else 0.0,
+            "server_loop_speculative_tokens_per_pass": round((c_accepted + c_passes) / c_passes, 3) if c_passes else 0.0,
             "acceptance": round(accepted / proposed, 3) if proposed else 0.0,
             "tokens_per_pass": round((accepted + passes) / passes, 3) if passes else 0.0,
             "identical_text": same}
