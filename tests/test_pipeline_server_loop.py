@@ -7,6 +7,7 @@ head may feed a first hop's loop."""
 from __future__ import annotations
 
 import pytest
+import torch
 import trio
 
 from swarmlm.models.generate import generate, load_chain
@@ -14,7 +15,9 @@ from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.net.rpc import RpcError
+from swarmlm.node.client.session import HopPlan, PipelineSession
 from swarmlm.node.generation import GenerationRequest
+from swarmlm.node.server import token_loop
 from swarmlm.node.wire import SHARD_PROTOCOL
 from swarmlm.node.wire_loop import LoopSpec, LoopWireError, loop_token, parse_loop_token
 
@@ -144,3 +147,25 @@ def test_loop_messages_are_checked():
                 {"step": 1, "pos": 2, "tokens": list(range(17)), "verify": True}, [1, 2]):
         with pytest.raises(LoopWireError):
             parse_loop_token(bad)
+
+
+async def test_a_silent_client_stops_the_loop_after_its_window(tmp_path, monkeypatch):
+    """A client that takes no answers (gone quiet, not gone): the head runs ``window`` answers ahead,
+    then waits for acks a bounded time and ends its loop while the session stays open."""
+    monkeypatch.setattr(token_loop, "ACK_TIMEOUT_S", 0.5)
+    async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in ("0:3", "3:6")]) as nodes:
+        head = nodes[1]
+        async with swarm_client(nodes[0]) as client:
+            ids = (await client.tokenizer(MODEL)).encode(PROMPT)
+            hops = [HopPlan(n.peer_id, *r) for n, r in zip(nodes, ((0, 3), (3, 6)))]
+            for h in hops:
+                assert await client.ensure_connected(h.peer_id)
+            async with PipelineSession(client.host.rpc, MODEL, hops, len(ids) + 200, {"temperature": 0.0, "seed": 1},
+                                       loop=LoopSpec(window=4)) as sess:
+                await sess.step(torch.tensor([ids]), 0)
+                with trio.fail_after(10):  # a bound, not a timing: the loop ends without acks
+                    while not head.shard.loops.tokens_fed or head.shard.loops.active:
+                        await trio.sleep(0.05)
+                # answers 0..3 unacknowledged = the window: steps 1..3 were fed, step 4 never was
+                assert head.shard.loops.tokens_fed == 3
+                assert head.shard.sessions  # the session itself is still open
