@@ -190,10 +190,11 @@ class PipelineGeneration:
         for h in hops:
             if not await c.ensure_connected(h.peer_id):
                 raise HopFailed(h.peer_id, "unreachable at every address the swarm state lists")
-        # the server token loop (the head drafts when speculative): unverified, unencrypted (node/client/server_loop.py)
-        loop = loop_spec(self.tok.eos_token_ids, c.options.draft_k_max if c.options.speculative else 0,
-                         self.prompt_ids + self.token_ids) if (v is None and c.options.server_loop and
-                                                               not self.request.model.startswith(EE_PREFIX)) else None
+        loop = None
+        if v is None and c.options.server_loop and not self.request.model.startswith(EE_PREFIX):
+            # the server token loop, unverified and unencrypted (the head drafts when speculative)
+            loop = loop_spec(self.tok.eos_token_ids, c.options.draft_k_max if c.options.speculative else 0,
+                             self.prompt_ids + self.token_ids)
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype, loop=loop) as sess:

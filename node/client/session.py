@@ -81,7 +81,7 @@ class PipelineSession:
         self.session_ids = [secrets.token_hex(16) for _ in self.hops]
         self.tap = tap
         self.wire = wire  # fp16/bf16: activations down-cast on the wire (None: the compute dtype)
-        self.loop = loop  # the server token loop (node/client/server_loop.py): the head's eos and window
+        self.loop = loop  # the server token loop (node/client/server_loop.py): the head's settings
         self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
                      for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
         self._calls: list[Any] = []
