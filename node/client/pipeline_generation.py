@@ -4,7 +4,8 @@
 channel the caller iterates (text chunks, then ``summary``). Its parts:
 
 - the loop (``_run``): open a ``PipelineSession`` on the planned route, replay the history so far
-  (nothing on the first attempt), then step token by token until EOS, a stop string or the length;
+  (nothing on the first attempt), then step token by token until EOS, a stop string or the length
+  (with ``ClientOptions.server_loop`` the servers feed the tokens themselves: ``server_loop.py``);
 - verification (``node/client/verify.py``, on by default): a ``Verifier`` checks the route's hops in
   the background; ``_on_round`` learns which positions were confirmed. Only tokens sampled from
   confirmed positions count as verified (``summary.verified_tokens``); text is streamed once its
