@@ -113,5 +113,6 @@ def loop_stop() -> dict[str, Any]:
 
 
 def loop_failed_notice(first: str, error: str) -> dict[str, Any]:
-    """Head -> client: its loop stream to the first hop broke (the client fails over)."""
+    """Head -> client: its loop ended without the client's stop (the loop stream to the first hop
+    broke, no acks, the deadline): the client fails over."""
     return {"step": -1, "loop_failed": first, "error": error}

@@ -151,7 +151,7 @@ def test_loop_messages_are_checked():
 
 async def test_a_silent_client_stops_the_loop_after_its_window(tmp_path, monkeypatch):
     """A client that takes no answers (gone quiet, not gone): the head runs ``window`` answers ahead,
-    then waits for acks a bounded time and ends its loop while the session stays open."""
+    then waits for acks a bounded time, ends its loop while the session stays open, and says so."""
     monkeypatch.setattr(token_loop, "ACK_TIMEOUT_S", 0.5)
     async with running_nodes(tmp_path, [["--model", MODEL, "--layers", r] for r in ("0:3", "3:6")]) as nodes:
         head = nodes[1]
@@ -169,3 +169,6 @@ async def test_a_silent_client_stops_the_loop_after_its_window(tmp_path, monkeyp
                 # answers 0..3 unacknowledged = the window: steps 1..3 were fed, step 4 never was
                 assert head.shard.loops.tokens_fed == 3
                 assert head.shard.sessions  # the session itself is still open
+                # the client then gets answers 1..3 and word that the loop ended (it would fail over)
+                got = [(await sess.receive())[1] for _ in range(4)]
+                assert [m.get("step") for m in got] == [1, 2, 3, -1] and "no ack" in got[-1]["error"]

@@ -99,8 +99,8 @@ async def next_answer(sess: PipelineSession, step: int) -> tuple[StepResult, int
             if s == -1 and isinstance(msg.get("relay_failed"), str):
                 raise HopFailed(msg["relay_failed"], f"relay from {peer[-8:]} broke: {msg.get('error')}",
                                 busy=msg.get("busy") is True, transient=True)
-            if s == -1 and msg.get("loop_failed") is not None:
-                raise HopFailed(sess.hops[0].peer_id, f"the loop stream from {peer[-8:]} broke: {msg.get('error')}",
+            if s == -1 and msg.get("loop_failed") is not None:  # the head's loop ended: fail over, no ban
+                raise HopFailed(sess.hops[0].peer_id, f"the token loop on {peer[-8:]} ended: {msg.get('error')}",
                                 transient=True)
             if "x" in msg and i < head:  # a relay broke and the server handed us its output
                 raise HopFailed(sess.hops[i + 1].peer_id, f"relay from {peer[-8:]} broke", transient=True)

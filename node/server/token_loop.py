@@ -11,7 +11,9 @@ per session plays the roles its ``LoopSpec`` names:
   as the next step's input (into its own inbox when it is the first hop too). The loop ends on an
   EOS id, at the session's max length, on the client's ``loop_stop``, when ``window`` answers stay
   unacknowledged for ``ACK_TIMEOUT_S`` (a client that went silent), after ``LOOP_MAX_S``, or with
-  the session (the client closed it: the session's cancel scope ends the task).
+  the session (the client closed it: the session's cancel scope ends the task). When it ends
+  without the client's word (no acks, the deadline, a broken loop stream) it tells the client
+  (``loop_failed_notice``), which fails over without a ban and replays.
 - **the first hop** (``spec.head``): accepts ``loop`` tokens only from the peer the client named as
   the route's head, for the head session the client named, on one stream per session, with strictly increasing positions inside the
   session's length and ids inside the vocabulary; each becomes a one-token ``StepItem`` in the
@@ -198,7 +200,11 @@ class LoopRunner(SessionRunner):
                         if self.acked is None:
                             self.acked = step - 2  # the client acks each answer: step - 1 is the first
                         if not await self._credit(step):
-                            why = "stopped" if self.stopped else f"no ack from the client for {ACK_TIMEOUT_S:.0f} s"
+                            if self.stopped:
+                                why = "stopped"
+                            else:  # the client may be alive but slow: it fails over (no ban) and replays
+                                why = f"no ack from the client for {ACK_TIMEOUT_S:.0f} s"
+                                await self._notify(why)
                             break
                         try:
                             send = send or await self._open_first(stack)
@@ -210,6 +216,7 @@ class LoopRunner(SessionRunner):
                         self.loops.tokens_fed += 1
             if deadline.cancelled_caught:
                 why = f"ran {LOOP_MAX_S:.0f} s"
+                await self._notify(why)
             log.debug("session %s: token loop ended (%s)", sess.session_id[:8], why)
         finally:
             self.loops.running[peer] -= 1
@@ -249,7 +256,8 @@ class LoopRunner(SessionRunner):
         return (await stack.enter_async_context(cm)).send
 
     async def _notify(self, why: str) -> None:
-        log.warning("session %s: %s", self.sess.session_id[:8], why)
+        """Tell the client the loop ended without its stop: it fails over (no ban) and replays."""
+        log.warning("session %s: token loop ended: %s", self.sess.session_id[:8], why)
         try:
             await self.call.send(loop_failed_notice(self.spec.first or "", why))
         except Exception:  # the client is gone too
