@@ -91,7 +91,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-failover", action="store_true", help="skip the failover measurement")
     p.add_argument("--rtt-ms", type=float, nargs="+", default=[], metavar="R",
-                   help="also run the pipeline with every link at these round trips (client loop vs speculative)")
+                   help="also run the pipeline with every link at these round trips "
+                        "(client loop, server loop, speculative, both)")
     p.add_argument("--wan-only", action="store_true", help="with --rtt-ms: skip the loopback figures")
     ns = p.parse_args(argv)
     if any(not 0 <= r <= 10_000 for r in ns.rtt_ms):

@@ -2,11 +2,13 @@
 
 For each round trip R a fresh ``LocalTestnet(rtt_ms=R)`` (every link through a user-space forwarder,
 ``testnet/latency.py``) serves ``builtin:smollm2-135m`` as layers 0:10, 10:20, 20:30. On each of the
-two prompt sets shipped here, every prompt is generated greedily with today's client loop and with
-speculative decoding (prompt-lookup drafts, verify passes of k+1 positions); tokens must be identical.
-Figures per set: median tok/s of each mode, the acceptance rate, tokens per verify pass, and the
-latency bound of the client loop: one token costs hops + 1 one-way trips, ``1000 / ((hops+1) * R/2)``.
-The server token loop is not built: ``server_loop_tok_s`` is null.
+two prompt sets shipped here, every prompt is generated greedily with (a) today's client loop, (b) the
+server token loop (the head feeds each token to the first hop: ``node/server/token_loop.py``),
+speculative decoding (prompt-lookup drafts, verify passes of k+1 positions) through the client loop,
+and (c) both: the head drafts and feeds its verify passes to the first hop; text must be identical.
+Figures per set: median tok/s of each mode, the server loop's ratio to the client loop, the acceptance
+rate, tokens per verify pass, and the latency bounds: the client loop's token costs hops + 1 one-way
+trips, ``1000 / ((hops+1) * R/2)``; the server loop's costs hops, ``1000 / (hops * R/2)``.
 """
 
 from __future__ import annotations
@@ -49,31 +51,52 @@ def latency_bound(rtt_ms: float, hops: int) -> float | None:
     return round(1000.0 / ((hops + 1) * rtt_ms / 2), 2) if rtt_ms > 0 else None
 
 
-def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool) -> Any:
+def server_loop_bound(rtt_ms: float, hops: int) -> float | None:
+    """tok/s the server token loop cannot beat at ``rtt_ms``: one token is ``hops`` one-way trips."""
+    return round(1000.0 / (hops * rtt_ms / 2), 2) if rtt_ms > 0 else None
+
+
+def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool,
+         server_loop: bool = False) -> Any:
     client.options.speculative = speculative
-    # both modes unverified: speculative passes do not combine with spot checks yet
+    client.options.server_loop = server_loop
+    # every mode unverified: neither speculative passes nor the server loop combine with spot checks yet
     for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
     return client.last_summary
 
 
 def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
-    plain_rates, spec_rates, passes, proposed, accepted, same = [], [], 0, 0, 0, True
+    plain_rates, loop_rates, spec_rates, both_rates, passes, proposed, accepted, same = [], [], [], [], 0, 0, 0, True
+    c_passes, c_proposed, c_accepted = 0, 0, 0  # (c): the drafting head's verify passes
     for messages in prompts:
         a = _one(client, messages, tokens, False)
+        s = _one(client, messages, tokens, False, server_loop=True)
         b = _one(client, messages, tokens, True)
-        same = same and a.text == b.text
+        c = _one(client, messages, tokens, True, server_loop=True)
+        same = same and a.text == b.text == s.text == c.text
         plain_rates.append(a.tokens_per_s)
+        loop_rates.append(s.tokens_per_s)
         spec_rates.append(b.tokens_per_s)
+        both_rates.append(c.tokens_per_s)
         sp = b.speculative or {}
         passes += sp.get("passes", 0)
         proposed += sp.get("proposed", 0)
         accepted += sp.get("accepted", 0)
-        log(f"  client loop {a.tokens_per_s:.2f} tok/s, speculative {b.tokens_per_s:.2f} tok/s, {sp}")
+        cp = c.speculative or {}
+        c_passes, c_proposed, c_accepted = (c_passes + cp.get("passes", 0), c_proposed + cp.get("proposed", 0),
+                                            c_accepted + cp.get("accepted", 0))
+        log(f"  client loop {a.tokens_per_s:.2f} tok/s, server loop {s.tokens_per_s:.2f} tok/s, "
+            f"speculative {b.tokens_per_s:.2f} tok/s, {sp}, server loop + speculative {c.tokens_per_s:.2f} tok/s")
     return {"client_loop_tok_s": round(statistics.median(plain_rates), 2),
-            "server_loop_tok_s": None,
+            "server_loop_tok_s": round(statistics.median(loop_rates), 2),
+            "server_loop_ratio": round(statistics.median(loop_rates) / statistics.median(plain_rates), 3),
             "speculative_tok_s": round(statistics.median(spec_rates), 2),
             "speculative_ratio": round(statistics.median(spec_rates) / statistics.median(plain_rates), 3),
+            "server_loop_speculative_tok_s": round(statistics.median(both_rates), 2),
+            "server_loop_speculative_ratio": round(statistics.median(both_rates) / statistics.median(plain_rates), 3),
+            "server_loop_speculative_acceptance": round(c_accepted / c_proposed, 3) if c_proposed else 0.0,
+            "server_loop_speculative_tokens_per_pass": round((c_accepted + c_passes) / c_passes, 3) if c_passes else 0.0,
             "acceptance": round(accepted / proposed, 3) if proposed else 0.0,
             "tokens_per_pass": round((accepted + passes) / passes, 3) if passes else 0.0,
             "identical_text": same}
@@ -92,5 +115,6 @@ def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
                         log(f"rtt {rtt:g} ms, prompt set {name!r}")
                         fig = _set(client, prompts, tokens)
                         fig["latency_bound_tok_s"] = latency_bound(rtt, len(LAYERS))
+                        fig["server_loop_bound_tok_s"] = server_loop_bound(rtt, len(LAYERS))
                         out[name][f"{rtt:g}"] = fig
     return out

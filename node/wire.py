@@ -14,6 +14,7 @@ Both sides import this module and nothing of each other (``node/client`` never i
   ``check`` stream is a reference session for verification: ``SessionOpen`` arguments, then
   ``CheckItem``s (inputs plus the token claims of the hop being checked); the answer
   (``check_answer``) carries the outputs of every position, or for the head a token and a gap per claim.
+  The server token loop's messages are in ``node/wire_loop.py``.
 * ``/swarmlm/consensus/1`` (``CONSENSUS_PROTOCOL``): ``task_text`` / ``parse_task`` are the canonical
   task a round is about (its hash goes into the signed spec); ``MAX_K`` candidates per round.
 * ``VERDICT_KIND``: the swarm-state record kind of a shard-verification verdict.
@@ -90,6 +91,7 @@ class SessionOpen:
     tap_batch: int = 1  # send the taps of this many steps in one message (and on ``TAP_FLUSH``)
     wire: str | None = None  # "fp16"/"bf16": hidden states are down-cast before they travel
     route: list | None = None  # the whole route, [[peer id, start, end], ...]: the health pages show it
+    loop: dict | None = None  # the server token loop (first hop and head only): ``wire_loop.LoopSpec``
 
     def to_args(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,11 +124,18 @@ class SessionOpen:
             raise WireError("wire must be fp16, bf16 or absent")
         return cls(sid, model, start, end, max_length, args.get("prev"), args.get("next"), args.get("next_session"),
                    sampling, bool(args.get("logits")), bool(args.get("tap")), _tap_batch(args.get("tap_batch", 1)),
-                   wire, _route(args.get("route")))
+                   wire, _route(args.get("route")), _loop(args.get("loop")))
 
 
 MAX_TAP_BATCH = 16  # 2 tensors per tap: a batch stays well within a frame's tensor limit
 TAP_FLUSH = {"flush_taps": True}  # a client item: send the taps held back so far (before a session ends)
+
+
+def _loop(raw: Any) -> dict | None:
+    """A session's token-loop part (checked by ``wire_loop.LoopSpec.parse`` where it is used)."""
+    if raw is not None and not isinstance(raw, dict):
+        raise WireError("session: loop must be a map")
+    return raw
 
 
 def _tap_batch(raw: Any) -> int:

@@ -26,3 +26,4 @@ class ClientOptions:
     busy_retries: int = 3  # "busy" answers a generation absorbs before it gives up with BusyError (HTTP 429)
     speculative: bool = False  # prompt-lookup drafts verified k+1 positions per pass (models/speculative.py)
     draft_k_max: int = 8  # the longest draft a verify pass carries (k adapts to the acceptance rate)
+    server_loop: bool = False  # the head feeds each token to the first hop itself (node/client/server_loop.py)

@@ -4,7 +4,8 @@
 channel the caller iterates (text chunks, then ``summary``). Its parts:
 
 - the loop (``_run``): open a ``PipelineSession`` on the planned route, replay the history so far
-  (nothing on the first attempt), then step token by token until EOS, a stop string or the length;
+  (nothing on the first attempt), then step token by token until EOS, a stop string or the length
+  (with ``ClientOptions.server_loop`` the servers feed the tokens themselves: ``server_loop.py``);
 - verification (``node/client/verify.py``, on by default): a ``Verifier`` checks the route's hops in
   the background; ``_on_round`` learns which positions were confirmed. Only tokens sampled from
   confirmed positions count as verified (``summary.verified_tokens``); text is streamed once its
@@ -31,10 +32,12 @@ import trio
 from swarmlm.errors import SwarmError, root_cause
 from swarmlm.models.textstream import TextStream
 from swarmlm.node.client.failover import Failover
+from swarmlm.node.client.server_loop import loop_spec, run_server_loop
 from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession, StepResult, single_leaf
 from swarmlm.node.client.speculative import Speculation
 from swarmlm.node.client.verify import VerificationFailed, Verifier
 from swarmlm.node.generation import GenerationChunk, GenerationError, GenerationRequest, GenerationSummary, HopTiming
+from swarmlm.node.wire import EE_PREFIX
 
 log = logging.getLogger("swarmlm.client")
 
@@ -188,10 +191,21 @@ class PipelineGeneration:
         for h in hops:
             if not await c.ensure_connected(h.peer_id):
                 raise HopFailed(h.peer_id, "unreachable at every address the swarm state lists")
+        loop = None
+        if v is None and c.options.server_loop and not self.request.model.startswith(EE_PREFIX):
+            # the server token loop, unverified and unencrypted (the head drafts when speculative)
+            loop = loop_spec(self.tok.eos_token_ids, c.options.draft_k_max if c.options.speculative else 0,
+                             self.prompt_ids + self.token_ids)
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype,
-                                   tap_batch=v.tap_batches([h.peer_id for h in hops]) if v else None) as sess:
+                                   tap_batch=v.tap_batches([h.peer_id for h in hops]) if v else None,
+                                   loop=loop) as sess:
+            if loop is not None:
+                res = await self._replay(sess)
+                self._base = len(self.token_ids)
+                await run_server_loop(self, sess, res)
+                return
             if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
                 self.spec = self.spec or Speculation(c.options.draft_k_max)
                 res = await self._replay(sess)

@@ -29,6 +29,7 @@ from swarmlm.errors import SwarmError
 from swarmlm.net.rpc import RpcError, StreamClosedError
 from swarmlm.node.verification import HopTaps, Tap
 from swarmlm.node.wire import SHARD_PROTOCOL, TAP_FLUSH, SessionOpen, StepItem, retry_after, tap_digest
+from swarmlm.node.wire_loop import LoopSpec
 
 log = logging.getLogger("swarmlm.pipeline")
 
@@ -66,7 +67,7 @@ class PipelineSession:
     def __init__(self, rpc: Any, model: str, hops: Sequence[HopPlan], max_length: int,
                  sampling: dict | None, *, step_timeout_s: float = 30.0, open_timeout_s: float = 20.0,
                  want_logits: bool = False, tap: bool = False, wire: str | None = None,
-                 tap_batch: Sequence[int] | None = None) -> None:
+                 tap_batch: Sequence[int] | None = None, loop: LoopSpec | None = None) -> None:
         if not hops:
             raise SwarmError("a route needs at least one hop")
         self.rpc = rpc
@@ -81,6 +82,7 @@ class PipelineSession:
         self.tap = tap
         self.tap_batch = list(tap_batch or [1] * len(self.hops))  # per hop: taps it sends per message
         self.wire = wire  # fp16/bf16: activations down-cast on the wire (None: the compute dtype)
+        self.loop = loop  # the server token loop (node/client/server_loop.py): the head's settings
         self.taps = [HopTaps(h.peer_id, sid, h.start, h.end, i == len(self.hops) - 1)
                      for i, (h, sid) in enumerate(zip(self.hops, self.session_ids))]
         self._calls: list[Any] = []
@@ -144,13 +146,40 @@ class PipelineSession:
                            next_session=None if last else self.session_ids[i + 1],
                            sampling=self.sampling if last else None, logits=self.want_logits and last,
                            tap=self.tap, tap_batch=self.tap_batch[i], wire=self.wire,
-                           route=[[h.peer_id, h.start, h.end] for h in self.hops]).to_args()
+                           route=[[h.peer_id, h.start, h.end] for h in self.hops], loop=self._loop_spec(i)).to_args()
         try:
             cm = self.rpc.stream(hop.peer_id, SHARD_PROTOCOL, "session", args, timeout=3600)
             self._calls[i] = await self._stack.enter_async_context(cm)
         except Exception as exc:  # RpcError, OSError, or whatever the transport raises for a dead peer
             raise HopFailed(hop.peer_id, f"cannot open session: {type(exc).__name__}: {exc}",
                             busy=getattr(exc, "code", "") == "busy") from None
+
+    def _loop_spec(self, i: int) -> dict | None:
+        """The server token loop's part for hop ``i``: the first hop learns the head, the head the first hop."""
+        last = len(self.hops) - 1
+        if self.loop is None or i not in (0, last):
+            return None
+        return LoopSpec(head=self.hops[last].peer_id if i == 0 else None,
+                        head_session=self.session_ids[last] if i == 0 else None,
+                        first=self.hops[0].peer_id if i == last else None,
+                        first_session=self.session_ids[0] if i == last else None,
+                        eos=list(self.loop.eos) if i == last else [], window=self.loop.window,
+                        draft_k=self.loop.draft_k if i == last else 0,
+                        context=list(self.loop.context) if i == last else []).to_args()
+
+    async def receive(self) -> tuple[int, Any]:
+        """The next message any hop sent: (hop index, message); raises the ``HopFailed`` a reader saw."""
+        i, msg, err = await self._results_recv.receive()
+        if err is not None:
+            raise err
+        return i, msg
+
+    async def send_to(self, i: int, msg: Any) -> None:
+        """Send ``msg`` on hop ``i``'s session stream (the server loop's acks and stop)."""
+        try:
+            await self._calls[i].send(msg)
+        except Exception as exc:  # whatever a vanished peer raises
+            raise HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}") from None
 
     async def _read_hop(self, i: int) -> None:
         call = self._calls[i]
@@ -290,7 +319,7 @@ class PipelineSession:
                 raise HopFailed(self.hops[i].peer_id, "sent a malformed answer")
         if not scope.cancelled_caught:
             return answer
-        raise HopFailed(await self._suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
+        raise HopFailed(await self.suspect(step), f"no answer within {self.step_timeout_s:.0f} s")
 
     def _store_tap(self, i: int, msg: dict) -> None:
         hop = self.taps[i]
@@ -307,7 +336,7 @@ class PipelineSession:
             raise HopFailed(hop.peer, "sent a tap with a bad signature")
         hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, int) else None, sig)
 
-    async def _suspect(self, step: int) -> str:
+    async def suspect(self, step: int) -> str:
         """Which hop stalled: the first that does not answer, or the first that is behind."""
         progress: list[int | None] = [None] * len(self.hops)
 
@@ -331,7 +360,7 @@ class PipelineSession:
         return self.hops[-1].peer_id
 
     def _processed_needed(self, step: int) -> int:
-        return self._sent_steps
+        return max(self._sent_steps, step + 1) if self.loop is not None else self._sent_steps
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -14,6 +14,8 @@
 - ``relay`` (stream, previous server -> this server): inputs for a session the client opened here;
   only the peer the client named as ``prev`` may feed it.
 - ``progress`` (unary): steps computed in a session (the client's stall diagnosis).
+- ``loop`` (stream, a route's head -> its first hop): the server token loop's tokens
+  (``node/server/token_loop.py``).
 - ``files`` (unary): the tokenizer files of the model (never weights).
 - ``check`` (stream): a reference session for a client's verification (``node/server/check.py``).
 - ``report`` (unary): a client's evidence that a peer computed our layers wrongly (``node/server/verify.py``).
@@ -42,8 +44,9 @@ from swarmlm.node.server.check import CheckLimits, handle_check
 from swarmlm.node.server.faults import Fault
 from swarmlm.node.server.hosting import announce, load_hosted_shard, maybe_rebalance
 from swarmlm.node.server.scheduler import DEFAULT_PREFILL_CHUNK, BatchQueue, Piece
-from swarmlm.node.server.session import ServerSession, SessionRunner
+from swarmlm.node.server.session import ServerSession
 from swarmlm.node.server.speed import SpeedModel, default_batch_tokens
+from swarmlm.node.server.token_loop import TokenLoops
 from swarmlm.node.server.verify import handle_report
 from swarmlm.node.wire import CHECK_METHOD, SHARD_PROTOCOL, TOKENIZER_FILES, SessionOpen, WireError, busy_message
 
@@ -101,6 +104,7 @@ class ShardService:
         self.steps_served = 0
         self.step_listeners: list[Callable[[float, bool], None]] = []  # (seconds, sampled a token): metrics
         self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)  # recent sessions: the health page's routes
+        self.loops = TokenLoops(self)  # the server token loop (node/server/token_loop.py)
 
     async def start(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.shard is None:
@@ -141,6 +145,7 @@ class ShardService:
         rpc.add_unary(SHARD_PROTOCOL, "files", self._files)
         rpc.add_unary(SHARD_PROTOCOL, "report", self._report)
         rpc.add_stream(SHARD_PROTOCOL, CHECK_METHOD, self._check)
+        self.loops.register(rpc)
 
     async def run(self, node: Any) -> None:
         """Housekeeping: expire idle sessions, re-announce, and (auto placement) rebalance."""
@@ -301,6 +306,7 @@ class ShardService:
         if mine >= self.peer_session_cap():
             raise RpcError(BUSY, busy_message(f"you have {mine} sessions open here (at most {self.peer_session_cap()} "
                                               "per peer: the rest is kept for others)", self.retry_hint_s()))
+        loop = self.loops.check_open(o, call.ctx.peer)
         view = self.view(o.start, o.end)
         try:
             view._check_window(o.max_length)
@@ -313,7 +319,7 @@ class ShardService:
         self.sessions[sid] = sess
         self._session_events.setdefault(sid, trio.Event()).set()
         log.debug("session %s open: layers [%d, %d) for %s", sid[:8], o.start, o.end, call.ctx.peer[-8:])
-        runner = SessionRunner(self, call, sess)
+        runner = self.loops.runner(call, sess, loop)
         try:
             with sess.scope:
                 async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
