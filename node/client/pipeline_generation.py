@@ -191,8 +191,8 @@ class PipelineGeneration:
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype) as sess:
-            if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
-                self.spec = self.spec or Speculation(c.options.draft_k_max)
+            if v is None and (c.options.speculative or c.options.draft_model):  # verify passes of k+1 positions
+                self.spec = self.spec or await Speculation.create(c.options, self.tok)
                 res = await self._replay(sess)
                 self._base = len(self.token_ids)
                 await self.spec.run(self, sess, res)
@@ -272,6 +272,7 @@ class PipelineGeneration:
         s.route = self.timings.summary(route)
         if self.spec is not None:
             s.speculative = self.spec.summary()
+            self.spec.close()
         self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
                                   "tokens_per_s": s.tokens_per_s, "at": time.time(),
                                   "tokens": s.prompt_tokens + s.completion_tokens})
