@@ -44,6 +44,9 @@ def _vocab(tok: Any) -> dict[str, int]:
 
 def check_same_vocab(draft_tok: Any, target_tok: Any, draft_cfg: ModelConfig, name: str = "the draft model") -> None:
     """Raise ``DraftModelError`` unless ``draft_tok`` maps every token to the id ``target_tok`` does."""
+    if not isinstance(getattr(target_tok, "tk", None), type(draft_tok.tk)):  # e.g. EE's id-encrypting adapter
+        raise DraftModelError(f"{name} cannot draft for this model: its token ids are not plain tokenizer ids "
+                              "(an encrypted variant?); use prompt-lookup drafts (--speculative) instead")
     dv, tv = _vocab(draft_tok), _vocab(target_tok)
     if dv != tv:
         diff = len(set(dv.items()) ^ set(tv.items()))
