@@ -6,7 +6,9 @@ two prompt sets shipped here, every prompt is generated greedily with today's cl
 speculative decoding (prompt-lookup drafts, verify passes of k+1 positions); tokens must be identical.
 Figures per set: median tok/s of each mode, the acceptance rate, tokens per verify pass, and the
 latency bound of the client loop: one token costs hops + 1 one-way trips, ``1000 / ((hops+1) * R/2)``.
-The server token loop is not built: ``server_loop_tok_s`` is null.
+The server token loop is not built: ``server_loop_tok_s`` is null. ``--draft-model SPEC``: the
+speculative mode drafts with that local model (same tokenizer) instead of prompt lookup; ``--repeats N``:
+each prompt N times per mode, the modes alternating (ABBA), after one warm-up generation.
 """
 
 from __future__ import annotations
@@ -49,19 +51,35 @@ def latency_bound(rtt_ms: float, hops: int) -> float | None:
     return round(1000.0 / ((hops + 1) * rtt_ms / 2), 2) if rtt_ms > 0 else None
 
 
-def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool) -> Any:
+def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool,
+         draft: str | None = None) -> Any:
     client.options.speculative = speculative
+    client.options.draft_model = draft if speculative else None
     # both modes unverified: speculative passes do not combine with spot checks yet
     for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
     return client.last_summary
 
 
-def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
+def _pair(client: Client, messages: list[dict[str, str]], tokens: int, repeats: int,
+          draft: str | None) -> tuple[Any, Any]:
+    """Plain and speculative summaries of one prompt; with ``repeats`` > 1 the modes alternate (ABBA...)
+    and each mode's rate is the mean over its runs, so a drift in machine load hits both alike."""
+    runs: dict[bool, list[Any]] = {False: [], True: []}
+    for r in range(repeats):
+        for spec in ((False, True) if r % 2 == 0 else (True, False)):
+            runs[spec].append(_one(client, messages, tokens, spec, draft))
+    a, b = runs[False][0], runs[True][0]
+    a.tokens_per_s = statistics.fmean(x.tokens_per_s for x in runs[False])
+    b.tokens_per_s = statistics.fmean(x.tokens_per_s for x in runs[True])
+    return a, b
+
+
+def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int, repeats: int = 1,
+         draft: str | None = None) -> dict[str, Any]:
     plain_rates, spec_rates, passes, proposed, accepted, same = [], [], 0, 0, 0, True
     for messages in prompts:
-        a = _one(client, messages, tokens, False)
-        b = _one(client, messages, tokens, True)
+        a, b = _pair(client, messages, tokens, repeats, draft)
         same = same and a.text == b.text
         plain_rates.append(a.tokens_per_s)
         spec_rates.append(b.tokens_per_s)
@@ -79,8 +97,9 @@ def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> di
             "identical_text": same}
 
 
-def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
-    """{"<set>": {"<R>": {...figures}}} for every prompt set and round trip."""
+def run_wan(rtts: list[float], tokens: int, repeats: int = 1, draft: str | None = None) -> dict[str, Any]:
+    """{"<set>": {"<R>": {...figures}}} for every prompt set and round trip; ``draft``: the speculative
+    mode drafts with this local model instead of prompt lookup."""
     out: dict[str, Any] = {name: {} for name in PROMPT_SETS}
     for rtt in rtts:
         with tempfile.TemporaryDirectory(prefix="swarmlm-bench-wan-") as base:
@@ -88,9 +107,12 @@ def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
                                per_node_args={i: ["--layers", r] for i, r in enumerate(LAYERS)})
             with net.up(timeout=300):
                 with Client([net.nodes[0].addr], join_timeout_s=60) as client:
+                    _one(client, PROMPT_SETS["free"][0], 4, bool(draft), draft)  # warm-up: connections, page-ins
                     for name, prompts in PROMPT_SETS.items():
                         log(f"rtt {rtt:g} ms, prompt set {name!r}")
-                        fig = _set(client, prompts, tokens)
+                        fig = _set(client, prompts, tokens, repeats, draft)
+                        if draft:
+                            fig["draft_model"] = draft
                         fig["latency_bound_tok_s"] = latency_bound(rtt, len(LAYERS))
                         out[name][f"{rtt:g}"] = fig
     return out
