@@ -140,6 +140,8 @@ class PipelineGeneration:
         if fraction > 0:
             self.verifier = Verifier(c, self.request.model, sampling, max_length, fraction, c.options.verify_final,
                                      self._on_round)
+            if c.options.speculative or c.options.draft_model:
+                log.warning("speculative decoding is off for this generation: it runs only with check_fraction 0")
         failover = Failover(c.options, c.bans, c.rng)
         while True:
             try:
