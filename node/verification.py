@@ -73,7 +73,7 @@ class Tap:
     pos: int
     x_in: Any
     x_out: Any
-    token: int | None
+    token: int | list[int] | None  # the head's token; a list for a speculative verify pass (one per row)
     sig: bytes
 
 

@@ -140,8 +140,6 @@ class PipelineGeneration:
         if fraction > 0:
             self.verifier = Verifier(c, self.request.model, sampling, max_length, fraction, c.options.verify_final,
                                      self._on_round)
-            if c.options.speculative or c.options.draft_model:
-                log.warning("speculative decoding is off for this generation: it runs only with check_fraction 0")
         failover = Failover(c.options, c.bans, c.rng)
         while True:
             try:
@@ -193,21 +191,19 @@ class PipelineGeneration:
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype) as sess:
-            if v is None and (c.options.speculative or c.options.draft_model):  # verify passes of k+1 positions
+            loop = self._loop
+            if c.options.speculative or c.options.draft_model:  # verify passes of k+1 positions
                 self.spec = self.spec or await Speculation.create(c.options, self.tok)
-                res = await self._replay(sess)
-                self._base = len(self.token_ids)
-                await self.spec.run(self, sess, res)
-                return
+                loop = self._speculate
             if v is None:
-                await self._loop(sess)
+                await loop(sess)
                 return
             try:
                 async with trio.open_nursery() as nursery:
-                    loop = trio.CancelScope()
-                    await nursery.start(v.run, sess, loop.cancel)
-                    with loop:
-                        await self._loop(sess)
+                    scope = trio.CancelScope()
+                    await nursery.start(v.run, sess, scope.cancel)
+                    with scope:
+                        await loop(sess)
                         await v.settle()
             except BaseExceptionGroup as group:  # the loop's own error (a hop failed), unwrapped
                 leaf = single_leaf(group)
@@ -227,6 +223,12 @@ class PipelineGeneration:
                 break
             pos = len(self.prompt_ids) + len(self.token_ids) - 1
             res = await sess.step(_ids([self.token_ids[-1]]), pos)
+
+    async def _speculate(self, sess: PipelineSession) -> None:
+        res = await self._replay(sess)
+        self._base = len(self.token_ids)
+        assert self.spec is not None
+        await self.spec.run(self, sess, res)
 
     async def _take(self, res: StepResult) -> bool:
         """Use the head's answer to a step: record timings, stream text; False once the generation ended."""

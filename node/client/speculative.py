@@ -9,6 +9,8 @@ at that position, then the head's token there. The head samples each position wi
 seed (``wire.step_seed``), so greedy and seeded output are exactly those of plain decoding. k adapts
 to the acceptance rate (``AdaptiveK``). Failover is unchanged: the generation replays the kept tokens
 on the new route and calls ``run`` again (the statistics, k and the draft model's cache carry over).
+With verification on, each pass is handed to the ``Verifier`` with the number of rows kept
+(``Verifier.keep``): checks cover the kept rows of every hop (docs/RELIABILITY.md).
 
 Drafts come from prompt lookup (``models.speculative.PromptLookup``: n-gram matches in the prompt and
 the text so far) or, with ``ClientOptions.draft_model``, from a small model run here
@@ -84,7 +86,11 @@ class Speculation:
         return drafter.draft(tokens, k)
 
     async def run(self, gen: Any, sess: PipelineSession, first: StepResult) -> None:
-        """Drive ``gen`` (a ``PipelineGeneration``) on ``sess`` until its generation ends."""
+        """Drive ``gen`` (a ``PipelineGeneration``) on ``sess`` until its generation ends. With
+        verification (``gen.verifier``) each answered pass is handed to it with the rows it kept."""
+        v = gen.verifier
+        if v is not None:
+            v.answered(sess.last_step)
         if not await gen._take(first):
             return
         max_new = gen.request.params.max_new_tokens
@@ -100,6 +106,9 @@ class Speculation:
                 self.stats.proposed += len(drafts)
                 self.stats.accepted += a
                 self.adapt.update(len(drafts), a)
+            if v is not None:
+                v.keep(sess.last_step, a + 1)
+                v.answered(sess.last_step)
             for i, t in enumerate(drafts[:a] + [targets[a]]):
                 if not await gen._take(StepResult(t, None, res.timings if i == 0 else [])):
                     return

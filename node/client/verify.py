@@ -39,7 +39,7 @@ import trio
 
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
 from swarmlm.node.dial import DOWN
-from swarmlm.node.verification import (HopTaps, concat_inputs, concat_outputs, evidence, gaps_agree, head_evidence,
+from swarmlm.node.verification import (HopTaps, evidence, gaps_agree, head_evidence,
                                        relative_error, tolerance)
 from swarmlm.node.wire import SHARD_PROTOCOL
 
@@ -86,12 +86,37 @@ class Verifier:
         self._closing = False
         self._wake = trio.Event()
         self._done = trio.Event()
+        self.kept: dict[int, int] = {}  # speculative verify passes: step -> rows kept (see ``keep``)
 
     # -- what the token loop calls ----------------------------------------------------------------------
     def new_probation(self) -> bool:
         """Whether a hop of the route has not earned standing yet: then every step is checked."""
         c = self.client
         return c.options.standing_steps > 0 and any(not c.standing.established(h.taps.peer) for h in self.hops)
+
+    def keep(self, step: int, rows: int) -> None:
+        """Step ``step`` was a speculative verify pass of which the first ``rows`` positions were kept
+        (the last token and the accepted drafts; the next pass overwrites the rest). Checks cover
+        those rows only: attention is causal, so they are exactly what a plain run computes, and each
+        hop's checked history stays one contiguous run of positions."""
+        self.kept[step] = rows
+
+    def _rows(self, t: Any) -> int:
+        return self.kept.get(t.step, t.x_in.shape[1])
+
+    def _inputs(self, taps: list[Any]) -> Any:
+        return torch.cat([t.x_in[:, :self._rows(t)] for t in taps], dim=1)
+
+    def _claims(self, hist: list[Any], lo: int) -> list[tuple[int, int, int]]:
+        """The head's tokens: one per step (sampled at its last row, seeded by its ``pos``), or, for a
+        verify pass, one per kept row (row i seeded by ``pos + i``, as ``sample_tokens`` draws them)."""
+        out: list[tuple[int, int, int]] = []
+        for t in hist:
+            if isinstance(t.token, list):
+                out += [(t.pos + i - lo, t.pos + i, int(t.token[i])) for i in range(self._rows(t))]
+            elif t.token is not None:
+                out.append((t.pos + t.x_in.shape[1] - 1 - lo, t.pos, t.token))
+        return out
 
     def answered(self, step: int) -> None:
         """Step ``step`` of the session was answered (its taps are complete): maybe a round is due."""
@@ -137,7 +162,7 @@ class Verifier:
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
         taps0 = self.hops[0].taps.taps[upto]
-        end = taps0.pos + taps0.x_in.shape[1]
+        end = taps0.pos + self._rows(taps0)
         self._check_links(self._checked + 1, upto)
         results: list[str] = []
         failures: list[VerificationFailed] = []
@@ -174,8 +199,8 @@ class Verifier:
         if h.done >= end:
             return "ok"
         hist = [t for t in h.taps.history(upto) if t.pos >= h.done]
-        x_new, lo = concat_inputs(hist), h.done
-        claims = [(t.pos + t.x_in.shape[1] - 1 - lo, t.pos, t.token) for t in hist if t.token is not None]
+        x_new, lo = self._inputs(hist), h.done
+        claims = self._claims(hist, lo)
         while True:
             ref = await self._reference(h)
             if ref is None:
@@ -198,7 +223,7 @@ class Verifier:
         if h.taps.head:
             tol = max([tolerance("fp32")] + [tolerance(d) for d in dtypes])
             return gaps_agree([float(g) for g in ans["gaps"]], tol)
-        claimed, ref = concat_outputs(hist), ans["out"]
+        claimed, ref = torch.cat([t.x_out[:, :self._rows(t)] for t in hist], dim=1), ans["out"]
         tol = max(tolerance(str(claimed.dtype)), tolerance(str(ref.dtype)))
         return relative_error(claimed, ref) <= tol
 
@@ -229,7 +254,7 @@ class Verifier:
                 await ref.open()
                 if h.done > 0:  # a fresh reference: its cache is built from the history checked so far
                     old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
-                    await ref.run(concat_inputs(old), 0, [])
+                    await ref.run(self._inputs(old), 0, [])
             except ReferenceUnavailable as exc:
                 h.ref = ref
                 await self._drop_reference(h, exc)
@@ -250,6 +275,10 @@ class Verifier:
         """The hop and its reference disagree: a third replica re-checks the hop's signed taps."""
         c, hop = self.client, h.taps
         bump(self.stats, "mismatches")
+        if any(s in self.kept for s in hop.taps if s <= upto):  # signed verify passes hold rejected rows:
+            # no evidence format a third replica re-checks yet (docs/RELIABILITY.md)
+            self.stats.setdefault("disputed", []).append(hop.peer)
+            raise VerificationFailed(hop.peer, "disagrees with a replica on a speculative pass (no verdict: banned here)")
         ev = head_evidence(hop, upto, self.sampling) if hop.head else evidence(hop, upto)
         ev["model"] = self.model
         for peer in self._replicas(h, {ref.peer}):

@@ -1,0 +1,62 @@
+"""Speculative decoding with verification on (builtin:tiny, in-process nodes, two replicas of every
+range): every verify pass is checked on its kept rows, so the tokens are the plain greedy ones and
+all count as verified; a head that lies during verify passes is caught on its first checked pass,
+banned, and the generation fails over to the honest tokens."""
+
+from __future__ import annotations
+
+from swarmlm.models.sampling import SamplingParams
+from swarmlm.node.generation import GenerationRequest
+
+from helpers import running_nodes, swarm_client
+from test_pipeline_speculative import MODEL, PROMPT, local_tokens
+
+
+async def run(client, params: SamplingParams):
+    async with client.generate(GenerationRequest(model=MODEL, prompt=PROMPT, params=params)) as gen:
+        async for _ in gen:
+            pass
+    return gen
+
+
+def spec_client(client, fraction: float) -> None:
+    client.options.speculative = True
+    client.options.check_fraction = fraction
+    client.options.standing_steps = 0
+    client.options.verdict_ban_s = 0.0
+
+
+async def test_verified_speculative_passes_are_the_plain_tokens_and_all_verified(tmp_path):
+    params = SamplingParams(max_new_tokens=20)
+    want = local_tokens(PROMPT, params)
+    specs = [["--model", MODEL, "--layers", r] for r in ("0:3", "3:6", "0:3", "3:6")]
+    async with running_nodes(tmp_path, specs) as nodes:
+        async with swarm_client(nodes[0]) as client:
+            spec_client(client, 1.0)  # every pass checked
+            gen = await run(client, params)
+            assert gen.token_ids == want
+            sp = gen.summary.speculative
+            assert sp["passes"] < len(want) and sp["accepted"] < sp["proposed"]  # kept and rejected drafts
+            assert gen.summary.verified_tokens == len(want) and gen.summary.checks >= sp["passes"] // 2
+            assert not client.verify_stats.get("mismatches")
+
+
+async def test_a_head_lying_in_verify_passes_is_caught_and_failed_over(tmp_path):
+    params = SamplingParams(max_new_tokens=16)
+    want = local_tokens(PROMPT, params)
+    specs = [["--model", MODEL, "--layers", "0:3"], ["--model", MODEL, "--layers", "3:6", "--fault", "wrong-head"],
+             ["--model", MODEL, "--layers", "3:6"], ["--model", MODEL, "--layers", "3:6"],
+             ["--model", MODEL, "--layers", "0:3"]]
+    async with running_nodes(tmp_path, specs) as nodes:
+        liar = nodes[1].peer_id
+        async with swarm_client(nodes[0]) as client:
+            spec_client(client, 1.0)
+            client.options.prefer = (liar,)
+            gen = await run(client, params)
+            assert gen.token_ids == want  # rolled back to the settled tokens, regenerated on an honest head
+            assert gen.summary.failovers >= 1
+            # caught on the prompt's step: a verdict; on a verify pass: banned here, no verdict (no evidence format)
+            caught = client.verify_stats.get("detected", []) + client.verify_stats.get("disputed", [])
+            assert liar in caught
+            assert gen.summary.verified_tokens == len(want)
+            assert gen.summary.verified_tokens == len(want)
