@@ -1,5 +1,5 @@
 """`swarmlm ask --speculative / --draft-model`: the combinations that cannot work are refused in one
-line before anything is dialed (drafts are made on this machine, and verify passes run unchecked)."""
+line before anything is dialed (drafts are made on this machine)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ PEER = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2
 
 @pytest.mark.parametrize("args, says", [
     (["--http", "127.0.0.1:9", "--speculative"], "use --bootstrap, not --http"),
-    (["--bootstrap", PEER, "--draft-model", "builtin:tiny", "--check-fraction", "0.5"], "without verification"),
     (["--bootstrap", PEER, "--speculative", "--mode", "consensus"], "need --mode pipeline"),
     (["--bootstrap", PEER, "--draft-model", "builtin:tiny", "--ee-key", "k.json"], "use --speculative"),
 ])

@@ -20,7 +20,7 @@ LONG = "abc " * 3 + "the quick brown fox"
 async def run(client, params: SamplingParams, draft: str | None, prompt: str = LONG):
     client.options.speculative = draft is not None
     client.options.draft_model = draft
-    client.options.check_fraction = 0.0  # speculative passes run with verification off
+    client.options.check_fraction = 0.0  # checked passes: tests/test_pipeline_speculative_verify.py
     async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
         async for _ in gen:
             pass

@@ -154,7 +154,7 @@ def cmd_ask(ns: argparse.Namespace) -> int:
 
 
 def _speculative_args(ns: argparse.Namespace) -> None:
-    """Speculative decoding drafts on this machine and runs unverified (docs/PIPELINE.md)."""
+    """Speculative decoding drafts on this machine (docs/PIPELINE.md)."""
     if ns.http:
         raise CliError("ask: --speculative/--draft-model draft on this machine, so it joins the swarm itself: "
                        "use --bootstrap, not --http")
@@ -163,11 +163,6 @@ def _speculative_args(ns: argparse.Namespace) -> None:
     if ns.draft_model and ns.ee_key:
         raise CliError("ask: --draft-model drafts plain token ids, which an encrypted model does not take: "
                        "use --speculative (prompt lookup) with --ee-key")
-    if ns.check_fraction:
-        raise CliError("ask: speculative decoding runs without verification checks (docs/RELIABILITY.md): "
-                       "drop --check-fraction or set it to 0")
-    ns.check_fraction = 0.0
-    print("speculative decoding: verification checks are off for this answer", file=sys.stderr)
 
 
 def _checks_line(result: dict[str, Any]) -> str:
@@ -206,7 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="verification: check this share of the steps of servers with standing on another "
                         "replica (servers new to this client: every step); 0 turns it off (default 0.1)")
     p.add_argument("--speculative", action="store_true",
-                   help="speculative decoding: drafts by prompt lookup, k+1 positions verified per pass (no checks)")
+                   help="speculative decoding: drafts by prompt lookup, k+1 positions verified per pass")
     p.add_argument("--draft-model", metavar="SPEC", help="speculative decoding with drafts from this small local "
                    "model (same tokenizer as --model; implies --speculative)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
