@@ -36,15 +36,16 @@ from swarmlm.models.speculative_draft import DraftModel, Pick, load_draft_shard
 from swarmlm.node.client.session import PipelineSession, StepResult
 from swarmlm.node.wire import step_seed
 
-_LOADED: dict[tuple[str, int], Shard] = {}  # (draft spec, id of the target tokenizer) -> the loaded model
+# (draft spec, id of the target tokenizer) -> (that tokenizer, kept so the id stays its own; the model)
+_LOADED: dict[tuple[str, int], tuple[Any, Shard]] = {}
 
 
 async def load_draft(spec: str, target_tok: Any) -> Shard:
     """The draft model ``spec`` for a target with ``target_tok`` (loaded and checked once)."""
     key = (spec, id(target_tok))
     if key not in _LOADED:
-        _LOADED[key] = await trio.to_thread.run_sync(load_draft_shard, spec, target_tok)
-    return _LOADED[key]
+        _LOADED[key] = (target_tok, await trio.to_thread.run_sync(load_draft_shard, spec, target_tok))
+    return _LOADED[key][1]
 
 
 def head_pick(sampling: dict[str, Any]) -> Pick:
