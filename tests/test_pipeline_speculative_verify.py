@@ -1,9 +1,11 @@
 """Speculative decoding with verification on (builtin:tiny, in-process nodes, two replicas of every
 range): every verify pass is checked on its kept rows, so the tokens are the plain greedy ones and
-all count as verified; a head that lies during verify passes is caught on its first checked pass,
-banned, and the generation fails over to the honest tokens."""
+all count as verified; a head or a middle hop that lies during verify passes is caught on its first
+checked pass, banned, and the generation fails over to the honest tokens."""
 
 from __future__ import annotations
+
+import pytest
 
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.node.generation import GenerationRequest
@@ -41,12 +43,13 @@ async def test_verified_speculative_passes_are_the_plain_tokens_and_all_verified
             assert not client.verify_stats.get("mismatches")
 
 
-async def test_a_head_lying_in_verify_passes_is_caught_and_failed_over(tmp_path):
+@pytest.mark.parametrize("lying, other, fault", [("3:6", "0:3", "wrong-head"), ("0:3", "3:6", "wrong-activations")])
+async def test_a_hop_lying_in_verify_passes_is_caught_and_failed_over(tmp_path, lying, other, fault):
     params = SamplingParams(max_new_tokens=16)
     want = local_tokens(PROMPT, params)
-    specs = [["--model", MODEL, "--layers", "0:3"], ["--model", MODEL, "--layers", "3:6", "--fault", "wrong-head"],
-             ["--model", MODEL, "--layers", "3:6"], ["--model", MODEL, "--layers", "3:6"],
-             ["--model", MODEL, "--layers", "0:3"]]
+    specs = [["--model", MODEL, "--layers", other], ["--model", MODEL, "--layers", lying, "--fault", fault],
+             ["--model", MODEL, "--layers", lying], ["--model", MODEL, "--layers", lying],
+             ["--model", MODEL, "--layers", other]]
     async with running_nodes(tmp_path, specs) as nodes:
         liar = nodes[1].peer_id
         async with swarm_client(nodes[0]) as client:
