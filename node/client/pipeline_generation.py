@@ -191,19 +191,19 @@ class PipelineGeneration:
         async with PipelineSession(c.host.rpc, self.request.model, hops, max_length, self.sampling,
                                    step_timeout_s=c.options.step_timeout_s, open_timeout_s=c.options.open_timeout_s,
                                    tap=v is not None, wire=c.options.wire_dtype) as sess:
-            loop = self._loop
+            body = self._loop
             if c.options.speculative or c.options.draft_model:  # verify passes of k+1 positions
                 self.spec = self.spec or await Speculation.create(c.options, self.tok)
-                loop = self._speculate
+                body = self._speculate
             if v is None:
-                await loop(sess)
+                await body(sess)
                 return
             try:
                 async with trio.open_nursery() as nursery:
-                    scope = trio.CancelScope()
-                    await nursery.start(v.run, sess, scope.cancel)
-                    with scope:
-                        await loop(sess)
+                    loop = trio.CancelScope()
+                    await nursery.start(v.run, sess, loop.cancel)
+                    with loop:
+                        await body(sess)
                         await v.settle()
             except BaseExceptionGroup as group:  # the loop's own error (a hop failed), unwrapped
                 leaf = single_leaf(group)
@@ -227,7 +227,7 @@ class PipelineGeneration:
     async def _speculate(self, sess: PipelineSession) -> None:
         res = await self._replay(sess)
         self._base = len(self.token_ids)
-        assert self.spec is not None
+        self.spec = self.spec or Speculation()
         await self.spec.run(self, sess, res)
 
     async def _take(self, res: StepResult) -> bool:
