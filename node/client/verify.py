@@ -102,7 +102,7 @@ class Verifier:
         self.kept[step] = rows
 
     def _rows(self, t: Any) -> int:
-        return self.kept.get(t.step, t.x_in.shape[1])
+        return min(self.kept.get(t.step, t.x_in.shape[1]), t.x_in.shape[1])
 
     def _inputs(self, taps: list[Any]) -> Any:
         return torch.cat([t.x_in[:, :self._rows(t)] for t in taps], dim=1)
@@ -137,6 +137,7 @@ class Verifier:
         """Follow route session ``sess`` until ``settle``; on a caught hop set ``failure`` and ``cancel()``."""
         self.sess, self._cancel, self.failure = sess, cancel, None
         self.hops = [HopCheck(t) for t in sess.taps]
+        self.kept = {}  # step numbers are per route session
         self._due = self._checked = self._latest = -1
         self._closing, self._done = False, trio.Event()
         task_status.started()
