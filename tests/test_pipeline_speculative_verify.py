@@ -1,7 +1,8 @@
 """Speculative decoding with verification on (builtin:tiny, in-process nodes, two replicas of every
 range): every verify pass is checked on its kept rows, so the tokens are the plain greedy ones and
 all count as verified; a head or a middle hop that lies during verify passes is caught on its first
-checked pass, banned, and the generation fails over to the honest tokens."""
+checked pass, convicted by a third replica from its signed passes, banned, and the generation fails
+over to the honest tokens."""
 
 from __future__ import annotations
 
@@ -53,13 +54,15 @@ async def test_a_hop_lying_in_verify_passes_is_caught_and_failed_over(tmp_path, 
     async with running_nodes(tmp_path, specs) as nodes:
         liar = nodes[1].peer_id
         async with swarm_client(nodes[0]) as client:
-            spec_client(client, 1.0)
+            spec_client(client, 1e-9)  # one round only, at the end (verify_final): its evidence holds verify passes
+            client.options.verify_final = True
             client.options.prefer = (liar,)
             gen = await run(client, params)
             assert gen.token_ids == want  # rolled back to the settled tokens, regenerated on an honest head
             assert gen.summary.failovers >= 1
-            # caught on the prompt's step: a verdict; on a verify pass: banned here, no verdict (no evidence format)
-            caught = client.verify_stats.get("detected", []) + client.verify_stats.get("disputed", [])
-            assert liar in caught
+            # the third replica re-checked its signed passes (their kept rows) and convicted it
+            assert liar in client.verify_stats.get("detected", [])
+            assert client.verify_stats["detected_steps"][0] > 0  # caught past the prompt: on verify passes
+            assert client.verify_stats.get("verdicts", 0) >= 1 and not client.verify_stats.get("disputed")
             assert gen.summary.verified_tokens == len(want)
             assert gen.summary.verified_tokens == len(want)
