@@ -141,6 +141,10 @@ def cmd_ask(ns: argparse.Namespace) -> int:
         print(f"{result.get('completion_tokens', 0)} tokens ({result.get('verified_tokens', 0)} verified), "
               f"{result['tokens_per_s']:.1f} tok/s, first token after {result.get('ttft_ms', 0):.0f} ms, "
               f"{result.get('failovers', 0)} failovers", file=sys.stderr)
+    sp = result.get("speculative")
+    if sp:
+        print(f"speculative: {sp.get('passes', 0)} verify passes, {sp.get('tokens_per_pass', 0)} tokens per pass, "
+              f"{sp.get('accepted', 0)} of {sp.get('proposed', 0)} drafts kept", file=sys.stderr)
     if ns.check_fraction is None or ns.check_fraction > 0:
         print(_checks_line(result), file=sys.stderr)
     if result.get("scores"):
