@@ -20,6 +20,7 @@ from swarmlm.bench.pipeline_wan import run_wan
 from swarmlm.models.generate import generate_stream, load_chain
 from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
+from swarmlm.models.speculative_draft import load_draft_shard
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.node.client.sdk import Client
 from swarmlm.testnet.local import LocalTestnet
@@ -94,12 +95,19 @@ def main(argv: list[str]) -> int:
                    help="also run the pipeline with every link at these round trips "
                         "(client loop, server loop, speculative, both)")
     p.add_argument("--wan-only", action="store_true", help="with --rtt-ms: skip the loopback figures")
+    p.add_argument("--draft-model", metavar="SPEC", help="with --rtt-ms: speculative drafts from this local model "
+                   "(same tokenizer) instead of prompt lookup")
+    p.add_argument("--repeats", type=int, default=1, help="with --rtt-ms: runs per prompt and mode (alternating)")
     ns = p.parse_args(argv)
     if any(not 0 <= r <= 10_000 for r in ns.rtt_ms):
         p.error("--rtt-ms values must be in 0..10000")
+    if not 1 <= ns.repeats <= 20:
+        p.error("--repeats must be in 1..20")
     resolve(MODEL)
+    if ns.draft_model:  # a wrong draft model fails here, in one line, before any node starts
+        load_draft_shard(ns.draft_model, Tokenizer.from_dir(resolve(MODEL)))
     if ns.wan_only and ns.rtt_ms:
-        emit({"wan": run_wan(ns.rtt_ms, ns.tokens), "tokens": ns.tokens}, ns.json)
+        emit({"wan": run_wan(ns.rtt_ms, ns.tokens, ns.repeats, ns.draft_model), "tokens": ns.tokens}, ns.json)
         return 0
     log("local: whole model in this process")
     local = _local(ns.tokens, ns.runs)
@@ -117,6 +125,6 @@ def main(argv: list[str]) -> int:
     if "failover" in pipe:
         result["failover"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in pipe["failover"].items()}
     if ns.rtt_ms:
-        result["wan"] = run_wan(ns.rtt_ms, ns.tokens)
+        result["wan"] = run_wan(ns.rtt_ms, ns.tokens, ns.repeats, ns.draft_model)
     emit(result, ns.json)
     return 0

@@ -9,6 +9,9 @@ and (c) both: the head drafts and feeds its verify passes to the first hop; text
 Figures per set: median tok/s of each mode, the server loop's ratio to the client loop, the acceptance
 rate, tokens per verify pass, and the latency bounds: the client loop's token costs hops + 1 one-way
 trips, ``1000 / ((hops+1) * R/2)``; the server loop's costs hops, ``1000 / (hops * R/2)``.
+``--draft-model SPEC``: the speculative modes of the client loop draft with that local model (same
+tokenizer) instead of prompt lookup; ``--repeats N``: each prompt N times per mode, the modes in a
+rotating order, after one warm-up generation.
 """
 
 from __future__ import annotations
@@ -56,24 +59,42 @@ def server_loop_bound(rtt_ms: float, hops: int) -> float | None:
     return round(1000.0 / (hops * rtt_ms / 2), 2) if rtt_ms > 0 else None
 
 
+MODES = (("client", False, False), ("loop", False, True), ("spec", True, False), ("both", True, True))
+
+
 def _one(client: Client, messages: list[dict[str, str]], tokens: int, speculative: bool,
-         server_loop: bool = False) -> Any:
+         server_loop: bool = False, draft: str | None = None) -> Any:
     client.options.speculative = speculative
     client.options.server_loop = server_loop
-    # every mode unverified: neither speculative passes nor the server loop combine with spot checks yet
+    client.options.draft_model = draft if speculative and not server_loop else None
+    # every mode unverified: the figures measure the round trips, not the background checks
     for _text in client.chat(messages, model=MODEL, stream=True, max_new_tokens=tokens, stop=[], check_fraction=0.0):
         pass
     return client.last_summary
 
 
-def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> dict[str, Any]:
+def _modes(client: Client, messages: list[dict[str, str]], tokens: int, repeats: int,
+           draft: str | None) -> dict[str, Any]:
+    """One summary per mode of one prompt; with ``repeats`` > 1 the modes run in a rotating order and
+    each mode's rate is the mean over its runs, so a drift in machine load hits all alike."""
+    runs: dict[str, list[Any]] = {name: [] for name, _, _ in MODES}
+    for r in range(repeats):
+        for name, spec, loop in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
+            runs[name].append(_one(client, messages, tokens, spec, loop, draft))
+    out = {}
+    for name, got in runs.items():
+        out[name] = got[0]
+        out[name].tokens_per_s = statistics.fmean(x.tokens_per_s for x in got)
+    return out
+
+
+def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int, repeats: int = 1,
+         draft: str | None = None) -> dict[str, Any]:
     plain_rates, loop_rates, spec_rates, both_rates, passes, proposed, accepted, same = [], [], [], [], 0, 0, 0, True
     c_passes, c_proposed, c_accepted = 0, 0, 0  # (c): the drafting head's verify passes
     for messages in prompts:
-        a = _one(client, messages, tokens, False)
-        s = _one(client, messages, tokens, False, server_loop=True)
-        b = _one(client, messages, tokens, True)
-        c = _one(client, messages, tokens, True, server_loop=True)
+        m = _modes(client, messages, tokens, repeats, draft)
+        a, s, b, c = m["client"], m["loop"], m["spec"], m["both"]
         same = same and a.text == b.text == s.text == c.text
         plain_rates.append(a.tokens_per_s)
         loop_rates.append(s.tokens_per_s)
@@ -102,8 +123,9 @@ def _set(client: Client, prompts: list[list[dict[str, str]]], tokens: int) -> di
             "identical_text": same}
 
 
-def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
-    """{"<set>": {"<R>": {...figures}}} for every prompt set and round trip."""
+def run_wan(rtts: list[float], tokens: int, repeats: int = 1, draft: str | None = None) -> dict[str, Any]:
+    """{"<set>": {"<R>": {...figures}}} for every prompt set and round trip; ``draft``: the speculative
+    mode drafts with this local model instead of prompt lookup."""
     out: dict[str, Any] = {name: {} for name in PROMPT_SETS}
     for rtt in rtts:
         with tempfile.TemporaryDirectory(prefix="swarmlm-bench-wan-") as base:
@@ -111,9 +133,12 @@ def run_wan(rtts: list[float], tokens: int) -> dict[str, Any]:
                                per_node_args={i: ["--layers", r] for i, r in enumerate(LAYERS)})
             with net.up(timeout=300):
                 with Client([net.nodes[0].addr], join_timeout_s=60) as client:
+                    _one(client, PROMPT_SETS["free"][0], 4, bool(draft), draft=draft)  # warm-up: connections, page-ins
                     for name, prompts in PROMPT_SETS.items():
                         log(f"rtt {rtt:g} ms, prompt set {name!r}")
-                        fig = _set(client, prompts, tokens)
+                        fig = _set(client, prompts, tokens, repeats, draft)
+                        if draft:
+                            fig["draft_model"] = draft
                         fig["latency_bound_tok_s"] = latency_bound(rtt, len(LAYERS))
                         fig["server_loop_bound_tok_s"] = server_loop_bound(rtt, len(LAYERS))
                         out[name][f"{rtt:g}"] = fig

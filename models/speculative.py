@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -136,9 +136,11 @@ class SpecStats:
 
 
 def speculative_generate(shards: Sequence[Shard], prompt_ids: Sequence[int], params: SamplingParams,
-                         eos_ids: Sequence[int] = (), drafter: PromptLookup | None = None,
+                         eos_ids: Sequence[int] = (), drafter: Any = None,
                          adapt: AdaptiveK | None = None) -> tuple[list[int], SpecStats]:
-    """Greedy tokens (no stop strings) with prompt-lookup drafts and KV rollback on every shard."""
+    """Greedy tokens (no stop strings) with drafts from ``drafter`` (anything with ``draft(tokens, k)``:
+    ``PromptLookup``, the default, or a ``models.speculative_draft.DraftModel``) and KV rollback on
+    every shard."""
     if not params.greedy:
         raise SessionError("local speculative decoding is greedy only (the pipeline does seeded sampling)")
     drafter, adapt = drafter or PromptLookup(), adapt or AdaptiveK()

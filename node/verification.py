@@ -73,7 +73,7 @@ class Tap:
     pos: int
     x_in: Any
     x_out: Any
-    token: int | None
+    token: int | list[int] | None  # the head's token; a list for a speculative verify pass (one per row)
     sig: bytes
 
 
@@ -126,28 +126,43 @@ def evidence_rows(steps: Any) -> list[list[Any]]:
     return steps
 
 
+def _kept(rows: list[Any], i: int, n: int) -> int:
+    """Rows of step ``i`` (of ``n``) that stayed in the history: up to where the next step starts
+    (a speculative verify pass is overwritten from the next pass's ``pos`` on); the last keeps all.
+    Positions are signed, so this is what the accused computed on, not a claim of the client."""
+    kept = rows[i + 1][1] - rows[i][1] if i + 1 < len(rows) else n
+    if not 0 < kept <= n:
+        raise ValueError("evidence steps do not tile the history")
+    return kept
+
+
 def check_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, Any]:
-    """Split packed evidence back into steps, check each signature; the inputs and outputs (or raise)."""
+    """Split packed evidence back into steps, check each signature; the inputs and outputs (or raise).
+    Rows a later step overwrote (rejected drafts of a verify pass) are signed but left out."""
     x_in, x_out, steps = ev["in"], ev["out"], evidence_rows(ev["steps"])
     if not isinstance(x_in, torch.Tensor) or not isinstance(x_out, torch.Tensor):
         raise ValueError("evidence needs tensors in, out and a list of steps")
     if x_in.dim() < 2 or x_out.dim() != 3 or x_in.shape[0] != 1 or x_out.shape[0] != 1 or not steps:
         raise ValueError("evidence tensors must be [1, T, ...] and [1, T, H]")
-    a = b = 0
-    for row in steps:
+    a = b = p = 0
+    ins, outs = [], []
+    for i, row in enumerate(steps):
         if not (isinstance(row, list) and len(row) == 5 and all(isinstance(v, int) for v in row[:4])
                 and isinstance(row[4], bytes)):
             raise ValueError("evidence steps must be [step, pos, n_in, n_out, signature]")
         step, pos, n_in, n_out, sig = row
         t_in, t_out = x_in[:, a:a + n_in], x_out[:, b:b + n_out]
-        if t_in.shape[1] != n_in or t_out.shape[1] != n_out or pos != a:
+        if t_in.shape[1] != n_in or t_out.shape[1] != n_out or pos != p:
             raise ValueError("evidence steps do not tile the history")
         if not verify_sig(tap_digest(ev["session_id"], step, pos, t_in, t_out, None), bytes(sig)):
             raise ValueError(f"evidence step {step}: bad signature of the accused")
-        a, b = a + n_in, b + n_out
+        kept = _kept(steps, i, min(n_in, n_out))
+        ins.append(t_in[:, :kept])
+        outs.append(t_out[:, :kept])
+        a, b, p = a + n_in, b + n_out, p + kept
     if a != x_in.shape[1] or b != x_out.shape[1]:
         raise ValueError("evidence has tensor data beyond its steps")
-    return x_in, x_out
+    return (x_in, x_out) if p == a == b else (torch.cat(ins, dim=1), torch.cat(outs, dim=1))
 
 
 def head_evidence(hop: HopTaps, upto_step: int, sampling: dict | None) -> dict[str, Any]:
@@ -159,9 +174,19 @@ def head_evidence(hop: HopTaps, upto_step: int, sampling: dict | None) -> dict[s
             "steps": [[t.step, t.pos, t.x_in.shape[1], -1 if t.token is None else t.token, t.sig] for t in hist]}
 
 
+def _head_token(token: Any, n_in: int) -> int | list[int] | None:
+    """A head evidence row's token: -1 (none), one token, or one per row (a verify pass)."""
+    if isinstance(token, int):
+        return None if token < 0 else token
+    if isinstance(token, list) and len(token) == n_in and all(isinstance(t, int) and t >= 0 for t in token):
+        return token
+    raise ValueError("head evidence steps must be [step, pos, n_in, token, signature]")
+
+
 def check_head_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, list[tuple[int, int, int]]]:
     """Check every signature of head evidence; its inputs and the claims ``(offset, seed_pos, token)``
-    (the token sampled from the logits at position ``offset``, with the seed of ``seed_pos``)."""
+    (the token sampled from the logits at position ``offset``, with the seed of ``seed_pos``). A
+    verify pass claims a token per row it kept (row j seeded by ``pos + j``)."""
     x_in, steps, sampling = ev["in"], ev["steps"], ev.get("sampling")
     if not isinstance(x_in, torch.Tensor) or not isinstance(steps, list) or not steps:
         raise ValueError("head evidence needs a tensor in and a list of steps")
@@ -169,27 +194,31 @@ def check_head_evidence(ev: dict[str, Any], verify_sig: Any) -> tuple[Any, list[
         raise ValueError("head evidence: sampling must be a map")
     if x_in.dim() < 2 or x_in.shape[0] != 1:
         raise ValueError("head evidence: in must be [1, T, ...]")
-    a, claims = 0, []
-    for row in steps:
-        if not (isinstance(row, list) and len(row) == 5 and all(isinstance(v, int) for v in row[:4])
+    a = p = 0
+    claims, ins = [], []
+    for i, row in enumerate(steps):
+        if not (isinstance(row, list) and len(row) == 5 and all(isinstance(v, int) for v in row[:3])
                 and isinstance(row[4], bytes)):
             raise ValueError("head evidence steps must be [step, pos, n_in, token, signature]")
         step, pos, n_in, token, sig = row
         t_in = x_in[:, a:a + n_in]
-        if n_in <= 0 or t_in.shape[1] != n_in or pos != a:
+        if n_in <= 0 or t_in.shape[1] != n_in or pos != p:
             raise ValueError("head evidence steps do not tile the history")
-        tok = None if token < 0 else token
+        tok = _head_token(token, n_in)
         if not verify_sig(tap_digest(ev["session_id"], step, pos, t_in, None, tok, sampling), bytes(sig)):
             raise ValueError(f"head evidence step {step}: bad signature of the accused")
-        if tok is not None:
-            claims.append((a + n_in - 1, pos, tok))
-        a += n_in
+        kept = _kept(steps, i, n_in)
+        if isinstance(tok, list):
+            claims += [(p + j, pos + j, tok[j]) for j in range(kept)]
+        elif tok is not None and kept == n_in:
+            claims.append((p + n_in - 1, pos, tok))
+        ins.append(t_in[:, :kept])
+        a, p = a + n_in, p + kept
     if a != x_in.shape[1]:
         raise ValueError("head evidence has tensor data beyond its steps")
     if not claims:
         raise ValueError("head evidence claims no token")
-    return x_in, claims
-
+    return (x_in if p == a else torch.cat(ins, dim=1)), claims
 
 
 def verdicts_from_state(state: Any, authors: Callable[[str], bool] | None = None) -> list[Any]:

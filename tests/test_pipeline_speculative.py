@@ -26,7 +26,7 @@ def local_tokens(prompt: str, params: SamplingParams) -> list[int]:
 
 async def run(client, params: SamplingParams, speculative: bool, prompt: str = PROMPT):
     client.options.speculative = speculative
-    client.options.check_fraction = 0.0  # speculative passes run with verification off (not combined yet)
+    client.options.check_fraction = 0.0  # checked passes: tests/test_pipeline_speculative_verify.py
     async with client.generate(GenerationRequest(model=MODEL, prompt=prompt, params=params)) as gen:
         async for _ in gen:
             pass

@@ -25,5 +25,6 @@ class ClientOptions:
     busy_backoff_s: float = 0.25  # first back-off after a "busy" answer with no other server (then doubling)
     busy_retries: int = 3  # "busy" answers a generation absorbs before it gives up with BusyError (HTTP 429)
     speculative: bool = False  # prompt-lookup drafts verified k+1 positions per pass (models/speculative.py)
+    draft_model: str | None = None  # a local model with the same tokenizer drafts (implies speculative)
     draft_k_max: int = 8  # the longest draft a verify pass carries (k adapts to the acceptance rate)
     server_loop: bool = False  # the head feeds each token to the first hop itself (node/client/server_loop.py)

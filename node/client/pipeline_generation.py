@@ -201,26 +201,24 @@ class PipelineGeneration:
                                    tap=v is not None, wire=c.options.wire_dtype,
                                    tap_batch=v.tap_batches([h.peer_id for h in hops]) if v else None,
                                    loop=loop) as sess:
-            if loop is not None:
+            if loop is not None:  # the head drafts itself when speculative; a local draft model is not used here
                 res = await self._replay(sess)
                 self._base = len(self.token_ids)
                 await run_server_loop(self, sess, res)
                 return
-            if v is None and c.options.speculative:  # verify passes of k+1 positions instead of steps
-                self.spec = self.spec or Speculation(c.options.draft_k_max)
-                res = await self._replay(sess)
-                self._base = len(self.token_ids)
-                await self.spec.run(self, sess, res)
-                return
+            body = self._loop
+            if c.options.speculative or c.options.draft_model:  # verify passes of k+1 positions
+                self.spec = self.spec or await Speculation.create(c.options, self.tok)
+                body = self._speculate
             if v is None:
-                await self._loop(sess)
+                await body(sess)
                 return
             try:
                 async with trio.open_nursery() as nursery:
                     loop = trio.CancelScope()
                     await nursery.start(v.run, sess, loop.cancel)
                     with loop:
-                        await self._loop(sess)
+                        await body(sess)
                         await v.settle()
             except BaseExceptionGroup as group:  # the loop's own error (a hop failed), unwrapped
                 leaf = single_leaf(group)
@@ -240,6 +238,12 @@ class PipelineGeneration:
                 break
             pos = len(self.prompt_ids) + len(self.token_ids) - 1
             res = await sess.step(_ids([self.token_ids[-1]]), pos)
+
+    async def _speculate(self, sess: PipelineSession) -> None:
+        res = await self._replay(sess)
+        self._base = len(self.token_ids)
+        self.spec = self.spec or Speculation()
+        await self.spec.run(self, sess, res)
 
     async def _take(self, res: StepResult) -> bool:
         """Use the head's answer to a step: record timings, stream text; False once the generation ended."""
@@ -287,6 +291,7 @@ class PipelineGeneration:
         s.route = self.timings.summary(route)
         if self.spec is not None:
             s.speculative = self.spec.summary()
+            self.spec.close()
         self.client.record_route({"model": s.model, "hops": [h.__dict__ for h in s.route],
                                   "tokens_per_s": s.tokens_per_s, "at": time.time(),
                                   "tokens": s.prompt_tokens + s.completion_tokens})

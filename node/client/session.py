@@ -334,7 +334,9 @@ class PipelineSession:
         digest = tap_digest(hop.session_id, step, pos, x_in, x_out, tok, self.sampling if hop.head else None)
         if not verify_by_peer_id(hop.peer, digest, sig):
             raise HopFailed(hop.peer, "sent a tap with a bad signature")
-        hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, int) else None, sig)
+        if isinstance(tok, list) and not all(isinstance(t, int) for t in tok):  # a verify pass: a token per row
+            raise HopFailed(hop.peer, "sent a malformed tap")
+        hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, (int, list)) else None, sig)
 
     async def suspect(self, step: int) -> str:
         """Which hop stalled: the first that does not answer, or the first that is behind."""

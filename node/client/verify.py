@@ -40,7 +40,7 @@ import trio
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
 from swarmlm.node.client.session import HopFailed
 from swarmlm.node.dial import DOWN
-from swarmlm.node.verification import (HopTaps, concat_inputs, concat_outputs, evidence, gaps_agree, head_evidence,
+from swarmlm.node.verification import (HopTaps, evidence, gaps_agree, head_evidence,
                                        relative_error, tolerance)
 from swarmlm.node.wire import SHARD_PROTOCOL
 
@@ -89,6 +89,7 @@ class Verifier:
         self._closing = False
         self._wake = trio.Event()
         self._done = trio.Event()
+        self.kept: dict[int, int] = {}  # speculative verify passes: step -> rows kept (see ``keep``)
 
     # -- what the token loop calls ----------------------------------------------------------------------
     def new_probation(self) -> bool:
@@ -105,6 +106,30 @@ class Verifier:
 
     def new_probation_of(self, peer: str) -> bool:
         return self.client.options.standing_steps > 0 and not self.client.standing.established(peer)
+
+    def keep(self, step: int, rows: int) -> None:
+        """Step ``step`` was a speculative verify pass of which the first ``rows`` positions were kept
+        (the last token and the accepted drafts; the next pass overwrites the rest). Checks cover
+        those rows only: attention is causal, so they are exactly what a plain run computes, and each
+        hop's checked history stays one contiguous run of positions."""
+        self.kept[step] = rows
+
+    def _rows(self, t: Any) -> int:
+        return min(self.kept.get(t.step, t.x_in.shape[1]), t.x_in.shape[1])
+
+    def _inputs(self, taps: list[Any]) -> Any:
+        return torch.cat([t.x_in[:, :self._rows(t)] for t in taps], dim=1)
+
+    def _claims(self, hist: list[Any], lo: int) -> list[tuple[int, int, int]]:
+        """The head's tokens: one per step (sampled at its last row, seeded by its ``pos``), or, for a
+        verify pass, one per kept row (row i seeded by ``pos + i``, as ``sample_tokens`` draws them)."""
+        out: list[tuple[int, int, int]] = []
+        for t in hist:
+            if isinstance(t.token, list):
+                out += [(t.pos + i - lo, t.pos + i, int(t.token[i])) for i in range(self._rows(t))]
+            elif t.token is not None:
+                out.append((t.pos + t.x_in.shape[1] - 1 - lo, t.pos, t.token))
+        return out
 
     def answered(self, step: int) -> None:
         """Step ``step`` of the session was answered (its taps are complete): maybe a round is due."""
@@ -127,6 +152,7 @@ class Verifier:
         """Follow route session ``sess`` until ``settle``; on a caught hop set ``failure`` and ``cancel()``."""
         self.sess, self._cancel, self.failure = sess, cancel, None
         self.hops = [HopCheck(t) for t in sess.taps]
+        self.kept = {}  # step numbers are per route session
         self._due = self._checked = self._latest = -1
         self._closing, self._done = False, trio.Event()
         task_status.started()
@@ -161,7 +187,7 @@ class Verifier:
         if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
         taps0 = self.hops[0].taps.taps[upto]
-        end = taps0.pos + taps0.x_in.shape[1]
+        end = taps0.pos + self._rows(taps0)
         self._check_links(self._checked + 1, upto)
         results: list[str] = []
         failures: list[VerificationFailed] = []
@@ -208,8 +234,8 @@ class Verifier:
         if h.done >= end:
             return "ok"
         hist = [t for t in h.taps.history(upto) if t.pos >= h.done]
-        x_new, lo = concat_inputs(hist), h.done
-        claims = [(t.pos + t.x_in.shape[1] - 1 - lo, t.pos, t.token) for t in hist if t.token is not None]
+        x_new, lo = self._inputs(hist), h.done
+        claims = self._claims(hist, lo)
         while True:
             ref = await self._reference(h)
             if ref is None:
@@ -232,7 +258,7 @@ class Verifier:
         if h.taps.head:
             tol = max([tolerance("fp32")] + [tolerance(d) for d in dtypes])
             return gaps_agree([float(g) for g in ans["gaps"]], tol)
-        claimed, ref = concat_outputs(hist), ans["out"]
+        claimed, ref = torch.cat([t.x_out[:, :self._rows(t)] for t in hist], dim=1), ans["out"]
         tol = max(tolerance(str(claimed.dtype)), tolerance(str(ref.dtype)))
         return relative_error(claimed, ref) <= tol
 
@@ -269,7 +295,7 @@ class Verifier:
                 await ref.open()
                 if h.done > 0:  # a fresh reference: its cache is built from the history checked so far
                     old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
-                    await ref.run(concat_inputs(old), 0, [])
+                    await ref.run(self._inputs(old), 0, [])
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue

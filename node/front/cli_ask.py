@@ -50,6 +50,8 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
 
     with Client(ns.bootstrap, ee_key=ns.ee_key, join_timeout_s=ns.join_timeout, wire_dtype=ns.wire_dtype,
                 check_fraction=ns.check_fraction, route_mode=ns.route_mode) as client:
+        client.options.speculative = ns.speculative or bool(ns.draft_model)
+        client.options.draft_model = ns.draft_model
         pieces = []  # consensus: a node hosting the whole model coordinates the round (RPC)
         for text in client.chat(_messages(ns), model=ns.model, stream=True, mode=ns.mode, k=ns.k, **_sampling(ns)):
             pieces.append(text)
@@ -122,6 +124,8 @@ def cmd_ask(ns: argparse.Namespace) -> int:
     if ns.ee_key and ns.http:
         raise CliError("ask: --ee-key encrypts on this machine, so it joins the swarm itself: use --bootstrap, "
                        "not --http (or start a gateway node with --ee-key)")
+    if ns.speculative or ns.draft_model:
+        _speculative_args(ns)
     t0 = time.perf_counter()
     result = _ask_http(ns) if ns.http else _ask_p2p(ns)
     result["wall_ms"] = round((time.perf_counter() - t0) * 1000, 1)
@@ -137,6 +141,10 @@ def cmd_ask(ns: argparse.Namespace) -> int:
         print(f"{result.get('completion_tokens', 0)} tokens ({result.get('verified_tokens', 0)} verified), "
               f"{result['tokens_per_s']:.1f} tok/s, first token after {result.get('ttft_ms', 0):.0f} ms, "
               f"{result.get('failovers', 0)} failovers", file=sys.stderr)
+    sp = result.get("speculative")
+    if sp:
+        print(f"speculative: {sp.get('passes', 0)} verify passes, {sp.get('tokens_per_pass', 0)} tokens per pass, "
+              f"{sp.get('accepted', 0)} of {sp.get('proposed', 0)} drafts kept", file=sys.stderr)
     if ns.check_fraction is None or ns.check_fraction > 0:
         print(_checks_line(result), file=sys.stderr)
     if result.get("scores"):
@@ -147,6 +155,18 @@ def cmd_ask(ns: argparse.Namespace) -> int:
                   f"{str(row.get('node', ''))[-8:]}  {row.get('sampling', '')}  "
                   f"{answer[:60] + ('...' if len(answer) > 60 else '')!r}", file=sys.stderr)
     return 0
+
+
+def _speculative_args(ns: argparse.Namespace) -> None:
+    """Speculative decoding drafts on this machine (docs/PIPELINE.md)."""
+    if ns.http:
+        raise CliError("ask: --speculative/--draft-model draft on this machine, so it joins the swarm itself: "
+                       "use --bootstrap, not --http")
+    if ns.mode != "pipeline":
+        raise CliError("ask: --speculative/--draft-model need --mode pipeline")
+    if ns.draft_model and ns.ee_key:
+        raise CliError("ask: --draft-model drafts plain token ids, which an encrypted model does not take: "
+                       "use --speculative (prompt lookup) with --ee-key")
 
 
 def _checks_line(result: dict[str, Any]) -> str:
@@ -184,6 +204,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-fraction", type=_fraction, metavar="F",
                    help="verification: check this share of the steps of servers with standing on another "
                         "replica (servers new to this client: every step); 0 turns it off (default 0.1)")
+    p.add_argument("--speculative", action="store_true",
+                   help="speculative decoding: drafts by prompt lookup, k+1 positions verified per pass")
+    p.add_argument("--draft-model", metavar="SPEC", help="speculative decoding with drafts from this small local "
+                   "model (same tokenizer as --model; implies --speculative)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
     p.add_argument("--join-timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
