@@ -55,6 +55,9 @@ class LoopStats:
                 "acceptance": round(s.acceptance, 4), "server_loop": True,
                 "tokens_per_pass": round((s.accepted + s.passes) / s.passes, 3) if s.passes else 0.0}
 
+    def close(self) -> None:
+        """Nothing to release: the head holds the drafts (``Speculation.close`` frees a draft model)."""
+
 
 async def run_server_loop(gen: Any, sess: PipelineSession, first: StepResult) -> None:
     """Drive ``gen`` (a ``PipelineGeneration``) on ``sess`` (opened with a loop) until it ends;
