@@ -29,6 +29,8 @@ from typing import Any
 import multiaddr
 import trio
 
+from swarmlm.net.notifee import QuietNotifee
+
 log = logging.getLogger("swarmlm.nat")
 
 HOP_PROTOCOL = "/libp2p/circuit/relay/0.2.0/hop"
@@ -41,7 +43,7 @@ def is_relayed(conn: Any) -> bool:
         return False
 
 
-class DirectNotifee:
+class DirectNotifee(QuietNotifee):
     """Swarm notifee: logs relayed connections (open, and how long they lived); when a direct
     connection joins a relayed one, pooled RPC streams (opened on the relay) are dropped so the next
     call uses the direct connection."""
@@ -63,18 +65,6 @@ class DirectNotifee:
         if opened is not None:
             log.info("relayed connection with %s closed after %.0f s", conn.muxed_conn.peer_id.to_base58()[-8:],
                      time.monotonic() - opened)
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        return None
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        return None
 
 
 class NatManager:

@@ -22,6 +22,7 @@ import trio
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from swarmlm.net.inbound import InboundAdmission, Ticket, connection_prefix
+from swarmlm.net.notifee import QuietNotifee
 from swarmlm.net.transport.upstream import replaces
 
 log = logging.getLogger("swarmlm.inbound")
@@ -36,7 +37,7 @@ def _remote_ip(conn: Any) -> str | None:
     return str(addr[0]) if addr else None
 
 
-class InboundGate:
+class InboundGate(QuietNotifee):
     """The I/O half: sockets, waiting and logging; ``admission`` decides."""
 
     def __init__(self, admission: InboundAdmission, trusted: Callable[[str], bool]) -> None:
@@ -105,21 +106,6 @@ class InboundGate:
         if ticket is not None:
             self.admission.close(ticket)
             self._wake()
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        return None
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        return None
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        return None
 
 
 async def _close(conn: Any) -> None:
