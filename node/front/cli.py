@@ -36,8 +36,10 @@ BENCHES = {
     "rpc": "network round trip, bulk and connect time: our libp2p RPC vs raw trio TCP",
     "model": "prefill and decode speed of builtin:smollm2-135m vs transformers",
     "crdt": "swarm-state convergence time and bytes for 10..100 replicas",
-    "pipeline": "decode speed through 3 local node processes vs one process",
-    "consensus": "simulated rounds: majority vs Bradley-Terry vs reputation-weighted BT",
+    "pipeline": "decode speed through 3 local node processes vs one process; --rtt-ms: client loop, "
+                "server loop, speculative",
+    "consensus": "simulated rounds: majority vs Bradley-Terry vs reputation-weighted BT; --real: the "
+                 "labeled set on SmolLM2; --round-time: 3-node rounds",
     "ee": "equivariant-encryption overhead: plain vs encrypted decode",
     "ee-attacks": "token-recovery rates of attacks on equivariant encryption",
     "nat": "hole-punch success and relayed vs direct RTT in the netns internet (root)",
