@@ -52,6 +52,7 @@ def _ask_p2p(ns: argparse.Namespace) -> dict[str, Any]:
                 check_fraction=ns.check_fraction, route_mode=ns.route_mode) as client:
         client.options.speculative = ns.speculative or bool(ns.draft_model)
         client.options.draft_model = ns.draft_model
+        client.options.server_loop = ns.server_loop
         pieces = []  # consensus: a node hosting the whole model coordinates the round (RPC)
         for text in client.chat(_messages(ns), model=ns.model, stream=True, mode=ns.mode, k=ns.k, **_sampling(ns)):
             pieces.append(text)
@@ -126,6 +127,8 @@ def cmd_ask(ns: argparse.Namespace) -> int:
                        "not --http (or start a gateway node with --ee-key)")
     if ns.speculative or ns.draft_model:
         _speculative_args(ns)
+    if ns.server_loop:
+        _server_loop_args(ns)
     t0 = time.perf_counter()
     result = _ask_http(ns) if ns.http else _ask_p2p(ns)
     result["wall_ms"] = round((time.perf_counter() - t0) * 1000, 1)
@@ -169,6 +172,17 @@ def _speculative_args(ns: argparse.Namespace) -> None:
                        "use --speculative (prompt lookup) with --ee-key")
 
 
+def _server_loop_args(ns: argparse.Namespace) -> None:
+    """The server token loop (docs/PIPELINE.md): unverified, unencrypted pipeline generations only."""
+    if ns.http or ns.mode != "pipeline":
+        raise CliError("ask: --server-loop sets up the servers' route from this machine: use --bootstrap and "
+                       "--mode pipeline")
+    if ns.ee_key:
+        raise CliError("ask: --server-loop needs plain token ids on the head; it does not run with --ee-key")
+    if ns.check_fraction != 0:
+        raise CliError("ask: --server-loop runs without verification checks: add --check-fraction 0")
+
+
 def _checks_line(result: dict[str, Any]) -> str:
     """What verification did: how many tokens every check confirmed, or why not."""
     checks, verified = result.get("checks", 0), result.get("verified_tokens", 0)
@@ -208,6 +222,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="speculative decoding: drafts by prompt lookup, k+1 positions verified per pass")
     p.add_argument("--draft-model", metavar="SPEC", help="speculative decoding with drafts from this small local "
                    "model (same tokenizer as --model; implies --speculative)")
+    p.add_argument("--server-loop", action="store_true", help="the server holding the LM head feeds each token "
+                   "to the first hop itself (one trip per hop per token; needs --check-fraction 0)")
     p.add_argument("--ee-key", metavar="KEYFILE", help="equivariant encryption: the client-side secret key")
     p.add_argument("--join-timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
