@@ -78,6 +78,7 @@ class PipelineGeneration:
         self.text = TextStream(tokenizer, request.params.stop)
         self.timings = RouteTimings()
         self.verifier: Verifier | None = None
+        self.unverifiable = False  # verification asked for, but no replica of any hop to check on
         self.settled_n = 0  # with verification: tokens whose check concluded (the text streamed so far)
         self.verified: list[list[int]] = []  # token ranges [a, b) every hop's check confirmed
         self._base = 0  # the first token the current route session sampled (earlier ones were replayed)
@@ -86,6 +87,13 @@ class PipelineGeneration:
         self._t_first: float | None = None
         self.held: list[str] = []  # the peers the client counts this generation's sessions on
         self.spec: Speculation | None = None  # speculative decoding (ClientOptions.speculative)
+
+    def _checkable(self, route: Any) -> bool:
+        """Whether some hop of ``route`` has a replica a check could run on (another server holding its
+        layers; the swarm's signed state says who serves what, so no peer can hide a replica)."""
+        servers = self.client.servers(self.request.model)
+        return any(s.peer_id != h.peer_id and s.start <= h.start and h.end <= s.end
+                   for h in route.hops for s in servers)
 
     @property
     def token_ids(self) -> list[int]:
@@ -140,7 +148,11 @@ class PipelineGeneration:
         route = self.route or c.plan(self.request.model, max_length)
         c.hold(self, route)
         fraction = c.options.check_fraction if self.request.check_fraction is None else self.request.check_fraction
-        if fraction > 0:
+        if fraction > 0 and not self._checkable(route):
+            # no other server holds any hop's layers: no check could run, so no taps are asked for
+            log.info("verification: no second replica serves any layers of the route; the answer is unverifiable")
+            self.unverifiable = True
+        elif fraction > 0:
             self.verifier = Verifier(c, self.request.model, sampling, max_length, fraction, c.options.verify_final,
                                      self._on_round)
         failover = Failover(c.options, c.bans, c.rng)
@@ -285,6 +297,8 @@ class PipelineGeneration:
         if self.verifier is not None:
             s.verified_tokens = self.verified_tokens
             s.unverifiable_steps = max(0, min(self.settled_n, len(self.token_ids)) - s.verified_tokens)
+        elif self.unverifiable:
+            s.unverifiable_steps = len(self.token_ids)
         s.ttft_ms = ((self._t_first or now) - t_start) * 1000.0
         decode_s = now - (self._t_first or t_start)
         s.tokens_per_s = (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
