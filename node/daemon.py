@@ -11,7 +11,6 @@ shutdown. This file only wires; the services hold the logic.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -82,10 +81,6 @@ class Node:
         self.http_addr: str | None = None
         self.started = trio.Event()
         self.started_at = 0.0
-        # a node process (`swarmlm node run`) moves its startup heap (torch, libp2p, the model: ~260k
-        # objects) out of the cyclic collector's reach once it serves: a full collection, triggered by
-        # whatever a peer makes it allocate, then scans only what came since (ms instead of ~0.1-1 s)
-        self.freeze_heap_when_ready = False
         self._run_scope = trio.CancelScope()
         self._stop = trio.Event()
         # a new reachability verdict is published at once
@@ -164,8 +159,6 @@ class Node:
                 log.info("node %s ready: %s%s", self.peer_id, ", ".join(self.host.addrs),
                          f", http://{self.http_addr}" if self.http_addr else "")
                 self.started.set()
-                if self.freeze_heap_when_ready:
-                    gc.freeze()
                 task_status.started(self)
                 await self._stop.wait()
                 log.info("shutting down")

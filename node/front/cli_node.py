@@ -68,7 +68,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
     logs.setup(cfg.log_level, cfg.log_format)
     node = build_node(cfg)
-    node.freeze_heap_when_ready = True  # a process of its own: see Node
     trio.run(node.run)
     return 0
 
