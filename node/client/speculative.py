@@ -33,7 +33,7 @@ from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.models.shard import Shard
 from swarmlm.models.speculative import AdaptiveK, PromptLookup, SpecStats, accept_exact
 from swarmlm.models.speculative_draft import DraftModel, Pick, load_draft_shard
-from swarmlm.node.client.session import PipelineSession, StepResult
+from swarmlm.node.client.session import HopFailed, PipelineSession, StepResult
 from swarmlm.node.wire import step_seed
 
 # (draft spec, id of the target tokenizer) -> (that tokenizer, kept so the id stays its own; the model)
@@ -101,6 +101,9 @@ class Speculation:
             drafts = await self._draft(gen, min(self.adapt.k, max_new - n))
             res = await sess.step(torch.tensor([[gen.token_ids[-1]] + drafts], dtype=torch.long), pos, verify=True)
             targets = list(res.tokens or [])
+            if len(targets) != len(drafts) + 1:  # a hostile or broken head: fail over, never raise to the user
+                raise HopFailed(sess.hops[-1].peer_id, f"answered a verify pass of {len(drafts) + 1} positions "
+                                                       f"with {len(targets)} tokens")
             a = accept_exact(drafts, targets)
             self.stats.passes += 1
             if drafts:
