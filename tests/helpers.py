@@ -122,3 +122,19 @@ def require_netns() -> None:
     reason = unavailable_reason()
     if reason:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"netns tests: {reason}")
+
+
+def random_ids(n: int, seed: int):
+    """[1, n] token ids of builtin:tiny's vocabulary, the same for the same seed."""
+    import torch  # lazy: most tests that use these helpers never touch tensors
+
+    return torch.randint(0, 200, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(a, b, tol: float = 1e-5) -> None:
+    """Batched vs unbatched outputs: same shape, within ``tol``, and the same argmax."""
+    import torch  # lazy: most tests that use these helpers never touch tensors
+
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() < tol
+    assert torch.equal(a.argmax(-1), b.argmax(-1))

@@ -11,22 +11,14 @@ from swarmlm.models.batched_decode import PAD_SLACK, plan_groups
 from swarmlm.models.registry import resolve
 from swarmlm.models.shard import MM_ROWS, load_shard
 
+from helpers import assert_close as close, random_ids as ids
+
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def shard():
     return load_shard(resolve("builtin:tiny"))
-
-
-def ids(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 200, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape
-    assert (a - b).abs().max().item() < TOL
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_plan_groups_bounds_padding_and_respects_cache_sizes():

@@ -9,22 +9,12 @@ import torch
 from swarmlm.models.registry import resolve
 from swarmlm.models.shard import load_shard
 
-TOL = 1e-5
+from helpers import assert_close as close, random_ids as ids
 
 
 @pytest.fixture(scope="module")
 def shard():
     return load_shard(resolve("builtin:tiny"))
-
-
-def ids(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 200, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape
-    assert (a - b).abs().max().item() < TOL
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_steps_of_different_lengths_batch_like_unbatched(shard):
