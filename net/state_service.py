@@ -2,7 +2,9 @@
 
 One long-lived ``sync`` stream per neighbour on ``/swarmlm/state/1`` (RPC streaming call; the
 peer with the smaller id opens it, the other opens one itself if none appeared after a grace
-period, so light clients that only the node can see still sync). Each link has a bounded
+period, so light clients that only the node can see still sync). When both ends opened one, both
+keep the stream the smaller id opened, so they agree without a round trip; a peer that does not
+answer our stream is tried again after a back-off, never in a tight loop. Each link has a bounded
 outgoing queue drained by its own writer task; a full queue drops the message (anti-entropy
 repairs it). All engine calls happen on the trio thread. The engine is persisted in the data dir
 (periodically when dirty, and at shutdown).
@@ -41,12 +43,18 @@ def _asks_for_state(data: bytes) -> bool:
     return data[1:4] == b"\xa2sv" or data[1:6] == b"\xa4want"
 
 
+OPEN_GRACE_S = 2.0  # the bigger id waits this long for the smaller id's stream before opening its own
+RETRY_S = 5.0  # after opening a link to a peer, wait this long before opening another ...
+MAX_DOUBLINGS = 6  # ... doubled after each open it never answered, up to 64 x RETRY_S
 LEAVE_GRACE_S = 1.0  # at shutdown: how long the links get to send our leaving mark
 
 
 class _Link:
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, opener: str) -> None:
         self.peer = peer
+        self.opener = opener  # the peer id that opened the stream: theirs or ours
+        self.heard = 0  # messages received on it
+        self.scope = trio.CancelScope()
         self.send, self.recv = trio.open_memory_channel[bytes](QUEUE)
         self.dropped = 0
         self.unsent = 0  # queued and not yet written
@@ -86,6 +94,8 @@ class StateService:
         self.links: dict[str, _Link] = {}
         self._opening: set[str] = set()
         self._first_seen: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        self._fails: dict[str, int] = {}  # opens in a row the peer never answered
         self._wake = trio.Event()
         self.bytes_out = 0
         self.bytes_in = 0
@@ -175,32 +185,43 @@ class StateService:
                 link.dropped += 1
 
     # -- links ------------------------------------------------------------------------------------
-    async def _run_link(self, peer: str, call: Any) -> None:
-        if peer in self.links:  # a second link to the same peer (both opened at once): keep the first
-            return
-        link = _Link(peer)
+    async def _run_link(self, peer: str, call: Any, opener: str) -> int:
+        """Serve one stream as the link to ``peer``; the number of messages it brought."""
+        old = self.links.get(peer)
+        if old is not None:  # both ends opened a stream at once: keep the one the smaller id opened
+            if opener >= old.opener:
+                return 0  # ours stays; the caller's call ends, which ends that stream at the other end
+            old.scope.cancel()
+        link = _Link(peer, opener)
         self.links[peer] = link
         self._dispatch(self.sync.on_connect(peer))
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, link, call, nursery.cancel_scope)
-                async for data in call:
-                    if not isinstance(data, bytes):
-                        self.sync.rejected["not_bytes"] += 1
-                        continue
-                    self.bytes_in += len(data)
-                    if _asks_for_state(data) and not link.allow_state_request(time.monotonic()):
-                        self.sync.rejected["rate_limited"] += 1  # each answer may be our whole state
-                        continue
-                    self._dispatch(self.sync.on_message(peer, data, time.time()))
-                    if self.sync.banned(peer):
-                        log.warning("closing state link to %s: too many invalid updates", peer[-8:])
-                        break
-                nursery.cancel_scope.cancel()
+            with link.scope:
+                await self._serve_link(link, call)
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]
-            self.sync.on_disconnect(peer)
+                self.sync.on_disconnect(peer)
+        return link.heard
+
+    async def _serve_link(self, link: _Link, call: Any) -> None:
+        peer = link.peer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, link, call, nursery.cancel_scope)
+            async for data in call:
+                if not isinstance(data, bytes):
+                    self.sync.rejected["not_bytes"] += 1
+                    continue
+                self.bytes_in += len(data)
+                link.heard += 1
+                if _asks_for_state(data) and not link.allow_state_request(time.monotonic()):
+                    self.sync.rejected["rate_limited"] += 1  # each answer may be our whole state
+                    continue
+                self._dispatch(self.sync.on_message(peer, data, time.time()))
+                if self.sync.banned(peer):
+                    log.warning("closing state link to %s: too many invalid updates", peer[-8:])
+                    break
+            nursery.cancel_scope.cancel()
 
     async def _writer(self, link: _Link, call: Any, scope: trio.CancelScope) -> None:
         try:
@@ -213,31 +234,41 @@ class StateService:
             scope.cancel()
 
     async def _serve(self, call: ServerCall, args: Any) -> Any:
-        await self._run_link(call.ctx.peer, call)
+        await self._run_link(call.ctx.peer, call, call.ctx.peer)
         return None
 
     async def _open(self, peer: str) -> None:
+        heard = 0
         try:
             async with self.host.rpc.stream(peer, PROTOCOL_ID, "sync", None, timeout=24 * 3600) as call:
-                await self._run_link(peer, call)
+                heard = await self._run_link(peer, call, self.host.peer_id)
         except (RpcError, OSError) as exc:
             log.debug("state link to %s: %s", peer[-8:], exc)
         except Exception as exc:  # the peer speaks no state protocol, or the stream broke
             log.debug("state link to %s failed: %s: %s", peer[-8:], type(exc).__name__, exc)
         finally:
             self._opening.discard(peer)
+            # a peer that never answered (no state protocol: a light host, an attacker's identity)
+            # is tried again ever more rarely; one that spoke starts over at the shortest wait
+            fails = self._fails[peer] = 0 if heard else self._fails.get(peer, 0) + 1
+            self._retry_at[peer] = trio.current_time() + RETRY_S * 2 ** min(max(fails - 1, 0), MAX_DOUBLINGS)
 
     async def _connect_loop(self) -> None:
         me = self.host.peer_id
         while True:
-            now = time.monotonic()
-            for peer in self.host.connected_peers():
+            now = trio.current_time()
+            connected = self.host.connected_peers()
+            for table in (self._first_seen, self._retry_at, self._fails):  # only connected peers are remembered
+                for gone in set(table).difference(connected):
+                    del table[gone]
+            for peer in connected:
                 if peer in self.links or peer in self._opening:
                     continue
                 first = self._first_seen.setdefault(peer, now)
-                if peer > me or now - first > 2.0:
+                due = self._retry_at.get(peer, 0.0) <= now
+                if due and (peer > me or now - first > OPEN_GRACE_S):
                     self._opening.add(peer)
-                    self._first_seen[peer] = now + 5.0  # back off before trying again
+                    self._retry_at[peer] = now + RETRY_S  # a peer without a state link is tried again after this
                     self._nursery.start_soon(self._open, peer)
             await trio.sleep(0.5)
 

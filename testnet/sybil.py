@@ -38,6 +38,16 @@ def light_host(identity: Identity | None = None) -> SwarmHost:
         discovery_interval_s=3600.0, ping_interval_s=3600.0))
 
 
+def opener_identity(targets: list[str]) -> Identity:
+    """An identity whose peer id sorts below every target's. A target then keeps the state stream
+    this host opens instead of one it opens itself (the smaller id's stream wins, net/state_service.py),
+    so the payload always reaches it; identities are free, so a real attacker can do the same."""
+    while True:
+        ident = Identity.generate()
+        if all(ident.peer_id < t for t in targets):
+            return ident
+
+
 def state_payload(attack: str, idents: list[Identity], subjects: list[str], model: str, now: float) -> list[bytes]:
     if attack == "verdicts":
         return verdict_envelopes(idents, subjects, now)
@@ -142,7 +152,7 @@ async def run(targets: list[str], attack: str, identities: int, duration_s: floa
     report: dict[str, Any] = {"attack": attack, "identities": identities}
     async with AsyncExitStack() as stack:
         n_hosts = identities if attack == "rpc" else 1
-        hosts = [light_host(idents[i] if attack == "rpc" else None) for i in range(n_hosts)]
+        hosts = [light_host(idents[i] if attack == "rpc" else opener_identity(peers)) for i in range(n_hosts)]
         for h in hosts:
             await stack.enter_async_context(h.running())
         # rpc: each identity its own connection, to one target (round robin); state: one host, all targets

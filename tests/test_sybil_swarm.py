@@ -11,7 +11,7 @@ import trio
 from swarmlm.crypto.identity import Identity
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.node.generation import GenerationRequest
-from swarmlm.testnet.sybil import light_host, rpc_attack, state_attack, state_payload
+from swarmlm.testnet.sybil import light_host, opener_identity, rpc_attack, state_attack, state_payload
 
 from helpers import running_nodes, swarm_client
 
@@ -50,7 +50,7 @@ async def test_sybil_verdicts_and_model_shapes_change_nothing_for_honest_nodes(t
         await generate(pipe, " ".join(["word"] * 300))  # the gateway witnessed both servers' work
         async with swarm_client(gateway) as client:
             want = await generate(client)
-            async with light_host().running() as attacker:
+            async with light_host(opener_identity([gateway.peer_id])).running() as attacker:
                 await attacker.connect(gateway.host.addrs[0])
                 sybils = [Identity.generate() for _ in range(16)]
                 subjects = [gateway.peer_id, server.peer_id]

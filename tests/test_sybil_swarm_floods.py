@@ -14,7 +14,7 @@ from swarmlm.crypto.identity import Identity
 from swarmlm.net.state.rights import doc_owner
 from swarmlm.node import config as cfgmod
 from swarmlm.node.assemble import build_node
-from swarmlm.testnet.sybil import light_host, state_attack, state_payload
+from swarmlm.testnet.sybil import light_host, opener_identity, state_attack, state_payload
 
 from helpers import running_nodes, swarm_client
 from test_sybil_swarm import MODEL, SPECS, generate
@@ -27,7 +27,7 @@ async def test_owner_flood_admits_a_bounded_few_and_a_new_honest_node_still_join
         sybils = [Identity.generate() for _ in range(1024)]
         raws = state_payload("owners", sybils, [], MODEL, time.time())  # two empty documents each
         t0 = time.monotonic()
-        async with light_host().running() as attacker:
+        async with light_host(opener_identity([gateway.peer_id])).running() as attacker:
             await attacker.connect(gateway.host.addrs[0])
             await state_attack(attacker, [gateway.peer_id], raws, hold_s=0.5)
         elapsed = time.monotonic() - t0
@@ -61,7 +61,7 @@ async def test_out_of_order_flood_is_bounded_its_sender_cut_off_and_answers_stay
             want = await generate(client)
             sybils = [Identity.generate() for _ in range(40)]
             raws = state_payload("pending", sybils, [], MODEL, time.time())  # 320 x 250 KiB, never applicable
-            async with light_host().running() as attacker:
+            async with light_host(opener_identity([node.peer_id])).running() as attacker:
                 await attacker.connect(node.host.addrs[0])
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(state_attack, attacker, [node.peer_id], raws, 60.0)  # holds its link open
