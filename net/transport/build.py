@@ -28,7 +28,8 @@ from swarmlm.net.inbound import InboundAdmission, InboundLimits
 from swarmlm.net.transport.fastnoise import FastNoiseTransport
 from swarmlm.net.transport.fastyamux import fast_muxer_option
 from swarmlm.net.transport.inbound_gate import install_inbound_gate
-from swarmlm.net.transport.patches import disable_auto_connect, install_fast_muxer, set_agent_version
+from swarmlm.net.transport.patches import (disable_auto_connect, install_fast_muxer, set_agent_version,
+                                          tolerate_handler_removal)
 
 
 class AddressError(SwarmError):
@@ -75,6 +76,7 @@ def build_libp2p_host(identity: Identity, listen: Sequence[str], *, announce: Se
     if fastpath:
         install_fast_muxer(host)
     disable_auto_connect(host)  # our discovery loop decides whom to connect to
+    tolerate_handler_removal(host)  # a service stopping mid-negotiation fails one stream, not the host
     if inbound is not None:
         install_inbound_gate(host, InboundAdmission(inbound), trusted)
     return host, listen_addrs

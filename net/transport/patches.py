@@ -7,12 +7,13 @@ the upstream behaviour it replaces (with the hash of its 0.8.1 source) and a com
   multistreams and every multistream-select client become ours (``multiselect``, ``fastyamux``);
 * ``set_agent_version(agent)``: what identify tells other peers;
 * ``disable_auto_connect(host)``: py-libp2p's auto-connector off;
+* ``tolerate_handler_removal(host)``: a handler removed during a stream's negotiation fails that stream only;
 * ``keep_relayed_connections(network)``: a relayed connection may stay next to a direct one;
 * ``advertise_extra_addrs(host, extra)``: identify advertises our relay circuit addresses too;
 * ``filter_advertised_addrs(host, keep)``: what the host advertises, filtered (``net.addrs``);
 * ``KeepRelayDCUtR``: DCUtR that keeps the relayed connection and bounds its plain direct dial.
 
-``build.build_libp2p_host`` applies the first three; ``swarmlm.net.nat`` ``keep_relayed_connections``,
+``build.build_libp2p_host`` applies the first four; ``swarmlm.net.nat`` ``keep_relayed_connections``,
 ``advertise_extra_addrs`` and ``KeepRelayDCUtR``; ``net/host.py`` ``filter_advertised_addrs``. The end of
 the module records the private py-libp2p API that ``net/nat.py`` and ``net/host.py`` call without
 patching it, so an upgrade that changes it fails the same test.
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import multiaddr
 import trio
 from libp2p.identity.identify import identify as identify_mod
+from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 
 from swarmlm.net.transport.fastyamux import fast_muxer_option
@@ -53,6 +55,26 @@ def install_fast_muxer(host: Any) -> None:
     host.multiselect_client = client
     upgrader.muxer_multistream._selector.multiselect_client = client
     upgrader.security_multistream._selector.multiselect_client = client
+
+
+# py-libp2p 0.8.1 Multiselect.negotiate checks that a stream's protocol has a handler, writes its
+# answer, then looks the handler up again: a service that removes its handler in between (DCUtR
+# at shutdown, while a peer opens a hole-punch stream) makes it raise KeyError, which the host's
+# stream handler does not catch, so a node or a CLI command ended on an internal error. The
+# failed lookup is a failed negotiation: the host resets that one stream and goes on.
+@replaces("libp2p.protocol_muxer.multiselect.Multiselect.negotiate", "e870e3fe41c87e3c")
+def tolerate_handler_removal(host: Any) -> None:
+    """Make ``host``'s inbound protocol negotiation survive a handler removed while it runs."""
+    multiselect = host.multiselect
+    negotiate = multiselect.negotiate
+
+    async def _negotiate(communicator: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await negotiate(communicator, *args, **kwargs)
+        except KeyError as exc:
+            raise MultiselectError(f"the handler of {exc} was removed during negotiation") from None
+
+    multiselect.negotiate = _negotiate
 
 
 # py-libp2p 0.8.1 identify sends the module global AGENT_VERSION ("py-libp2p/<version>"), read at
