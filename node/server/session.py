@@ -25,6 +25,7 @@ from swarmlm.errors import SwarmError
 from swarmlm.models.sampling import Sampler, SamplingParams
 from swarmlm.net.rpc import BAD_REQUEST, BUSY, RpcError
 from swarmlm.net.rpc_server import ServerCall
+from swarmlm.node.dial import ensure_connected
 from swarmlm.node.server.scheduler import Work
 from swarmlm.node.wire import (SHARD_PROTOCOL, TAP_FLUSH, SessionOpen, StepItem, WireError, hidden_answer,
                                logits_answer, relay_failed_notice, step_seed, tap_digest, tap_message, taps_message,
@@ -105,6 +106,14 @@ class SessionRunner:
         held, self.sess.held = self.sess.held, []
         if held:
             await self.call.send(taps_message(held))
+
+    async def reach(self, peer: str) -> None:
+        """Connect to ``peer`` (the next hop, or the loop's first hop) at the addresses its swarm-state
+        entry lists when no connection is open: a replacement hop after a failover may be a peer this
+        node never talked to, whose addresses its libp2p peerstore does not hold."""
+        state = getattr(self.node, "state", None)
+        if state is not None:
+            await ensure_connected(self.node.host, state.state, peer)
 
     async def _watch_relay(self) -> None:
         """The next server answers a relay stream only when it ends or fails: tell the client."""
@@ -203,6 +212,7 @@ class SessionRunner:
             try:
                 if sess.relay is None:
                     log.debug("session %s: opening relay to %s", sess.session_id[:8], sess.next[-8:])
+                    await self.reach(sess.next)
                     cm = self.node.host.rpc.stream(sess.next, SHARD_PROTOCOL, "relay",
                                                    {"session_id": sess.next_session})
                     sess.relay = await stack.enter_async_context(cm)

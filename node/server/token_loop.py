@@ -251,6 +251,7 @@ class LoopRunner(SessionRunner):
             if local is None or local.spec.head != first or local.spec.head_session != self.sess.session_id:
                 raise RpcError(UNAVAILABLE, "the first hop's session is not here")
             return local.feed
+        await self.reach(first)
         cm = self.node.host.rpc.stream(first, SHARD_PROTOCOL, "loop",
                                        {"session_id": sid, "from_session": self.sess.session_id}, timeout=LOOP_MAX_S)
         return (await stack.enter_async_context(cm)).send
