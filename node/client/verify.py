@@ -38,6 +38,7 @@ import torch
 import trio
 
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
+from swarmlm.node.client.reference_pool import pool_key
 from swarmlm.node.client.session import HopFailed
 from swarmlm.node.dial import DOWN
 from swarmlm.node.verification import (HopTaps, evidence, gaps_agree, head_evidence,
@@ -170,12 +171,22 @@ class Verifier:
             self._cancel()
         finally:
             with trio.CancelScope(shield=True):  # each close is bounded (``ReferenceSession.aclose``)
-                async with trio.open_nursery() as nursery:
-                    for h in self.hops:
-                        if h.ref is not None:
-                            nursery.start_soon(h.ref.aclose)
-                            h.ref = None
+                refs = [h.ref for h in self.hops if h.ref is not None]
+                for h in self.hops:
+                    h.ref = None
+                await self._release(refs)
             self._done.set()
+
+    async def _release(self, refs: list[ReferenceSession]) -> None:
+        """Healthy references go back to the client's pool for later rounds (``reference_pool.py``);
+        the rest, and any the pool lets go, are closed concurrently."""
+        pool, close = getattr(self.client, "references", None), []
+        for ref in refs:
+            close += pool.put(ref) if pool is not None else [ref]
+        if close:
+            async with trio.open_nursery() as nursery:
+                for ref in close:
+                    nursery.start_soon(ref.aclose)
 
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
@@ -236,13 +247,15 @@ class Verifier:
         hist = [t for t in h.taps.history(upto) if t.pos >= h.done]
         x_new, lo = self._inputs(hist), h.done
         claims = self._claims(hist, lo)
+        pool = getattr(self.client, "references", None)  # with a pool, the stream outlives the round
         while True:
             ref = await self._reference(h)
             if ref is None:
                 bump(self.stats, "unverifiable")
                 return "unverifiable"
             try:
-                ans = await ref.run(x_new, lo, claims if h.taps.head else [], last=self._closing and upto >= self._latest)
+                ans = await ref.run(x_new, lo, claims if h.taps.head else [],
+                                    last=pool is None and self._closing and upto >= self._latest)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
@@ -286,23 +299,48 @@ class Verifier:
             await h.ref.aclose()
             h.ref = None
         c = self.client
+        pool = getattr(c, "references", None)
         for peer in self._replicas(h, set()):
+            if pool is not None:  # the replica drawn holds an idle stream of ours for these layers: reuse it
+                ref, stale = pool.take(peer, pool_key(h.taps.start, h.taps.end, h.taps.head, self.sampling),
+                                       self.max_length)
+                await self._release(stale)
+                if ref is not None:
+                    h.ref = ref
+                    try:
+                        await self._feed_history(h, ref)
+                        bump(self.stats, "references_reused")
+                        return ref
+                    except ReferenceUnavailable as exc:
+                        await self._drop_reference(h, exc)  # a stale stream: a fresh one on the same replica
             ref = h.ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
                                            self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
             try:  # (held in h.ref from here on: closed whatever happens)
                 if not await c.ensure_connected(peer):
                     raise ReferenceUnavailable(peer, "unreachable")
                 await ref.open()
-                if h.done > 0:  # a fresh reference: its cache is built from the history checked so far
-                    old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
-                    await ref.run(self._inputs(old), 0, [])
+                bump(self.stats, "references_opened")
+                await self._feed_history(h, ref)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
             return ref
         return None
 
+    async def _feed_history(self, h: HopCheck, ref: ReferenceSession) -> None:
+        """A fresh (or rewound) reference: its cache is built from the history checked so far."""
+        if h.done > 0:
+            old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
+            await ref.run(self._inputs(old), 0, [])
+
     async def _drop_reference(self, h: HopCheck, exc: ReferenceUnavailable) -> None:
+        if h.ref is not None and h.ref.reused and h.ref.peer == exc.peer:
+            # a pooled stream the replica ended meanwhile: the replica itself may still answer a fresh one
+            log.info("reused reference for [%d, %d): %s; opening a fresh one", h.taps.start, h.taps.end, exc)
+            bump(self.stats, "references_stale")
+            await h.ref.aclose()
+            h.ref = None
+            return
         log.info("reference for [%d, %d): %s; asking another replica", h.taps.start, h.taps.end, exc)
         bump(self.stats, "reference_busy" if exc.busy else "reference_errors")
         h.avoid.add(exc.peer)
