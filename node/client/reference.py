@@ -110,8 +110,8 @@ class ReferenceSession:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
-                if not self._ended:
-                    await call.end()
+                if not self._ended and not call.done:  # a call the replica already ended (an error
+                    await call.end()  # frame) takes no end: it would reach the pooled stream's next call
                 async for _ in call:
                     pass
                 await cm.__aexit__(None, None, None)
