@@ -197,6 +197,7 @@ class Verifier:
             await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
         if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
+        self.sess.check_signatures(upto)  # the taps this round reads (a bad one: HopFailed, failover)
         taps0 = self.hops[0].taps.taps[upto]
         end = taps0.pos + self._rows(taps0)
         self._check_links(self._checked + 1, upto)
