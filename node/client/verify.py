@@ -137,7 +137,7 @@ class Verifier:
         self._latest = step
         if self.new_probation() or self.client.rng.random() < self.fraction:
             self._due = step
-        self._wake.set()
+            self._wake.set()  # only then: a step no round is drawn at wakes nothing
 
     async def settle(self) -> None:
         """The route session ends: a final round if one is due, then wait until the rounds are done."""
