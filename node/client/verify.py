@@ -11,7 +11,9 @@ the route session, so checks cost the answer no latency:
   standing or ``verify_final`` asks for it.
 - **what**: a round covers every position since the previous one, for every hop at once. A hop's
   new inputs go to its reference session (``node/client/reference.py``: one ``check`` stream on
-  another replica, extended each round, so checks batch steps and reuse the replica's KV cache).
+  another replica, extended each round, so checks batch steps and reuse the replica's KV cache;
+  when the route session ends it goes back to the client's pool, ``reference_pool.py``, and a later
+  round that draws the same replica takes the stream back, rewound to position 0).
   A middle hop's outputs are compared position by position (``relative_error`` within
   ``tolerance``); the head's token at *every* step since the last round (``sample_gap``: greedy
   or seeded sampling, the seed per position); and what hop i signed as output must be, bit for
