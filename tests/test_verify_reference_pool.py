@@ -14,6 +14,7 @@ from swarmlm.models.registry import resolve
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.node.client.reference_pool import ReferencePool, pool_key
+from swarmlm.node.client.routing import plan_route
 from swarmlm.node.generation import GenerationRequest
 
 from helpers import running_nodes, swarm_client
@@ -74,16 +75,19 @@ async def test_later_generations_check_every_step_on_reused_references(tmp_path)
     want = {p: generate(load_chain(MODEL, 1), tok.encode(p), params, tok).token_ids for p in ("one", "two")}
     async with running_nodes(tmp_path, SPECS) as nodes, swarm_client(nodes[0]) as client:
         client.options.check_fraction = 1.0
+        refs = {nodes[1].peer_id, nodes[3].peer_id}  # routes through nodes 0 and 2: these two are the references
+        client.plan = lambda model, need, prefer=(): plan_route(client.servers(model), client.n_layers(model),
+                                                                need_cache_tokens=need, banned=refs)
         st = client.verify_stats
         g1 = await _ask(client, "one", params)
         opened = st["references_opened"]
         assert g1.token_ids == want["one"] and g1.summary.verified_tokens == len(want["one"]), st
-        assert len(client.references) == 2  # both hops' references kept open
+        assert {r.peer for _, r in client.references._idle} == refs  # both hops' references kept open
         # a different prompt: the reused streams are rewound, so nothing of the first one leaks in
         for prompt in ("two", "one"):
             g = await _ask(client, prompt, params)
             assert g.token_ids == want[prompt] and g.summary.verified_tokens == len(want[prompt]), st
-        assert st["references_reused"] >= 2 and not st.get("mismatches") and not st.get("reference_errors"), st
+        assert st["references_reused"] == 4 and st["references_opened"] == opened and not st.get("mismatches") and not st.get("reference_errors"), st
         # the replicas drop the caches of the pooled streams meanwhile (as after an idle sweep): the
         # stream fails at its next check and a fresh one is opened, not counted as a reference error
         assert len(client.references) == 2

@@ -199,16 +199,15 @@ class Verifier:
             await self.sess.taps_through(upto)  # taps arrive beside the token loop, which never waits for them
         if self._due > upto and all(h.taps.complete(self._due) for h in self.hops):
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
-        self.sess.check_signatures(upto)  # the taps this round reads (a bad one: HopFailed, failover)
         taps0 = self.hops[0].taps.taps[upto]
         end = taps0.pos + self._rows(taps0)
-        self._check_links(self._checked + 1, upto)
         results: list[str] = []
         failures: list[VerificationFailed] = []
+        signed, broken = trio.Event(), []
 
         async def one(h: HopCheck) -> None:
             try:
-                results.append(await self._check_hop(h, upto, end))
+                results.append(await self._check_hop(h, upto, end, signed))
             except VerificationFailed as exc:
                 failures.append(exc)
             except Exception:  # a bug must not cost the answer: log it, count the hop as unverifiable
@@ -218,6 +217,16 @@ class Verifier:
         async with trio.open_nursery() as nursery:
             for h in self.hops:
                 nursery.start_soon(one, h)
+            await trio.sleep(0)  # the checks go out first: signatures and links are checked while they compute
+            try:  # the taps this round reads (a bad signature: HopFailed, failover)
+                self.sess.check_signatures(upto)
+                self._check_links(self._checked + 1, upto)
+            except (HopFailed, VerificationFailed) as exc:
+                broken.append(exc)
+                nursery.cancel_scope.cancel()
+            signed.set()  # no answer is compared before this
+        if broken:
+            raise broken[0]
         if failures:
             raise failures[0]
         self._checked = upto
@@ -244,7 +253,7 @@ class Verifier:
                     raise VerificationFailed(b.taps.peer, f"input of step {s} differs from what "
                                                           f"{a.taps.peer[-8:]} signed")
 
-    async def _check_hop(self, h: HopCheck, upto: int, end: int) -> str:
+    async def _check_hop(self, h: HopCheck, upto: int, end: int, signed: trio.Event | None = None) -> str:
         if h.done >= end:
             return "ok"
         hist = [t for t in h.taps.history(upto) if t.pos >= h.done]
@@ -262,6 +271,8 @@ class Verifier:
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
+            if signed is not None:
+                await signed.wait()  # the taps compared are the hop's own (``_round``)
             bump(self.stats, "checks")
             if self._agree(h, hist, ans):
                 h.done = end
