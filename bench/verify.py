@@ -28,7 +28,9 @@ Runs (``--runs`` asks each, ``--tokens`` new tokens, greedy):
   probability 1/2, the order is shuffled) the dead or busy replica; ``dead_route``: a fresh client
   prefers the dead head replica.
 - **default_cost**: tokens/s of a default client (``ClientOptions()``) over an unverified one
-  (``check_fraction`` 0), alternating asks on the honest swarm, once the servers have earned standing
+  (``check_fraction`` 0), alternating asks on the honest swarm -- measured last, after the liar and
+  busy processes were stopped (SIGTERM: they leave the swarm state) and with the dead ones banned, so
+  only the 6 honest processes run, as the issue defines it --, once the servers have earned standing
   with it (checked at the default fraction 0.1); ``default_cost_new_servers`` the same while they are
   new to it (every step checked); with ``--cost-model MODEL`` also on a 4-process swarm of that
   model (``bench/verify_cost.py``: ``cost_on``). ``--only cost`` measures just this, on a swarm of
@@ -39,8 +41,11 @@ Runs (``--runs`` asks each, ``--tokens`` new tokens, greedy):
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -165,6 +170,21 @@ class Run:
                     log(f"  {lie} liar at the {hop} hop, fraction {frac}: {row}")
         return out
 
+    def stop_faulty(self) -> None:
+        """(Blocking.) SIGTERM every liar and the busy replica, then wait for them: the honest swarm is
+        left (the dead replicas were killed by ``availability``; every client here bans them all)."""
+        procs = [self.net.nodes[i].proc for i in [*self.roles["liars"].values(), self.roles["busy"]]]
+        for p in procs:
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            if p is not None:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(10)
+
     def faulty(self) -> set[str]:
         r = self.roles
         return self.liars | {self.ids[r["busy"]], self.ids[r["dead_ref"]], self.ids[r["dead_route"]]}
@@ -254,11 +274,12 @@ async def _run(ns: Any, result: dict[str, Any]) -> None:
         await run.honest_runs(addr)
         log("liars")
         result["lies"] = await run.liars_runs(addr)
-        log("default client vs unverified")
-        result.update(await run.default_cost(addr))
         log("availability: dead and busy references, a dead server on the route")
         result["availability"] = await run.availability(addr)
         result.update(run.r)
+        log("default client vs unverified, on the honest swarm (liar and busy processes stopped)")
+        await trio.to_thread.run_sync(run.stop_faulty)
+        result.update(await run.default_cost(addr))
     finally:
         await trio.to_thread.run_sync(net.down)
     if ns.cost_model:

@@ -1,6 +1,6 @@
 """Verification taps off the token loop: a step never waits for taps, a spot-checked hop sends them
 in batches (held back until the batch is full or the client flushes them), every tap is still
-signed and checked on arrival; a head whose signed token is not the token it answered, or a first
+signed, and its signature checked before a round reads it; a head whose signed token is not the token it answered, or a first
 hop that signed another input than it was sent, is caught."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import trio
 
 from swarmlm.crypto.identity import verify_by_peer_id
 from swarmlm.node.client.failover import Bans
-from swarmlm.node.client.session import HopPlan, PipelineSession
+from swarmlm.node.client.session import HopFailed, HopPlan, PipelineSession
 from swarmlm.node.client.verify import HopCheck, VerificationFailed, Verifier
 from swarmlm.node.verification import HopTaps, Tap
 from swarmlm.node.wire import tap_digest
@@ -53,6 +53,11 @@ async def test_batched_taps_are_held_until_the_batch_is_full_or_flushed(tmp_path
             with trio.fail_after(30):
                 await sess.taps_through(6)
             assert all(sorted(h.taps) == list(range(7)) for h in sess.taps)
+            sess.check_signatures(2)  # the taps a round through step 2 reads: all signed by their hops
+            t5 = sess.taps[0].taps[5]
+            sess.taps[0].taps[5] = Tap(5, t5.pos, t5.x_in, t5.x_out + 1, t5.token, t5.sig)  # not what it signed
+            with pytest.raises(HopFailed, match="bad signature"):
+                sess.check_signatures(6)
 
 
 def _tap(step: int, token: int | None) -> Tap:

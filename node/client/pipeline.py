@@ -31,6 +31,7 @@ from swarmlm.models.tokenizer import Tokenizer
 from swarmlm.node.client.failover import Bans
 from swarmlm.node.client.options import ClientOptions
 from swarmlm.node.client.pipeline_generation import PipelineGeneration
+from swarmlm.node.client.reference_pool import ReferencePool
 from swarmlm.node.client.routing import Route, plan_route
 from swarmlm.node.client.session import single_leaf
 from swarmlm.node.client.standing import CombinedStanding, LocalStanding
@@ -63,6 +64,7 @@ class PipelineGenerator:
         self.open_sessions: Counter[str] = Counter()  # per peer: sessions of our generations on it now
         self.trust = TrustView.of(host, state)
         self.witness = WitnessLog(self.options.witness_s)
+        self.references = ReferencePool()  # idle reference sessions, reused by later checks
 
     # -- swarm view -------------------------------------------------------------------------------
     @property

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import trio
 
+from swarmlm.node.client.reference_pool import pool_key
 from swarmlm.node.wire import CHECK_METHOD, SHARD_PROTOCOL, CheckItem, SessionOpen
 
 log = logging.getLogger("swarmlm.verify")
@@ -42,6 +43,19 @@ class ReferenceSession:
         self._cm: Any = None
         self._call: Any = None
         self._step = 0
+        self._broken = False  # a run failed: the stream is not reused (``ReferencePool``)
+        self.reused = False  # taken from the pool and not answered since: a failure means a stale stream
+        self.key = pool_key(start, end, head, sampling)
+
+    @property
+    def reusable(self) -> bool:
+        """Open, not ended and never failed: it may serve another round (``ReferencePool``)."""
+        return self._call is not None and not self._ended and not self._broken
+
+    def rewind(self) -> None:
+        """The next check starts again at position 0 (a new generation): the replica overwrites its
+        cache from there, so a reused stream computes exactly what a fresh one would."""
+        self.length, self.reused = 0, True
 
     async def open(self) -> None:
         args = SessionOpen(secrets.token_hex(16), self.model, self.start, self.end, self.max_length,
@@ -62,6 +76,7 @@ class ReferenceSession:
         if self._call is None or self._ended or pos != self.length:
             raise ReferenceUnavailable(self.peer, f"fed up to {self.length}, asked at {pos}")
         step, self._step = self._step, self._step + 1
+        self._broken = True  # until the answer is in and well formed
         try:
             with trio.fail_after(self.timeout_s):
                 await self._call.send(CheckItem(step, pos, x, claims).to_msg())
@@ -85,7 +100,7 @@ class ReferenceSession:
                 and msg["out"].shape[:2] == (1, T)))
         if not ok:
             raise ReferenceUnavailable(self.peer, "sent a malformed answer")
-        self.length = pos + T
+        self.length, self._broken, self.reused = pos + T, False, False
         return msg
 
     async def aclose(self) -> None:
@@ -95,8 +110,8 @@ class ReferenceSession:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
-                if not self._ended:
-                    await call.end()
+                if not self._ended and not call.done:  # a call the replica already ended (an error
+                    await call.end()  # frame) takes no end: it would reach the pooled stream's next call
                 async for _ in call:
                     pass
                 await cm.__aexit__(None, None, None)

@@ -95,6 +95,7 @@ class PipelineSession:
         self._tap_arrived = trio.Event()  # set (and replaced) whenever a tap is stored or a hop breaks
         self._broken: HopFailed | None = None  # the first hop failure the readers saw (taps wait on it)
         self.answered: dict[int, Any] = {}  # with taps: step -> the token the head answered
+        self._unsigned: list[set[int]] = [set() for _ in self.hops]  # per hop: taps whose signature is unchecked
         self.sent: dict[int, torch.Tensor] = {}  # with taps: step -> what we fed the first hop
 
     async def __aenter__(self) -> "PipelineSession":
@@ -224,8 +225,9 @@ class PipelineSession:
                     raise HopFailed(self.hops[i].peer_id, f"{type(exc).__name__}: {exc}") from None
 
     async def taps_through(self, step: int) -> None:
-        """Wait until every hop's signed taps of steps ``<= step`` are stored (checked as they arrive);
-        ``HopFailed`` when a hop broke or sends none within the step timeout."""
+        """Wait until every hop's signed taps of steps ``<= step`` are stored (their shape checked as
+        they arrive, their signatures when a round reads them: ``check_signatures``); ``HopFailed``
+        when a hop broke or sends none within the step timeout."""
         with trio.move_on_after(self.step_timeout_s):
             while not all(h.complete(step) for h in self.taps):
                 if self._broken is not None:
@@ -331,12 +333,24 @@ class PipelineSession:
                 or not isinstance(sig, bytes) or (not hop.head and not isinstance(x_out, torch.Tensor))
                 or step in hop.taps or step >= self._step):
             raise HopFailed(hop.peer, "sent a malformed tap")
-        digest = tap_digest(hop.session_id, step, pos, x_in, x_out, tok, self.sampling if hop.head else None)
-        if not verify_by_peer_id(hop.peer, digest, sig):
-            raise HopFailed(hop.peer, "sent a tap with a bad signature")
-        if isinstance(tok, list) and not all(isinstance(t, int) for t in tok):  # a verify pass: a token per row
+        if not (tok is None or isinstance(tok, int)
+                or (isinstance(tok, list) and all(isinstance(t, int) for t in tok))):  # a verify pass: a token per row
             raise HopFailed(hop.peer, "sent a malformed tap")
-        hop.taps[step] = Tap(step, pos, x_in, x_out, tok if isinstance(tok, (int, list)) else None, sig)
+        hop.taps[step] = Tap(step, pos, x_in, x_out, tok, sig)
+        self._unsigned[i].add(step)  # its signature is checked when a round reads it (``check_signatures``)
+
+    def check_signatures(self, upto: int) -> None:
+        """Check the signature of every stored tap of steps ``<= upto`` not checked yet; raises
+        ``HopFailed`` for a bad one. The verifier calls it before a round reads those taps (every tap a
+        round compares or puts in evidence), so a tap no round reads costs no signature check."""
+        for i, hop in enumerate(self.taps):
+            for step in sorted(s for s in self._unsigned[i] if s <= upto):
+                t = hop.taps[step]
+                digest = tap_digest(hop.session_id, step, t.pos, t.x_in, t.x_out, t.token,
+                                    self.sampling if hop.head else None)
+                if not verify_by_peer_id(hop.peer, digest, t.sig):
+                    raise HopFailed(hop.peer, f"sent a tap with a bad signature (step {step})")
+                self._unsigned[i].discard(step)
 
     async def suspect(self, step: int) -> str:
         """Which hop stalled: the first that does not answer, or the first that is behind."""

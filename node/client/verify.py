@@ -11,7 +11,9 @@ the route session, so checks cost the answer no latency:
   standing or ``verify_final`` asks for it.
 - **what**: a round covers every position since the previous one, for every hop at once. A hop's
   new inputs go to its reference session (``node/client/reference.py``: one ``check`` stream on
-  another replica, extended each round, so checks batch steps and reuse the replica's KV cache).
+  another replica, extended each round, so checks batch steps and reuse the replica's KV cache;
+  when the route session ends it goes back to the client's pool, ``reference_pool.py``, and a later
+  round that draws the same replica takes the stream back, rewound to position 0).
   A middle hop's outputs are compared position by position (``relative_error`` within
   ``tolerance``); the head's token at *every* step since the last round (``sample_gap``: greedy
   or seeded sampling, the seed per position); and what hop i signed as output must be, bit for
@@ -38,6 +40,7 @@ import torch
 import trio
 
 from swarmlm.node.client.reference import ReferenceSession, ReferenceUnavailable
+from swarmlm.node.client.reference_pool import pool_key
 from swarmlm.node.client.session import HopFailed
 from swarmlm.node.dial import DOWN
 from swarmlm.node.verification import (HopTaps, evidence, gaps_agree, head_evidence,
@@ -136,7 +139,7 @@ class Verifier:
         self._latest = step
         if self.new_probation() or self.client.rng.random() < self.fraction:
             self._due = step
-        self._wake.set()
+            self._wake.set()  # only then: a step no round is drawn at wakes nothing
 
     async def settle(self) -> None:
         """The route session ends: a final round if one is due, then wait until the rounds are done."""
@@ -170,12 +173,22 @@ class Verifier:
             self._cancel()
         finally:
             with trio.CancelScope(shield=True):  # each close is bounded (``ReferenceSession.aclose``)
-                async with trio.open_nursery() as nursery:
-                    for h in self.hops:
-                        if h.ref is not None:
-                            nursery.start_soon(h.ref.aclose)
-                            h.ref = None
+                refs = [h.ref for h in self.hops if h.ref is not None]
+                for h in self.hops:
+                    h.ref = None
+                await self._release(refs)
             self._done.set()
+
+    async def _release(self, refs: list[ReferenceSession]) -> None:
+        """Healthy references go back to the client's pool for later rounds (``reference_pool.py``);
+        the rest, and any the pool lets go, are closed concurrently."""
+        pool, close = getattr(self.client, "references", None), []
+        for ref in refs:
+            close += pool.put(ref) if pool is not None else [ref]
+        if close:
+            async with trio.open_nursery() as nursery:
+                for ref in close:
+                    nursery.start_soon(ref.aclose)
 
     # -- a round ----------------------------------------------------------------------------------
     async def _round(self, upto: int) -> None:
@@ -188,13 +201,13 @@ class Verifier:
             upto = self._due  # rounds drawn while we waited for the taps: one round covers them all
         taps0 = self.hops[0].taps.taps[upto]
         end = taps0.pos + self._rows(taps0)
-        self._check_links(self._checked + 1, upto)
         results: list[str] = []
         failures: list[VerificationFailed] = []
+        signed, broken = trio.Event(), []
 
         async def one(h: HopCheck) -> None:
             try:
-                results.append(await self._check_hop(h, upto, end))
+                results.append(await self._check_hop(h, upto, end, signed))
             except VerificationFailed as exc:
                 failures.append(exc)
             except Exception:  # a bug must not cost the answer: log it, count the hop as unverifiable
@@ -204,6 +217,16 @@ class Verifier:
         async with trio.open_nursery() as nursery:
             for h in self.hops:
                 nursery.start_soon(one, h)
+            await trio.sleep(0)  # the checks go out first: signatures and links are checked while they compute
+            try:  # the taps this round reads (a bad signature: HopFailed, failover)
+                self.sess.check_signatures(upto)
+                self._check_links(self._checked + 1, upto)
+            except (HopFailed, VerificationFailed) as exc:
+                broken.append(exc)
+                nursery.cancel_scope.cancel()
+            signed.set()  # no answer is compared before this
+        if broken:
+            raise broken[0]
         if failures:
             raise failures[0]
         self._checked = upto
@@ -230,22 +253,26 @@ class Verifier:
                     raise VerificationFailed(b.taps.peer, f"input of step {s} differs from what "
                                                           f"{a.taps.peer[-8:]} signed")
 
-    async def _check_hop(self, h: HopCheck, upto: int, end: int) -> str:
+    async def _check_hop(self, h: HopCheck, upto: int, end: int, signed: trio.Event | None = None) -> str:
         if h.done >= end:
             return "ok"
         hist = [t for t in h.taps.history(upto) if t.pos >= h.done]
         x_new, lo = self._inputs(hist), h.done
         claims = self._claims(hist, lo)
+        pool = getattr(self.client, "references", None)  # with a pool, the stream outlives the round
         while True:
             ref = await self._reference(h)
             if ref is None:
                 bump(self.stats, "unverifiable")
                 return "unverifiable"
             try:
-                ans = await ref.run(x_new, lo, claims if h.taps.head else [], last=self._closing and upto >= self._latest)
+                ans = await ref.run(x_new, lo, claims if h.taps.head else [],
+                                    last=pool is None and self._closing and upto >= self._latest)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
+            if signed is not None:
+                await signed.wait()  # the taps compared are the hop's own (``_round``)
             bump(self.stats, "checks")
             if self._agree(h, hist, ans):
                 h.done = end
@@ -286,23 +313,48 @@ class Verifier:
             await h.ref.aclose()
             h.ref = None
         c = self.client
+        pool = getattr(c, "references", None)
         for peer in self._replicas(h, set()):
+            if pool is not None:  # the replica drawn holds an idle stream of ours for these layers: reuse it
+                ref, stale = pool.take(peer, pool_key(h.taps.start, h.taps.end, h.taps.head, self.sampling),
+                                       self.max_length)
+                await self._release(stale)
+                if ref is not None:
+                    h.ref = ref
+                    try:
+                        await self._feed_history(h, ref)
+                        bump(self.stats, "references_reused")
+                        return ref
+                    except ReferenceUnavailable as exc:
+                        await self._drop_reference(h, exc)  # a stale stream: a fresh one on the same replica
             ref = h.ref = ReferenceSession(c.host.rpc, peer, self.model, h.taps.start, h.taps.end, self.max_length,
                                            self.sampling, h.taps.head, timeout_s=c.options.check_timeout_s)
             try:  # (held in h.ref from here on: closed whatever happens)
                 if not await c.ensure_connected(peer):
                     raise ReferenceUnavailable(peer, "unreachable")
                 await ref.open()
-                if h.done > 0:  # a fresh reference: its cache is built from the history checked so far
-                    old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
-                    await ref.run(self._inputs(old), 0, [])
+                bump(self.stats, "references_opened")
+                await self._feed_history(h, ref)
             except ReferenceUnavailable as exc:
                 await self._drop_reference(h, exc)
                 continue
             return ref
         return None
 
+    async def _feed_history(self, h: HopCheck, ref: ReferenceSession) -> None:
+        """A fresh (or rewound) reference: its cache is built from the history checked so far."""
+        if h.done > 0:
+            old = [t for t in h.taps.history(max(h.taps.taps)) if t.pos < h.done]
+            await ref.run(self._inputs(old), 0, [])
+
     async def _drop_reference(self, h: HopCheck, exc: ReferenceUnavailable) -> None:
+        if h.ref is not None and h.ref.reused and h.ref.peer == exc.peer:
+            # a pooled stream the replica ended meanwhile: the replica itself may still answer a fresh one
+            log.info("reused reference for [%d, %d): %s; opening a fresh one", h.taps.start, h.taps.end, exc)
+            bump(self.stats, "references_stale")
+            await h.ref.aclose()
+            h.ref = None
+            return
         log.info("reference for [%d, %d): %s; asking another replica", h.taps.start, h.taps.end, exc)
         bump(self.stats, "reference_busy" if exc.busy else "reference_errors")
         h.avoid.add(exc.peer)
