@@ -6,14 +6,17 @@ cache writes and the slicing around them: on one CPU thread that Python-side wor
 batch beyond the (batched) projections and MLP. Here the decode steps of sessions with similar context
 lengths form a **group**:
 
-- ``plan_groups(items)``: ``items`` are ``(entry index, context length after the step, cache
-  max_length)``; the groups (two or more members, shortest context first) in which padding every member
-  to the group's longest context costs at most ``PAD_FACTOR`` x the real key positions plus
-  ``PAD_SLACK``, and every member's cache can hold that length. Lone decodes stay on the per-session path.
+- ``plan_groups(items)``: ``items`` are ``(entry index, context length after the step)``; the groups
+  (two or more members, shortest context first) in which padding every member to the group's longest
+  context costs at most ``PAD_FACTOR`` x the real key positions plus ``PAD_SLACK``. Lone decodes stay
+  on the per-session path. A member's cache need not hold the group's longest context: its stacked
+  copy is zero-padded beyond its own ``max_length`` (sessions opened for prompt + new tokens reach
+  the end of their caches in the last steps, and prompts differ in length: requiring room split every
+  group then and made the last steps of a decoding cohort run one session at a time).
 - ``DecodeGroup(sessions, positions, row0, inv_freq, attn_scaling, dtype)``: the RoPE tables of all
   members at once and the key mask; ``attend(li, part, nh, nkv, hd)`` takes the group's rows of the
   fused q/k/v projection of layer ``li`` (``[S, (nh + 2 nkv) hd]``), stacks the members' cached keys
-  and values up to the longest context, puts the new key/value at each member's position into that
+  and values up to the longest context (zeros where a member's cache ends before it), puts the new key/value at each member's position into that
   stacked copy, and runs one masked scaled-dot-product attention (grouped-query heads side by side, no
   repeated keys); returns ``[S, nh * hd]``. ``write_back()`` stores the new keys/values of every layer
   into each member's cache in one copy per session (call it once after the last layer).
@@ -35,18 +38,17 @@ PAD_FACTOR = 2  # padded key positions of a group <= PAD_FACTOR x its real ones 
 PAD_SLACK = 256
 
 
-def plan_groups(items: Sequence[tuple[int, int, int]]) -> list[list[int]]:
+def plan_groups(items: Sequence[tuple[int, int]]) -> list[list[int]]:
     """Entry indices grouped for one padded attention call each (see the module docstring)."""
     groups: list[list[int]] = []
     cur: list[int] = []
-    total = cap = 0
-    for idx, length, max_length in sorted(items, key=lambda t: (t[1], t[0])):
+    total = 0
+    for idx, length in sorted(items, key=lambda t: (t[1], t[0])):
         # ``length`` is the group's longest context so far (sorted): the padded size if it joins
-        if cur and ((len(cur) + 1) * length > PAD_FACTOR * (total + length) + PAD_SLACK or cap < length):
+        if cur and (len(cur) + 1) * length > PAD_FACTOR * (total + length) + PAD_SLACK:
             if len(cur) > 1:
                 groups.append(cur)
-            cur, total, cap = [], 0, 0
-        cap = max_length if not cur else min(cap, max_length)
+            cur, total = [], 0
         cur.append(idx)
         total += length
     if len(cur) > 1:
@@ -57,6 +59,16 @@ def plan_groups(items: Sequence[tuple[int, int, int]]) -> list[list[int]]:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # as models/shard.py rotate_half
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _stack(parts: list[torch.Tensor], length: int) -> torch.Tensor:
+    """``parts`` ([nkv, <= length, hd] each) stacked to [S, nkv, length, hd], zeros after a short one."""
+    if all(p.shape[1] == length for p in parts):
+        return torch.stack(parts)
+    out = parts[0].new_zeros((len(parts), parts[0].shape[0], length, parts[0].shape[2]))
+    for i, p in enumerate(parts):
+        out[i, :, :p.shape[1]] = p
+    return out
 
 
 class DecodeGroup:
@@ -87,8 +99,8 @@ class DecodeGroup:
         q = qk[:, :nh].reshape(S, nkv, nh // nkv, hd)  # query heads of one kv head side by side
         k = qk[:, nh:]
         v = part[:, qk_dim:].reshape(S, nkv, hd)
-        keys = torch.stack([s.k[li, 0, :, :L] for s in self.sessions])  # a copy: [S, nkv, L, hd]
-        vals = torch.stack([s.v[li, 0, :, :L] for s in self.sessions])
+        keys = _stack([s.k[li, 0, :, :L] for s in self.sessions], L)  # a copy: [S, nkv, L, hd]
+        vals = _stack([s.v[li, 0, :, :L] for s in self.sessions], L)
         keys[self.arange, :, self.pos] = k
         vals[self.arange, :, self.pos] = v
         self.new_k.append(k)

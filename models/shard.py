@@ -207,7 +207,7 @@ class Shard:
             lens.append(T)
         # decodes of batch-1 sessions with similar contexts attend as groups (models/batched_decode.py):
         # their entries go first, group by group, so each group's rows are contiguous
-        grouped = plan_groups([(i, starts[i] + 1, e[0].max_length) for i, e in enumerate(entries)
+        grouped = plan_groups([(i, starts[i] + 1) for i in range(len(entries))
                                if lens[i] == 1 and sizes[i] == 1])
         order = [i for g in grouped for i in g]
         if order:

@@ -21,15 +21,33 @@ def shard():
     return load_shard(resolve("builtin:tiny"))
 
 
-def test_plan_groups_bounds_padding_and_respects_cache_sizes():
-    # (entry, context length after the step, cache max_length)
-    assert plan_groups([(0, 5, 64)]) == []  # a lone decode stays on the per-session path
-    assert plan_groups([(0, 9, 64), (1, 3, 64), (2, 40, 64)]) == [[1, 0, 2]]  # shortest first
+def test_plan_groups_bounds_padding():
+    # (entry, context length after the step)
+    assert plan_groups([(0, 5)]) == []  # a lone decode stays on the per-session path
+    assert plan_groups([(0, 9), (1, 3), (2, 40)]) == [[1, 0, 2]]  # shortest first
     # a very long context does not pad many short ones up to it
     far = PAD_SLACK * 4
-    assert plan_groups([(0, 10, 4096), (1, 12, 4096), (2, far, 4096), (3, far + 1, 4096)]) == [[0, 1], [2, 3]]
-    # a member whose cache cannot hold the group's longest context starts a new group
-    assert plan_groups([(0, 10, 16), (1, 12, 16), (2, 20, 64), (3, 21, 64)]) == [[0, 1], [2, 3]]
+    assert plan_groups([(0, 10), (1, 12), (2, far), (3, far + 1)]) == [[0, 1], [2, 3]]
+
+
+def test_sessions_at_the_end_of_caches_of_different_sizes_still_decode_as_one_group(shard):
+    # a client opens prompt + new tokens: at the last step every cache is full, and the prompts (so
+    # the caches) differ in length; the group pads the shorter caches' copies with zeros
+    prompts = [5, 9, 12]
+    solo = [shard.new_session(n + 1) for n in prompts]
+    many = [shard.new_session(n + 1) for n in prompts]
+    for n, a, b in zip(prompts, solo, many):
+        shard.forward(ids(n, n), a, 0)
+        shard.forward(ids(n, n), b, 0)
+    assert plan_groups([(i, n + 1) for i, n in enumerate(prompts)]) == [[0, 1, 2]]
+    xs = [ids(1, 50 + i) for i in range(len(prompts))]
+    ref = [shard.forward(x, s, n, last_only=True) for x, s, n in zip(xs, solo, prompts)]
+    got = shard.forward_batch([(s, x, n) for x, s, n in zip(xs, many, prompts)], last_only=True)
+    for r, g in zip(ref, got):
+        close(r, g)
+    for a, b in zip(solo, many):
+        assert a.length == b.length == a.max_length
+        assert (a.k - b.k).abs().max().item() < TOL and (a.v - b.v).abs().max().item() < TOL
 
 
 def test_grouped_decodes_equal_per_session_decodes_over_two_steps(shard):
@@ -41,7 +59,7 @@ def test_grouped_decodes_equal_per_session_decodes_over_two_steps(shard):
         shard.forward(ids(n, n), b, 0)
     # the last session replays its last position (failover): it overwrites position 1, not appends
     pos = lengths[:-1] + [1]
-    assert plan_groups([(i, p + 1, 64) for i, p in enumerate(pos)]) == [[3, 8, 0, 6, 1, 5, 7, 2, 4]]
+    assert plan_groups([(i, p + 1) for i, p in enumerate(pos)]) == [[3, 8, 0, 6, 1, 5, 7, 2, 4]]
     assert 8 <= len(pos) and MM_ROWS[0] <= len(pos) <= MM_ROWS[1]
     for step in range(2):
         xs = [ids(1, 100 * step + i) for i in range(len(pos))]
