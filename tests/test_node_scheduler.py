@@ -26,7 +26,7 @@ def shape(batch) -> list[tuple[str, int, int]]:
 
 
 def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
-    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=0)  # whole chunks beside decodes
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)  # the default: whole chunks beside decodes
     for k in ("a", "b", "c"):
         q.add(work(k, 1), 0.0)
     q.add(work("long", 600), 0.0)
@@ -43,8 +43,26 @@ def test_decodes_batch_together_and_a_long_prompt_goes_in_chunks_between_them():
     assert seen[2] == [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("long", 512, 88)]
 
 
+def test_many_short_prompts_join_the_first_ones_decode_in_one_batch_by_default():
+    # 16 users ask at once: the first prompt ran alone; the other 15 (11-17 tokens) go in beside its
+    # decode in one batch (budget permitting) instead of one per round (prefill_ratio 1)
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q.add(work("first", 1), 0.0)
+    for k in range(15):
+        q.add(work(f"p{k}", 11 + k % 7), 0.0)
+    prompts = [(f"p{k}", 0, 11 + k % 7) for k in range(15)]
+    # the short steps (<= 16 tokens) first, then the 17-token prompts (chunked kind), all whole
+    expected = [("first", 0, 1)] + [p for p in prompts if p[2] <= 16] + [p for p in prompts if p[2] > 16]
+    assert shape(q.next_batch()) == expected
+    q1 = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=1)
+    q1.add(work("first", 1), 0.0)
+    for k in range(15):
+        q1.add(work(f"p{k}", 11 + k % 7), 0.0)
+    assert shape(q1.next_batch()) == [("first", 0, 1), ("p0", 0, 11)]
+
+
 def test_prompts_beside_decodes_add_at_most_as_many_positions_as_there_are_decodes():
-    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256)  # prefill_ratio 1 (the default)
+    q = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=1)
     for k in range(20):
         q.add(work(f"d{k}", 1), 0.0)
     q.add(work("short", 12), 0.0)  # a short prompt: one piece, beside the decodes while it fits
@@ -56,11 +74,11 @@ def test_prompts_beside_decodes_add_at_most_as_many_positions_as_there_are_decod
     for k in range(20):
         q.add(work(f"d{k}", 1), 1.0)
     assert shape(q.next_batch()) == [(f"d{k}", 0, 1) for k in range(20)] + [("long", 0, 20)]
-    q2 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q2 = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=1)
     q2.add(work("a", 1), 0.0)
     q2.add(work("long", 100), 0.0)
     assert shape(q2.next_batch()) == [("a", 0, 1), ("long", 0, 16)]  # at least MIN_CHUNK beside one decode
-    q3 = BatchQueue(max_batch_tokens=300, prefill_chunk=256)
+    q3 = BatchQueue(max_batch_tokens=300, prefill_chunk=256, prefill_ratio=1)
     q3.add(work("long", 100), 0.0)
     q3.add(work("other", 90), 0.0)
     assert shape(q3.next_batch()) == [("long", 0, 100), ("other", 0, 90)]  # no decode waiting: the budget

@@ -11,10 +11,14 @@ pipeline, or the whole model, makes no difference here. ``BatchQueue.next_batch(
 - then longer steps (prefills) in arrival order, in chunks of at most ``prefill_chunk`` tokens, while
   the batch has room under ``max_batch_tokens``; a prompt goes on where its last chunk ended, so a
   long prompt holds up the others' decoding for one chunk at a time;
-- **decodes first**: a batch that carries single-token decodes adds at most
-  ``max(MIN_CHUNK, prefill_ratio x decodes)`` positions of multi-token steps (prompts, their chunks),
-  so a decoding user's step costs at most about twice a decode-only batch while prompts arrive (the
-  inter-token latency tail of ``swarmlm bench serve``); ``prefill_ratio=0``: no such bound;
+- beside decodes, prompts fill the batch up to ``max_batch_tokens`` (its default is what the server
+  computes in about 250 ms, ``speed.default_batch_tokens``: a decoding user's step is held up by at
+  most that much per hop while prompts arrive, as in vLLM's chunked prefill). ``prefill_ratio > 0``
+  bounds the multi-token positions beside ``d`` decodes to ``max(MIN_CHUNK, prefill_ratio x d)``;
+  off by default: with 16 short prompts arriving at once, a ratio of 1 let one prompt in per round
+  behind the first one's decodes, so prompts trickled in over seconds (time to first token p95
+  1.6-2.9 s vs 1.2-1.3 s with the budget alone, and more of the decoding gaps inflated:
+  ``docs/BENCHMARKS.md``, serve);
 - the first piece of a batch is always taken, so ``max_batch_tokens=1`` runs one session per batch
   (batching off);
 - **fair per peer**: within each of the two kinds, works take turns by ``owner`` (the peer that opened
@@ -49,7 +53,7 @@ from typing import Any, Callable, Hashable
 
 DEFAULT_PREFILL_CHUNK = 256
 SHORT_STEP = 16  # steps of at most this many tokens are never chunked and go before prefills
-PREFILL_RATIO = 1.0  # multi-token positions beside n decodes in one batch: max(MIN_CHUNK, ratio x n)
+PREFILL_RATIO = 0.0  # > 0: multi-token positions beside n decodes in one batch at most max(MIN_CHUNK, ratio x n)
 PENDING_ROUNDS = 3.0  # a served session is waited for up to this many usual return delays
 PENDING_FIRST_S = 1.0  # before any session came back
 PENDING_MAX_S = 5.0  # and never longer than this
