@@ -47,9 +47,6 @@ from swarmlm.models.errors import CheckpointError, SessionError
 from swarmlm.models.kvcache import CacheLayout, Session
 from swarmlm.models.loading import DTYPE_NAMES, expected_shapes, layer_prefix, parse_dtype, read_tensors
 
-MM_ROWS = (8, 48)  # row counts computed as w @ x.T (see ``linear``)
-
-
 @dataclass(eq=False)
 class LayerWeights:
     """One decoder layer; q/k/v and gate/up are fused into single matmuls."""
@@ -72,11 +69,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``; a batch of ``MM_ROWS`` rows is computed as ``w @ x.T`` (the same sums, in the shape
-    MKL's single-thread sgemm runs ~15% faster for batched decodes; docs/BENCHMARKS.md, bench serve)."""
-    if x.dim() == 2 and MM_ROWS[0] <= x.shape[0] <= MM_ROWS[1]:
-        y = torch.mm(w, x.t()).t()
-        return y if b is None else y + b
+    """``F.linear``, whatever the row count. (Computing 8-48 rows as ``w @ x.T`` was ~9% faster at
+    exactly 16 rows on one machine, but on an AMD EPYC 1.5-2.6x slower at row counts that are not a
+    multiple of 8, e.g. a decoding cohort of 15 after one user finished: docs/BENCHMARKS.md, serve.)"""
     return F.linear(x, w, b)
 
 
