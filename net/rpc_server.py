@@ -228,7 +228,11 @@ class RpcServer:
                         # client streams right behind it reach the call and not the dispatcher
                         taken = trio.Event()
                         await send_ch.send((msg, taken))
+                        msg = None
                         await taken.wait()
+                    # hold no decoded frame while waiting for the next one: a peer that sends a large
+                    # header and then reads our answer slowly (or never) must not pin it in memory
+                    msg = None
             except (StreamClosedError, FrameError) as exc:
                 if isinstance(exc, FrameError):
                     state["error"] = exc
@@ -241,11 +245,16 @@ class RpcServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             try:
-                async for msg, taken in recv_ch:
+                async for request in recv_ch:
+                    msg, taken = request
+                    request = None
                     state["taken"] = taken
                     try:
-                        await self._dispatch(fs, protocol, peer, msg, state)
+                        call = self._dispatch(fs, protocol, peer, msg, state)
+                        msg = None  # the call holds the frame only as long as it needs it (``_dispatch``)
+                        await call
                     finally:
+                        msg = call = None
                         taken.set()
             except (StreamClosedError, FrameError) as exc:
                 state["error"] = state["error"] or exc
@@ -282,18 +291,20 @@ class RpcServer:
 
     async def _dispatch(self, fs: FrameStream, protocol: str, peer: str, msg: Any, state: dict) -> None:
         if not (isinstance(msg, dict) and isinstance(msg.get("m"), str)):
+            msg = None
             self.stats.rejected_frames += 1
             await fs.send({"e": [BAD_REQUEST, "expected a request frame {m, a, d}"]})
             return
-        method = msg["m"]
+        method, d, args = msg["m"], msg.get("d"), [msg.get("a")]
+        msg = None  # the handler holds its arguments, we hold nothing of the frame (see ``_answer``)
         key = (protocol, method)
         unary, streaming = self._unary.get(key), self._stream.get(key)
         if unary is None and streaming is None:
             await self._error(fs, NOT_FOUND, f"no method {method!r} on {protocol}")
             return
-        d = msg.get("d")
         seconds = self.limits.default_deadline_s if not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0 \
             else min(float(d), self.limits.max_deadline_s)
+        d = None
         if self._calls_per_peer[peer] >= self.limits.max_calls_per_peer or self._calls_total >= self.limits.max_calls_total:
             await self._error(fs, BUSY, "too many concurrent calls; retry later or use another peer")
             return
@@ -303,36 +314,8 @@ class RpcServer:
         self.stats.calls += 1
         items_send, items_recv = trio.open_memory_channel[Any](64)
         try:
-            with trio.CancelScope(deadline=ctx.deadline) as scope:
-                state["scope"] = scope
-                if state.get("idle") is not None:
-                    state["idle"].deadline = math.inf
-                if streaming is not None:
-                    state["items"] = items_send
-                state["taken"].set()
-                try:
-                    if streaming is not None:
-                        result = await streaming(ServerCall(fs, items_recv, ctx, self.buffered), msg.get("a"))
-                    else:
-                        result = await unary(ctx, msg.get("a"))
-                except BaseExceptionGroup as group:  # a handler's nursery: answer for its one real error
-                    leaf = _leaf(group)
-                    if leaf is group:
-                        raise
-                    raise leaf from None
-            if scope.cancelled_caught:
-                await self._error(fs, DEADLINE, f"{method} did not finish within {seconds:.1f} s")
-            else:
-                await fs.send({"r": result})
-        except RpcError as exc:
-            await self._error(fs, exc.code, exc.message)
-        except (StreamClosedError, FrameError):
-            raise
-        except SwarmError as exc:
-            await self._error(fs, BAD_REQUEST, str(exc))
-        except Exception as exc:
-            log.exception("handler %s %s failed", protocol, method)
-            await self._error(fs, INTERNAL, f"{type(exc).__name__}: {exc}")
+            reply = await self._answer(fs, ctx, seconds, args, unary, streaming, items_send, items_recv, state)
+            await fs.send(reply)
         finally:
             state["scope"] = None
             state["items"] = None
@@ -344,10 +327,51 @@ class RpcServer:
                 del self._calls_per_peer[peer]
             self._calls_total -= 1
 
-    async def _error(self, fs: FrameStream, code: str, message: str) -> None:
+    async def _answer(self, fs: FrameStream, ctx: CallContext, seconds: float, args: list, unary: Any,
+                      streaming: Any, items_send: Any, items_recv: Any, state: dict) -> dict:
+        """Run the handler on ``args.pop()``; the reply frame (a result or an error). By the time the
+        reply goes out, neither the request's arguments nor a handler's exception (its traceback
+        holds the handler's frame, so the arguments) are referenced any more: a peer that sends a
+        header of 30k values and then reads our answer slowly pins nothing while it is sent."""
+        method = ctx.method
+        try:
+            with trio.CancelScope(deadline=ctx.deadline) as scope:
+                state["scope"] = scope
+                if state.get("idle") is not None:
+                    state["idle"].deadline = math.inf
+                if streaming is not None:
+                    state["items"] = items_send
+                state["taken"].set()
+                try:
+                    if streaming is not None:
+                        result = await streaming(ServerCall(fs, items_recv, ctx, self.buffered), args.pop())
+                    else:
+                        result = await unary(ctx, args.pop())
+                except BaseExceptionGroup as group:  # a handler's nursery: answer for its one real error
+                    leaf = _leaf(group)
+                    if leaf is group:
+                        raise
+                    raise leaf from None
+            if scope.cancelled_caught:
+                return self._error_frame(DEADLINE, f"{method} did not finish within {seconds:.1f} s")
+            return {"r": result}
+        except RpcError as exc:
+            return self._error_frame(exc.code, exc.message)
+        except (StreamClosedError, FrameError):
+            raise
+        except SwarmError as exc:
+            return self._error_frame(BAD_REQUEST, str(exc))
+        except Exception as exc:
+            log.exception("handler %s %s failed", ctx.protocol, method)
+            return self._error_frame(INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _error_frame(self, code: str, message: str) -> dict:
         self.stats.errors += 1
         self.stats.by_code[code] += 1
-        await fs.send({"e": [code, message]})
+        return {"e": [code, message]}
+
+    async def _error(self, fs: FrameStream, code: str, message: str) -> None:
+        await fs.send(self._error_frame(code, message))
 
 
 def _leaf(group: BaseExceptionGroup) -> BaseException:
