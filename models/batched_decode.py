@@ -17,9 +17,10 @@ lengths form a **group**:
   members at once and the key mask; ``attend(li, part, nh, nkv, hd)`` takes the group's rows of the
   fused q/k/v projection of layer ``li`` (``[S, (nh + 2 nkv) hd]``), stacks the members' cached keys
   and values up to the longest context (zeros where a member's cache ends before it), puts the new
-  key/value at each member's position into that stacked copy, and runs one masked scaled-dot-product attention (grouped-query heads side by side, no
-  repeated keys); returns ``[S, nh * hd]``. ``write_back()`` stores the new keys/values of every layer
-  into each member's cache in one copy per session (call it once after the last layer).
+  key/value at each member's position into that stacked copy, and runs one masked
+  scaled-dot-product attention (grouped-query heads side by side, no repeated keys); returns
+  ``[S, nh * hd]``. ``write_back()`` stores the new keys/values of every layer into each member's
+  cache in one copy per session (call it once after the last layer).
 
 Masked (padding) keys weigh exactly zero, so results equal the per-session computation up to float
 summation order (same argmax; ``tests/test_models_batched_decode.py``).

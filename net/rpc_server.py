@@ -315,7 +315,13 @@ class RpcServer:
         items_send, items_recv = trio.open_memory_channel[Any](64)
         try:
             reply = await self._answer(fs, ctx, seconds, args, unary, streaming, items_send, items_recv, state)
-            await fs.send(reply)
+            try:
+                await fs.send(reply)
+            except (StreamClosedError, FrameError):
+                raise
+            except Exception as exc:  # a result that cannot be encoded: the caller still gets an answer
+                log.exception("handler %s %s: its result could not be sent", protocol, method)
+                await self._error(fs, INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             state["scope"] = None
             state["items"] = None

@@ -202,3 +202,19 @@ async def test_a_refused_request_s_arguments_are_not_held_while_the_answer_goes_
             await cli.call("srv", P, "refuse", [[] for _ in range(1000)])
         n.cancel_scope.cancel()
     assert refs_at_reply == [2]
+
+
+async def test_a_result_that_cannot_be_encoded_is_answered_as_an_internal_error():
+    srv = make_server()
+
+    async def odd(ctx, args):
+        return {"x": object()}
+
+    srv.add_unary(P, "odd", odd)
+    async with trio.open_nursery() as n:
+        cli = RpcClient(Harness(n, srv).opener)
+        with pytest.raises(RpcError) as ei:
+            await cli.call("srv", P, "odd")
+        assert ei.value.code == "internal"
+        assert await cli.call("srv", P, "echo", 7) == 7  # the stream and the server keep serving
+        n.cancel_scope.cancel()
