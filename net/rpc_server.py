@@ -254,7 +254,6 @@ class RpcServer:
                         msg = None  # the call holds the frame only as long as it needs it (``_dispatch``)
                         await call
                     finally:
-                        msg = call = None
                         taken.set()
             except (StreamClosedError, FrameError) as exc:
                 state["error"] = state["error"] or exc
