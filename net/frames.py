@@ -179,22 +179,43 @@ def _gc_paused():
             gc.enable()
 
 
-def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAULT_LIMITS) -> Any:
+class _ContainerCount:
+    """msgpack's list and map hook: counts the containers a header builds and stops the decode
+    past ``cap`` (a header of one empty list per byte is rejected after ``cap`` of them)."""
+
+    def __init__(self, cap: int) -> None:
+        self.left = cap
+
+    def __call__(self, value: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise ValueError("too many lists and maps")
+        return value
+
+
+def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAULT_LIMITS,
+                max_containers: int | None = None) -> Any:
     """Decode one frame body (header + buffers), checking every limit.
 
     Container limits are proportional to the header's size (an element takes at least one byte),
     and a header without a tensor placeholder is never walked in Python: the cost of a hostile
-    header is one C-level msgpack decode of at most ``max_header_bytes``."""
+    header is one C-level msgpack decode of at most ``max_header_bytes``. ``max_containers`` (for
+    peers without standing) caps the lists and maps of the whole header: the decode stops there,
+    before the containers could outlive it and make the cyclic collector walk them."""
     if header_len > len(body) or header_len > limits.max_header_bytes:
         raise FrameError("frame header length out of range")
     view = memoryview(body)
+    hooks: dict[str, Any] = {}
+    if max_containers is not None:
+        count = _ContainerCount(max_containers)
+        hooks = {"list_hook": count, "object_hook": count}
     try:
         with _gc_paused():
             header = msgpack.unpackb(
                 view[:header_len], raw=False, strict_map_key=True, use_list=True,
                 max_str_len=min(limits.max_str_len, header_len), max_bin_len=min(limits.max_bin_len, header_len),
                 max_array_len=min(limits.max_array_len, header_len),
-                max_map_len=min(limits.max_map_len, header_len // 2), max_ext_len=0,
+                max_map_len=min(limits.max_map_len, header_len // 2), max_ext_len=0, **hooks,
             )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
         raise FrameError(f"frame header does not decode: {type(exc).__name__}: {exc}") from None

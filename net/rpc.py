@@ -167,9 +167,10 @@ class FrameStream:
             raise FrameError("frame header is longer than the frame")
         return total, header_len
 
-    async def recv_body(self, total: int, header_len: int) -> Any:
+    async def recv_body(self, total: int, header_len: int, max_containers: int | None = None) -> Any:
         """The frame after its prefix: it must arrive within the read deadline (a frame that
-        trickles in is a ``FrameTimeout``); a large header is decoded in a worker thread."""
+        trickles in is a ``FrameTimeout``); a large header is decoded in a worker thread.
+        ``max_containers``: at most this many lists and maps in the header (``decode_body``)."""
         with trio.move_on_after(self.limits.io_deadline(total, self.limits.read_timeout_s)) as late:
             if self._readinto is not None:
                 body = _uninitialized(total)  # every byte is written by _fill: skip zeroing it first
@@ -181,9 +182,9 @@ class FrameStream:
             raise FrameTimeout(f"a frame of {total} bytes did not arrive within the read deadline")
         self.bytes_in += PREFIX_BYTES + total
         if header_len > OFFLOAD_HEADER_BYTES:  # hostile headers cost CPU: keep the event loop free
-            return await trio.to_thread.run_sync(decode_body, body, header_len, self.limits,
+            return await trio.to_thread.run_sync(decode_body, body, header_len, self.limits, max_containers,
                                                  limiter=_decode_limiter())
-        return decode_body(body, header_len, self.limits)
+        return decode_body(body, header_len, self.limits, max_containers)
 
     async def recv(self) -> Any:
         total, header_len = await self.recv_prefix()

@@ -100,6 +100,10 @@ class ServerLimits:
     # per byte (tensors and bytes over 16 KiB travel out of band and cost nothing to decode). So an
     # untrusted peer's header is at most 32 KiB (a ~6 ms stall) and its header bytes are paced.
     untrusted_header_bytes: int = 32 << 10
+    # ... and builds at most this many lists and maps: a header of one empty list per byte keeps
+    # tens of thousands of containers alive, and each survivor of a young collection is walked
+    # again by every full one (0.3-0.5 s stalls every few seconds under a 256-identity bomb)
+    untrusted_header_containers: int = 4096
     header_rate_bps: float = 64 << 10  # per untrusted peer
     header_burst: float = 256 << 10
     header_rate_total_bps: float = 256 << 10  # all untrusted peers together (~5% of a core at worst)
@@ -272,7 +276,9 @@ class RpcServer:
         state["idle"] = None
         if idle.cancelled_caught:
             raise StreamClosedError("stream idle without a call", peer)
+        cap = None
         if not self.trusted(peer):
+            cap = self.limits.untrusted_header_containers
             if header_len > self.limits.untrusted_header_bytes:
                 raise FrameError(f"frame header of {header_len} bytes: peers without standing send at most "
                                  f"{self.limits.untrusted_header_bytes}")
@@ -281,7 +287,7 @@ class RpcServer:
             if wait > 0:
                 self.stats.throttled += 1
                 await trio.sleep(min(wait, 30.0))
-        return await fs.recv_body(total, header_len), PREFIX_BYTES + total
+        return await fs.recv_body(total, header_len, cap), PREFIX_BYTES + total
 
     def _call_ended(self, state: dict) -> None:
         idle = state.get("idle")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 
+import msgpack
 import pytest
 
 from swarmlm.net.frames import FrameError, decode_body
@@ -45,3 +46,40 @@ def test_a_decode_bomb_runs_no_collection_and_leaves_the_collector_as_it_was():
             gc.enable()
     finally:
         gc.callbacks.remove(seen)
+
+
+def test_a_container_cap_stops_a_bomb_early_and_leaves_honest_headers_alone():
+    body, header_len = _body(decode_bomb(30_000))
+    built = 0
+
+    def count(phase: str, info: dict) -> None:
+        nonlocal built
+        if phase == "start":
+            built += 1
+
+    with pytest.raises(FrameError, match="too many lists and maps"):
+        decode_body(body, header_len, max_containers=4096)
+    # the partial header was dropped inside the decode: nothing of it is left for a collection
+    before = gc.get_count()[0]
+    gc.callbacks.append(count)
+    try:
+        with pytest.raises(FrameError):
+            decode_body(body, header_len, max_containers=4096)
+    finally:
+        gc.callbacks.remove(count)
+    assert built == 0 and gc.get_count()[0] <= before + 64
+    honest = msgpack.packb({"m": "generate", "a": {"messages": [{"role": "user", "content": "hi"}] * 50,
+                                                   "stop": ["\n"], "ids": list(range(500))}})
+    frame = decode_body(bytearray(honest), len(honest), max_containers=4096)
+    assert len(frame["a"]["messages"]) == 50 and frame["a"]["ids"][-1] == 499
+    assert len(decode_body(body, header_len)["a"][0]) == 30_000  # no cap: the frame's own limits only
+
+
+def test_settle_heap_freezes_what_is_alive(monkeypatch):
+    from swarmlm.node.daemon import settle_heap
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: 7)
+    assert settle_heap() == 7 and calls == ["collect", "freeze"]  # garbage first: never pin garbage

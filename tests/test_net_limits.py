@@ -115,7 +115,8 @@ async def test_idle_streams_are_closed_and_decode_bombs_are_paced():
         assert not data
         big = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
         await big.write(decode_bomb(100_000))  # beyond what a peer without standing may send: refused
-        bomb = decode_bomb(30_000)
+        header = msgpack.packb({"m": "echo", "a": [0] * 30_000})  # 30k values, one container: under the cap
+        bomb = struct.pack(">II", len(header), len(header)) + header
         for _ in range(12):  # 360 KB of headers: beyond one peer's burst, so the reader slows down
             s = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
             await s.write(bomb)
@@ -174,3 +175,18 @@ async def test_item_frames_a_handler_does_not_take_are_bounded_per_peer(tmp_path
                     await call.recv()
             assert rpc.penalties.reasons.get("buffered_bytes", 0) >= 1 and rpc.buffered.used == 0
             assert len(encode_frame_bytes({"s": 1})) < 64
+
+
+async def test_a_peer_without_standing_sends_headers_of_few_containers_an_established_one_more():
+    async with running_hosts(2) as (server, client):
+        cap = server.rpc_server.limits.untrusted_header_containers
+        many = [[] for _ in range(cap + 10)]  # small in bytes: within the header size a newcomer may send
+        with pytest.raises(RpcError) as err:
+            await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
+        assert err.value.code == BAD_REQUEST and "too many lists and maps" in str(err.value)
+        assert await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", [[1], [2]], timeout=10) == [[1], [2]]
+        server.rpc_server.trusted = lambda peer: peer == client.peer_id
+        with pytest.raises(RpcError) as err:  # decoded now; echo itself answers only small values
+            await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
+        assert "too many lists" not in str(err.value)
+
