@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, of {', '.join(ATTACKS)}")
     p.add_argument("--identities", default="1,16,256", help="attacker identities per run, comma-separated")
     p.add_argument("--attack-s", type=float, default=8.0)
-    p.add_argument("--baseline-s", type=float, default=4.0)
+    p.add_argument("--baseline-s", type=float, default=10.0,
+                   help="honest requests before each attack, the p95 baseline (default 10: a few hundred requests)")
     p.add_argument("--recover-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=90.0)
     p.add_argument("--rpc-parts", default=",".join(RPC_PARTS),
