@@ -4,7 +4,9 @@
 probabilities of the two choice tokens ("A", "B") as the next token. It asks in both orders and
 averages, so a model that always says "A" expresses no preference: ``P(a > b) = (P_A(a, b) +
 P_B(b, a)) / 2`` with each ``P`` renormalized over the two choice tokens. Within ``margin`` of 1/2
-the verdict falls to ``tiebreak(prompt, answer)`` (e.g. the mean token log-likelihood), else a tie.
+(0.1: a lean under 60:40 is no verdict) the verdict falls to ``tiebreak(prompt, answer)`` (e.g. the
+mean token log-likelihood), else a tie. A model too small for the A/B question (SmolLM2-135M)
+thus judges by likelihood behind the screens; one that can answer it judges by comparison.
 The model call is torch-free here: ``choice_logprobs(texts) -> [(logp_A, logp_B), ...]`` takes a
 batch of judging texts, so one round's comparisons cost one batched forward.
 
@@ -45,7 +47,11 @@ def _p_first(la: float, lb: float) -> float:
 class PairwiseJudge:
     choice_logprobs: ChoiceFn
     tiebreak: Callable[[str, str], float] | None = None
-    margin: float = 0.02
+    # A verdict needs the judge to lean at least 60:40, averaged over both orders. SmolLM2-135M
+    # leans ~5 points off even at most (median 1.8), and its leanings pick worse than its likelihood
+    # does: on 60 labeled questions (docs/BENCHMARKS.md) the winners were right 35% of the time with
+    # margin 0, 42% with 0.02, 55% from 0.1 up, where the likelihood decides (majority vote: 48%).
+    margin: float = 0.1
     tie_margin: float = 0.05
     _pref: dict[tuple[str, str, str], float] = field(default_factory=dict, repr=False)
 

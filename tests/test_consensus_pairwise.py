@@ -24,12 +24,12 @@ def fake_model(quality: dict[str, float], bias: float = 0.0, calls: list | None 
 
 
 def test_order_swap_cancels_a_letter_bias():
-    q = {"Paris": 1.0, "Lyon": 0.0}
+    q = {"Paris": 2.0, "Lyon": 0.0}
     biased = PairwiseJudge(fake_model(q, bias=3.0))  # alone, the A slot always wins
     assert biased.judge("Capital?", "Paris", "Lyon") == "A"
     assert biased.judge("Capital?", "Lyon", "Paris") == "B"  # the better answer wins from slot B too
     p = biased.preferences("Capital?", [("Paris", "Lyon")])[0]
-    want = (1 / (1 + math.exp(-4.0)) + 1 - 1 / (1 + math.exp(-2.0))) / 2
+    want = (1 / (1 + math.exp(-5.0)) + 1 - 1 / (1 + math.exp(-1.0))) / 2
     assert abs(p - want) < 1e-9
     only_bias = PairwiseJudge(fake_model({"x": 0.0, "y": 0.0}, bias=5.0))
     assert only_bias.judge("?", "x", "y") == "tie" and only_bias.judge("?", "y", "x") == "tie"
@@ -54,3 +54,17 @@ def test_screened_answers_lose_without_asking_the_model():
     assert judge_many(j, "?", [("loop", "good"), ("good", "loop"), ("good", "other")]) == ["B", "A", "B"]
     assert calls == [2]  # only the unscreened pair reached the model
     assert judge_many(j, "?", [("loop", "")]) == ["A"]  # two screened answers: the model decides
+
+
+def test_a_weak_preference_is_no_verdict_the_tiebreaker_decides():
+    # a judge that leans 55:45 (a 135M model's A/B answers lean at most ~5 points off even, and
+    # not toward the right answer): below the margin, the likelihood decides
+    weak = fake_model({"right": 0.0, "wrong": 0.2})
+    like = {"right": -0.5, "wrong": -2.0}
+    j = PairwiseJudge(weak, tiebreak=lambda p, ans: like[ans])
+    p = j.preferences("?", [("wrong", "right")])[0]
+    assert 0.5 < p < 0.5 + j.margin
+    assert j.judge("?", "wrong", "right") == "B" and j.judge("?", "right", "wrong") == "A"
+    assert PairwiseJudge(weak).judge("?", "wrong", "right") == "tie"  # no tiebreaker: a tie
+    strong = PairwiseJudge(fake_model({"right": 0.0, "wrong": 1.0}), tiebreak=lambda p, ans: like[ans])
+    assert strong.judge("?", "wrong", "right") == "A"  # a clear preference (73:27) is the verdict
