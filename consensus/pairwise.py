@@ -48,7 +48,7 @@ class PairwiseJudge:
     choice_logprobs: ChoiceFn
     tiebreak: Callable[[str, str], float] | None = None
     # A verdict needs the judge to lean at least 60:40, averaged over both orders. SmolLM2-135M
-    # leans ~5 points off even at most (median 1.8), and its leanings pick worse than its likelihood
+    # leans within ~5 points of even on 90% of pairs (median 1.8), and its leanings pick worse than its likelihood
     # does: on 60 labeled questions (docs/BENCHMARKS.md) the winners were right 35% of the time with
     # margin 0, 42% with 0.02, 55% from 0.1 up, where the likelihood decides (majority vote: 48%).
     margin: float = 0.1

@@ -93,7 +93,7 @@ class Node:
         self.http_addr: str | None = None
         self.started = trio.Event()
         self.started_at = 0.0
-        self.settle_heap = False  # the CLI daemon sets it: ``settle_heap()`` once the services are up
+        self.settle_heap_on_start = False  # the CLI daemon sets it: ``settle_heap()`` once the services are up
         self._run_scope = trio.CancelScope()
         self._stop = trio.Event()
         # a new reachability verdict is published at once
@@ -168,7 +168,7 @@ class Node:
                 nursery.start_soon(self.state.run, self)
                 for svc in self.services:
                     await nursery.start(svc.start, self)
-                if self.settle_heap:
+                if self.settle_heap_on_start:
                     log.debug("heap settled: %d objects frozen", settle_heap())
                 self._write_ready()
                 log.info("node %s ready: %s%s", self.peer_id, ", ".join(self.host.addrs),

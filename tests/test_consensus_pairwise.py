@@ -57,8 +57,8 @@ def test_screened_answers_lose_without_asking_the_model():
 
 
 def test_a_weak_preference_is_no_verdict_the_tiebreaker_decides():
-    # a judge that leans 55:45 (a 135M model's A/B answers lean at most ~5 points off even, and
-    # not toward the right answer): below the margin, the likelihood decides
+    # a judge that leans 55:45 (a 135M model's A/B answers mostly lean within ~5 points of even,
+    # and not toward the right answer): below the margin, the likelihood decides
     weak = fake_model({"right": 0.0, "wrong": 0.2})
     like = {"right": -0.5, "wrong": -2.0}
     j = PairwiseJudge(weak, tiebreak=lambda p, ans: like[ans])

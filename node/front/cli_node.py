@@ -68,7 +68,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
     logs.setup(cfg.log_level, cfg.log_format)
     node = build_node(cfg)
-    node.settle_heap = True  # this process is the node's alone
+    node.settle_heap_on_start = True  # this process is the node's alone
     trio.run(node.run)
     return 0
 
