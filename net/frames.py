@@ -44,6 +44,12 @@ class FrameError(SwarmError):
     """A frame that is malformed or breaks a limit; the peer gets an error frame or a reset."""
 
 
+class HostileFrame(FrameError):
+    """A frame no honest encoder writes: a header that does not decode (over a secure channel the
+    bytes are exactly what the peer's encoder produced) or one past a cap that a peer without
+    standing must keep (``net.rpc_server``: such a peer is refused at once, not after 8 strikes)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -218,7 +224,7 @@ def decode_body(body: bytearray | bytes, header_len: int, limits: Limits = DEFAU
                 max_map_len=min(limits.max_map_len, header_len // 2), max_ext_len=0, **hooks,
             )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
-        raise FrameError(f"frame header does not decode: {type(exc).__name__}: {exc}") from None
+        raise HostileFrame(f"frame header does not decode: {type(exc).__name__}: {exc}") from None
     if _PLACEHOLDER not in bytes(view[:header_len]):  # no tensors: nothing to walk
         if header_len != len(body):
             raise FrameError(f"{len(body) - header_len} stray bytes after the frame's header")

@@ -235,11 +235,11 @@ class SwarmHost:
     def _build(self) -> tuple[Any, list[Any]]:
         from swarmlm.net.transport.build import AddressError, build_libp2p_host  # lazy: imports libp2p (~1 s)
 
-        cfg = self.config
+        cfg, rpc = self.config, self.rpc_server  # rpc.trusted: standing (the node sets it); refusing: penalties
         try:
             return build_libp2p_host(self.identity, cfg.listen, announce=cfg.announce, quic=cfg.quic, mdns=cfg.mdns,
                                      dial_timeout_s=cfg.dial_timeout_s, fastpath=cfg.fastpath, inbound=cfg.inbound,
-                                     trusted=lambda peer: self.rpc_server.trusted(peer))  # standing: the node sets it
+                                     trusted=lambda peer: rpc.trusted(peer), refused=rpc.refusing)
         except AddressError as exc:
             raise HostError(str(exc)) from None
 

@@ -124,11 +124,12 @@ class Penalties:
     reasons: dict[str, int] = field(default_factory=dict)
     on_refuse: Callable[[str], None] | None = None
 
-    def strike(self, peer: str, now: float, reason: str) -> bool:
-        """Count a rule break; True when the peer is refused from now on."""
+    def strike(self, peer: str, now: float, reason: str, weight: int = 1) -> bool:
+        """Count a rule break (``weight`` strikes at once; ``strikes`` refuses the peer outright);
+        True when the peer is refused from now on."""
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         log = self._log.setdefault(peer, deque())
-        log.append(now)
+        log.extend([now] * min(max(1, weight), self.strikes))
         while log and now - log[0] > self.window_s:
             log.popleft()
         if len(self._log) > self.max_peers:  # forget the oldest offenders first

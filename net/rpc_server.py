@@ -8,7 +8,10 @@ yet taken by a handler (with room reserved for ``trusted`` peers), header bytes 
 CPU a peer can make us spend decoding), an idle deadline on streams without a call, and the
 read/write deadlines of ``FrameStream``. A peer that breaks a limit gets an error frame or a reset
 and a strike; enough strikes refuse it for a while (``net.limits.Penalties``); everyone else keeps
-being served.
+being served. A peer without standing that sends a frame no honest encoder writes (``HostileFrame``:
+a header that does not decode, or builds more containers than its cap) is refused at once. A refused peer's open
+streams are cancelled, and ``refusing(peer)`` lets the muxer reset its new ones at the first frame,
+before protocol negotiation.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from swarmlm.errors import SwarmError
-from swarmlm.net.frames import DEFAULT_LIMITS, PREFIX_BYTES, FrameError, Limits
+from swarmlm.net.frames import DEFAULT_LIMITS, PREFIX_BYTES, FrameError, HostileFrame, Limits
 from swarmlm.net.limits import ByteBudget, Penalties, RateTable, TokenBucket
 from swarmlm.net.rpc import (BAD_REQUEST, BUSY, DEADLINE, INTERNAL, NOT_FOUND, ByteStream, FrameStream,
                              RpcError, StreamClosedError, _reset_quietly)
@@ -104,10 +107,12 @@ class ServerLimits:
     # tens of thousands of containers alive, and each survivor of a young collection is walked
     # again by every full one (0.3-0.5 s stalls every few seconds under a 256-identity bomb)
     untrusted_header_containers: int = 4096
+    hostile_frame_strikes: int = 8  # for a ``HostileFrame`` from a peer without standing: all of Penalties.strikes
     header_rate_bps: float = 64 << 10  # per untrusted peer
     header_burst: float = 256 << 10
-    header_rate_total_bps: float = 256 << 10  # all untrusted peers together (~5% of a core at worst)
-    header_burst_total: float = 512 << 10
+    # all untrusted peers together: the costliest capped header (4000 lists) decodes at ~50 ms per MiB: <= 5% of a core
+    header_rate_total_bps: float = 1 << 20
+    header_burst_total: float = 1 << 20
 
 
 @dataclass
@@ -141,11 +146,28 @@ class RpcServer:
         self.buffered = ByteBudget(lim.max_buffered_per_peer, lim.max_buffered_total, lim.reserved_buffered)
         self._header_rates = RateTable(lim.header_rate_bps, lim.header_burst)
         self._header_total = TokenBucket(lim.header_rate_total_bps, lim.header_burst_total)
+        self._scopes: dict[str, set[trio.CancelScope]] = defaultdict(set)  # each peer's served streams
+        self._refusals, self._refusal_logged = 0, -math.inf
 
-    def _strike(self, peer: str, reason: str) -> None:
-        if self.penalties.strike(peer, trio.current_time(), reason):
-            log.warning("refusing peer %s for %.0f s: it broke the %s limit repeatedly", peer[-8:],
-                        self.penalties.refuse_s, reason)
+    def _strike(self, peer: str, reason: str, weight: int = 1) -> None:
+        now = trio.current_time()
+        if self.penalties.strike(peer, now, reason, weight):
+            self._refusals += 1
+            if now - self._refusal_logged >= 60.0:  # one line a minute, however many identities an attacker has
+                why = "it sent a frame no honest peer writes" if reason == "hostile_frame" else \
+                    f"it broke the {reason} limit repeatedly"
+                more = f" ({self._refusals - 1} more peers refused since the last report)" if self._refusals > 1 else ""
+                log.warning("refusing peer %s for %.0f s: %s%s", peer[-8:], self.penalties.refuse_s, why, more)
+                self._refusal_logged, self._refusals = now, 0
+            for scope in self._scopes.get(peer, ()):  # what it has open ends now: relay holds, slow reads
+                scope.cancel()
+
+    def refusing(self, peer: str) -> bool:
+        """Whether ``peer`` is refused now (the muxer asks before it accepts a stream of the peer)."""
+        if self.penalties.refused(peer, trio.current_time()):
+            self.stats.rejected_streams += 1
+            return True
+        return False
 
     def protocols(self) -> set[str]:
         return {p for p, _ in self._unary} | {p for p, _ in self._stream}
@@ -173,13 +195,19 @@ class RpcServer:
         self._streams_per_peer[peer] += 1
         self._streams_total += 1
         fs = FrameStream(stream, self.frame_limits, peer)
+        scope = trio.CancelScope()
+        self._scopes[peer].add(scope)
         try:
-            await self._serve(fs, protocol, peer)
+            with scope:
+                await self._serve(fs, protocol, peer)
         except StreamClosedError:
             pass
         except FrameError as exc:
             self.stats.rejected_frames += 1
-            self._strike(peer, "frame")
+            if isinstance(exc, HostileFrame) and not self.trusted(peer):
+                self._strike(peer, "hostile_frame", self.limits.hostile_frame_strikes)
+            else:
+                self._strike(peer, "frame")
             log.info("bad frame from %s on %s: %s", peer[-8:], protocol, exc)
             with trio.move_on_after(1):
                 try:
@@ -191,12 +219,18 @@ class RpcServer:
             log.exception("RPC stream from %s on %s failed", peer[-8:], protocol)
             await _reset_quietly(stream)
         finally:
+            self._scopes[peer].discard(scope)
+            if not self._scopes[peer]:
+                del self._scopes[peer]
             self._streams_total -= 1
             self._streams_per_peer[peer] -= 1
             if not self._streams_per_peer[peer]:
                 del self._streams_per_peer[peer]
             self.stats.bytes_in += fs.bytes_in
             self.stats.bytes_out += fs.bytes_out
+        if scope.cancelled_caught:  # refused while this stream was open: no goodbye
+            await _reset_quietly(stream)
+            return
         with trio.move_on_after(1):
             try:
                 await stream.close()

@@ -93,17 +93,19 @@ async def test_plaintext_only_peer_cannot_connect():
 
 
 async def test_garbage_and_truncated_frames_leave_the_node_serving():
-    async with running_hosts(2) as (server, client):
-        await wait_until(lambda: server.peer_id in client.connected_peers())
+    async with running_hosts(3) as (server, junk_sender, client):
+        await wait_until(lambda: server.peer_id in junk_sender.connected_peers())
         junk_frames = [b"\xff" * 64, struct.pack(">II", 100, 4) + b"\x00" * 10, b"\x00\x00\x00",
-                       struct.pack(">II", 9, 9) + b"\xc1" * 9, struct.pack(">II", 2**31, 0)]
+                       struct.pack(">II", 2**31, 0), struct.pack(">II", 9, 9) + b"\xc1" * 9]
         for junk in junk_frames:
-            stream = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
+            stream = await junk_sender.open_stream(server.peer_id, ECHO_PROTOCOL)
             await stream.write(junk)
             await stream.close()
-        await trio.sleep(0.2)
+        await wait_until(lambda: server.rpc_server.penalties.reasons.get("hostile_frame"))
         assert await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "alive") == "alive"
         assert server.rpc_server.stats.rejected_frames >= 2
+        # the undecodable header (0xc1 is no msgpack) refused its sender at once; nobody else
+        assert server.rpc_server.refusing(junk_sender.peer_id) and not server.rpc_server.refusing(client.peer_id)
 
 
 async def test_bad_addresses_are_clear_errors():

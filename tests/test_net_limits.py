@@ -84,6 +84,8 @@ def test_budgets_rates_and_penalties():
     p = Penalties(strikes=3, window_s=10, refuse_s=5)
     assert not p.strike("x", 0, "frame") and not p.strike("x", 1, "frame") and p.strike("x", 2, "frame")
     assert p.refused("x", 3) and not p.refused("x", 8) and not p.refused("y", 3)
+    assert p.strike("z", 0, "hostile_frame", weight=3) and p.refused("z", 1)  # a weight of `strikes`: at once
+    assert not p.strike("w", 0, "frame", weight=2) and p.strike("w", 1, "frame")
     assert ip_prefix("10.1.2.3") == "10.1.2.0/24" and ip_prefix("2001:db8::1") == "2001:db8::/48"
 
 
@@ -178,15 +180,64 @@ async def test_item_frames_a_handler_does_not_take_are_bounded_per_peer(tmp_path
 
 
 async def test_a_peer_without_standing_sends_headers_of_few_containers_an_established_one_more():
-    async with running_hosts(2) as (server, client):
-        cap = server.rpc_server.limits.untrusted_header_containers
+    async with running_hosts(3) as (server, newcomer, established):
+        rpc = server.rpc_server
+        cap = rpc.limits.untrusted_header_containers
         many = [[] for _ in range(cap + 10)]  # small in bytes: within the header size a newcomer may send
+        assert await newcomer.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", [[1], [2]], timeout=10) == [[1], [2]]
         with pytest.raises(RpcError) as err:
-            await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
+            await newcomer.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
         assert err.value.code == BAD_REQUEST and "too many lists and maps" in str(err.value)
-        assert await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", [[1], [2]], timeout=10) == [[1], [2]]
-        server.rpc_server.trusted = lambda peer: peer == client.peer_id
-        with pytest.raises(RpcError) as err:  # decoded now; echo itself answers only small values
-            await client.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
-        assert "too many lists" not in str(err.value)
+        # no honest encoder writes that: a peer without standing is refused at once, not after 8 strikes
+        assert rpc.penalties.reasons == {"hostile_frame": 1}
+        assert rpc.penalties.refused(newcomer.peer_id, trio.current_time())
+        rpc.trusted = lambda peer: peer == established.peer_id
+        for _ in range(2):
+            with pytest.raises(RpcError) as err:  # decoded now; echo itself answers only small values
+                await established.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", many, timeout=10)
+            assert "too many lists" not in str(err.value)
+        assert not rpc.penalties.refused(established.peer_id, trio.current_time())
 
+
+async def test_a_refused_peer_loses_its_open_calls_and_its_new_streams_are_reset_before_negotiation():
+    hold_protocol = "/swarmlm/test-hold/1"
+    async with running_hosts(3) as (server, bad, good):
+        rpc = server.rpc_server
+        held = trio.Event()
+
+        async def hold(ctx, arg):
+            held.set()
+            await trio.sleep_forever()
+
+        rpc.add_unary(hold_protocol, "hold", hold)
+        server.refresh_handlers()
+        ended: list[BaseException] = []
+
+        async def call_hold() -> None:
+            try:
+                await bad.rpc.call(server.peer_id, hold_protocol, "hold", None, timeout=60)
+            except (RpcError, StreamClosedError) as exc:
+                ended.append(exc)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call_hold)
+                await held.wait()
+                bomb = await bad.open_stream(server.peer_id, ECHO_PROTOCOL)
+                await bomb.write(decode_bomb(20_000))  # 20k containers in 20 KB: under the size cap, over the count
+                # the held call ends with the refusal, long before its 60 s deadline
+        assert ended and rpc.penalties.refused(bad.peer_id, trio.current_time())
+        served: list[str] = []
+        serve = rpc.serve_stream
+
+        async def counting(stream, protocol, peer):
+            served.append(peer)
+            await serve(stream, protocol, peer)
+
+        rpc.serve_stream = counting  # type: ignore[method-assign]
+        before = rpc.stats.rejected_streams
+        with pytest.raises((RpcError, StreamClosedError)):
+            await bad.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "x", timeout=5)
+        assert rpc.stats.rejected_streams == before + 1 and bad.peer_id not in served  # reset at its SYN
+        assert await good.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "fine", timeout=5) == "fine"
+        assert served == [good.peer_id] and bad.peer_id not in rpc._scopes

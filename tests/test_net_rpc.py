@@ -162,15 +162,18 @@ async def test_busy_when_over_concurrency_limit():
 async def test_garbage_frames_leave_server_serving():
     srv = make_server()
     async with trio.open_nursery() as n:
-        h = Harness(n, srv)
-        for junk in [b"\xff\xff\xff\xff\x00\x00\x00\x00", encode_frame_bytes([1, 2, 3]),
-                     struct.pack(">II", 3, 3) + b"\xc1\xc1\xc1", b"\x00\x00"]:
+        h = Harness(n, srv, peer="junk-peer")
+        for junk in [b"\xff\xff\xff\xff\x00\x00\x00\x00", encode_frame_bytes([1, 2, 3]), b"\x00\x00",
+                     struct.pack(">II", 3, 3) + b"\xc1\xc1\xc1"]:
             raw = await h.opener("srv", P)
             await raw.write(junk)
             await raw.close()
-        cli = RpcClient(h.opener)
-        assert await cli.call("srv", P, "echo", "still here") == "still here"
+        await trio.testing.wait_all_tasks_blocked()
         assert srv.stats.rejected_frames >= 2
+        # an undecodable header is no honest encoder's: that peer is refused at once, everyone else served
+        assert srv.penalties.reasons.get("hostile_frame") == 1 and srv.refusing("junk-peer")
+        cli = RpcClient(Harness(n, srv, peer="other-peer").opener)
+        assert await cli.call("srv", P, "echo", "still here") == "still here"
         n.cancel_scope.cancel()
 
 

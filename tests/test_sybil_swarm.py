@@ -94,4 +94,8 @@ async def test_rpc_floods_from_many_identities_leave_the_node_serving(tmp_path):
             assert stats.throttled + stats.rejected_frames + stats.by_code["bad_request"] > 0
             assert stats.bytes_out < 64 * 1024
             assert node.host.rpc_server.buffered.used == 0 and not node.shard._relay_waits
+            # a decode bomb is no honest encoder's frame: each attacker was refused after its first one
+            penalties = node.host.rpc_server.penalties
+            assert penalties.reasons.get("hostile_frame", 0) >= 4
+            assert all(penalties.refused(h.peer_id, trio.current_time()) for h in hosts)
         assert await generate(node.client.pipeline) == want

@@ -44,11 +44,13 @@ def _libp2p_key_pair(identity: Identity) -> Any:
 def build_libp2p_host(identity: Identity, listen: Sequence[str], *, announce: Sequence[str] = (),
                       quic: bool = False, mdns: bool = False, dial_timeout_s: float = 10.0,
                       fastpath: bool = True, inbound: InboundLimits | None = None,
-                      trusted: Callable[[str], bool] = lambda peer: False) -> tuple[Any, list[Any]]:
+                      trusted: Callable[[str], bool] = lambda peer: False,
+                      refused: Callable[[str], bool] | None = None) -> tuple[Any, list[Any]]:
     """A py-libp2p host with Noise as the only security transport and Yamux as the only muxer,
     and its listen multiaddrs (``quic`` adds a QUIC address beside each TCP one). ``inbound``:
     bound inbound connections per IP prefix and in total (``net.inbound``; ``trusted(peer)``: peers
-    with standing, never counted). Raises AddressError."""
+    with standing, never counted); ``refused(peer)``: peers whose new streams are reset at once
+    (fast path only). Raises AddressError."""
     set_agent_version(AGENT_VERSION)  # what identify tells other peers
     key_pair = _libp2p_key_pair(identity)
     noise_cls, muxer_opt = NoiseTransport, create_yamux_muxer_option()
@@ -74,7 +76,7 @@ def build_libp2p_host(identity: Identity, listen: Sequence[str], *, announce: Se
         announce_addrs=announce_addrs,
     )
     if fastpath:
-        install_fast_muxer(host)
+        install_fast_muxer(host, refused)
     disable_auto_connect(host)  # our discovery loop decides whom to connect to
     tolerate_handler_removal(host)  # a service stopping mid-negotiation fails one stream, not the host
     if inbound is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import trio
 from libp2p.exceptions import ParseError
@@ -200,6 +200,10 @@ class FastYamux(_y.Yamux):
     window_wait_s = 5.0  # as stock: a writer starved of credit this long fails
     body_timeout_s = _y._yamux_data_read_timeout()  # as stock: a DATA body must arrive this fast
     expect_answer: str | None = None  # set when our muxer proposal's answer is still to be read
+    # whether to reset the peer's new streams at their SYN, before protocol negotiation (a peer the
+    # node refuses: ``RpcServer.refusing``); set per connection by ``FastMuxerMultistream``
+    refuse_streams: Callable[[str], bool] | None = None
+    _peer_text: str = ""
 
     async def _write_frame(self, data: bytes) -> None:
         await self._write_parts([data])
@@ -330,7 +334,7 @@ class FastYamux(_y.Yamux):
     async def _on_stream_frame(self, sid: int, flags: int, data: bytes, credit: int) -> None:
         stream = self.streams.get(sid)
         if flags & _y.FLAG_SYN:
-            if stream is not None or sid == 0:
+            if stream is not None or sid == 0 or self._refuses():
                 await self._write_frame(_HDR.pack(0, _y.TYPE_WINDOW_UPDATE, _y.FLAG_RST, sid, 0))
                 return
             stream = FastYamuxStream(sid, self, False)
@@ -346,6 +350,14 @@ class FastYamux(_y.Yamux):
         if stream is None:  # a frame for a stream we already dropped: ignore, as go-yamux does
             return
         self._apply(stream, flags, data, credit)
+
+    def _refuses(self) -> bool:
+        hook = self.refuse_streams
+        if hook is None:
+            return False
+        if not self._peer_text:
+            self._peer_text = self.peer_id.to_base58()
+        return hook(self._peer_text)
 
     def _apply(self, stream: FastYamuxStream, flags: int, data: bytes, credit: int, arrived: bool = False) -> None:
         sid = stream.stream_id

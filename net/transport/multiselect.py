@@ -16,7 +16,7 @@ The replacements here (subclasses of py-libp2p components, installed by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import trio
 from libp2p.protocol_muxer import multiselect_client as _msc
@@ -42,7 +42,10 @@ class FastMuxerMultistream(MuxerMultistream):
     ``muxer_opt`` names), and as initiator negotiates ``FastYamux`` optimistically: the proposal
     goes out and the connection starts at once; ``FastYamux.handle_incoming`` checks the answer
     before the first frame (a refusal closes the connection). The responder reads in order, so
-    this is wire-compatible, and a new connection saves one round trip."""
+    this is wire-compatible, and a new connection saves one round trip. ``refuse_streams`` (the
+    host sets it) goes to every connection: the peers whose new streams it resets at once."""
+
+    refuse_streams: Callable[[str], bool] | None = None
 
     # py-libp2p 0.8.1 MuxerMultistream.new_conn waits for the muxer negotiation's answer and then
     # always builds its own Yamux for /yamux/1.0.0; ours builds FastYamux without waiting.
@@ -55,12 +58,15 @@ class FastMuxerMultistream(MuxerMultistream):
             await conn.write(encode_delim(_msc.MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(str(first).encode()))
             muxed = cls(conn, peer_id, is_initiator=True)
             muxed.expect_answer = str(first)
+            muxed.refuse_streams = self.refuse_streams
             return self._annotate_connection(muxed, conn, first)
         protocol, muxer_class = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
         if isinstance(muxer_class, type) and issubclass(muxer_class, _y.Yamux):
             muxed = muxer_class(conn, peer_id, is_initiator=conn.is_initiator)
         else:
             muxed = muxer_class(conn, peer_id)
+        if isinstance(muxed, FastYamux):
+            muxed.refuse_streams = self.refuse_streams
         return self._annotate_connection(muxed, conn, protocol)
 
 

@@ -44,12 +44,13 @@ from swarmlm.net.transport.upstream import replaces
 @replaces("libp2p.protocol_muxer.generic_selector.GenericMultistreamSelector.__init__", "388728456dce939a")
 @replaces("libp2p.protocol_muxer.generic_selector.GenericMultistreamSelector.select", "acc9c4e6d4de14ce")
 @replaces("libp2p.host.basic_host.BasicHost.new_stream", "df9efa1bac504f42")
-def install_fast_muxer(host: Any) -> None:
+def install_fast_muxer(host: Any, refuse_streams: Callable[[str], bool] | None = None) -> None:
     """Make ``host`` build ``FastYamux`` connections and pipeline multistream-select (call right
-    after ``new_host``)."""
+    after ``new_host``); ``refuse_streams(peer_id)``: reset that peer's new streams at their SYN."""
     upgrader = host.get_network().upgrader
     old = upgrader.muxer_multistream
     upgrader.muxer_multistream = FastMuxerMultistream(fast_muxer_option(), old.negotiate_timeout)
+    upgrader.muxer_multistream.refuse_streams = refuse_streams
     upgrader.security_multistream = FastSecurityMultistream(upgrader.security_multistream.transports)
     client = PipelinedMultiselectClient()
     host.multiselect_client = client
