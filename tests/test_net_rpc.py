@@ -221,3 +221,20 @@ async def test_a_result_that_cannot_be_encoded_is_answered_as_an_internal_error(
         assert ei.value.code == "internal"
         assert await cli.call("srv", P, "echo", 7) == 7  # the stream and the server keep serving
         n.cancel_scope.cancel()
+
+
+def test_refusals_are_reported_once_a_minute_with_a_count(caplog):
+    srv = RpcServer()
+
+    async def main() -> None:
+        for i in range(5):  # five identities refused at once for hostile frames: one line, not five
+            srv._strike(f"peer{i}", "hostile_frame", srv.limits.hostile_frame_strikes)
+        assert all(srv.refusing(f"peer{i}") for i in range(5))
+        await trio.sleep(61)
+        srv._strike("peer9", "hostile_frame", srv.limits.hostile_frame_strikes)
+
+    with caplog.at_level("WARNING", logger="swarmlm.rpc"):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    lines = [r.getMessage() for r in caplog.records if "refusing peer" in r.getMessage()]
+    assert len(lines) == 2 and "no honest peer writes" in lines[0]
+    assert "4 more peers refused since the last report" in lines[1]
