@@ -238,6 +238,6 @@ async def test_a_refused_peer_loses_its_open_calls_and_its_new_streams_are_reset
         before = rpc.stats.rejected_streams
         with pytest.raises((RpcError, StreamClosedError)):
             await bad.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "x", timeout=5)
-        assert rpc.stats.rejected_streams == before + 1 and bad.peer_id not in served  # reset at its SYN
+        assert rpc.stats.rejected_streams > before and bad.peer_id not in served  # reset at its SYN
         assert await good.rpc.call(server.peer_id, ECHO_PROTOCOL, "echo", "fine", timeout=5) == "fine"
         assert served == [good.peer_id] and bad.peer_id not in rpc._scopes
