@@ -113,7 +113,8 @@ class ByteBudget:
 
 @dataclass
 class Penalties:
-    """``strikes`` rule breaks within ``window_s`` refuse a peer for ``refuse_s`` seconds."""
+    """``strikes`` rule breaks within ``window_s`` refuse a peer for ``refuse_s`` seconds. At most
+    ``max_peers`` offenders and refusals are remembered (beyond, the oldest go first)."""
 
     strikes: int = 8
     window_s: float = 60.0
@@ -137,7 +138,12 @@ class Penalties:
                 self._log.pop(p, None)
         if len(log) >= self.strikes:
             log.clear()
+            self._until.pop(peer, None)  # re-inserted last: the table stays in order of expiry
             self._until[peer] = now + self.refuse_s
+            for p in list(self._until):  # expired refusals of identities never seen again leave; at most max_peers
+                if self._until[p] > now and len(self._until) <= self.max_peers:
+                    break
+                del self._until[p]
             if self.on_refuse is not None:
                 self.on_refuse(peer)
             return True

@@ -180,8 +180,7 @@ class RpcServer:
 
     async def serve_stream(self, stream: ByteStream, protocol: str, peer: str) -> None:
         """Serve calls on one incoming stream until the client closes it. Never raises."""
-        if self.penalties.refused(peer, trio.current_time()):
-            self.stats.rejected_streams += 1
+        if self.refusing(peer):  # the fast path's muxer already resets its streams at the SYN
             await _reset_quietly(stream)
             return
         if (self._streams_per_peer.get(peer, 0) >= self.limits.max_streams_per_peer

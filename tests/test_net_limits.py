@@ -86,6 +86,10 @@ def test_budgets_rates_and_penalties():
     assert p.refused("x", 3) and not p.refused("x", 8) and not p.refused("y", 3)
     assert p.strike("z", 0, "hostile_frame", weight=3) and p.refused("z", 1)  # a weight of `strikes`: at once
     assert not p.strike("w", 0, "frame", weight=2) and p.strike("w", 1, "frame")
+    many = Penalties(strikes=1, refuse_s=5, max_peers=3)  # one free identity after another: a bounded table
+    for i in range(10):
+        many.strike(f"id{i}", float(i), "hostile_frame")
+    assert len(many._until) == 3 and many.refused("id9", 9.5) and not many.refused("id0", 9.5)
     assert ip_prefix("10.1.2.3") == "10.1.2.0/24" and ip_prefix("2001:db8::1") == "2001:db8::/48"
 
 
