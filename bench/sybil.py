@@ -4,9 +4,10 @@ Five honest node processes (``LocalTestnet``, builtin:tiny, layers 0:3, 3:6, 0:3
 each; node 0 is everyone's bootstrap and the honest client's gateway), an honest client asking node
 0's HTTP API continuously (``/v1/completions``, 4 tokens, one request at a time, in a thread), and
 for every attack class (``--attacks``; see ``testnet/sybil_payloads.py``) and every M in
-``--identities``: a baseline window without attack, then an attacker process
-(``python -m swarmlm.testnet.sybil``) holding M identities attacks all five nodes for ``--attack-s``
-and leaves. Standing is earned first: the client warms up until node 0's witness records made the
+``--identities``: an attacker process (``python -m swarmlm.testnet.sybil``, idle CPU priority)
+makes M identities and starts their hosts, a baseline window runs without attack, then the
+attacker connects, attacks all five nodes for ``--attack-s`` and leaves. The log shows the slowest
+honest request per second of the attack and the p95 per route length in both windows. Standing is earned first: the client warms up until node 0's witness records made the
 servers it used established.
 
 JSON: {"model", "nodes", "attack_s", "results": {attack: {M: {"honest_success", "honest_p95_ms",
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,7 @@ class HonestClient:
     def __init__(self, base: str, prompt: str = "Tell me about the swarm") -> None:
         self.base, self.prompt = base, prompt
         self.samples: list[tuple[float, float, bool]] = []
+        self.hops: dict[float, int] = {}  # a sample's start -> its route's hop count
         self.slow: list[tuple[float, Any]] = []  # (ms, the swarm extension of answers slower than 2 s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,6 +80,8 @@ class HonestClient:
             except Exception as exc:  # counted as a failure: the bench measures exactly this
                 ok, r = False, {"error": str(exc)[:200]}
             ms = (time.monotonic() - t0) * 1000.0
+            if ok:
+                self.hops[t0] = len((r.get("swarm") or {}).get("route") or [])
             self.samples.append((t0, ms, ok))
             if ms > 2000:
                 self.slow.append((ms, r.get("swarm", r)))
@@ -126,20 +131,34 @@ def _warm_up(client: HonestClient, urls: list[str], timeout: float) -> int:
     return -1
 
 
+def _idle_priority() -> None:
+    """In the attacker's child process: run only on CPU the honest processes leave idle (SCHED_IDLE,
+    and nice 19 where that is not allowed): its own CPU models machines elsewhere. It still shares
+    the cores' caches: two idle-class busy loops alone raised the honest p95 1.3-1.4x here."""
+    os.nice(19)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str, m: int,
            ns: Any) -> dict[str, Any]:
     pids = [n.pid for n in net.nodes]
     rss0 = {p: _rss_mb(p) for p in pids}
-    # the attacker is spawned (and has imported everything) before the baseline window, and runs
-    # niced: its own CPU models machines elsewhere, what is measured is what the honest nodes pay
-    cmd = ["nice", "-n", "19", sys.executable, "-m", "swarmlm.testnet.sybil", "--wait-go", "--attack", attack,
+    # the attacker is spawned before the baseline window and has made its identities and started
+    # their hosts when it says "ready"; what is measured is what the honest nodes pay from its first
+    # connection on
+    cmd = [sys.executable, "-m", "swarmlm.testnet.sybil", "--wait-go", "--attack", attack,
            "--identities", str(m), "--duration", str(ns.attack_s), "--model", MODEL, "--parts", ns.rpc_parts]
     cmd += [x for n in net.nodes for x in ("--target", n.addr)]
     # its stderr goes to a file: a pipe nobody reads until it exits fills up and stalls it
     errf = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf,
-                            env=dict(os.environ))
-    time.sleep(2.0)  # its imports
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf,
+                            env=dict(os.environ), preexec_fn=_idle_priority)
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], 180.0)[0] or proc.stdout.readline().strip() != b"ready":
+        log("  the attacker did not say it was ready (it exited, or 180 s passed): going on")
+    time.sleep(1.0)  # its start-up's last CPU
+    log(f"  attacker ready; {ns.baseline_s:.0f} s baseline, then the attack")
     t_base = time.monotonic()
     time.sleep(ns.baseline_s)
     t_attack = time.monotonic()
@@ -182,6 +201,18 @@ def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str
         log(f"  recovered after {recovered} s")
     during = client.window(t_attack, t_left)
     base = client.window(t_base, t_attack)
+    by_second: dict[int, list[float]] = {}
+    for t, ms, ok in during:
+        by_second.setdefault(int(t - t_attack), []).append(ms)
+    log("  slowest honest request by second of the attack: "
+        + " ".join(f"{k}:{max(v):.0f}" for k, v in sorted(by_second.items())))
+    for name, window in (("baseline", base), ("attack", during)):
+        per_route: dict[int, list[float]] = {}
+        for t, ms, ok in window:
+            if ok:
+                per_route.setdefault(client.hops.get(t, 0), []).append(ms)
+        log(f"  {name} by route length: " + ", ".join(
+            f"{h} hop(s): {len(v)} requests, p95 {percentile(v, 0.95):.1f} ms" for h, v in sorted(per_route.items())))
     res = {"honest_success": round(sum(ok for *_, ok in during) / max(1, len(during)), 4),
            "honest_p95_ms": round(percentile([ms for _, ms, ok in during if ok], 0.95), 1),
            "baseline_p95_ms": round(percentile([ms for _, ms, ok in base if ok], 0.95), 1),

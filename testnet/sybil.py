@@ -144,10 +144,17 @@ async def rpc_attack(hosts: list[SwarmHost], targets: list[str], duration_s: flo
                 await trio.sleep(1.0)
 
 
+async def _wait_go() -> None:
+    """Tell the bench the hosts are up (a line on stdout), then wait for its line on stdin."""
+    print("ready", flush=True)
+    await trio.to_thread.run_sync(sys.stdin.readline)
+
+
 async def run(targets: list[str], attack: str, identities: int, duration_s: float, model: str,
-              parts: tuple[str, ...] = RPC_PARTS) -> dict[str, Any]:
+              parts: tuple[str, ...] = RPC_PARTS, wait_go: bool = False) -> dict[str, Any]:
+    """Make the identities and start their hosts (this process's own work, before ``wait_go``'s
+    signal when given), then connect to the targets and attack them for ``duration_s``."""
     peers = [split_p2p_addr(t)[1] for t in targets]
-    t0 = time.monotonic()
     idents = [Identity.generate() for _ in range(identities)]
     report: dict[str, Any] = {"attack": attack, "identities": identities}
     async with AsyncExitStack() as stack:
@@ -155,6 +162,9 @@ async def run(targets: list[str], attack: str, identities: int, duration_s: floa
         hosts = [light_host(idents[i] if attack == "rpc" else opener_identity(peers)) for i in range(n_hosts)]
         for h in hosts:
             await stack.enter_async_context(h.running())
+        if wait_go:
+            await _wait_go()
+        t0 = time.monotonic()
         # rpc: each identity its own connection, to one target (round robin); state: one host, all targets
         plan = [(h, [targets[i % len(targets)]] if attack == "rpc" else targets) for i, h in enumerate(hosts)]
         with trio.move_on_after(30):
@@ -183,16 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--parts", default=",".join(RPC_PARTS), help="rpc attack: which parts (comma-separated)")
-    p.add_argument("--wait-go", action="store_true", help="start only after a line on stdin (benches pre-spawn)")
+    p.add_argument("--wait-go", action="store_true",
+                   help="start the hosts, print 'ready', and attack only after a line on stdin (benches pre-spawn)")
     ns = p.parse_args(argv)
     parts = tuple(x for x in ns.parts.split(",") if x)
     unknown = sorted(set(parts) - set(RPC_PARTS))
     if unknown or not parts:
         p.error(f"--parts takes a comma-separated subset of {','.join(RPC_PARTS)}, not {ns.parts!r}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if ns.wait_go:
-        sys.stdin.readline()
-    report = trio.run(run, ns.target, ns.attack, ns.identities, ns.duration, ns.model, parts)
+    report = trio.run(run, ns.target, ns.attack, ns.identities, ns.duration, ns.model, parts, ns.wait_go)
     print(report, file=sys.stderr)
     return 0
 
