@@ -7,8 +7,9 @@ for every attack class (``--attacks``; see ``testnet/sybil_payloads.py``) and ev
 ``--identities``: an attacker process (``python -m swarmlm.testnet.sybil``, idle CPU priority)
 makes M identities and starts their hosts, a baseline window runs without attack, then the
 attacker connects, attacks all five nodes for ``--attack-s`` and leaves. The log shows the slowest
-honest request per second of the attack and the p95 per route length in both windows. Standing is earned first: the client warms up until node 0's witness records made the
-servers it used established.
+honest request per second of the attack and the p95 per route length in both windows. Standing
+is earned first: the client warms up until node 0's witness records made the servers it used
+established.
 
 JSON: {"model", "nodes", "attack_s", "results": {attack: {M: {"honest_success", "honest_p95_ms",
 "baseline_p95_ms", "max_rss_mb", "rss_growth_mb", "recovered_s", "requests"}}}, "targets": {...},
@@ -134,7 +135,8 @@ def _warm_up(client: HonestClient, urls: list[str], timeout: float) -> int:
 def _idle_priority() -> None:
     """In the attacker's child process: run only on CPU the honest processes leave idle (SCHED_IDLE,
     and nice 19 where that is not allowed): its own CPU models machines elsewhere. It still shares
-    the cores' caches: two idle-class busy loops alone raised the honest p95 1.3-1.4x here."""
+    the cores' caches: one and two idle-class busy loops alone raised the honest p95 1.3x and 1.4x
+    here."""
     os.nice(19)
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
