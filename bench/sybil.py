@@ -142,6 +142,24 @@ def _idle_priority() -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+def _log_windows(client: HonestClient, base: list[tuple[float, float, bool]],
+                 during: list[tuple[float, float, bool]], t_attack: float) -> None:
+    """Where the time went: the slowest honest request per second of the attack, and each
+    window's p95 per route length (the planner may move between routes of different lengths)."""
+    by_second: dict[int, list[float]] = {}
+    for t, ms, ok in during:
+        by_second.setdefault(int(t - t_attack), []).append(ms)
+    log("  slowest honest request by second of the attack: "
+        + " ".join(f"{k}:{max(v):.0f}" for k, v in sorted(by_second.items())))
+    for name, window in (("baseline", base), ("attack", during)):
+        per_route: dict[int, list[float]] = {}
+        for t, ms, ok in window:
+            if ok:
+                per_route.setdefault(client.hops.get(t, 0), []).append(ms)
+        log(f"  {name} by route length: " + ", ".join(
+            f"{h} hop(s): {len(v)} requests, p95 {percentile(v, 0.95):.1f} ms" for h, v in sorted(per_route.items())))
+
+
 def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str, m: int,
            ns: Any) -> dict[str, Any]:
     pids = [n.pid for n in net.nodes]
@@ -203,18 +221,7 @@ def _phase(net: LocalTestnet, client: HonestClient, urls: list[str], attack: str
         log(f"  recovered after {recovered} s")
     during = client.window(t_attack, t_left)
     base = client.window(t_base, t_attack)
-    by_second: dict[int, list[float]] = {}
-    for t, ms, ok in during:
-        by_second.setdefault(int(t - t_attack), []).append(ms)
-    log("  slowest honest request by second of the attack: "
-        + " ".join(f"{k}:{max(v):.0f}" for k, v in sorted(by_second.items())))
-    for name, window in (("baseline", base), ("attack", during)):
-        per_route: dict[int, list[float]] = {}
-        for t, ms, ok in window:
-            if ok:
-                per_route.setdefault(client.hops.get(t, 0), []).append(ms)
-        log(f"  {name} by route length: " + ", ".join(
-            f"{h} hop(s): {len(v)} requests, p95 {percentile(v, 0.95):.1f} ms" for h, v in sorted(per_route.items())))
+    _log_windows(client, base, during, t_attack)
     res = {"honest_success": round(sum(ok for *_, ok in during) / max(1, len(during)), 4),
            "honest_p95_ms": round(percentile([ms for _, ms, ok in during if ok], 0.95), 1),
            "baseline_p95_ms": round(percentile([ms for _, ms, ok in base if ok], 0.95), 1),
