@@ -25,12 +25,15 @@ HARD_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 def run_hard(rounds: int, seeds: list[int]) -> dict[str, Any]:
     """The harder simulation (adaptive colluders, correlated judges): every cell a mean over seeds."""
     cells, targets = [], {}
-    variants = [(d, "sleep") for d in DEFENSES] + [("ground", "attack")]
-    for defense, rejoin in variants:
-        name = defense if rejoin == "sleep" else f"{defense}/{rejoin}"
+    # (defense, rejoin, author prior): "ground" is the node's default; "ground/judges" the same without the
+    # candidates' author priors (the judges' standing alone), to compare in the same run
+    variants = [(d, "sleep", True) for d in DEFENSES] + [("ground", "attack", True), ("ground", "sleep", False)]
+    for defense, rejoin, prior in variants:
+        name = defense + ("" if rejoin == "sleep" else f"/{rejoin}") + ("" if prior else "/judges")
         margins = []
         for s in HARD_SHARES:
-            r = over_seeds(HardConfig(rounds=rounds, malicious_share=s, defense=defense, rejoin=rejoin), seeds)
+            r = over_seeds(HardConfig(rounds=rounds, malicious_share=s, defense=defense, rejoin=rejoin,
+                                      author_prior=prior), seeds)
             log(f"hard, defense {name}, share {s:.0%}: majority {r['majority_acc']:.3f} bt {r['bt_acc']:.3f} "
                 f"bt_rep {r['bt_rep_acc']:.3f} (+-{r['spread']['bt_rep_acc']['std']:.3f})")
             cells.append({"defense": name, "share": s, **r})
@@ -119,10 +122,10 @@ def summary(r: dict[str, Any]) -> str:
     if h:
         lines += ["", f"harder simulation ({h['attack']} colluders, correlated judges, self-preference), "
                       f"{h['rounds']} rounds, mean over seeds {h['seeds']} (std):",
-                  "defense      share | majority        | BT              | BT+rep"]
+                  "defense        share | majority        | BT              | BT+rep"]
         for c in h["cells"]:
             sp = c["spread"]
-            lines.append(f"{c['defense']:<12} {c['share']:4.0%} | "
+            lines.append(f"{c['defense']:<14} {c['share']:4.0%} | "
                          + " | ".join(f"{pct(c[m])} ({100 * sp[m]['std']:4.1f})" for m in ("majority_acc", "bt_acc",
                                                                                             "bt_rep_acc")))
         lines += [f"target (BT+rep - majority, 0-30%): {name}: mean {t['mean_margin_0_30']:+.1f} points, "

@@ -93,16 +93,17 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
     shared = Shared()
     t0 = time.perf_counter()
 
-    tally = [0, 0, 0, 0]
+    tally = [0, 0, 0, 0, 0]
 
     def progress(k: int, o: Any) -> None:
         tally[0] += o.majority
         tally[1] += o.bt
         tally[2] += o.bt_rep
         tally[3] += any(o.correct)
+        tally[4] += o.bt_rep_judges
         if (k + 1) % 5 == 0 or k + 1 == len(qs):
             log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
-                f"bt {tally[1]}, bt_rep {tally[2]}, some node {tally[3]}")
+                f"bt {tally[1]}, bt_rep {tally[2]} (judges alone {tally[4]}), some node {tally[3]}")
 
     res = run_eval(qs, answer, [shared] * nodes, progress, reputation=reputation)  # type: ignore[list-item]
     out = res.summary()
@@ -124,7 +125,8 @@ def summary(r: dict[str, Any]) -> str:
         f"  best single node     {pct(r['best_single_node_acc'])}   (per node {r['per_node_acc']})",
         f"  majority (normalized){pct(r['majority_acc'])}",
         f"  Bradley-Terry        {pct(r['bt_acc'])}",
-        f"  BT + reputation      {pct(r['bt_rep_acc'])}",
+        f"  BT + reputation      {pct(r['bt_rep_acc'])}   (judges' standing alone, no author prior: "
+        f"{pct(r['bt_rep_judges_only_acc'])})",
         f"  some node right      {pct(r['any_correct_acc'])}",
         f"  degenerate winners   {pct(r['degenerate_winner_share'])}   (strongest was screened: "
         f"{pct(r['degenerate_top_share'])}; screened {r['screened_candidates']})",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.pairs import assign_pairs
+from swarmlm.consensus.priors import prior_pick
 from swarmlm.consensus.screens import SCREENED_PREFIX
 from swarmlm.consensus.records import (CandidateHeader, ConsensusError, Reveal, RoundRecord, RoundSpec, Vote,
                                        open_as)
@@ -81,6 +82,18 @@ def check_votes(spec: RoundSpec, reveal: Reveal, heads: tuple[CandidateHeader, .
         raise ConsensusError(f"reveal from {reveal.judge} does not vote on its assigned pairs")
 
 
+def _check_prior_pick(rec: RoundRecord, heads: tuple[CandidateHeader, ...], ids: tuple[str, ...],
+                      screened: set[str], tolerance: float) -> None:
+    """The winner of a record with author priors: the largest log(strength) + log(prior), unscreened."""
+    if set(rec.priors) != set(ids) or any(not (0.0 < p <= 1.0) for p in rec.priors.values()):
+        raise ConsensusError("round record priors must cover exactly its candidates, each in (0, 1]")
+    eligible = [i for i, h in enumerate(heads) if h.node not in screened] or list(range(len(ids)))
+    best = ids[prior_pick([rec.strengths[c] for c in ids], ids, rec.priors, eligible)]
+    # compared as products (strength x prior, both at most 1): the strengths are checked only to tolerance
+    if rec.strengths[rec.winner] * rec.priors[rec.winner] < rec.strengths[best] * rec.priors[best] - tolerance:
+        raise ConsensusError("round record winner is not the best unscreened candidate by strength and prior")
+
+
 def verify_record(rec: RoundRecord | bytes, *, tolerance: float = STRENGTH_TOLERANCE) -> VerifiedRound:
     """Check a round record end to end (a ``RoundRecord`` is taken as already signature-checked)."""
     if isinstance(rec, (bytes, bytearray)):
@@ -111,8 +124,13 @@ def verify_record(rec: RoundRecord | bytes, *, tolerance: float = STRENGTH_TOLER
         if abs(rec.strengths[cid] - s) > tolerance:
             raise ConsensusError(f"round record strength of {cid[:12]} is not the BT fit of its votes")
     screened = {n for n, why in rec.dropped if why.startswith(SCREENED_PREFIX)}
-    eligible = [s for h, s in zip(heads, fit.strengths) if h.node not in screened] or list(fit.strengths)
-    if abs(rec.strengths[rec.winner] - max(eligible)) > tolerance or \
-            (len(eligible) < len(ids) and heads[ids.index(rec.winner)].node in screened):
-        raise ConsensusError("round record winner is not the strongest unscreened candidate")
+    unscreened = [h for h in heads if h.node not in screened]
+    if len(ids) > len(unscreened) > 0 and heads[ids.index(rec.winner)].node in screened:
+        raise ConsensusError("round record winner is a screened candidate")
+    if rec.priors:
+        _check_prior_pick(rec, heads, ids, screened, tolerance)
+    else:
+        eligible = [s for h, s in zip(heads, fit.strengths) if h.node not in screened] or list(fit.strengths)
+        if abs(rec.strengths[rec.winner] - max(eligible)) > tolerance:
+            raise ConsensusError("round record winner is not the strongest unscreened candidate")
     return VerifiedRound(rec, spec, heads, ids, votes)

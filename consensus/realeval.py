@@ -29,6 +29,7 @@ from swarmlm.consensus.evalset import Question, is_correct, normalize, prompt_of
 from swarmlm.consensus.judging import Judge
 from swarmlm.consensus.pairs import assign_pairs
 from swarmlm.consensus.pairwise import ScreenedJudge, judge_many
+from swarmlm.consensus.priors import author_priors, prior_pick
 from swarmlm.consensus.reputation import AUDITED, ReputationParams, ReputationState
 from swarmlm.consensus.screens import screen_all
 
@@ -43,6 +44,7 @@ class QuestionOutcome:
     majority: bool
     bt: bool
     bt_rep: bool
+    bt_rep_judges: bool  # BT + reputation from the judges alone (no author prior)
     screened: dict[str, str]  # node -> reason
     degenerate_winner: bool
     degenerate_top: bool
@@ -69,6 +71,7 @@ class EvalResult:
             "majority_acc": share([o.majority for o in self.outcomes]),
             "bt_acc": share([o.bt for o in self.outcomes]),
             "bt_rep_acc": share([o.bt_rep for o in self.outcomes]),
+            "bt_rep_judges_only_acc": share([o.bt_rep_judges for o in self.outcomes]),
             "any_correct_acc": share([any(o.correct) for o in self.outcomes]),
             "degenerate_winner_share": share([o.degenerate_winner for o in self.outcomes]),
             "degenerate_top_share": share([o.degenerate_top for o in self.outcomes]),
@@ -77,9 +80,12 @@ class EvalResult:
         }
 
 
+def _eligible(cands: Sequence[str], screened: dict[str, str]) -> list[int]:
+    return [i for i, c in enumerate(cands) if c not in screened] or list(range(len(cands)))
+
+
 def _winner(fit: bt.BTResult, cands: Sequence[str], screened: dict[str, str]) -> str:
-    eligible = [i for i, c in enumerate(cands) if c not in screened] or list(range(len(cands)))
-    return cands[max(eligible, key=lambda i: (fit.strengths[i], i == fit.winner))]
+    return cands[max(_eligible(cands, screened), key=lambda i: (fit.strengths[i], i == fit.winner))]
 
 
 def _majority(q: Question, texts: Sequence[str]) -> str:
@@ -124,13 +130,15 @@ def run_eval(questions: Sequence[Question], answer: AnswerFn, judges: Sequence[J
         rep = state.apply_round(k * ROUND_INTERVAL, names, names, votes, round_id=q.id,
                                 answer_keys=[normalize(q, t) or f"#{i}" for i, t in enumerate(texts)])
         rep = rep if rep is not None else plain
+        w_plain, w_judges = _winner(plain, names, screened), _winner(rep, names, screened)
+        w_rep = names[prior_pick(rep.strengths, names, author_priors(state, names), _eligible(names, screened))] \
+            if audits else w_judges
         if audits and k % audit_every == audit_every - 1:
             state.apply_audit(k * ROUND_INTERVAL, names, votes, {n: is_correct(q, by_node[n]) for n in names})
-        w_plain, w_rep = _winner(plain, names, screened), _winner(rep, names, screened)
         clean = len(screened) < len(names)
         out = QuestionOutcome(
             q.id, [is_correct(q, t) for t in texts], is_correct(q, _majority(q, texts)),
-            is_correct(q, by_node[w_plain]), is_correct(q, by_node[w_rep]), screened,
+            is_correct(q, by_node[w_plain]), is_correct(q, by_node[w_rep]), is_correct(q, by_node[w_judges]), screened,
             clean and (w_plain in screened or w_rep in screened),
             clean and (names[plain.winner] in screened or names[rep.winner] in screened))
         res.outcomes.append(out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence, TypeVar
 
 import msgpack
@@ -125,6 +125,8 @@ class Record:
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
+            if f.metadata.get("optional") and not v:
+                continue  # an empty optional field is left out: records written before it keep their ids
             if isinstance(v, tuple):
                 v = [list(x) if isinstance(x, tuple) else x for x in v]
             out[f.name] = v
@@ -135,11 +137,13 @@ class Record:
         if not isinstance(obj, dict):
             raise ConsensusError(f"{cls.__name__} must be a map")
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        if set(obj) != set(names):
+        needed = {f.name for f in fields(cls) if not f.metadata.get("optional")}  # type: ignore[arg-type]
+        if not needed <= set(obj) <= set(names):
             raise ConsensusError(f"{cls.__name__} has fields {sorted(obj)}, expected {sorted(names)}")
         kwargs = {}
         for f in fields(cls):  # type: ignore[arg-type]
-            kwargs[f.name] = _CHECKS[str(f.type)](obj[f.name])
+            if f.name in obj:
+                kwargs[f.name] = _CHECKS[str(f.type)](obj[f.name])
         rec = cls(**kwargs)
         rec.check()
         return rec
@@ -284,6 +288,8 @@ class RoundRecord(Record):
     winner: str  # candidate id
     dropped: tuple[tuple[str, str], ...]  # (peer id, phase it missed or why it was refused)
     finished_at: float
+    # candidate id -> its author's prior (``consensus.priors``) when the winner was picked with them
+    priors: dict[str, float] = field(default_factory=dict, metadata={"optional": True})
 
 
 def commitment(round_id: str, judge: str, votes: Sequence[Vote], salt: str) -> str:

@@ -90,6 +90,8 @@ class NodeReputation:
     stake_lost: float = 0.0
     audited: int = 0  # known-answer audits this node judged in
     convicted: int = 0  # audits it failed (agreement with the key below ``convict_below``)
+    answered: float = 0.0  # its candidates in known-answer audits (decays with the score) ...
+    answered_right: float = 0.0  # ... and how many of them the key found right
 
 
 @dataclass
@@ -116,7 +118,10 @@ class ReputationState:
 
     def _decay(self, rep: NodeReputation, t: float) -> None:
         if rep.updated_at != float("-inf") and t > rep.updated_at:
-            rep.score *= 0.5 ** ((t - rep.updated_at) / self.params.half_life)
+            f = 0.5 ** ((t - rep.updated_at) / self.params.half_life)
+            rep.score *= f
+            rep.answered *= f
+            rep.answered_right *= f
         rep.updated_at = max(rep.updated_at, t)
 
     def score(self, node: str, at: float | None = None) -> float:
@@ -222,13 +227,22 @@ class ReputationState:
         return fit
 
     def apply_audit(self, t: float, candidates: Sequence[str], votes: Mapping[str, Sequence[Vote]],
-                    right: Mapping[str, bool]) -> dict[str, float]:
+                    right: Mapping[str, bool], authors: Sequence[str] | None = None) -> dict[str, float]:
         """Fold a known-answer audit round: each judge's agreement ``g`` with the key over its pairs
         of one right and one wrong candidate (``right[candidate]``). Below ``convict_below`` the
         judge loses all its standing (like a convicted liar); otherwise its score takes an EMA step
-        of ``audit_rate`` toward ``2 g - 1``. Returns every scored judge's agreement."""
+        of ``audit_rate`` toward ``2 g - 1``. Returns every scored judge's agreement.
+
+        ``authors`` (the candidates' nodes, in ``candidates`` order; default: the candidates are the
+        nodes) also counts each author's answer against the key, the evidence of ``author_prior``."""
         p = self.params
         out: dict[str, float] = {}
+        for c, author in zip(candidates, authors if authors is not None else candidates):
+            if c in right:
+                rep = self._node(author)
+                self._decay(rep, t)
+                rep.answered += 1.0
+                rep.answered_right += 1.0 if right[c] else 0.0
         for judge in sorted(votes):
             scored = [(a, o) for a, b, o in votes[judge]
                       if a in right and b in right and right[a] != right[b]]
@@ -289,7 +303,7 @@ def fold_round(state: ReputationState, v: VerifiedRound, audit: AuditRecord | No
             right = verify_audit(audit, v)
         except ConsensusError:
             return
-        state.apply_audit(v.time, v.candidate_ids, v.votes, right)
+        state.apply_audit(v.time, v.candidate_ids, v.votes, right, [h.node for h in v.candidates])
 
 
 def order_rounds(rounds: Iterable[VerifiedRound], now: float, max_clock_skew: float) -> list[VerifiedRound]:

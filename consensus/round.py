@@ -29,6 +29,7 @@ from typing import Mapping, Sequence, Union
 from swarmlm.consensus import bt
 from swarmlm.consensus.audit import check_votes
 from swarmlm.consensus.pairs import DEFAULT_PAIR_FACTOR
+from swarmlm.consensus.priors import prior_pick
 from swarmlm.consensus.records import (CandidateHeader, Commit, ConsensusError, JudgeRequest, Packet, Reveal,
                                        RevealRequest, RoundRecord, RoundSpec, check_reveal, open_as, text_hash)
 from swarmlm.consensus.screens import SCREENED_PREFIX, screen_all, was_cut_off
@@ -101,6 +102,8 @@ class Finished:
             rows.append({"candidate": head.id, "node": head.node, "model": head.model, "sampling": head.sampling,
                          "strength": self.record.strengths[head.id], "winner": head.id == self.record.winner,
                          "answer": self.answers[head.id]})
+            if self.record.priors:  # the author's record in known-answer audits (consensus/priors.py)
+                rows[-1]["prior"] = self.record.priors[head.id]
         rows.sort(key=lambda r: (-float(r["strength"]), str(r["candidate"])))  # type: ignore[arg-type]
         return rows
 
@@ -120,6 +123,7 @@ class CoordinatorRound:
     spec_packet: Packet
     prompt: str
     weights: dict[str, float]
+    priors: dict[str, float] = field(default_factory=dict)  # candidate node -> author prior (may be empty)
     phase: Phase = Phase.CANDIDATES
     heads: dict[str, tuple[CandidateHeader, bytes, str]] = field(default_factory=dict)  # node -> (hdr, env, answer)
     commits: dict[str, Commit] = field(default_factory=dict)
@@ -132,12 +136,14 @@ class CoordinatorRound:
     @classmethod
     def start(cls, identity: Identity, prompt: str, candidates: Sequence[str], judges: Sequence[str], now: float,
               *, weights: Mapping[str, float], seed: str | None = None, timeouts: Timeouts = Timeouts(),
-              min_candidates: int = 2, min_judges: int = 1,
-              pair_factor: int = DEFAULT_PAIR_FACTOR) -> tuple["CoordinatorRound", list[Action]]:
+              min_candidates: int = 2, min_judges: int = 1, pair_factor: int = DEFAULT_PAIR_FACTOR,
+              priors: Mapping[str, float] | None = None) -> tuple["CoordinatorRound", list[Action]]:
         """Create the signed spec and the packets asking every candidate node for an answer.
 
         ``weights`` are the judges' reputation weights at ``now`` (``reputation.round_weights``);
-        judges without a positive weight are not invited.
+        judges without a positive weight are not invited. ``priors`` (candidate node -> its author
+        prior, ``priors.author_priors``): the winner is then the unscreened candidate with the largest
+        ``log(strength) + log(prior)``, and the record carries the priors; without them, the strongest.
         """
         judges = [j for j in dict.fromkeys(judges) if weights.get(j, 0.0) > 0.0]
         cands = list(dict.fromkeys(candidates))
@@ -152,7 +158,10 @@ class CoordinatorRound:
                          min_candidates, min_judges, pair_factor)
         spec.check()
         pkt = Packet(spec.seal(identity), (prompt,))
-        rnd = cls(identity, spec, pkt, prompt, {j: float(weights[j]) for j in judges})
+        if priors and any(not (0.0 < float(priors.get(c, 0.0)) <= 1.0) for c in cands):
+            raise ConsensusError("author priors must be in (0, 1] for every candidate node")
+        rnd = cls(identity, spec, pkt, prompt, {j: float(weights[j]) for j in judges},
+                  {c: float(priors[c]) for c in cands} if priors else {})
         return rnd, [Send(spec.candidates, pkt)]
 
     @property
@@ -297,11 +306,16 @@ class CoordinatorRound:
         strengths = dict(zip(self.cand_ids, fit.strengths))
         screened = {n for n, why in self.dropped if why.startswith(SCREENED_PREFIX)}
         eligible = [h.id for h in self.cand_order if h.node not in screened] or list(self.cand_ids)
-        winner = max(eligible, key=lambda c: (strengths[c], c == self.cand_ids[fit.winner]))
+        priors = {h.id: self.priors[h.node] for h in self.cand_order} if self.priors else {}
+        if priors:
+            idx = {c: i for i, c in enumerate(self.cand_ids)}
+            winner = self.cand_ids[prior_pick(fit.strengths, self.cand_ids, priors, [idx[c] for c in eligible])]
+        else:
+            winner = max(eligible, key=lambda c: (strengths[c], c == self.cand_ids[fit.winner]))
         rec = RoundRecord(self.spec.coordinator, self.round_id, (self.spec_packet.envelope.encode(),),
                           tuple(self.heads[h.node][1] for h in self.cand_order),
                           tuple(self.reveals[j][1] for j in judges), weights, strengths,
-                          winner, tuple(self.dropped), float(now))
+                          winner, tuple(self.dropped), float(now), priors)
         self.record = rec
         self.phase = Phase.DONE
         answers = {h.id: self.heads[h.node][2] for h in self.cand_order}

@@ -44,6 +44,7 @@ import numpy as np
 
 from swarmlm.consensus import bt
 from swarmlm.consensus.pairs import assign_pairs
+from swarmlm.consensus.priors import author_priors, prior_pick
 from swarmlm.consensus.reputation import AUDITED, ReputationParams, ReputationState
 
 ATTACKS = ("always", "sleeper", "majority", "adaptive")
@@ -71,6 +72,7 @@ class HardConfig:
     anchors: int = 3
     audit_share: float = 0.2
     rejoin: str = "sleep"  # with defense "ground": a convicted colluder's fresh identity "sleep"s again or "attack"s
+    author_prior: bool = True  # with defense "ground": weigh each candidate by its author's audited answers
     round_interval: float = 60.0
     seed: int = 0
 
@@ -185,6 +187,8 @@ def simulate_hard(cfg: HardConfig) -> dict[str, float]:
         rep = state.apply_round(r * cfg.round_interval, cands, cands, votes,
                                 answer_keys=[str(answers[c]) for c in cands])
         rep_winner = rep.winner if rep is not None else plain.winner
+        if ground and cfg.author_prior and rep is not None:
+            rep_winner = prior_pick(rep.strengths, cands, author_priors(state, cands))
         if cfg.defense == "audits" and rng.random() < cfg.audit_share:
             _audit(state, votes, answers, right)
         if ground and rng.random() < cfg.audit_share:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import trio
 
 from swarmlm.consensus.audit import verify_record
@@ -68,3 +69,7 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
             # earned toward 2g - 1, or lost everything when it voted against the key
             assert (got.score > 0.0) == (g > 0.5) and got.convicted == (1 if g < 0.5 else 0)
         assert reps[0].nodes[nodes[2].peer_id].audited == 0
+        # every author's answer was counted against the key too: the priors of later rounds (consensus/priors.py)
+        got = [reps[0].nodes[nd.peer_id] for nd in nodes]
+        counts = [x for g in got for x in (g.answered, g.answered_right)]
+        assert counts == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])

@@ -39,9 +39,9 @@ def test_bench_prints_one_json_object(capsys):
     assert {"majority_acc", "bt_acc", "bt_rep_acc", "malicious_curve", "fit_ms"} <= set(data)
     assert [row["share"] for row in data["malicious_curve"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all({"share", "majority_acc", "bt_rep_acc"} <= set(row) for row in data["malicious_curve"])
-    assert data["seeds"] == [0, 1] and len(data["hard"]["cells"]) == 30
+    assert data["seeds"] == [0, 1] and len(data["hard"]["cells"]) == 35
     assert all({"majority_acc", "bt_rep_acc", "spread"} <= set(c) for c in data["hard"]["cells"])
-    assert {"ground", "ground/attack"} <= set(data["hard"]["targets"])
+    assert {"ground", "ground/attack", "ground/judges"} <= set(data["hard"]["targets"])
     assert bench.main(["--rounds", "5", "--warmup", "2", "--fit-repeats", "1", "--seeds", "0"]) == 0
     assert "malicious share" in capsys.readouterr().out
 

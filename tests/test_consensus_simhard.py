@@ -54,3 +54,10 @@ def test_audit_earned_standing_holds_where_consensus_earned_standing_collapses(r
     assert ground["bt_rep_acc"] > ground["majority_acc"] + 0.05  # audits convict them
     assert ground["rejoins"] > 10  # convicted colluders came back as fresh identities
     assert ground["rep_malicious"] < ground["rep_honest"] and none["rep_malicious"] > none["rep_honest"]
+
+
+def test_author_priors_change_only_the_weighted_pick():
+    on, off = (simulate_hard(HardConfig(rounds=80, defense="ground", malicious_share=0.2, author_prior=p, seed=1))
+               for p in (True, False))
+    assert on["majority_acc"] == off["majority_acc"] and on["bt_acc"] == off["bt_acc"]  # same draws, same votes
+    assert on["rejoins"] == off["rejoins"] and on["rep_honest"] == off["rep_honest"]  # standing ignores the pick

@@ -36,6 +36,7 @@ import trio
 from swarmlm.consensus.participant import JudgeSession, answer_packet, open_result, open_spec_packet
 from swarmlm.consensus.records import (ConsensusError, ConsensusUnavailable, JudgeRequest, Packet, RevealRequest,
                                        RoundRecord, RoundSpec, open_as)
+from swarmlm.consensus.priors import author_priors
 from swarmlm.consensus.reputation import (AUDITED, ReputationBook, ReputationParams, ReputationState,
                                           compute_reputation)
 from swarmlm.consensus.round import CoordinatorRound, Dropped, Failed, Finished, Rejected, Send, Timeouts
@@ -264,8 +265,9 @@ class ConsensusService:
         else:
             self.details.publish(envelope)
 
-    def pick(self, model: str, k: int, now: float) -> tuple[list[str], list[str], dict[str, float]]:
-        """Candidates (up to k eligible hosts at random), judges (eligible, weight > 0) and weights."""
+    def pick(self, model: str, k: int, now: float) -> tuple[list[str], list[str], dict[str, float], dict[str, float]]:
+        """Candidates (up to k eligible hosts at random), judges (eligible, weight > 0), weights, and the
+        candidates' author priors (with audit-earned standing: their answers in known-answer audits)."""
         hosts = eligible_hosts(self.node.state.state, model, now)
         if len(hosts) < 2:
             raise ConsensusUnavailable(f"a consensus round needs at least 2 nodes hosting all of {model!r}; "
@@ -277,14 +279,15 @@ class ConsensusService:
         judges = sorted(ranked[: max_judges(len(cands), self.options.max_judges)])
         if not judges:
             raise ConsensusUnavailable("no eligible node has judging weight yet (none passed calibration)")
-        return cands, judges, rep.round_weights(judges, now)
+        priors = author_priors(rep, cands) if self.options.reputation == "audits" else {}
+        return cands, judges, rep.round_weights(judges, now), priors
 
     async def _coordinate(self, text: str, model: str, k: int, timing: dict[str, float] | None = None) -> Finished:
         """Drive one round; ``timing`` gets the seconds each phase took (candidates, commits, reveals)."""
         t0 = time.time()
-        cands, judges, weights = self.pick(model, k, t0)
+        cands, judges, weights, priors = self.pick(model, k, t0)
         rnd, actions = CoordinatorRound.start(self.identity, text, cands, judges, time.time(), weights=weights,
-                                              timeouts=self.options.timeouts)
+                                              timeouts=self.options.timeouts, priors=priors)
         rid = rnd.round_id[:12]
         log.info("round %s: candidates %s, judges %s", rid, [c[-6:] for c in cands], [j[-6:] for j in judges])
         send_ch, recv_ch = trio.open_memory_channel[tuple[str, Any]](1024)
