@@ -14,7 +14,7 @@ from swarmlm.consensus.audits import verify_audit
 from swarmlm.consensus.evalset import is_correct, load_questions, prompt_of
 from swarmlm.consensus.reputation import ReputationParams, ReputationState
 
-from test_consensus_e2e import consensus_nodes, request, run_consensus
+from test_consensus_e2e import MODEL, consensus_nodes, request, run_consensus
 
 BY_PROMPT = {prompt_of(q): q for q in load_questions()}
 
@@ -38,6 +38,7 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
         assert nodes[0].consensus.params.earn == "audits"  # the default: standing only from audits
         text, s = await run_consensus(nodes[0], request(k=3))
         assert text == "Hello there."
+        assert [r["prior"] for r in s.scores] == [0.5] * 3  # no audit yet: every author at the swarm's start
 
         def audits(nd):
             return [bytes(r.body) for r in nd.state.state.records(kind="audit")]
@@ -73,3 +74,5 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
         got = [reps[0].nodes[nd.peer_id] for nd in nodes]
         counts = [x for g in got for x in (g.answered, g.answered_right)]
         assert counts == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+        _, _, _, priors = nodes[0].consensus.pick(MODEL, 3, now)  # what the next round weighs its candidates by
+        assert priors[nodes[0].peer_id] == priors[nodes[1].peer_id] > priors[nodes[2].peer_id]

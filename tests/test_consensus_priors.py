@@ -97,3 +97,15 @@ def test_the_real_harness_learns_priors_only_from_earlier_audits():
     outcomes = run_eval(qs, answer, [blind] * 3, reputation="audits", audit_every=1).outcomes
     assert [o.bt_rep_judges for o in outcomes] == [False] * 6  # equal strengths: the first candidate
     assert [o.bt_rep for o in outcomes] == [False] + [True] * 5  # from the first audit on, node2's record decides
+
+
+def test_the_cli_shows_each_candidates_prior_when_the_round_used_them():
+    from swarmlm.node.front.cli_ask import _scores_lines
+
+    rows = [{"candidate": "c1", "node": "peer-aaaaaaaa", "strength": 0.6, "winner": False, "answer": "Rome"},
+            {"candidate": "c2", "node": "peer-bbbbbbbb", "strength": 0.4, "winner": True, "answer": "Paris"}]
+    plain = _scores_lines({"round_id": "r1", "scores": rows})
+    assert plain[0] == "consensus round r1:" and "prior" not in "".join(plain)
+    lines = _scores_lines({"round_id": "r1", "scores": [dict(r, prior=p) for r, p in zip(rows, (0.2, 0.7))]})
+    assert lines[1].startswith("    0.600  prior 0.20") and lines[2].startswith("  * 0.400  prior 0.70")
+    assert _scores_lines({"text": "hi"}) == []

@@ -150,14 +150,25 @@ def cmd_ask(ns: argparse.Namespace) -> int:
               f"{sp.get('accepted', 0)} of {sp.get('proposed', 0)} drafts kept", file=sys.stderr)
     if ns.check_fraction is None or ns.check_fraction > 0:
         print(_checks_line(result), file=sys.stderr)
-    if result.get("scores"):
-        print(f"consensus round {result.get('round_id')}:", file=sys.stderr)
-        for row in result["scores"]:
-            answer = " ".join(str(row.get("answer", "")).split())
-            print(f"  {'*' if row.get('winner') else ' '} {float(row.get('strength', 0)):.3f}  "
-                  f"{str(row.get('node', ''))[-8:]}  {row.get('sampling', '')}  "
-                  f"{answer[:60] + ('...' if len(answer) > 60 else '')!r}", file=sys.stderr)
+    for line in _scores_lines(result):
+        print(line, file=sys.stderr)
     return 0
+
+
+def _scores_lines(result: dict[str, Any]) -> list[str]:
+    """A consensus round's candidates, strongest first; ``*`` marks the winner, which with author
+    priors (the authors' audit records, docs/CONSENSUS.md) need not be the strongest."""
+    if not result.get("scores"):
+        return []
+    lines = [f"consensus round {result.get('round_id')}:"]
+    for row in result["scores"]:
+        answer = " ".join(str(row.get("answer", "")).split())
+        prior = row.get("prior")
+        prior_s = f"prior {prior:.2f}  " if isinstance(prior, (int, float)) else ""
+        lines.append(f"  {'*' if row.get('winner') else ' '} {float(row.get('strength', 0)):.3f}  {prior_s}"
+                     f"{str(row.get('node', ''))[-8:]}  {row.get('sampling', '')}  "
+                     f"{answer[:60] + ('...' if len(answer) > 60 else '')!r}")
+    return lines
 
 
 def _speculative_args(ns: argparse.Namespace) -> None:
