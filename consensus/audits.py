@@ -1,9 +1,10 @@
 """Known-answer audit rounds: the evidence judges earn (and lose) standing by.
 
-An audit round is an ordinary round whose task is a question of the shipped labeled set
-(``consensus/data/questions.jsonl``), started by a coordinator without saying so: candidates and
-judges see a round like any other. After the round the coordinator signs an ``AuditRecord``: the
-round id, the question id, the round's task text and the candidates' answer texts. Anyone holding
+An audit round is an ordinary round whose task is a labeled question -- generated from a secret
+seed (``auditgen``, the node's default) or from the shipped set (``consensus/data/questions.jsonl``)
+-- started by a coordinator without saying so: candidates and judges see a round like any other.
+After the round the coordinator signs an ``AuditRecord``: the round id, the question id, the
+round's task text and the candidates' answer texts. Anyone holding
 the round record checks it (``verify_audit``): the task hashes to the spec's ``prompt_hash`` and asks
 exactly that question, each answer hashes to its candidate's signed ``answer_hash``, and the label
 decides (``evalset.is_correct``, deterministic) which candidates were right. The reputation fold
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 from swarmlm.consensus.audit import VerifiedRound, verify_record
+from swarmlm.consensus.auditgen import question_for
 from swarmlm.consensus.evalset import Question, is_correct, load_questions, prompt_of
 from swarmlm.consensus.records import ConsensusError, Record, RoundRecord, open_as, text_hash
 from swarmlm.crypto.envelope import Envelope
@@ -41,10 +43,14 @@ class AuditRecord(Record):
 
 
 def question_by_id(qid: str) -> Question:
+    """A generated question (``gen-`` + its seed, ``auditgen``) or one of the shipped labeled set."""
+    gen = question_for(qid)
+    if gen is not None:
+        return gen
     for q in load_questions():
         if q.id == qid:
             return q
-    raise ConsensusError(f"audit question {qid!r} is not in the shipped labeled set")
+    raise ConsensusError(f"audit question {qid[:80]!r} is neither generated nor in the shipped labeled set")
 
 
 def asks(task: str, q: Question) -> bool:

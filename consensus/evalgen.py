@@ -93,52 +93,61 @@ def _draws(tag: str) -> Iterator[int]:
         i += 1
 
 
+def arithmetic_item(op: int, a: int, b: int) -> tuple[str, str]:
+    """Question and answer of arithmetic kind ``op`` (0-3: plus, minus, times, divided by) from two draws."""
+    if op == 0:
+        x, y = 2 + a % 48, 2 + b % 48
+        return f"What is {x} plus {y}?", str(x + y)
+    if op == 1:
+        x, y = 10 + a % 90, 1 + b % 9
+        x, y = max(x, y), min(x, y)
+        return f"What is {x} minus {y}?", str(x - y)
+    if op == 2:
+        x, y = 2 + a % 11, 2 + b % 9
+        return f"What is {x} times {y}?", str(x * y)
+    y, ans = 2 + a % 8, 2 + b % 9
+    return f"What is {y * ans} divided by {y}?", str(ans)
+
+
+def unit_item(unit: int, a: int) -> tuple[str, str]:
+    """Question and answer converting a small number of ``UNITS[unit]``'s big unit to its small one."""
+    big, small, f = UNITS[unit % len(UNITS)]
+    n = 2 + a % 8
+    return f"How many {small} are in {n} {big}?", str(n * f)
+
+
+def compare_item(even: bool, a: int, b: int) -> tuple[str, str]:
+    """A yes/no question on two numbers from draws: "is x an even number?" or "is x greater than y?"."""
+    x, y = 1 + a % 99, 1 + b % 99
+    if x == y:
+        y += 1
+    if even:
+        return f"Is {x} an even number?", "yes" if x % 2 == 0 else "no"
+    return f"Is {x} greater than {y}?", "yes" if x > y else "no"
+
+
 def _arithmetic() -> list[Question]:
     out = []
     d = _draws("arith")
     for i in range(90):
-        op = i % 4
         a, b = next(d), next(d)
-        if op == 0:
-            x, y = 2 + a % 48, 2 + b % 48
-            q, ans = f"What is {x} plus {y}?", x + y
-        elif op == 1:
-            x, y = 10 + a % 90, 1 + b % 9
-            x, y = max(x, y), min(x, y)
-            q, ans = f"What is {x} minus {y}?", x - y
-        elif op == 2:
-            x, y = 2 + a % 11, 2 + b % 9
-            q, ans = f"What is {x} times {y}?", x * y
-        else:
-            y, ans = 2 + a % 8, 2 + b % 9
-            q = f"What is {y * ans} divided by {y}?"
-        out.append(Question(f"arith-{i:03d}", "arithmetic", "number", q, str(ans)))
+        q, ans = arithmetic_item(i % 4, a, b)
+        out.append(Question(f"arith-{i:03d}", "arithmetic", "number", q, ans))
     return out
 
 
 def _units() -> list[Question]:
-    out = []
     d = _draws("units")
-    for i in range(40):
-        big, small, f = UNITS[i % len(UNITS)]
-        n = 2 + next(d) % 8
-        out.append(Question(f"unit-{i:03d}", "units", "number", f"How many {small} are in {n} {big}?", str(n * f)))
-    return out
+    return [Question(f"unit-{i:03d}", "units", "number", *unit_item(i, next(d))) for i in range(40)]
 
 
 def _yesno() -> list[Question]:
     out = [Question(f"yn-fact-{i:02d}", "yes/no", "yesno", q, a) for i, (q, a) in enumerate(YESNO_FACTS)]
     d = _draws("yesno")
     for i in range(24):
-        x, y = 1 + next(d) % 99, 1 + next(d) % 99
-        if x == y:
-            y += 1
-        if i % 2:
-            out.append(Question(f"yn-cmp-{i:02d}", "yes/no", "yesno", f"Is {x} greater than {y}?",
-                                "yes" if x > y else "no"))
-        else:
-            out.append(Question(f"yn-even-{i:02d}", "yes/no", "yesno", f"Is {x} an even number?",
-                                "yes" if x % 2 == 0 else "no"))
+        a, b = next(d), next(d)
+        qid = f"yn-{'cmp' if i % 2 else 'even'}-{i:02d}"
+        out.append(Question(qid, "yes/no", "yesno", *compare_item(not i % 2, a, b)))
     for i in range(20):  # "Is X the capital of Y?", true for even i, a wrong city for odd i
         country, city = CAPITALS[(7 * i) % len(CAPITALS)]
         if i % 2:

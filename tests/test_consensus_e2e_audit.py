@@ -10,13 +10,15 @@ import pytest
 import trio
 
 from swarmlm.consensus.audit import verify_record
-from swarmlm.consensus.audits import verify_audit
+from swarmlm.consensus.auditgen import generated
+from swarmlm.consensus.audits import question_by_id, verify_audit
 from swarmlm.consensus.evalset import is_correct, load_questions, prompt_of
 from swarmlm.consensus.reputation import ReputationParams, ReputationState
 
 from test_consensus_e2e import MODEL, consensus_nodes, request, run_consensus
 
-BY_PROMPT = {prompt_of(q): q for q in load_questions()}
+SEED = bytes(range(16))  # the test fixes the audit's secret seed to script the answers
+BY_PROMPT = {prompt_of(q): q for q in [*load_questions(), generated(SEED)]}
 
 
 def scripted(right: bool):
@@ -33,6 +35,7 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
     def configure(i, svc):
         svc.options.answerer = scripted(right=i < 2)  # nodes 0 and 1 answer right, node 2 wrong
         svc.options.audit_share = 1.0 if i == 0 else 0.0  # node 0 audits after every client round
+        svc.audits.new_seed = lambda: SEED
 
     async with consensus_nodes(tmp_path, 3, configure) as nodes:
         assert nodes[0].consensus.params.earn == "audits"  # the default: standing only from audits
@@ -54,7 +57,8 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
         v = verify_record(rec)
         right = verify_audit(audits(nodes[1])[0], v)
         assert sorted(right.values()) == [False, True, True]
-        q = next(q for q in load_questions() if q.id == done["question"])
+        assert done["question"] == "gen-" + SEED.hex()  # a generated question, revealed only in the record
+        q = question_by_id(done["question"])
         assert is_correct(q, f"The answer is {q.answer}.")
 
         now = time.time()

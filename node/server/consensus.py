@@ -72,6 +72,7 @@ class ConsensusOptions:
     calib_retry_s: float = 600.0
     reputation: str = "audits"  # judges earn standing from known-answer audits ("audits") or by agreement ("consensus")
     audit_share: float = 0.2  # odds of an audit round after each client round coordinated here
+    audit_questions: str = "generated"  # from a secret seed ("generated", consensus/auditgen.py) or the public set
     puzzle_answerer: Callable[[Any], int] | None = None  # tests: replaces the model on calibration puzzles
     answerer: Callable[[str], str] | None = None  # tests: replaces the model's answer to a task text
     fault: str = ""  # tests: "late" never answers a spec packet
@@ -105,6 +106,9 @@ class ConsensusService:
             raise ConsensusError(f"consensus calibration must be required or off, got {self.options.calibration!r}")
         if self.options.reputation not in ("audits", "consensus") or not 0.0 <= self.options.audit_share <= 1.0:
             raise ConsensusError("consensus reputation must be audits or consensus, and audit_share within 0..1")
+        if self.options.audit_questions not in ("generated", "shipped"):
+            raise ConsensusError(f"consensus audit_questions must be generated or shipped, "
+                                 f"got {self.options.audit_questions!r}")
         self.node: Any = None
         self.params = self.reputation_params()
         self.book = ReputationBook(self.params, anchors=self.options.anchors)

@@ -1,22 +1,26 @@
 """Known-answer audit rounds on the network: how judges earn standing (docs/CONSENSUS.md, "Audits").
 
 After a round it coordinated for a client, a node starts, with probability
-``ConsensusOptions.audit_share``, one more round in the background whose task is a random question
-of the shipped labeled set, under the same token limit and stop strings as the client's task, so
-candidates and judges see a round like any other. When it finishes, the coordinator stores the
-round record and a signed ``AuditRecord`` (question id, task, the candidates' answers) in the swarm
-state as an ``audit`` record. Every node's reputation book checks it against the round and scores
-the judges against the key (``consensus.audits``, ``ReputationState.apply_audit``): with the
-default ``reputation="audits"`` that is the only way to earn judging weight, and a judge caught
-voting against the key loses all of it.
+``ConsensusOptions.audit_share``, one more round in the background whose task is a labeled
+question, under the same token limit and stop strings as the client's task, so candidates and
+judges see a round like any other. The question is generated from 16 secret random bytes
+(``consensus.auditgen``; revealed in the audit record after the round, so nobody can tell it from a
+user's question before), or with ``audit_questions="shipped"`` drawn from the public shipped set.
+When it finishes, the coordinator stores the round record and a signed ``AuditRecord`` (question id,
+task, the candidates' answers) in the swarm state as an ``audit`` record. Every node's reputation
+book checks it against the round and scores the judges against the key (``consensus.audits``,
+``ReputationState.apply_audit``): with the default ``reputation="audits"`` that is the only way to
+earn judging weight, and a judge caught voting against the key loses all of it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import secrets
+from typing import Any, Callable
 
 from swarmlm.consensus.audit import verify_record
+from swarmlm.consensus.auditgen import SEED_BYTES, generated
 from swarmlm.consensus.audits import seal_audit, verify_audit
 from swarmlm.consensus.evalset import Question, load_questions, prompt_of
 from swarmlm.consensus.records import ConsensusError
@@ -33,6 +37,7 @@ class Audits:
     def __init__(self, service: Any) -> None:
         self.svc = service
         self.done: list[dict[str, Any]] = []  # audits coordinated here (newest last)
+        self.new_seed: Callable[[], bytes] = lambda: secrets.token_bytes(SEED_BYTES)  # tests may fix it
 
     def maybe_after(self, task: dict[str, Any], k: int) -> None:
         """After a client's round: start an audit round in the background with ``audit_share`` odds."""
@@ -51,7 +56,12 @@ class Audits:
                   stop: list[str] | None = None, k: int = 3) -> dict[str, Any]:
         """Coordinate one audit round; store its round and audit records; which candidates were right."""
         svc = self.svc
-        q = question or svc.rng.choice(load_questions())
+        if question is not None:
+            q = question
+        elif svc.options.audit_questions == "generated":
+            q = generated(self.new_seed())
+        else:
+            q = svc.rng.choice(load_questions())
         text = task_text(model, None, [{"role": "user", "content": prompt_of(q)}], max_new_tokens, list(stop or []))
         fin = await svc._coordinate(text, model, max(2, min(k, MAX_K)))
         envelope = fin.packet.envelope.encode()
