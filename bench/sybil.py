@@ -34,7 +34,7 @@ from typing import Any
 
 from swarmlm.bench.common import emit, log, parser, percentile
 from swarmlm.testnet.local import LocalTestnet
-from swarmlm.testnet.sybil import RPC_PARTS
+from swarmlm.testnet.sybil import ALL_PARTS, RPC_PARTS
 from swarmlm.testnet.sybil_payloads import ATTACKS
 
 MODEL = "builtin:tiny"
@@ -250,16 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recover-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=90.0)
     p.add_argument("--rpc-parts", default=",".join(RPC_PARTS),
-                   help=f"the rpc attack's parts, comma-separated, of {', '.join(RPC_PARTS)} (to tell what costs)")
+                   help=f"the rpc attack's parts, comma-separated, of {', '.join(ALL_PARTS)} (to tell what costs; "
+                        "idle: connect only)")
     p.add_argument("--log-level", default="warning", help="the nodes' log level (their logs: --dir)")
     p.add_argument("--dir", help="run the nodes in this directory and keep their logs (default: a temporary one)")
     ns = p.parse_args(argv)
     attacks = [a for a in ns.attacks.split(",") if a]
     sizes = [int(x) for x in ns.identities.split(",") if x]
     bad = [a for a in attacks if a not in ATTACKS]
-    bad_parts = [x for x in ns.rpc_parts.split(",") if x not in RPC_PARTS]
+    bad_parts = [x for x in ns.rpc_parts.split(",") if x not in ALL_PARTS]
     if bad or bad_parts or not sizes or min(sizes) < 1:
-        p.error(f"--attacks takes {', '.join(ATTACKS)}; --rpc-parts {', '.join(RPC_PARTS)}; "
+        p.error(f"--attacks takes {', '.join(ATTACKS)}; --rpc-parts {', '.join(ALL_PARTS)}; "
                 "--identities positive integers")
     results: dict[str, dict[str, Any]] = {}
     with (contextlib.nullcontext(ns.dir) if ns.dir else tempfile.TemporaryDirectory(prefix="swarmlm-sybil-")) as tmp:

@@ -33,3 +33,18 @@ async def test_the_attacker_connects_only_after_go_and_then_leaves():
                     await trio.sleep(0.05)
                 await proc.wait()
         assert proc.returncode == 0
+
+
+async def test_the_idle_part_only_connects_and_the_others_open_streams():
+    from swarmlm.testnet.sybil import rpc_attack
+
+    target = light_host()
+    attackers = [light_host() for _ in range(2)]
+    async with target.running(), attackers[0].running(), attackers[1].running():
+        for a in attackers:
+            await a.connect(target.addrs[0])
+        await rpc_attack(attackers, [target.peer_id], 1.5, parts=("idle",))
+        assert target.rpc_server._streams_total == 0 and target.rpc_server.stats.bytes_in == 0
+        assert len(target.connected_peers()) == 2  # connected, and nothing more
+        await rpc_attack(attackers, [target.peer_id], 1.5, parts=("bomb",))
+        assert target.rpc_server.stats.rejected_frames >= 2  # a real part sends its frames (and is refused)
