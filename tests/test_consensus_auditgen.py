@@ -9,7 +9,7 @@ import pytest
 
 from swarmlm.consensus.auditgen import generated, question_for
 from swarmlm.consensus.audits import question_by_id
-from swarmlm.consensus.evalgen import UNITS
+from swarmlm.consensus.evalgen import CAPITALS, FACTS, UNITS, YESNO_FACTS
 from swarmlm.consensus.evalset import is_correct, load_questions
 from swarmlm.consensus.records import ConsensusError
 
@@ -17,6 +17,13 @@ from swarmlm.consensus.records import ConsensusError
 def solve(text: str) -> str:
     """An independent solver of the generated templates (the label must agree with it)."""
     w = text.rstrip("?").split()
+    capital_of = {f"What is the capital of {c}?": city for c, city in CAPITALS}
+    fact = {q: a for q, a, _ in FACTS} | dict(YESNO_FACTS)
+    if text in capital_of or text in fact:
+        return capital_of.get(text) or fact[text]
+    if text.startswith("Is ") and " the capital of " in text:
+        city, country = text[3:-1].split(" the capital of ")
+        return "yes" if (country, city) in CAPITALS else "no"
     if text.startswith("What is"):
         x, op, y = int(w[2]), w[3], int(w[-1])
         return str({"plus": x + y, "minus": x - y, "times": x * y, "divided": x // y}[op])
@@ -36,7 +43,9 @@ def test_a_seed_stands_for_one_labeled_question_that_anyone_regenerates():
         assert q.id == "gen-" + s.hex() and question_for(q.id) == q == question_by_id(q.id)
         assert q.answer == solve(q.question) and is_correct(q, f"The answer is {q.answer}.")
     kinds = Counter(q.category for q in qs)
-    assert set(kinds) == {"arithmetic", "units", "yes/no"} and min(kinds.values()) >= 25
+    assert set(kinds) == {"arithmetic", "units", "yes/no", "capitals", "facts"} and min(kinds.values()) >= 15
+    yn = Counter(q.answer for q in qs if q.category == "yes/no")
+    assert min(yn.values()) >= 10  # both answers occur
     shipped = {q.question for q in load_questions()}
     fresh = {generated(os.urandom(16)).question for _ in range(300)}
     assert len(fresh) > 150 and len(fresh - shipped) > 100  # mostly questions the public set does not hold
