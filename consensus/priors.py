@@ -33,6 +33,7 @@ class HasNodes(Protocol):  # a ``reputation.ReputationState``
     @property
     def nodes(self) -> Mapping[str, AnswerCounts]: ...
 
+
 PSEUDO_ANSWERS = 4.0
 FLOOR = 1e-3  # no author's prior reaches zero: strong enough verdicts still win
 

@@ -10,7 +10,9 @@
 4. the aggregators decide, each scored against the label (``evalset.is_correct``):
    ``majority`` (plurality over normalized answers, empty ones left out, ties to the earliest node),
    ``bt`` (unweighted Bradley-Terry), ``bt_rep`` (BT weighted by the reputation the earlier questions
-   built, the fold's own update rule ``ReputationState.apply_round``), and every single node alone.
+   built, the fold's own update rule ``ReputationState.apply_round``; with audits, the winner also
+   weighs each author's prior from the earlier audits, ``consensus.priors``, as the node does),
+   ``bt_rep_judges`` (the same without the priors), and every single node alone.
 
 BT winners follow the round's rule: never a screened candidate while an unscreened one exists.
 ``degenerate_winner_share`` counts rounds where the winner is screened although an unscreened

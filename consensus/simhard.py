@@ -26,7 +26,9 @@ What ``sim.py`` leaves out, modelled here (``HardConfig``):
   ``"ground"`` (the node's default, ``ReputationParams(earn="audits")``): standing is earned *only*
   in the unannounced known-answer rounds (share ``audit_share``), by agreeing with the key; a judge
   whose agreement there is below 1/2 loses all its standing; ordinary rounds move no score; a
-  judge's weight is ``0.01 + score ** 2``.
+  judge's weight is ``0.01 + score ** 2``. With ``author_prior`` (the node's rule) the winner is
+  the candidate with the largest ``log(strength) + log(prior)``, the prior being its author's right
+  answers in the audits so far (``consensus.priors``).
   Against it the colluders **rejoin**: a convicted colluder comes back as a fresh identity
   (identities are free) and sleeps again (``sleep`` share of the rounds, still attacking whenever
   colluders dominate a round) to rebuild standing before it attacks again.
