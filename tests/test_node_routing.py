@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from swarmlm.errors import SwarmError
 from swarmlm.node.generation import NoRouteError
-from swarmlm.node.client.routing import CostModel, Hop, Route, plan_route, replan_after_failure, route_is_valid
+from swarmlm.node.client.routing import (DEFAULT_COST, CostModel, Hop, Route, plan_route, replan_after_failure,
+                                        route_is_valid)
 from swarmlm.node.directory import ServerView, coverage_gaps, format_layers
 
 M = "builtin:smollm2-135m"
@@ -30,7 +31,7 @@ def spans(route: Route) -> list[tuple[str, int, int]]:
 def test_single_whole_model_server():
     r = plan_route([srv("a", 0, N, 2.0, rtt=15.0)], N, need_cache_tokens=100)
     assert spans(r) == [("a", 0, N)]
-    assert r.est_ms_per_token == pytest.approx(15.0 + N * 2.0)
+    assert r.est_ms_per_token == pytest.approx(15.0 + DEFAULT_COST.hop_ms + N * 2.0)
     assert route_is_valid(r, N)
 
 
@@ -38,7 +39,7 @@ def test_three_disjoint_thirds_in_order():
     servers = [srv("c", 20, 30), srv("a", 0, 10), srv("b", 10, 20)]
     r = plan_route(servers, N, need_cache_tokens=100)
     assert spans(r) == [("a", 0, 10), ("b", 10, 20), ("c", 20, 30)]
-    assert r.est_ms_per_token == pytest.approx(3 * 10.0 + 30 * 1.0)
+    assert r.est_ms_per_token == pytest.approx(3 * (10.0 + DEFAULT_COST.hop_ms) + 30 * 1.0)
 
 
 def test_overlapping_replicas_the_faster_wins():
@@ -85,7 +86,7 @@ def test_relayed_peer_pays_a_penalty():
     # 20 + 30 + 27 = 77 > 20 + 30 = 50
     assert spans(plan_route([direct, relayed], N, need_cache_tokens=1, cost=cost)) == [("direct", 0, N)]
     r = plan_route([relayed], N, need_cache_tokens=1, cost=cost)
-    assert r.est_ms_per_token == pytest.approx(20.0 + 30.0 + 0.9 * N)
+    assert r.est_ms_per_token == pytest.approx(20.0 + 30.0 + DEFAULT_COST.hop_ms + 0.9 * N)
     # without the penalty the slightly faster relayed one wins
     assert spans(plan_route([direct, relayed], N, need_cache_tokens=1, cost=CostModel(relay_penalty_ms=0.0))) \
         == [("relayed", 0, N)]
@@ -100,7 +101,7 @@ def test_unknown_rtt_uses_the_default_overhead():
 def test_unmeasured_server_counts_with_the_median():
     servers = [srv("a", 0, N, 1.0), srv("b", 0, N, 3.0), srv("new", 0, N, 0.0, rtt=10.0)]
     r = plan_route([servers[2]], N, need_cache_tokens=1, cost=CostModel(default_ms_per_layer=5.0))
-    assert r.est_ms_per_token == pytest.approx(10.0 + 5.0 * N)
+    assert r.est_ms_per_token == pytest.approx(10.0 + DEFAULT_COST.hop_ms + 5.0 * N)
     # median of the measured ones (1, 3) is 2: slower than "a"
     assert spans(plan_route(servers, N, need_cache_tokens=1)) == [("a", 0, N)]
 
@@ -161,7 +162,7 @@ def test_other_models_are_ignored_when_a_model_is_named():
 def test_failover_keeps_the_healthy_hops():
     servers = [srv("a", 0, 10, 1.0), srv("b", 10, 20, 1.0), srv("c", 20, 30, 1.0),
                srv("d", 10, 20, 1.2),  # a replacement for b's span
-               srv("e", 0, 30, 1.0, rtt=25.0)]  # whole model: 55 ms/token vs 62 for a+d+c, within the margin
+               srv("e", 0, 30, 1.0, rtt=28.0)]  # whole model: 60 ms/token vs 68 for a+d+c, within the margin
     old = Route([Hop("a", 0, 10), Hop("b", 10, 20), Hop("c", 20, 30)], 0.0)
     fresh = plan_route([s for s in servers if s.peer_id != "b"], N, need_cache_tokens=1)
     assert spans(fresh) == [("e", 0, N)]  # without preference the whole-model server wins
@@ -244,7 +245,8 @@ def _brute_force_cost(servers: list[ServerView], n: int, cost: CostModel) -> flo
             if not s.start <= a < s.end:
                 continue
             ms = s.ms_per_layer if s.ms_per_layer > 0 else fallback
-            hop = (cost.default_rtt_ms if s.rtt_ms is None else s.rtt_ms) + (cost.relay_penalty_ms if s.relayed else 0)
+            hop = (cost.default_rtt_ms if s.rtt_ms is None else s.rtt_ms) + cost.hop_ms \
+                + (cost.relay_penalty_ms if s.relayed else 0)
             for b in range(a + 1, min(s.end, n) + 1):
                 dist[b] = min(dist[b], dist[a] + hop + (b - a) * ms)
     return dist[n]
@@ -258,3 +260,12 @@ def test_property_latency_plans_are_optimal_over_all_sub_ranges(case):
     assume(not coverage_gaps(live, n))
     r = plan_route(live, n, need_cache_tokens=0)
     assert r.est_ms_per_token == pytest.approx(_brute_force_cost(live, n, CostModel()), rel=1e-9, abs=1e-9)
+
+
+def test_a_steps_fixed_cost_keeps_one_hop_where_round_trips_alone_would_pick_two():
+    # loopback figures (docs/ROUTING.md): a whole-model server against two faster-pinging halves
+    whole = srv("w", 0, 6, 1000 / 860 / 6, rtt=4.5)
+    halves = [srv("h1", 0, 3, 1000 / 1282 / 3, rtt=1.8), srv("h2", 3, 6, 1000 / 1660 / 3, rtt=1.5)]
+    no_fixed = CostModel(hop_ms=0.0)
+    assert [h.peer_id for h in plan_route([whole, *halves], 6, need_cache_tokens=1, cost=no_fixed).hops] == ["h1", "h2"]
+    assert [h.peer_id for h in plan_route([whole, *halves], 6, need_cache_tokens=1).hops] == ["w"]

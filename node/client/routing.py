@@ -4,7 +4,8 @@ A model has ``n`` decoder layers ``[0, n)``. Each server hosts a contiguous rang
 can serve any sub-range of it. ``plan_route`` picks a chain of hops ``[0, a1) [a1, a2) ... [ak, n)``
 that minimises an estimated per-token cost (see ``docs/ROUTING.md``):
 
-    edge cost = hop overhead (rtt, or ``default_rtt_ms`` when unknown, + ``relay_penalty_ms`` if relayed)
+    edge cost = hop overhead (rtt, or ``default_rtt_ms`` when unknown, + ``relay_penalty_ms`` if relayed,
+                             + ``hop_ms``, a step's fixed cost beyond the round trip and the compute)
               + layers * ms_per_layer * (1 + session_weight * sessions)
                                                             (* (1 + load_weight * load) in throughput mode)
 
@@ -74,6 +75,9 @@ class CostModel:
 
     default_rtt_ms: float = 50.0  # hop overhead for a server whose RTT the client has not measured
     relay_penalty_ms: float = 30.0  # added to the hop overhead of a relayed server
+    # every hop's fixed cost per token beyond its echo round trip and layer compute (receiving, decoding,
+    # dispatching and forwarding a step): ~2 ms measured on loopback (docs/ROUTING.md, "The cost model")
+    hop_ms: float = 2.0
     default_ms_per_layer: float = 5.0  # compute estimate when no eligible server has a measurement
     load_weight: float = 1.0  # throughput mode: compute * (1 + load_weight * load)
     session_weight: float = 0.15  # every mode: compute * (1 + session_weight * open sessions)
@@ -164,7 +168,7 @@ def plan_route(servers: Sequence[ServerView], n_layers: int, *, need_cache_token
     for idx, s in enumerate(eligible):
         ms = s.ms_per_layer if measured(s.ms_per_layer) else fallback_ms
         rtt = s.rtt_ms if s.rtt_ms is not None and math.isfinite(s.rtt_ms) and s.rtt_ms >= 0 else cost.default_rtt_ms
-        overhead = rtt + (cost.relay_penalty_ms if s.relayed else 0.0)
+        overhead = rtt + cost.hop_ms + (cost.relay_penalty_ms if s.relayed else 0.0)
         load = s.load if math.isfinite(s.load) and s.load > 0 else 0.0
         load_factor = (1.0 + cost.load_weight * load) if throughput else 1.0
         load_factor *= 1.0 + cost.session_weight * max(0, s.sessions)
