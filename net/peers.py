@@ -1,12 +1,19 @@
-"""The peer table: who we know, how to reach them, and their round-trip time (EMA of pings).
+"""The peer table: who we know, how to reach them, and their round-trip time.
 
-Other layers read it (routing costs, the status command, the health page). Pure bookkeeping:
-the host feeds it connection events and ping results; time is passed in.
+Two round-trip figures per peer: ``rtt_ms``, an EMA of pings (the status command, the health
+page), and ``base_rtt_ms``, the least ping of the ``BASE_WINDOW_S`` up to the newest (routing
+costs): the path's own delay, as TCP's BBR estimates it, which one ping taken while the peer was
+busy does not move for tens of seconds as it moves the EMA. Pure bookkeeping: the host feeds it
+connection events and ping results; time is passed in.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+
+BASE_WINDOW_S = 60.0  # pings are ~10 s apart: the least of the last ~6
+BASE_SAMPLES = 16
 
 
 @dataclass
@@ -19,6 +26,16 @@ class PeerInfo:
     agent: str = ""
     failures: int = 0
     relayed: bool = False
+    recent: deque = field(default_factory=lambda: deque(maxlen=BASE_SAMPLES))  # (time, rtt_ms) of recent pings
+
+    @property
+    def base_rtt_ms(self) -> float | None:
+        """The least ping of the ``BASE_WINDOW_S`` up to the newest one (on the clock ``record_rtt``
+        was given); the EMA when there are no samples, None if never measured."""
+        if not self.recent:
+            return self.rtt_ms
+        newest = self.recent[-1][0]
+        return min(ms for t, ms in self.recent if newest - t <= BASE_WINDOW_S)
 
 
 class PeerTable:
@@ -51,6 +68,7 @@ class PeerTable:
     def record_rtt(self, peer_id: str, rtt_ms: float, now: float) -> None:
         info = self.ensure(peer_id)
         info.rtt_ms = rtt_ms if info.rtt_ms is None else (1 - self.alpha) * info.rtt_ms + self.alpha * rtt_ms
+        info.recent.append((now, rtt_ms))
         info.last_seen = now
         info.failures = 0
 

@@ -82,7 +82,7 @@ def servers_for(state: Any, model: str, now: float, peers: Any = None, exclude: 
         rtt = None
         if peers is not None:
             info = peers.get(entry.peer_id)
-            rtt = info.rtt_ms if info is not None else None
+            rtt = info.base_rtt_ms if info is not None else None  # the path's delay, not a busy moment's
         out.append(ServerView(peer_id=entry.peer_id, model=model, start=hosted.start, end=hosted.end,
                               ms_per_layer=ms_per_layer_from(entry.throughput, layers),
                               free_cache_tokens=int(entry.free_kv), load=float(entry.load), rtt_ms=rtt,
