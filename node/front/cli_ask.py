@@ -148,7 +148,7 @@ def cmd_ask(ns: argparse.Namespace) -> int:
     if sp:
         print(f"speculative: {sp.get('passes', 0)} verify passes, {sp.get('tokens_per_pass', 0)} tokens per pass, "
               f"{sp.get('accepted', 0)} of {sp.get('proposed', 0)} drafts kept", file=sys.stderr)
-    if ns.check_fraction is None or ns.check_fraction > 0:
+    if ns.mode == "pipeline" and (ns.check_fraction is None or ns.check_fraction > 0):  # checks are of pipeline steps
         print(_checks_line(result), file=sys.stderr)
     for line in _scores_lines(result):
         print(line, file=sys.stderr)
