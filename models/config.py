@@ -2,7 +2,10 @@
 
 ``ModelConfig.from_dict(d)`` / ``ModelConfig.from_dir(path)`` accept the HF configs of Llama 2/3,
 Mistral, Qwen2/2.5 and SmolLM2 (``model_type`` in :data:`SUPPORTED_MODEL_TYPES`), in the classic
-form (``rope_theta`` + ``rope_scaling``) and the transformers-5 form (``rope_parameters``).
+form (``rope_theta`` + ``rope_scaling``) and the transformers-5 form (``rope_parameters``), and
+Gemma 3's text decoder (``gemma3_text``, ``arch="gemma3"``: q/k norms, a norm after attention and
+after the MLP, GELU-tanh, a scaled embedding, local layers with their own RoPE base; sessions stay
+within its sliding window, so local and global layers attend alike).
 Anything we would not compute exactly raises :class:`UnsupportedModelError` naming the field.
 
 ``rope_inv_freq(cfg)`` returns the RoPE inverse frequencies and the attention scaling for the
@@ -21,7 +24,7 @@ import torch
 
 from swarmlm.models.errors import CheckpointError, UnsupportedModelError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma3_text")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -46,6 +49,10 @@ class ModelConfig:
     sliding_window: int | None  # effective window; sessions longer than this are refused
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    arch: str = "llama"  # "llama" (the Llama family) or "gemma3" (see the module text)
+    rope_local_theta: float | None = None  # gemma3: the RoPE base of the sliding-window layers ...
+    local_layers: tuple[int, ...] = ()  # ... which are these
+    embed_scale: float = 1.0  # gemma3: token embeddings are multiplied by sqrt(hidden_size)
 
     @property
     def kv_dim(self) -> int:
@@ -89,6 +96,8 @@ class ModelConfig:
         head_dim = int(d.get("head_dim") or hidden // n_heads)
         if n_heads % n_kv:
             raise bad(f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}")
+        if mt == "gemma3_text":
+            return _gemma3(d, bad, vocab, hidden, inter, n_layers, n_heads, n_kv, head_dim)
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise bad(f"hidden_act {act!r} is not supported (only silu / SwiGLU)")
@@ -138,6 +147,50 @@ class ModelConfig:
             sliding_window=int(sw) if sw else None,
             bos_token_id=d.get("bos_token_id"), eos_token_ids=eos_ids,
         )
+
+
+def _gemma3(d: dict[str, Any], bad: Any, vocab: int, hidden: int, inter: int, n_layers: int, n_heads: int,
+            n_kv: int, head_dim: int) -> ModelConfig:
+    act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise bad(f"gemma3 hidden_activation {act!r} is not supported (only gelu_pytorch_tanh)")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if d.get(key):
+            raise bad(f"{key} is not supported")
+    if int(d.get("query_pre_attn_scalar") or head_dim) != head_dim:
+        raise bad("gemma3 query_pre_attn_scalar != head_dim is not supported")
+    if d.get("attention_bias") or d.get("mlp_bias"):
+        raise bad("gemma3 with biases is not supported")
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict) and "full_attention" in rp:
+        full, local = rp.get("full_attention") or {}, rp.get("sliding_attention") or {}
+    else:
+        full = {"rope_type": "default", "rope_theta": d.get("rope_theta", 1_000_000.0)}
+        if d.get("rope_scaling"):
+            full = {**full, **d["rope_scaling"]}
+        local = {"rope_type": "default", "rope_theta": d.get("rope_local_base_freq", 10_000.0)}
+    for name, part in (("full_attention", full), ("sliding_attention", local)):
+        if part.get("rope_type", part.get("type", "default")) != "default":
+            raise bad(f"gemma3 {name} RoPE {part.get('rope_type')!r} is not supported (only default)")
+    types = d.get("layer_types")
+    if types is None:
+        pattern = int(d.get("sliding_window_pattern") or 6)
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
+    if len(types) != n_layers or set(types) - {"full_attention", "sliding_attention"}:
+        raise bad("gemma3 layer_types must name full_attention or sliding_attention for every layer")
+    sw = d.get("sliding_window")
+    eos = d.get("eos_token_id")
+    eos_ids = tuple(int(x) for x in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    return ModelConfig(
+        model_type="gemma3_text", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=head_dim,
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(full.get("rope_theta", 1_000_000.0)),
+        rope_scaling=None, max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)), attention_bias=False, o_bias=False,
+        mlp_bias=False, sliding_window=int(sw) if sw else None, bos_token_id=d.get("bos_token_id"),
+        eos_token_ids=eos_ids, arch="gemma3", rope_local_theta=float(local.get("rope_theta", 10_000.0)),
+        local_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention"),
+        embed_scale=float(hidden) ** 0.5)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:

@@ -73,6 +73,11 @@ def expected_shapes(cfg: ModelConfig, start: int, end: int, embedding: bool, hea
             out[p + "mlp.down_proj.bias"] = (H,)
         out[p + "input_layernorm.weight"] = (H,)
         out[p + "post_attention_layernorm.weight"] = (H,)
+        if cfg.arch == "gemma3":  # q/k norms per head, and norms before and after the MLP
+            out[p + "self_attn.q_norm.weight"] = (cfg.head_dim,)
+            out[p + "self_attn.k_norm.weight"] = (cfg.head_dim,)
+            out[p + "pre_feedforward_layernorm.weight"] = (H,)
+            out[p + "post_feedforward_layernorm.weight"] = (H,)
     if head:
         out["model.norm.weight"] = (H,)
         if not cfg.tie_word_embeddings:

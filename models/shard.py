@@ -1,9 +1,13 @@
-"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2) as layer shards, in plain torch.
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2; Gemma 3) as layer shards, in plain torch.
 
 A **shard** is the contiguous layer range ``[start, end)`` of a model; the first may also hold the
 token embedding, the last the final norm and LM head. The whole model is the shard ``[0, n)`` with
 both ends. Every layer is computed the way transformers does it (RMSNorm in fp32, RoPE tables in
 fp32 cast to the compute dtype, grouped-query attention, SwiGLU), so logits match it to ~1e-5 in fp32.
+Gemma 3 (``config.arch == "gemma3"``) adds four things to a layer, each where transformers has it:
+RMSNorm of every q and k head before RoPE, a norm on the attention's output and on the MLP's output
+before each residual add, GELU-tanh instead of SiLU; plus a scaled embedding and a second RoPE base
+for its sliding-window layers. Its norms scale by ``1 + weight``: the 1 is added once at load.
 
 API:
 - ``load_shard(model_dir, start, end, dtype="fp32", embedding=None, head=None) -> Shard`` reads only
@@ -34,7 +38,7 @@ All calls run under ``torch.inference_mode`` with the caller's ``torch.get_num_t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -61,6 +65,10 @@ class LayerWeights:
     b_gate_up: torch.Tensor | None
     w_down: torch.Tensor
     b_down: torch.Tensor | None
+    q_norm: torch.Tensor | None = None  # gemma3: per-head RMSNorm of q and k before RoPE
+    k_norm: torch.Tensor | None = None
+    ln_attn_out: torch.Tensor | None = None  # gemma3: norm of the attention's output before the residual add
+    ln_mlp_out: torch.Tensor | None = None  # gemma3: norm of the MLP's output before the residual add
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -114,6 +122,11 @@ class Shard:
         self.model_dir = model_dir
         inv_freq, self.attn_scaling = rope_inv_freq(config)
         self.inv_freq = inv_freq.float()
+        self.inv_freq_local = None  # gemma3: the sliding-window layers' RoPE base
+        if config.rope_local_theta is not None:
+            self.inv_freq_local = rope_inv_freq(replace(config, rope_theta=config.rope_local_theta,
+                                                        rope_scaling=None))[0].float()
+        self._local = frozenset(config.local_layers)
         self.attn_scale = config.head_dim ** -0.5
 
     # ------------------------------------------------------------------ info
@@ -203,7 +216,7 @@ class Shard:
         # decodes of batch-1 sessions with similar contexts attend as groups (models/batched_decode.py):
         # their entries go first, group by group, so each group's rows are contiguous
         grouped = plan_groups([(i, starts[i] + 1) for i in range(len(entries))
-                               if lens[i] == 1 and sizes[i] == 1])
+                               if lens[i] == 1 and sizes[i] == 1]) if cfg.arch == "llama" else []
         order = [i for g in grouped for i in g]
         if order:
             taken = set(order)
@@ -222,6 +235,8 @@ class Shard:
                 raise SessionError("the first shard takes token ids (LongTensor [B, T])")
             flat = [e[1].reshape(-1) for e in entries]
             h = F.embedding(torch.cat(flat) if len(flat) > 1 else flat[0], self.embed)
+            if cfg.embed_scale != 1.0:  # gemma3 scales in the compute dtype, as transformers does
+                h = h * torch.tensor(cfg.embed_scale, dtype=h.dtype)
         else:
             if any(e[1].dim() != 3 or e[1].shape[-1] != cfg.hidden_size for e in entries):
                 raise SessionError(f"this shard takes hidden states [B, T, {cfg.hidden_size}]")
@@ -230,6 +245,8 @@ class Shard:
         # RoPE tables per entry (fp32, then the compute dtype), and the attention masks
         n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         cos_l, sin_l, masks = [], [], []
+        cos_loc: list = []
+        sin_loc: list = []
         for j, (start, T) in enumerate(zip(starts, lens)):
             if j < n_grouped:  # a group member: the group holds its tables
                 cos_l.append(None)
@@ -237,10 +254,13 @@ class Shard:
                 masks.append(None)
                 continue
             t_idx = torch.arange(T)
-            freqs = (t_idx + start).float()[:, None] * self.inv_freq[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos_l.append((emb.cos() * self.attn_scaling).to(self.dtype)[:, None, :])  # [T, 1, hd]
-            sin_l.append((emb.sin() * self.attn_scaling).to(self.dtype)[:, None, :])
+            for inv, cs, sn in ((self.inv_freq, cos_l, sin_l), (self.inv_freq_local, cos_loc, sin_loc)):
+                if inv is None:
+                    continue
+                freqs = (t_idx + start).float()[:, None] * inv[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                cs.append((emb.cos() * self.attn_scaling).to(self.dtype)[:, None, :])  # [T, 1, hd]
+                sn.append((emb.sin() * self.attn_scaling).to(self.dtype)[:, None, :])
             if T == 1:
                 masks.append(None)
             else:  # query t (global start+t) sees keys 0..start+t; rows are (group, t)
@@ -250,7 +270,9 @@ class Shard:
         for b, T in zip(sizes, lens):
             offsets.append(offsets[-1] + b * T)
         for li, lw in enumerate(self.layers):
-            h = self._layer(li, lw, h, entries, starts, offsets, lens, cos_l, sin_l, masks, groups)
+            local = self.start + li in self._local
+            h = self._layer(li, lw, h, entries, starts, offsets, lens, cos_loc if local else cos_l,
+                            sin_loc if local else sin_l, masks, groups)
         for grp in groups:
             grp.write_back()
         for (sess, _, _), start, T in zip(entries, starts, lens):
@@ -289,6 +311,9 @@ class Shard:
             B = part.shape[0] // T
             # RoPE on q and k heads at once: [B, T, nh + nkv, hd]
             qk = part[..., :qk_dim].reshape(B, T, nh + nkv, hd)
+            if lw.q_norm is not None and lw.k_norm is not None:  # gemma3
+                qk = torch.cat((rms_norm(qk[:, :, :nh], lw.q_norm, cfg.rms_norm_eps),
+                                rms_norm(qk[:, :, nh:], lw.k_norm, cfg.rms_norm_eps)), dim=2)
             cos, sin = cos_l[i], sin_l[i]
             qk = qk * cos + rotate_half(qk) * sin
             q = qk[:, :, :nh].transpose(1, 2)
@@ -309,11 +334,14 @@ class Shard:
                 o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=masks[i])
             outs.append(o.view(B, nh, T, hd).transpose(1, 2).reshape(B * T, nh * hd))
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
-        h = h + linear(o, lw.wo, lw.bo)
+        a = linear(o, lw.wo, lw.bo)
+        h = h + (a if lw.ln_attn_out is None else rms_norm(a, lw.ln_attn_out, cfg.rms_norm_eps))
         x = rms_norm(h, lw.ln2, cfg.rms_norm_eps)
         gu = linear(x, lw.w_gate_up, lw.b_gate_up)
         gate, up = gu.chunk(2, dim=-1)
-        return h + linear(F.silu(gate) * up, lw.w_down, lw.b_down)
+        act = F.silu(gate) if cfg.arch == "llama" else F.gelu(gate, approximate="tanh")
+        m = linear(act * up, lw.w_down, lw.b_down)
+        return h + (m if lw.ln_mlp_out is None else rms_norm(m, lw.ln_mlp_out, cfg.rms_norm_eps))
 
 
 def _unorder(outs: list[torch.Tensor], order: list[int]) -> list[torch.Tensor]:
@@ -324,6 +352,11 @@ def _unorder(outs: list[torch.Tensor], order: list[int]) -> list[torch.Tensor]:
     for j, i in enumerate(order):
         res[i] = outs[j]
     return res
+
+
+def _plus_one(w: torch.Tensor) -> torch.Tensor:
+    """Gemma's RMSNorm scales by ``1 + weight`` (computed in fp32, as transformers does)."""
+    return (w.float() + 1.0).to(w.dtype)
 
 
 def load_shard(model_dir: str | Path, start: int = 0, end: int | None = None, dtype: str | torch.dtype = "fp32",
@@ -351,15 +384,23 @@ def load_shard(model_dir: str | Path, start: int = 0, end: int | None = None, dt
 
         bqkv = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias") if cfg.attention_bias else None
         bgu = cat(m + "gate_proj.bias", m + "up_proj.bias") if cfg.mlp_bias else None
+        gemma = cfg.arch == "gemma3"
+        norm = (lambda name: _plus_one(t.pop(name))) if gemma else t.pop
         layers.append(LayerWeights(
-            ln1=t.pop(p + "input_layernorm.weight"),
+            ln1=norm(p + "input_layernorm.weight"),
             wqkv=cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"), bqkv=bqkv,
             wo=t.pop(a + "o_proj.weight"), bo=t.pop(a + "o_proj.bias") if cfg.o_bias else None,
-            ln2=t.pop(p + "post_attention_layernorm.weight"),
+            ln2=norm(p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight")),
             w_gate_up=cat(m + "gate_proj.weight", m + "up_proj.weight"), b_gate_up=bgu,
             w_down=t.pop(m + "down_proj.weight"), b_down=t.pop(m + "down_proj.bias") if cfg.mlp_bias else None,
+            q_norm=norm(a + "q_norm.weight") if gemma else None, k_norm=norm(a + "k_norm.weight") if gemma else None,
+            ln_attn_out=norm(p + "post_attention_layernorm.weight") if gemma else None,
+            ln_mlp_out=norm(p + "post_feedforward_layernorm.weight") if gemma else None,
         ))
     emb = t.get("model.embed_tokens.weight")
     lm_head = (emb if cfg.tie_word_embeddings else t.get("lm_head.weight")) if head else None
-    return Shard(cfg, start, end, layers, dt, embed=emb if embedding else None, norm=t.get("model.norm.weight"),
+    final = t.get("model.norm.weight")
+    if final is not None and cfg.arch == "gemma3":
+        final = _plus_one(final)
+    return Shard(cfg, start, end, layers, dt, embed=emb if embedding else None, norm=final,
                  lm_head=lm_head, has_embedding=embedding, has_head=head, model_dir=model_dir)

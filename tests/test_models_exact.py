@@ -31,6 +31,14 @@ CONFIGS = {
     # Mistral with linear rope scaling
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(
         num_key_value_heads=1, sliding_window=None, rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    # Gemma 3: q/k norms, norms after attention and MLP, GELU-tanh, scaled embedding, local layers
+    # with their own RoPE base (sessions stay within the sliding window)
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=128,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                     "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1e6}})),
 }
 
 
