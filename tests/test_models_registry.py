@@ -74,7 +74,7 @@ def test_materialize_is_atomic_on_failure(tmp_path):
 
 def test_list_and_info(cache):
     entries = {e.spec: e for e in list_models()}
-    assert set(entries) == {"builtin:tiny", "builtin:smollm2-135m"}
+    assert set(entries) == {"builtin:tiny", "builtin:smollm2-135m", "builtin:gemma3-270m"}
     assert not entries["builtin:tiny"].cached
     info = model_info("builtin:tiny", dtype="bf16", shards=3)
     assert info.num_layers == 6 and [(s["start"], s["end"]) for s in info.shards] == [(0, 2), (2, 4), (4, 6)]
@@ -92,7 +92,7 @@ def test_cli_model_commands(cache, capsys):
     assert "shard [  0,   6)" in capsys.readouterr().out
     assert cli_main(["model", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["spec"] for r in rows} == {"builtin:tiny", "builtin:smollm2-135m"}
+    assert {r["spec"] for r in rows} == {"builtin:tiny", "builtin:smollm2-135m", "builtin:gemma3-270m"}
     assert cli_main(["model", "convert", "builtin:tiny"]) == 0
     assert capsys.readouterr().out.strip() == str(resolve("builtin:tiny"))
     assert cli_main(["model", "info", "builtin:bogus"]) == 1
