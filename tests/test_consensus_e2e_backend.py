@@ -83,3 +83,13 @@ def test_calibration_answers_are_option_indices(backend):
     got = [backend.choose(p) for p in puzzles]
     assert all(0 <= g < len(p.options) for g, p in zip(got, puzzles))
     assert got == [backend.choose(p) for p in puzzles]  # deterministic
+
+
+def test_an_answer_after_a_colon_is_scored_with_its_space(backend):
+    """A base model's transcript ends in "Answer:": the answer follows a space, as the model writes it;
+    after a chat template's newline the answer is scored as given."""
+    tok = backend.tokenizer
+    after_colon = tok.encode("Question: what is 2 + 2?\nAnswer:")
+    assert backend.loglik(after_colon, "four") == backend.loglik(after_colon, " four")
+    after_newline = tok.encode("Question: what is 2 + 2?\n")
+    assert backend.loglik(after_newline, "four") != backend.loglik(after_newline, " four")

@@ -91,7 +91,7 @@ class ModelBackend:
         params = SamplingParams(temperature=profile.temperature, top_k=profile.top_k, top_p=profile.top_p,
                                 seed=seed, max_new_tokens=task["max_new_tokens"], stop=list(task["stop"]))
         res = generate([self.shard], self.prompt_ids(task), params.validate(), self.tokenizer)
-        return res.text, res.finish_reason
+        return res.text.strip(), res.finish_reason
 
     def choice_logprobs(self, texts: list[str]) -> list[tuple[float, float]]:
         """log P("A"), log P("B") as the reply's first token to each judging text (one batched pass)."""
@@ -109,6 +109,9 @@ class ModelBackend:
 
     def loglik(self, prompt_ids: list[int], answer: str) -> float:
         """Mean (or summed) log-probability of the answer's tokens after the prompt."""
+        last = self.tokenizer.decode(list(prompt_ids[-1:]), skip_special_tokens=False)
+        if last and not last[-1].isspace() and answer[:1] not in ("", " ", "\n"):
+            answer = " " + answer  # after "Answer:" (a base model's transcript) an answer follows a space
         ans = self.tokenizer.encode(answer)[: max(1, MAX_TASK_TOKENS - len(prompt_ids))]
         if not ans:
             return -1e9  # an empty answer is the worst answer
