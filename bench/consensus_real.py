@@ -1,16 +1,20 @@
 """`swarmlm bench consensus --real`: consensus rounds with a real model on the shipped labeled set.
 
-N nodes in one process share one whole-model shard but answer with different sampling profiles
-and seeds (one batched lockstep generation per question, ``models.batchgen``), judge each other's
-answers with the node's default judge (pairwise choice-letter probabilities in both orders,
-likelihood as tie-breaker; ``--judge loglik`` for the old mean log-likelihood judge), and
-``consensus.realeval`` scores best single node, majority over normalized answers, BT, BT +
-reputation and the degenerate-winner share against the labels (``consensus/data/questions.jsonl``).
-``--limit N`` takes N questions spread evenly over the set (every category).
+N nodes in one process (node i runs the (i mod count)-th of ``--models``: by default SmolLM2-135M
+and Gemma 3 270M alternate, so the judges differ) share one whole-model shard per model. They answer
+with different sampling profiles and seeds (one batched lockstep generation per question and model,
+``models.batchgen``; a fresh seed per question and node), judge each other's answers with the node's
+default judge (pairwise choice-letter probabilities in both orders, likelihood as tie-breaker;
+``--judge loglik`` for the old mean log-likelihood judge), and ``consensus.realeval`` scores best
+single node, majority over normalized answers, BT, BT + reputation and the degenerate-winner share
+against the labels (``consensus/data/questions.jsonl``). ``--limit N`` takes N questions spread
+evenly over the set (every category); ``--dump FILE`` keeps every round for study.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -20,10 +24,18 @@ from swarmlm.consensus.judging import LogLikelihoodJudge
 from swarmlm.consensus.pairwise import PairwiseJudge
 from swarmlm.consensus.realeval import run_eval
 from swarmlm.models.batchgen import generate_many
+from swarmlm.models.registry import GEMMA3, SMOLLM2
 from swarmlm.models.sampling import SamplingParams
 from swarmlm.node.server.consensus_backend import ModelBackend
 
 PROFILES = ((0.0, 1.0), (0.5, 0.9), (0.7, 0.9), (0.9, 0.95), (1.0, 1.0), (0.6, 0.8), (0.8, 1.0))
+
+
+def node_seed(seed: int, qid: str, node: int) -> int:
+    """A node's sampling seed for one question: fresh per question, as a node draws one per round (one
+    seed for every question made a node's first token the same draw each time: a base model whose
+    newline is likely after "Answer:" then answered nothing, every time)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{qid}/{node}".encode()).digest()[:4], "big") >> 1
 
 
 def subset(questions: tuple[Question, ...], limit: int) -> list[Question]:
@@ -33,8 +45,9 @@ def subset(questions: tuple[Question, ...], limit: int) -> list[Question]:
     return [questions[int(i * step)] for i in range(limit)]
 
 
-def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, seed: int,
-        reputation: str = "audits") -> dict[str, Any]:
+def run(models: list[str], nodes: int, limit: int, max_tokens: int, judge_kind: str, seed: int,
+        reputation: str = "audits", dump: str | None = None) -> dict[str, Any]:
+    """Node ``i`` answers and judges with ``models[i % len(models)]``."""
     import torch  # lazy: only the --real bench needs torch
 
     from swarmlm.models.generate import load_chain  # lazy: loads torch models
@@ -42,9 +55,8 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
     from swarmlm.models.tokenizer import Tokenizer  # lazy: with the model
 
     torch.manual_seed(seed)
-    shard = load_chain(model, 1)[0]
-    tok = Tokenizer.from_dir(resolve(model))
-    be = ModelBackend(shard, tok)
+    backends = {m: ModelBackend(load_chain(m, 1)[0], Tokenizer.from_dir(resolve(m))) for m in dict.fromkeys(models)}
+    model_of = [models[i % len(models)] for i in range(nodes)]
     qs = subset(load_questions(), limit)
     timing = {"answer_s": 0.0, "judge_s": 0.0}
     current: list[Question] = []  # the question being answered and judged
@@ -55,20 +67,26 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
     def answer(q: Question) -> list[tuple[str, bool]]:
         t = time.perf_counter()
         current[:] = [q]
-        params = [SamplingParams(temperature=PROFILES[i % len(PROFILES)][0], top_p=PROFILES[i % len(PROFILES)][1],
-                                 seed=seed * 1000 + i, max_new_tokens=max_tokens, stop=["\n"]) for i in range(nodes)]
-        outs = generate_many(shard, be.prompt_ids(task(q)), params, tok)
+        got: dict[int, tuple[str, bool]] = {}
+        for m, be in backends.items():  # one lockstep batch per model
+            mine = [i for i in range(nodes) if model_of[i] == m]
+            params = [SamplingParams(temperature=PROFILES[i % len(PROFILES)][0], top_p=PROFILES[i % len(PROFILES)][1],
+                                     seed=node_seed(seed, q.id, i), max_new_tokens=max_tokens, stop=["\n"])
+                      for i in mine]
+            outs = generate_many(be.shard, be.prompt_ids(task(q)), params, be.tokenizer)
+            got.update({i: (o.text.strip(), o.finish_reason == "length") for i, o in zip(mine, outs)})
         timing["answer_s"] += time.perf_counter() - t
-        return [(o.text, o.finish_reason == "length") for o in outs]
+        return [got[i] for i in range(nodes)]
 
-    class Shared:  # every node runs the same model: one judge per question, its verdicts cached
-        def __init__(self) -> None:
+    class Shared:  # the nodes of one model judge alike: one judge per question and model, its verdicts cached
+        def __init__(self, be: ModelBackend) -> None:
+            self.be = be
             self.q: Question | None = None
             self.inner: Any = None
 
         def judge_many(self, prompt: str, pairs: list[tuple[str, str]]) -> list[str]:
             t = time.perf_counter()
-            q = current[0]
+            q, be = current[0], self.be
             if self.q is not q:
                 pids = be.prompt_ids(task(q))
                 cache: dict[str, float] = {}
@@ -90,12 +108,15 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
         def judge(self, prompt: str, a: str, b: str) -> str:
             return self.judge_many(prompt, [(a, b)])[0]
 
-    shared = Shared()
+    judges = {m: Shared(be) for m, be in backends.items()}
     t0 = time.perf_counter()
 
     tally = [0, 0, 0, 0, 0]
 
     def progress(k: int, o: Any) -> None:
+        if dump:
+            with open(dump, "a") as f:
+                f.write(json.dumps({"id": o.id, "correct": o.correct, **o.detail}) + "\n")
         tally[0] += o.majority
         tally[1] += o.bt
         tally[2] += o.bt_rep
@@ -105,9 +126,10 @@ def run(model: str, nodes: int, limit: int, max_tokens: int, judge_kind: str, se
             log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
                 f"bt {tally[1]}, bt_rep {tally[2]} (judges alone {tally[4]}), some node {tally[3]}")
 
-    res = run_eval(qs, answer, [shared] * nodes, progress, reputation=reputation)  # type: ignore[list-item]
+    res = run_eval(qs, answer, [judges[m] for m in model_of], progress, reputation=reputation)  # type: ignore[list-item]
     out = res.summary()
-    out.update({"model": model, "judge": judge_kind, "reputation": reputation, "max_tokens": max_tokens, "seed": seed,
+    out.update({"model": ",".join(dict.fromkeys(models)), "node_models": model_of, "judge": judge_kind,
+                "reputation": reputation, "max_tokens": max_tokens, "seed": seed,
                 "elapsed_s": round(time.perf_counter() - t0, 1),
                 "answer_s": round(timing["answer_s"], 1), "judge_s": round(timing["judge_s"], 1),
                 "profiles": [f"temperature={PROFILES[i % len(PROFILES)][0]:g} top_p={PROFILES[i % len(PROFILES)][1]:g}"
@@ -136,7 +158,9 @@ def summary(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = parser("consensus --real", __doc__.splitlines()[0])
     p.add_argument("--real", action="store_true", required=True)
-    p.add_argument("--model", default="builtin:smollm2-135m")
+    p.add_argument("--models", "--model", dest="models", default=f"{SMOLLM2},{GEMMA3}",
+                   help="comma-separated model specs; node i runs the (i mod count)-th (default: both builtins, "
+                        "so the judges differ)")
     p.add_argument("--nodes", type=int, default=5, help="answering and judging nodes (default 5)")
     p.add_argument("--limit", type=int, default=0, help="questions, spread over the set (default: all)")
     p.add_argument("--max-tokens", type=int, default=24)
@@ -144,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reputation", choices=("audits", "consensus"), default="audits",
                    help="standing from every 5th question as a known-answer audit (the node's default) or by agreement")
+    p.add_argument("--dump", help="append each question's round (answers, normalized answers, screens, strengths, "
+                                  "priors, which were right) to this file as a JSON line")
     ns = p.parse_args(argv)
-    if not 3 <= ns.nodes <= 16 or not 1 <= ns.max_tokens <= 256 or ns.limit < 0:
-        p.error("--nodes must be 3..16, --max-tokens 1..256 and --limit at least 0")
-    emit(run(ns.model, ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed, ns.reputation), ns.json, summary)
+    if not 3 <= ns.nodes <= 16 or not 1 <= ns.max_tokens <= 256 or ns.limit < 0 or not ns.models.strip(","):
+        p.error("--nodes must be 3..16, --max-tokens 1..256, --limit at least 0 and --models name a model")
+    emit(run([m for m in ns.models.split(",") if m], ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed, ns.reputation, ns.dump), ns.json, summary)
     return 0

@@ -50,6 +50,7 @@ class QuestionOutcome:
     screened: dict[str, str]  # node -> reason
     degenerate_winner: bool
     degenerate_top: bool
+    detail: dict[str, Any] = field(default_factory=dict)  # the round's inputs, for offline study (``--dump``)
 
 
 @dataclass
@@ -133,8 +134,8 @@ def run_eval(questions: Sequence[Question], answer: AnswerFn, judges: Sequence[J
                                 answer_keys=[normalize(q, t) or f"#{i}" for i, t in enumerate(texts)])
         rep = rep if rep is not None else plain
         w_plain, w_judges = _winner(plain, names, screened), _winner(rep, names, screened)
-        w_rep = names[prior_pick(rep.strengths, names, author_priors(state, names), _eligible(names, screened))] \
-            if audits else w_judges
+        priors = author_priors(state, names) if audits else {}
+        w_rep = names[prior_pick(rep.strengths, names, priors, _eligible(names, screened))] if audits else w_judges
         if audits and k % audit_every == audit_every - 1:
             state.apply_audit(k * ROUND_INTERVAL, names, votes, {n: is_correct(q, by_node[n]) for n in names})
         clean = len(screened) < len(names)
@@ -142,7 +143,11 @@ def run_eval(questions: Sequence[Question], answer: AnswerFn, judges: Sequence[J
             q.id, [is_correct(q, t) for t in texts], is_correct(q, _majority(q, texts)),
             is_correct(q, by_node[w_plain]), is_correct(q, by_node[w_rep]), is_correct(q, by_node[w_judges]), screened,
             clean and (w_plain in screened or w_rep in screened),
-            clean and (names[plain.winner] in screened or names[rep.winner] in screened))
+            clean and (names[plain.winner] in screened or names[rep.winner] in screened),
+            {"texts": texts, "norms": [normalize(q, t) for t in texts], "screened": sorted(screened),
+             "strengths": [float(x) for x in rep.strengths], "plain_strengths": [float(x) for x in plain.strengths],
+             "priors": [priors[n] for n in names] if audits else [],
+             "audit": audits and k % audit_every == audit_every - 1})
         res.outcomes.append(out)
         if progress is not None:
             progress(k, out)

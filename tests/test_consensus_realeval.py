@@ -56,6 +56,25 @@ def test_the_real_bench_runs_on_the_tiny_model():
     assert r["degenerate_winner_share"] == 0.0 and r["reputation"] == "audits"
 
 
+def test_the_real_bench_runs_a_swarm_of_two_models(tmp_path):
+    """Node i runs the (i mod 2)-th model: two backends, each judging with its own model."""
+    import shutil
+
+    from swarmlm.bench.consensus import main
+    from swarmlm.models.registry import resolve
+
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(resolve("builtin:tiny"), other)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["--real", "--json", "--models", f"builtin:tiny,{other}", "--limit", "3", "--nodes", "3",
+                   "--max-tokens", "4"])
+    assert rc == 0
+    r = json.loads(buf.getvalue())
+    assert r["node_models"] == ["builtin:tiny", str(other), "builtin:tiny"] and r["questions"] == 3
+    assert r["degenerate_winner_share"] == 0.0
+
+
 def test_audits_convict_lying_judges_in_the_real_harness():
     def answer(q):  # node0 right, the others wrong (node1 and node2 agree)
         return [(RIGHT[q.id], False), (WRONG[q.id], False), (WRONG[q.id], False), ("I am not sure.", False)]
