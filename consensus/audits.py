@@ -11,6 +11,10 @@ decides (``evalset.is_correct``, deterministic) which candidates were right. The
 (``ReputationState.apply_audit``) then scores each judge against the key on its pairs of one right
 and one wrong answer: below 1/2 it loses all its standing, otherwise it moves toward ``2 g - 1``.
 With ``ReputationParams(earn="audits")`` this is the only way to earn standing.
+
+An audit record carries every answer, so long answers make it large: one that does not fit a swarm
+state record travels like a large round record, as a content-addressed blob (``audit_ref``,
+``check_audit_detail``; ``consensus.detail``), up to ``MAX_AUDIT_BYTES``.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from typing import ClassVar, Mapping
 
 from swarmlm.consensus.audit import VerifiedRound, verify_record
 from swarmlm.consensus.auditgen import question_for
+from swarmlm.consensus.detail import MAX_DETAIL_BYTES, DetailRef, detail_digest
 from swarmlm.consensus.evalset import Question, is_correct, load_questions, prompt_of
 from swarmlm.consensus.records import ConsensusError, Record, RoundRecord, open_as, text_hash
 from swarmlm.crypto.envelope import Envelope
 from swarmlm.crypto.identity import Identity
 
-MAX_AUDIT_BYTES = 16 * 1024
+MAX_AUDIT_BYTES = MAX_DETAIL_BYTES  # inline in the state up to its 16 KiB record limit, else as a blob
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,23 @@ def open_audit(data: bytes | Envelope) -> AuditRecord:
     if isinstance(data, (bytes, bytearray)) and len(data) > MAX_AUDIT_BYTES:
         raise ConsensusError("audit record too large")
     return open_as(AuditRecord, data)
+
+
+def audit_ref(envelope: bytes) -> DetailRef:
+    """The state's reference to an audit record kept as a blob (its round id, digest and size)."""
+    if len(envelope) > MAX_AUDIT_BYTES:
+        raise ConsensusError(f"the audit record is {len(envelope)} bytes, more than {MAX_AUDIT_BYTES}")
+    return DetailRef(open_audit(envelope).round_id, detail_digest(envelope), len(envelope))
+
+
+def check_audit_detail(ref: DetailRef, author: str, data: bytes) -> AuditRecord:
+    """A fetched audit blob checked against its reference (signed in the state by ``author``)."""
+    if len(data) != ref.size or detail_digest(data) != ref.sha256:
+        raise ConsensusError("the audit detail does not match its digest")
+    a = open_audit(data)
+    if a.round_id != ref.round_id or a.coordinator != author:
+        raise ConsensusError("the audit detail is another round's, or not by the reference's author")
+    return a
 
 
 def verify_audit(audit: AuditRecord | bytes, rnd: VerifiedRound | RoundRecord | bytes) -> dict[str, bool]:

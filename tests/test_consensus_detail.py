@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from swarmlm.consensus.audit import verify_record
+from swarmlm.consensus.audits import audit_ref, check_audit_detail, open_audit, seal_audit
 from swarmlm.consensus.detail import MAX_DETAIL_BYTES, DetailRef, check_detail, detail_ref
 from swarmlm.consensus.local import run_local_round
 from swarmlm.consensus.records import ConsensusError
@@ -40,6 +41,23 @@ def test_a_reference_checks_its_blob():
                 {**ref.to_obj(), "sha256": "zz"}, {**ref.to_obj(), "size": True}, "nope"):
         with pytest.raises(ConsensusError):
             DetailRef.from_obj(bad)
+
+
+def test_an_audit_too_large_for_the_state_gets_a_reference_that_checks_it():
+    v = verify_record(a_record())
+    long_answers = {c: f"answer {i} " + "x" * 8000 for i, c in enumerate(v.candidate_ids)}  # 3 x 8 KB: over 16 KiB
+    data = seal_audit(COORD, v, "gen-" + "00" * 16, "q", long_answers)
+    assert len(data) > 16 * 1024 and open_audit(data).answers == tuple(long_answers[c] for c in v.candidate_ids)
+    ref = audit_ref(data)
+    assert (ref.round_id, ref.size) == (v.round_id, len(data))
+    assert check_audit_detail(ref, COORD.peer_id, data).round_id == v.round_id
+    with pytest.raises(ConsensusError, match="digest"):
+        check_audit_detail(ref, COORD.peer_id, data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ConsensusError, match="author"):
+        check_audit_detail(ref, ident("x", 0).peer_id, data)
+    other = DetailRef("ab" * 32, ref.sha256, ref.size)
+    with pytest.raises(ConsensusError, match="another round"):
+        check_audit_detail(other, COORD.peer_id, data)
 
 
 def test_the_store_is_bounded():

@@ -80,3 +80,33 @@ async def test_an_audit_round_follows_a_client_round_and_scores_the_judges(tmp_p
         assert counts == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
         _, _, _, priors = nodes[0].consensus.pick(MODEL, 3, now)  # what the next round weighs its candidates by
         assert priors[nodes[0].peer_id] == priors[nodes[1].peer_id] > priors[nodes[2].peer_id]
+
+
+async def test_an_audit_too_large_for_the_state_reaches_every_book_as_a_blob(tmp_path, monkeypatch):
+    """Long answers: the round and the audit record go to the state as references, every node fetches
+    the blobs by digest, and every book scores the judges as with an inline audit."""
+    from swarmlm.node.server import consensus as consensus_mod
+    from swarmlm.node.server.consensus_detail import AUDIT_DETAIL_KIND
+
+    monkeypatch.setattr(consensus_mod, "INLINE_RECORD_BYTES", 0)  # every record is "too large"
+
+    def configure(i, svc):
+        svc.options.answerer = scripted(right=i < 2)
+        svc.options.audit_share = 1.0 if i == 0 else 0.0
+        svc.audits.new_seed = lambda: SEED
+
+    async with consensus_nodes(tmp_path, 3, configure) as nodes:
+        await run_consensus(nodes[0], request(k=3))
+        with trio.fail_after(120):
+            while not (nodes[0].consensus.audits.done
+                       and all(nd.consensus.details.available(AUDIT_DETAIL_KIND) for nd in nodes)
+                       and all(len(nd.consensus.details.available()) == 2 for nd in nodes)):
+                await trio.sleep(0.2)
+        assert not any(list(nd.state.state.records(kind="audit")) for nd in nodes)  # only the reference
+        done = nodes[0].consensus.audits.done[-1]
+        assert done["right"] == {nodes[0].peer_id: True, nodes[1].peer_id: True, nodes[2].peer_id: False}
+        reps = [nd.consensus.reputation(time.time()) for nd in nodes]
+        assert reps[0].scores() == reps[1].scores() == reps[2].scores()
+        assert [reps[1].nodes[nd.peer_id].audited for nd in nodes[:2]] == [1, 1]  # the judges were scored
+        got = [reps[2].nodes[nd.peer_id] for nd in nodes]
+        assert [x for g in got for x in (g.answered, g.answered_right)] == pytest.approx([1, 1, 1, 1, 1, 0])

@@ -49,7 +49,7 @@ from swarmlm.node.directory import eligible_hosts
 from swarmlm.node.server.consensus_backend import ModelBackend, Profile, default_profile
 from swarmlm.node.server.consensus_audit import AUDIT_KIND, Audits
 from swarmlm.node.server.consensus_calib import Calibration
-from swarmlm.node.server.consensus_detail import Details
+from swarmlm.node.server.consensus_detail import AUDIT_DETAIL_KIND, DETAIL_KIND, Details
 from swarmlm.node.verification import verdicts_from_state
 from swarmlm.node.wire import CONSENSUS_PROTOCOL, MAX_K, MAX_NEW_TOKENS, parse_task, task_text
 
@@ -207,10 +207,11 @@ class ConsensusService:
                 if rec.key not in self._seen and isinstance(rec.body, (bytes, bytearray)):
                     self._seen.add(rec.key)
                     add(bytes(rec.body))
-        for key, blob in self.details.available():
-            if key not in self._seen:
-                self._seen.add(key)
-                self.book.add_record(blob)
+        for kind, add in ((DETAIL_KIND, self.book.add_record), (AUDIT_DETAIL_KIND, self.book.add_audit)):
+            for key, blob in self.details.available(kind):
+                if key not in self._seen:
+                    self._seen.add(key)
+                    add(blob)
         verdicts = verdicts_from_state(st)
         if not verdicts:
             return self.book.snapshot(now)
@@ -220,6 +221,7 @@ class ConsensusService:
         rounds += [blob for _, blob in self.details.available()]
         cals = [bytes(r.body) for r in st.records(kind="calibration") if isinstance(r.body, (bytes, bytearray))]
         audits = [bytes(r.body) for r in st.records(kind=AUDIT_KIND) if isinstance(r.body, (bytes, bytearray))]
+        audits += [blob for _, blob in self.details.available(AUDIT_DETAIL_KIND)]
         return compute_reputation(rounds, now, calibrations=cals, anchors=self.options.anchors, params=self.params,
                                   verdicts=verdicts, audits=audits)
 
@@ -262,12 +264,13 @@ class ConsensusService:
         self.audits.maybe_after(task, k)
         return out
 
-    def store_record(self, envelope: bytes) -> None:
-        """A round record into the swarm state: whole when it fits a state record, else as a detail blob."""
+    def store_record(self, envelope: bytes, kind: str = "round") -> None:
+        """A round (or ``AUDIT_KIND``) record into the swarm state: whole when it fits a state record,
+        else as a detail blob."""
         if len(envelope) <= INLINE_RECORD_BYTES:
-            self.node.state.add_record("round", envelope)
+            self.node.state.add_record(kind, envelope)
         else:
-            self.details.publish(envelope)
+            self.details.publish(envelope, AUDIT_DETAIL_KIND if kind == AUDIT_KIND else DETAIL_KIND)
 
     def pick(self, model: str, k: int, now: float) -> tuple[list[str], list[str], dict[str, float], dict[str, float]]:
         """Candidates (up to k eligible hosts at random), judges (eligible, weight > 0), weights, and the

@@ -69,8 +69,8 @@ class Audits:
         try:
             svc.store_record(envelope)  # the round counts like any other even if its audit cannot be stored
             data = seal_audit(svc.identity, v, q.id, text, {c: fin.answers[c] for c in v.candidate_ids})
-            svc.node.state.add_record(AUDIT_KIND, data)
-        except Exception as exc:  # e.g. long answers: an audit record is at most 16 KiB
+            svc.store_record(data, AUDIT_KIND)  # long answers: as a blob, like a large round record
+        except Exception as exc:  # e.g. answers beyond even a blob's limit
             raise ConsensusError(f"audit round {fin.round_id[:12]} not stored: {exc}") from None
         right = verify_audit(data, v)
         out = {"round_id": fin.round_id, "question": q.id,

@@ -1,11 +1,13 @@
-"""Round records too large for the swarm state travel as content-addressed blobs (``consensus.detail``).
+"""Records too large for the swarm state travel as content-addressed blobs (``consensus.detail``).
 
 The coordinator of a round whose signed record does not fit a 16 KiB state record keeps the encoded
 record in its ``DetailStore`` and adds a small ``round_detail`` record to the state (round id,
 SHA-256, size). Participants get the full record with the final packet and keep it too. Every other
 node fetches it by digest (RPC ``detail`` on ``/swarmlm/consensus/1``) from the reference's author,
 then from the round's other holders it knows of, checks it (``check_detail``) and hands it to its
-reputation book. The store is bounded in entries and bytes (oldest out first); a node retries a
+reputation book. Audit records with long answers travel the same way (``audit_detail`` references,
+checked by ``consensus.audits.check_audit_detail``; only their coordinator holds them at first).
+The store is bounded in entries and bytes (oldest out first); a node retries a
 missing blob at most once per ``RETRY_S`` and fetches at most ``FETCHES_PER_PASS`` per pass.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import trio
 
+from swarmlm.consensus.audits import audit_ref, check_audit_detail
 from swarmlm.consensus.detail import MAX_DETAIL_BYTES, DetailRef, check_detail, detail_digest, detail_ref
 from swarmlm.consensus.records import ConsensusError
 from swarmlm.net.rpc import BAD_REQUEST, RpcError
@@ -28,6 +31,9 @@ from swarmlm.node.wire import CONSENSUS_PROTOCOL
 log = logging.getLogger("swarmlm.consensus")
 
 DETAIL_KIND = "round_detail"
+AUDIT_DETAIL_KIND = "audit_detail"
+_REF = {DETAIL_KIND: detail_ref, AUDIT_DETAIL_KIND: audit_ref}  # a blob's reference, by its state kind
+_CHECK = {DETAIL_KIND: check_detail, AUDIT_DETAIL_KIND: check_audit_detail}  # a fetched blob's check
 MAX_BLOBS = 2048
 MAX_STORE_BYTES = 64 * 1024 * 1024
 RETRY_S = 30.0
@@ -72,27 +78,27 @@ class Details:
             raise RpcError(BAD_REQUEST, "detail: expected a sha256 in hex")
         return self.store.get(args)
 
-    def publish(self, envelope: bytes) -> None:
-        """Keep the record as a blob and add its reference to the swarm state."""
-        ref = detail_ref(envelope)
+    def publish(self, envelope: bytes, kind: str = DETAIL_KIND) -> None:
+        """Keep the record as a blob and add its reference (of ``kind``) to the swarm state."""
+        ref = _REF[kind](envelope)
         self.store.put(envelope)
-        self.svc.node.state.add_record(DETAIL_KIND, ref.to_obj())
+        self.svc.node.state.add_record(kind, ref.to_obj())
 
-    def refs(self) -> list[tuple[Any, DetailRef]]:
-        """(state record, reference) of every readable ``round_detail`` record."""
+    def refs(self, kind: str = DETAIL_KIND) -> list[tuple[Any, DetailRef]]:
+        """(state record, reference) of every readable reference of ``kind``."""
         out = []
-        for rec in self.svc.node.state.state.records(kind=DETAIL_KIND):
+        for rec in self.svc.node.state.state.records(kind=kind):
             try:
                 out.append((rec, DetailRef.from_obj(rec.body)))
             except ConsensusError:
                 continue
         return out
 
-    def available(self) -> list[tuple[str, bytes]]:
-        """(state record key, blob) for every reference whose blob is here (only checked blobs are kept:
-        fetched ones by ``check_detail``, ours and final packets by ``verify_record``)."""
+    def available(self, kind: str = DETAIL_KIND) -> list[tuple[str, bytes]]:
+        """(state record key, blob) for every reference of ``kind`` whose blob is here (only checked
+        blobs are kept: fetched ones by their kind's check, ours and final packets when made)."""
         out = []
-        for rec, ref in self.refs():
+        for rec, ref in self.refs(kind):
             data = self.store.get(ref.sha256)
             if data is not None:
                 out.append((rec.key, data))
@@ -101,17 +107,17 @@ class Details:
     async def fetch_missing(self) -> int:
         """One pass: fetch up to ``FETCHES_PER_PASS`` missing blobs; how many arrived."""
         got, now = 0, time.monotonic()
-        missing = [(rec, ref) for rec, ref in self.refs() if self.store.get(ref.sha256) is None
-                   and now - self.tried.get(ref.sha256, -RETRY_S) >= RETRY_S]
-        for rec, ref in missing[:FETCHES_PER_PASS]:
+        missing = [(kind, rec, ref) for kind in _REF for rec, ref in self.refs(kind)
+                   if self.store.get(ref.sha256) is None and now - self.tried.get(ref.sha256, -RETRY_S) >= RETRY_S]
+        for kind, rec, ref in missing[:FETCHES_PER_PASS]:
             self.tried[ref.sha256] = now
-            if await self._fetch(rec.author, ref):
+            if await self._fetch(rec.author, ref, kind):
                 got += 1
         if len(self.tried) > 4 * MAX_BLOBS:
             self.tried = dict(sorted(self.tried.items(), key=lambda kv: kv[1])[-MAX_BLOBS:])
         return got
 
-    async def _fetch(self, peer: str, ref: DetailRef) -> bool:
+    async def _fetch(self, peer: str, ref: DetailRef, kind: str = DETAIL_KIND) -> bool:
         node = self.svc.node
         if peer == node.peer_id:
             return False
@@ -122,7 +128,7 @@ class Details:
                                                 timeout=FETCH_TIMEOUT_S)
             if not isinstance(data, (bytes, bytearray)):
                 return False
-            check_detail(ref, peer, bytes(data))
+            _CHECK[kind](ref, peer, bytes(data))
         except Exception as exc:  # unreachable, gone, or a blob that does not check out
             log.info("round detail %s from %s: %s", ref.sha256[:12], peer[-6:], str(exc)[:200])
             return False
