@@ -93,3 +93,31 @@ def test_an_answer_after_a_colon_is_scored_with_its_space(backend):
     assert backend.loglik(after_colon, "four") == backend.loglik(after_colon, " four")
     after_newline = tok.encode("Question: what is 2 + 2?\n")
     assert backend.loglik(after_newline, "four") != backend.loglik(after_newline, " four")
+
+
+def test_a_bare_prompt_gets_the_bos_its_tokenizer_adds(tmp_path):
+    """A model whose tokenizer adds a BOS (Gemma's does, SmolLM2's and tiny's do not) gets it before a
+    bare prompt, as transformers' tokenizer call does; a chat template writes its own."""
+    import json
+    import shutil
+
+    from swarmlm.models.generate import load_chain
+    from swarmlm.models.registry import resolve
+    from swarmlm.models.tokenizer import Tokenizer
+
+    src = resolve(MODEL)
+    dst = tmp_path / "with-bos"
+    shutil.copytree(src, dst)
+    tj = json.loads((dst / "tokenizer.json").read_text())
+    bos = next(t for t in tj["added_tokens"] if t["content"] == "<|endoftext|>")
+    tj["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos["id"]], "tokens": ["<|endoftext|>"]}}}
+    (dst / "tokenizer.json").write_text(json.dumps(tj))
+    be = ModelBackend(load_chain(MODEL, 1)[0], Tokenizer.from_dir(dst))
+    ids = be.prompt_ids({"prompt": "Hello", "max_new_tokens": 4})
+    assert ids[0] == bos["id"] and ids[1:] == be.tokenizer.encode("Hello")
+    plain = ModelBackend(be.shard, Tokenizer.from_dir(src))
+    assert plain.prompt_ids({"prompt": "Hello", "max_new_tokens": 4}) == plain.tokenizer.encode("Hello")

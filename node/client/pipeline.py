@@ -173,7 +173,7 @@ class PipelineGenerator:
         if request.messages is not None:
             prompt_ids = tok.encode_chat(request.messages)
         elif request.prompt is not None:
-            prompt_ids = tok.encode(request.prompt)
+            prompt_ids = tok.encode(request.prompt, add_special_tokens=True)  # a BOS where the model wants one
         else:
             raise BadRequest("give a prompt or messages")
         if not prompt_ids:

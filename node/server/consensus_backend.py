@@ -76,7 +76,10 @@ class ModelBackend:
 
     def prompt_ids(self, task: dict[str, Any]) -> list[int]:
         tok = self.tokenizer
-        ids = tok.encode_chat(task["messages"]) if "messages" in task else tok.encode(task["prompt"])
+        if "messages" in task:
+            ids = tok.encode_chat(task["messages"])
+        else:  # a bare prompt: with the BOS the model's tokenizer adds (Gemma's; SmolLM2's adds none)
+            ids = tok.encode(task["prompt"], add_special_tokens=True)
         if not ids:
             raise ConsensusError("the task's prompt is empty")
         if len(ids) + task["max_new_tokens"] > MAX_TASK_TOKENS:
