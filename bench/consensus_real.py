@@ -1,8 +1,8 @@
 """`swarmlm bench consensus --real`: consensus rounds with a real model on the shipped labeled set.
 
-N nodes in one process (node i runs the (i mod count)-th of ``--models``: by default SmolLM2-135M
-and Gemma 3 270M alternate, so the judges differ) share one whole-model shard per model. They answer
-with different sampling profiles and seeds (one batched lockstep generation per question and model,
+N nodes in one process (node i runs the (i mod count)-th of ``--models``: SmolLM2-135M by default;
+with a second model, e.g. Gemma 3 270M, the judges differ) share one whole-model shard per model.
+They answer with different sampling profiles and seeds (one batched lockstep generation per question and model,
 ``models.batchgen``; a fresh seed per question and node), judge each other's answers with the node's
 default judge (pairwise choice-letter probabilities in both orders, likelihood as tie-breaker;
 ``--judge loglik`` for the old mean log-likelihood judge), and ``consensus.realeval`` scores best
@@ -126,7 +126,8 @@ def run(models: list[str], nodes: int, limit: int, max_tokens: int, judge_kind: 
             log(f"{k + 1}/{len(qs)} questions, {time.perf_counter() - t0:.0f} s: right so far majority {tally[0]}, "
                 f"bt {tally[1]}, bt_rep {tally[2]} (judges alone {tally[4]}), some node {tally[3]}")
 
-    res = run_eval(qs, answer, [judges[m] for m in model_of], progress, reputation=reputation)  # type: ignore[list-item]
+    res = run_eval(qs, answer, [judges[m] for m in model_of], progress,  # type: ignore[list-item]
+                   reputation=reputation)
     out = res.summary()
     out.update({"model": ",".join(dict.fromkeys(models)), "node_models": model_of, "judge": judge_kind,
                 "reputation": reputation, "max_tokens": max_tokens, "seed": seed,
@@ -158,9 +159,9 @@ def summary(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = parser("consensus --real", __doc__.splitlines()[0])
     p.add_argument("--real", action="store_true", required=True)
-    p.add_argument("--models", "--model", dest="models", default=f"{SMOLLM2},{GEMMA3}",
-                   help="comma-separated model specs; node i runs the (i mod count)-th (default: both builtins, "
-                        "so the judges differ)")
+    p.add_argument("--models", "--model", dest="models", default=SMOLLM2,
+                   help=f"comma-separated model specs; node i runs the (i mod count)-th (default {SMOLLM2}; "
+                        f"{SMOLLM2},{GEMMA3} for judges that differ)")
     p.add_argument("--nodes", type=int, default=5, help="answering and judging nodes (default 5)")
     p.add_argument("--limit", type=int, default=0, help="questions, spread over the set (default: all)")
     p.add_argument("--max-tokens", type=int, default=24)
@@ -173,5 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     if not 3 <= ns.nodes <= 16 or not 1 <= ns.max_tokens <= 256 or ns.limit < 0 or not ns.models.strip(","):
         p.error("--nodes must be 3..16, --max-tokens 1..256, --limit at least 0 and --models name a model")
-    emit(run([m for m in ns.models.split(",") if m], ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed, ns.reputation, ns.dump), ns.json, summary)
+    models = [m for m in ns.models.split(",") if m]
+    emit(run(models, ns.nodes, ns.limit, ns.max_tokens, ns.judge, ns.seed, ns.reputation, ns.dump), ns.json, summary)
     return 0
