@@ -40,7 +40,7 @@ class InboundLimits:
     waiting_per_prefix: int = 64  # accepted sockets waiting for a handshake slot, per prefix
     unestablished_total: int = 256  # in flight and waiting, all prefixes together
     wait_s: float = 10.0  # a connection that waits longer for a slot is closed
-    untrusted_per_prefix: int = 128  # established inbound connections of peers without standing
+    untrusted_per_prefix: int = 32  # established inbound connections of peers without standing
     untrusted_total: int = 192  # ... in all (py-libp2p's own cap is 300 connections, ours included)
     log_interval_s: float = 60.0
 

@@ -58,7 +58,7 @@ class NodeConfig:
     inbound_rate: float = 4.0  # new connections per second per prefix, after a burst of inbound_burst
     inbound_burst: int = 48
     inbound_handshakes: int = 8  # handshakes in flight per prefix (more wait for a slot; 32 in all)
-    inbound_untrusted: int = 128  # established connections of peers without standing, per prefix
+    inbound_untrusted: int = 32  # established connections of peers without standing, per prefix
     inbound_untrusted_total: int = 192
     # state sync
     heartbeat_s: float = 10.0
